@@ -1,0 +1,82 @@
+"""The ``quiesce`` command line: parsing and dispatch only, no logic.
+
+Each subcommand lives in ``quiesce.commands.<module>`` with ``configure(parser)`` and
+``main(args) -> int``. Command modules import their heavy dependencies inside ``main`` so that
+``quiesce post`` reaches the holder without paying for imports it does not need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from quiesce import __version__
+
+# name -> (module, one-line help). Order is the order shown in --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("quiesce.commands.run", "run one whole backup cycle of the Azure pre/post contract"),
+    "check": ("quiesce.commands.check", "validate an Azure config, its scripts and mounts"),
+    "pre": ("quiesce.commands.pre", "quiesce the configured databases and hold them"),
+    "post": ("quiesce.commands.post", "release what 'pre' holds and report it"),
+    "status": ("quiesce.commands.status", "show what is held, by whom, until when"),
+    "restore-label": (
+        "quiesce.commands.restore_label",
+        "write a recorded backup_label/tablespace_map into a restored PostgreSQL data dir",
+    ),
+    "install": ("quiesce.commands.install", "install quiesce as the Azure pre/post scripts"),
+    "drill": ("quiesce.commands.drill", "restore snapshots into throwaway servers and verify"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quiesce",
+        description="Application-consistent snapshots for PostgreSQL, MySQL/MariaDB, MongoDB.",
+    )
+    parser.add_argument("--version", action="version", version=f"quiesce {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is not None and name != only:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            p.set_defaults(_unavailable=name)
+            continue
+        module.configure(p)
+        p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Only the chosen subcommand's module is imported: start-up time matters for 'post'.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=chosen if chosen in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if getattr(args, "_unavailable", None):
+        print(f"quiesce: '{args._unavailable}' is not available in this build", file=sys.stderr)
+        return 2
+    if not getattr(args, "_main", None):
+        parser.print_help()
+        return 2
+    from quiesce.errors import QuiesceError
+
+    try:
+        return int(args._main(args))
+    except QuiesceError as exc:
+        print(f"quiesce {args.command}: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"  fix: {exc.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"quiesce {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""quiesce's built-in mysql engine plugin."""

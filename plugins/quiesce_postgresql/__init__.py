@@ -1,0 +1,1 @@
+"""quiesce's built-in postgresql engine plugin."""
