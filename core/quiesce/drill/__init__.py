@@ -1,0 +1,1 @@
+"""quiesce drill: restore snapshots into throwaway servers and verify them."""
