@@ -1,0 +1,327 @@
+"""Decide whether a file is safe to trust as root, on the file descriptor that will be used.
+
+quiesce runs as root and reads configs, secrets and scripts that decide what root executes.
+A file is trusted only if nobody but root could have written it:
+
+* the file itself is a regular file owned by uid 0 with no group/other permission bits
+  (configs must not be owner-executable, scripts must be owner-executable);
+* every directory on its *resolved* path, from ``/`` down, is owned by uid 0 and not writable
+  by group or other (a sticky world-writable directory such as ``/tmp`` is refused too: anyone
+  can create names in it, and a rename race is one ``mv`` away).
+
+The path is walked one component at a time from ``/`` with ``O_PATH|O_DIRECTORY|O_NOFOLLOW``
+directory descriptors, each opened relative to the previous one, so a symlinked directory
+component is resolved by this code (its target is walked and checked like any other
+directory) rather than followed blindly by the kernel. The final component is opened with
+``O_NOFOLLOW`` relative to the checked parent descriptor, and the checks run on ``fstat`` of
+that very descriptor, which is then the one read (configs, secrets) or executed (scripts).
+There is no time-of-check/time-of-use gap: what was checked is what is used.
+
+Scripts are executed through ``/proc/self/fd/<fd>`` with the descriptor passed to the child
+(``pass_fds``). Python has no ``fexecve``; execve on the ``/proc`` magic link is the same
+thing: the kernel executes the inode behind the descriptor, never a path that could have been
+swapped since the check. A shebang interpreter then receives ``/proc/self/fd/<fd>`` as the
+script path and opens it in its own process, which works because the descriptor is inherited
+(not close-on-exec). ``$0`` inside such a script is ``/proc/self/fd/<fd>``; this is the
+documented cost of closing the gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from typing import Literal
+
+from quiesce.errors import AzureCode, PermissionProblem, Problem, QuiesceError
+
+Kind = Literal["config", "script", "secret"]
+KINDS: tuple[str, ...] = ("config", "script", "secret")
+
+_MAX_SYMLINKS = 40  # the kernel's own limit for path resolution
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_WANTED_MODE = {"config": "600", "script": "700", "secret": "600"}
+
+
+class TrustedFileNotFound(QuiesceError, FileNotFoundError):
+    """There is no file at the path (or a directory on the way to it does not exist).
+
+    Kept apart from :class:`PermissionProblem` because the Azure contract reports a missing
+    script (Pre-/Post-ScriptNotFound) differently from an unsafe one.
+    """
+
+    def __init__(self, path: str, message: str, *, hint: str = "",
+                 code: AzureCode | None = None) -> None:
+        super().__init__(f"{path}: {message}", hint=hint, code=code)
+        self.path = path
+        self.problems = [Problem(path, message, hint, code)]
+
+
+@dataclass
+class TrustedFile:
+    """An open, checked descriptor. Use it (read or execute), then close it."""
+
+    fd: int
+    path: str
+    kind: str
+    stat: os.stat_result
+
+    @property
+    def fd_path(self) -> str:
+        """The path that refers to exactly this descriptor's file (for exec with pass_fds)."""
+        return f"/proc/self/fd/{self.fd}"
+
+    def read_bytes(self, max_bytes: int = 16 * 1024 * 1024) -> bytes:
+        """The whole content from offset 0 (pread: independent of any file offset)."""
+        chunks: list[bytes] = []
+        offset = 0
+        while True:
+            chunk = os.pread(self.fd, 65536, offset)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            offset += len(chunk)
+            if offset > max_bytes:
+                raise QuiesceError(
+                    f"{self.path}: larger than {max_bytes} bytes",
+                    hint="point the setting at the right file; this one is far too big",
+                )
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> TrustedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a forgotten close must not leak descriptors into children
+        with contextlib.suppress(OSError):
+            self.close()
+
+
+def owner_name(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def file_type_name(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def file_mode_problems(path: str, st: os.stat_result, kind: str,
+                       code: AzureCode | None = None) -> list[Problem]:
+    """The rules for the file itself, on a stat result (pure: unit-testable)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    want = _WANTED_MODE[kind]
+    if not stat.S_ISREG(st.st_mode):
+        return [Problem(path, f"is {file_type_name(st.st_mode)}, not a regular file",
+                        f"point the setting at a regular file (a {kind} owned by root, "
+                        f"mode {want})", code)]
+    problems: list[Problem] = []
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != 0:
+        problems.append(Problem(path, f"is owned by {owner_name(st.st_uid)}, not root",
+                                f"chown root:root {path}", code))
+    if mode & 0o077:
+        problems.append(Problem(path, f"mode {mode:04o} gives permissions to group/other",
+                                f"chmod {want} {path}", code))
+    if kind == "config" and mode & stat.S_IXUSR:
+        problems.append(Problem(path, f"mode {mode:04o}: a config must not be executable",
+                                f"chmod {want} {path}", code))
+    if kind == "script" and not mode & stat.S_IXUSR:
+        problems.append(Problem(path, f"mode {mode:04o}: a script must be executable by its "
+                                "owner", f"chmod {want} {path}", code))
+    return problems
+
+
+def directory_problems(path: str, st: os.stat_result,
+                       code: AzureCode | None = None) -> list[Problem]:
+    """The rules for one directory on the way to a trusted file (pure: unit-testable)."""
+    problems: list[Problem] = []
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != 0:
+        problems.append(Problem(path, f"directory is owned by {owner_name(st.st_uid)}, not "
+                                "root: its owner could replace the file",
+                                f"chown root:root {path} (or move the file to a root-owned "
+                                "directory)", code))
+    if mode & 0o022:
+        sticky = " (sticky, but anyone can still create names in it)" if mode & 0o1000 else ""
+        problems.append(Problem(path, f"directory mode {mode:04o} is writable by group/other"
+                                f"{sticky}: someone other than root could replace the file",
+                                f"chmod go-w {path} (or move the file to a root-owned "
+                                "directory such as /etc/azure)", code))
+    return problems
+
+
+def _join(parent: str, name: str) -> str:
+    return f"/{name}" if parent == "/" else f"{parent}/{name}"
+
+
+class _Walk:
+    """Resolves a path component by component, checking every directory it passes through."""
+
+    def __init__(self, path: str, code: AzureCode | None) -> None:
+        self.path = path
+        self.code = code
+        self.problems: list[Problem] = []
+        self.checked: set[str] = set()
+        self.stack: list[tuple[int, str]] = []
+
+    def _check_dir(self, fd: int, where: str) -> None:
+        if where in self.checked:
+            return
+        self.checked.add(where)
+        self.problems.extend(directory_problems(where, os.fstat(fd), self.code))
+
+    def _reset_to_root(self) -> None:
+        self.close()
+        fd = os.open("/", _DIR_FLAGS)
+        self.stack = [(fd, "/")]
+        self._check_dir(fd, "/")
+
+    def close(self) -> None:
+        for fd, _ in self.stack:
+            os.close(fd)
+        self.stack = []
+
+    def not_found(self, where: str, what: str = "no such file") -> TrustedFileNotFound:
+        return TrustedFileNotFound(self.path, what if where == self.path else f"{what} "
+                                   f"({where} does not exist)",
+                                   hint="check the path, or create the file", code=self.code)
+
+    def parent_of_last(self) -> tuple[int, str, str]:
+        """Walk all but the last component; return (parent fd, parent path, last name)."""
+        path = self.path if self.path.startswith("/") else os.path.join(os.getcwd(), self.path)
+        parts = [p for p in path.split("/") if p and p != "."]
+        if not parts:
+            raise TrustedFileNotFound(self.path, "is the root directory, not a file",
+                                      code=self.code)
+        self._reset_to_root()
+        links = 0
+        while True:
+            name = parts.pop(0)
+            if name == "..":
+                if len(self.stack) > 1:
+                    os.close(self.stack.pop()[0])
+                if not parts:
+                    raise TrustedFileNotFound(self.path, "names a directory, not a file",
+                                              code=self.code)
+                continue
+            cur_fd, cur_path = self.stack[-1]
+            if not parts:
+                return cur_fd, cur_path, name
+            where = _join(cur_path, name)
+            try:
+                st = os.stat(name, dir_fd=cur_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise self.not_found(where) from None
+            except NotADirectoryError:
+                raise self.not_found(cur_path, f"{cur_path} is not a directory") from None
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise PermissionProblem(self.path, [Problem(
+                        where, "too many levels of symbolic links",
+                        "point the setting at the real file", self.code)], code=self.code)
+                target = os.readlink(name, dir_fd=cur_fd)
+                if target.startswith("/"):
+                    self._reset_to_root()
+                parts = [p for p in target.split("/") if p and p != "."] + parts
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise self.not_found(where, f"{where} is not a directory")
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=cur_fd)
+            except FileNotFoundError:
+                raise self.not_found(where) from None
+            except OSError as exc:  # replaced by a symlink between stat and open: refuse
+                raise PermissionProblem(self.path, [Problem(
+                    where, f"changed while being checked ({exc.strerror})",
+                    "retry; if it persists, find out who is modifying it", self.code)],
+                    code=self.code) from exc
+            self.stack.append((fd, where))
+            self._check_dir(fd, where)
+
+
+def open_trusted(path: str | os.PathLike[str], kind: Kind, *,
+                 code: AzureCode | None = None) -> TrustedFile:
+    """Open ``path`` for ``kind`` ("config", "script", "secret") and prove it trustworthy.
+
+    Returns an open :class:`TrustedFile` whose descriptor is the one that was checked.
+    Raises :class:`TrustedFileNotFound` when there is no such file and
+    :class:`PermissionProblem` listing every problem (file and directories) otherwise.
+    ``code`` is attached to the error and to each problem (e.g. the Azure code of the phase).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    path = os.fspath(path)
+    walk = _Walk(path, code)
+    try:
+        parent_fd, parent_path, name = walk.parent_of_last()
+        where = _join(parent_path, name)
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            raise walk.not_found(where) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                target = os.readlink(name, dir_fd=parent_fd)
+                walk.problems.append(Problem(
+                    where, f"is a symbolic link (to {target}); a {kind} must be the file itself",
+                    f"point the setting at the real file, {target}", code))
+            elif exc.errno == errno.ENXIO:  # a socket, or a FIFO opened for writing
+                walk.problems.append(Problem(where, "is not a regular file",
+                                             f"point the setting at a regular {kind} file",
+                                             code))
+            else:
+                walk.problems.append(Problem(where, f"cannot be opened: {exc.strerror}",
+                                             "check the path and its permissions", code))
+            raise PermissionProblem(path, walk.problems, code=code) from exc
+    finally:
+        walk.close()
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        st = os.fstat(fd)
+        problems = walk.problems + file_mode_problems(where, st, kind, code)
+    except BaseException:
+        os.close(fd)
+        raise
+    if problems:
+        os.close(fd)
+        raise PermissionProblem(path, problems, code=code)
+    return TrustedFile(fd=fd, path=path, kind=kind, stat=st)
+
+
+def check_trusted(path: str | os.PathLike[str], kind: Kind, *,
+                  code: AzureCode | None = None) -> list[Problem]:
+    """Every problem that would stop :func:`open_trusted`; an empty list when the file is fine."""
+    try:
+        open_trusted(path, kind, code=code).close()
+    except TrustedFileNotFound as exc:
+        return list(exc.problems)
+    except PermissionProblem as exc:
+        return list(exc.problems)
+    return []
