@@ -1,0 +1,38 @@
+"""Registers the ``mongodb`` engine. Imports no driver: pymongo loads only when selected."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quiesce.engine import EngineType, InstanceSettings, Quiescer
+from quiesce.hookspecs import hookimpl
+from quiesce_mongodb.config import SCHEMA, section_problems
+
+
+def make_quiescer(settings: InstanceSettings) -> Quiescer:
+    from quiesce_mongodb.engine import MongoQuiescer
+
+    return MongoQuiescer(settings)
+
+
+def recover(settings: InstanceSettings, token: dict[str, Any]) -> None:
+    from quiesce_mongodb.recovery import recover as run
+
+    run(settings, token)
+
+
+ENGINE = EngineType(
+    name="mongodb",
+    schema=SCHEMA,
+    factory=make_quiescer,
+    description="MongoDB: fsync lock with lockCount bookkeeping (mongod or, opt-in, mongos)",
+    secret_file_keys=("uri_file",),
+    recover=recover,
+    # Cross-key rule (exactly one of uri / uri_file) for cores that check sections as a whole.
+    extra={"section_problems": section_problems},
+)
+
+
+@hookimpl
+def quiesce_register_engines(registry: Any) -> None:
+    registry.add(ENGINE)
