@@ -19,6 +19,7 @@ it holds and ``time.monotonic``: no file is opened, written or executed, nothing
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -180,10 +181,8 @@ class _WatchdogProcess:
         if got != b"R\n":
             self.kill()
             detail = b""
-            try:
+            with contextlib.suppress(OSError):
                 detail = proc.stderr.read() or b""
-            except OSError:
-                pass
             text = detail.decode("utf-8", "replace").strip() or f"it said {got!r}"
             raise FreezeError(f"the freeze watchdog failed to start; nothing was frozen: {text}",
                               hint="is the quiesce package importable by this python?")
@@ -199,14 +198,10 @@ class _WatchdogProcess:
         if proc is None:
             return False
         assert proc.stdin is not None and proc.stdout is not None
-        try:
+        with contextlib.suppress(OSError):  # it may have exited already (fired): read below
             proc.stdin.write(b"done\n")
-        except OSError:
-            pass  # it has already exited (fired at its deadline): read its report below
-        try:
+        with contextlib.suppress(OSError):
             proc.stdin.close()
-        except OSError:
-            pass
         fd = proc.stdout.fileno()
         end = time.monotonic() + WATCHDOG_STOP_TIMEOUT
         data = b""
@@ -237,10 +232,8 @@ class _WatchdogProcess:
         proc.wait()
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
-                try:
+                with contextlib.suppress(OSError):
                     pipe.close()
-                except OSError:
-                    pass
         self.proc = None
 
 
@@ -308,10 +301,8 @@ class FreezeSession:
 
     def _close_descriptors(self) -> None:
         for fd in self._fds:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._fds = []
 
     # -- the window -------------------------------------------------------------------------

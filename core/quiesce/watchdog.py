@@ -25,8 +25,10 @@ filesystem may be frozen, and any of those would block it uninterruptibly. It on
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import math
 import os
 import select
 import signal
@@ -57,7 +59,7 @@ def _parse(argv: list[str]) -> tuple[float, list[int]] | str:
         timeout = float(argv[1])
     except ValueError:
         return f"--timeout must be a number of seconds, not {argv[1]!r}"
-    if not timeout > 0 or timeout != timeout or timeout == float("inf"):
+    if not (timeout > 0 and math.isfinite(timeout)):
         return f"--timeout must be a positive finite number, not {argv[1]!r}"
     fds = []
     for text in argv[2:]:
@@ -105,10 +107,8 @@ def _raise_oom_protection() -> None:
 
 
 def _write(data: bytes) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the runner is gone (EPIPE): nobody to tell
         os.write(_REPORT, data)
-    except OSError:  # the runner is gone (EPIPE): nobody to tell
-        pass
 
 
 def watch(timeout: float, fds: list[int]) -> str | None:
