@@ -1,3 +1,106 @@
-"""Fixtures for postgresql (filled in by its own module owner)."""
+"""pytest fixtures for throwaway PostgreSQL servers (in the spirit of pytest-postgresql).
 
-__all__: list[str] = []
+- ``postgresql_server_factory`` (function scope): a callable ``make(**kwargs) -> LocalPostgres``
+  returning a started server on fresh directories (data, separate WAL dir, run dir); every
+  server it made is stopped and its directories removed when the test ends. ``kwargs`` go to
+  :class:`~quiesce.servers.postgresql.LocalPostgres` (``settings={...}``, ``port``...); pass
+  ``layout=`` to choose the directories yourself.
+- ``postgresql_layout_factory`` (function scope): ``make() -> ServerLayout`` of fresh
+  directories the server user can reach (pytest's own tmp_path is root-only, mode 0700).
+- ``postgresql_server`` (session scope): one shared, ready server for tests that neither stop
+  nor break it.
+
+Tests using them skip, with the reason, when no PostgreSQL binaries or no psycopg are found.
+Importing this module imports neither psycopg nor the server module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from quiesce.servers.base import ServerLayout
+    from quiesce.servers.postgresql import LocalPostgres
+
+__all__ = ["postgresql_layout_factory", "postgresql_server", "postgresql_server_factory"]
+
+
+def _require_postgres() -> None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'quiesce[postgresql]')")
+    from quiesce.errors import EngineUnavailable
+    from quiesce.servers.postgresql import find_bindir
+
+    try:
+        find_bindir()
+    except EngineUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server binaries: {exc}")
+
+
+class _Workspace:
+    """Temp directories under /tmp (traversable by the postgres user), removed at the end."""
+
+    def __init__(self) -> None:
+        self.roots: list[Path] = []
+        self.servers: list[LocalPostgres] = []
+
+    def layout(self) -> ServerLayout:
+        from quiesce.servers.base import ServerLayout
+
+        root = Path(tempfile.mkdtemp(prefix="quiesce-pg-"))
+        root.chmod(0o755)
+        self.roots.append(root)
+        return ServerLayout(data_dir=root / "data", log_dir=root / "wal", run_dir=root / "run")
+
+    def server(self, layout: ServerLayout | None = None, **kwargs: Any) -> LocalPostgres:
+        from quiesce.servers.postgresql import LocalPostgres
+
+        server = LocalPostgres(layout or self.layout(), **kwargs)
+        self.servers.append(server)
+        server.start()
+        return server
+
+    def close(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+        for root in self.roots:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(root)
+
+
+@pytest.fixture
+def postgresql_layout_factory() -> Iterator[Callable[[], ServerLayout]]:
+    workspace = _Workspace()
+    try:
+        yield workspace.layout
+    finally:
+        workspace.close()
+
+
+@pytest.fixture
+def postgresql_server_factory() -> Iterator[Callable[..., LocalPostgres]]:
+    _require_postgres()
+    workspace = _Workspace()
+    try:
+        yield workspace.server
+    finally:
+        workspace.close()
+
+
+@pytest.fixture(scope="session")
+def postgresql_server() -> Iterator[LocalPostgres]:
+    _require_postgres()
+    workspace = _Workspace()
+    try:
+        yield workspace.server()
+    finally:
+        workspace.close()

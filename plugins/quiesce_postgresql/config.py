@@ -1,0 +1,82 @@
+"""The ``[[postgresql]]`` instance section of quiesce.toml.
+
+``name`` is added by the core. Passwords never live in quiesce.toml: a ``conninfo`` holding
+``password=`` (or a URI with a password) is refused; use ``passfile`` (checked by the core like
+every secret file: root-owned, no group/other bits) or libpq's ``passfile=`` keyword.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from quiesce.schema import Field, Table
+
+CONNINFO_HINT = (
+    "remove the password from conninfo and put it in a libpq password file "
+    "(host:port:dbname:user:password, owned by root, mode 0600), then set "
+    "passfile = \"/etc/quiesce/pgpass\" in this section"
+)
+MAX_LABEL_PREFIX = 200
+
+
+def conninfo_problem(value: str) -> str | None:
+    """Why a conninfo is refused, or None. Parsed by libpq itself through psycopg."""
+    if not value:
+        return None
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return ("cannot check conninfo: the psycopg driver is not installed "
+                "(pip install 'quiesce[postgresql]')")
+    try:
+        params = conninfo_to_dict(value)
+    except Exception as exc:  # psycopg.ProgrammingError: libpq could not parse it
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"not a valid libpq connection string: {first}"
+    if params.get("password"):
+        return "contains a password; quiesce.toml is not a secret store"
+    passfile = params.get("passfile")
+    if passfile and not os.path.isabs(str(passfile)):
+        return f"passfile={passfile} must be an absolute path"
+    return None
+
+
+def _label_problem(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if len(value) > MAX_LABEL_PREFIX:
+        return f"is {len(value)} characters long; keep it under {MAX_LABEL_PREFIX}"
+    if not all(" " <= ch <= "~" for ch in value):
+        return ("must be printable ASCII without newlines (it becomes the LABEL line of "
+                "backup_label, which is recorded and restored byte for byte)")
+    return None
+
+
+def _absolute(value: str) -> str | None:
+    return None if os.path.isabs(value) else "must be an absolute path"
+
+
+def _wait_for_archive_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or value == "auto":
+        return None
+    return "must be true, false or \"auto\""
+
+
+SCHEMA = Table({
+    "conninfo": Field(
+        str, default="", check=conninfo_problem, hint=CONNINFO_HINT,
+    ),
+    "passfile": Field(str, check=_absolute,
+                      hint="a libpq password file, root-owned, mode 0600"),
+    "mode": Field(str, default="backup", choices=("backup", "checkpoint"),
+                  hint="\"backup\" brackets the snapshot with pg_backup_start/stop; "
+                       "\"checkpoint\" only flushes"),
+    "label": Field(str, default="quiesce", check=_label_problem),
+    "fast_checkpoint": Field(bool, default=True),
+    "connect_timeout": Field(int, default=10, minimum=2, maximum=600,
+                             hint="seconds; libpq's minimum is 2"),
+    "wait_for_archive": Field((bool, str), default="auto", check=_wait_for_archive_problem,
+                              hint="\"auto\" waits only when WAL archiving is on"),
+    "archive_wait_seconds": Field(int, default=60, minimum=0, maximum=3600),
+})

@@ -1,0 +1,481 @@
+"""The PostgreSQL Quiescer: one dedicated session from ``prepare`` to ``release``.
+
+Lifecycle (driven by the core, in the holder process):
+
+``prepare``
+    Connects ONE session (psycopg, autocommit, no pool, never reconnected), named
+    ``application_name = quiesce``, with ``statement_timeout``, ``idle_session_timeout`` (14+)
+    and ``transaction_timeout`` (17+) set to 0 so nothing the DBA configured for ordinary
+    sessions can end the hold. Detects the version, standby or primary, wal_level, archive_mode
+    and the role's privileges, refuses what cannot work (PostgreSQL < 12, wal_level=minimal in
+    backup mode, missing EXECUTE grants) with the fix in the message, then runs CHECKPOINT so
+    the hold that follows is short. In backup mode a role without the right to CHECKPOINT
+    (superuser or pg_checkpoint in 15+) is noted and tolerated - pg_backup_start does its own
+    checkpoint; in checkpoint mode it is an error.
+``quiesce``
+    backup mode: ``pg_backup_start(label, fast)`` (15+) or ``pg_start_backup(label, fast,
+    false)`` (12-14), then VERIFY. PostgreSQL exposes no catalog view of non-exclusive backups,
+    so "verified" means: the same backend (pid unchanged) asked to start a second backup gets
+    SQLSTATE 55000 "a backup is already in progress in this session" - the server's own word
+    that this session is in backup mode. (The probe leaves one ERROR line in the server log.)
+    checkpoint mode: checks the session is alive; the flush already happened in prepare.
+    Backup mode does NOT block writes: consistency comes from restoring the snapshot with the
+    recorded backup_label and the WAL from start_lsn to stop_lsn.
+``check_alive``
+    ``SELECT pg_backend_pid()`` on the holding session: any error, or another pid, means the
+    session (and with it the backup) is gone -> SessionLost.
+``release``
+    ``pg_backup_stop(false)`` / ``pg_stop_backup(false, false)`` in the holding session,
+    then (if configured, or "auto" with archiving on) waits for the last WAL segment the backup
+    needs to be archived, polling pg_stat_archiver within the deadline. The wait is done by
+    polling instead of by pg_backup_stop(wait_for_archive => true) so that a slow archiver can
+    never cost the backup_label: a cancelled pg_backup_stop loses it.
+``abort``
+    Closes the session. The server aborts a backup whose session ends; nothing else to undo.
+
+Every statement that can wait is bounded: connect by ``connect_timeout``, statements by a
+per-statement ``statement_timeout`` derived from the deadline (reset to 0 afterwards), and the
+TCP socket by keepalives and ``tcp_user_timeout`` so a vanished server cannot hang a call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from quiesce.deadline import Deadline
+from quiesce.engine import InstanceSettings, Quiescer
+from quiesce.errors import EngineError, SessionLost
+from quiesce_postgresql import wal
+
+if TYPE_CHECKING:
+    import psycopg
+
+MIN_VERSION = 120000
+ALREADY_IN_BACKUP = "55000"  # object_not_in_prerequisite_state
+# Keep the socket honest while idle for minutes: a server that vanished is noticed by the
+# kernel instead of a call hanging forever (TCP only; Unix sockets fail fast by themselves).
+SOCKET_OPTIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+VERIFY_SECONDS = 10.0
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+class PostgresQuiescer(Quiescer):
+    """One ``[[postgresql]]`` instance. Methods are called one at a time by the holder."""
+
+    def __init__(self, settings: InstanceSettings) -> None:
+        super().__init__(settings)
+        self.options = dict(settings.options)
+        self.mode: str = self.options.get("mode", "backup")
+        self._conn: psycopg.Connection | None = None
+        self._pid: int | None = None
+        self._in_backup = False
+        self.info: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self._label: str | None = None
+        self._start_lsn: str | None = None
+        self._started_at: str | None = None
+        self._checkpoint: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------- helpers
+    def _where(self) -> str:
+        return f"postgresql instance {self.name!r}"
+
+    def _conninfo(self) -> str:
+        return str(self.options.get("conninfo", ""))
+
+    def _passfile(self) -> str | None:
+        passfile = self.options.get("passfile")
+        if passfile:
+            return str(passfile)
+        if self._conninfo():
+            from psycopg.conninfo import conninfo_to_dict
+
+            value = conninfo_to_dict(self._conninfo()).get("passfile")
+            return str(value) if value else None
+        return None
+
+    def _check_passfile(self) -> None:
+        """A passfile named in conninfo gets the same trust check the core gives ``passfile``."""
+        passfile = self._passfile()
+        if not passfile or passfile == self.options.get("passfile"):
+            return  # absent, or the ``passfile`` key the core already checked
+        if os.geteuid() != 0:
+            return  # only root runs quiesce in production; tests as a user skip the check
+        from quiesce.security import open_trusted
+
+        open_trusted(passfile, "secret").close()
+
+    def _session(self) -> psycopg.Connection:
+        if self._conn is None:
+            raise EngineError(f"{self._where()}: no session (prepare was not called)")
+        return self._conn
+
+    def _query(self, sql: str, params: tuple[Any, ...] = (), *,
+               timeout: float | None = None, what: str = "") -> list[tuple[Any, ...]]:
+        """Run one statement on the holding session; ``timeout`` seconds bound it server-side."""
+        import psycopg
+
+        conn = self._session()
+        try:
+            with conn.cursor() as cur:
+                if timeout is not None:
+                    ms = max(1, int(timeout * 1000))
+                    cur.execute("SELECT set_config('statement_timeout', %s, false)", (f"{ms}ms",))
+                try:
+                    cur.execute(sql, params)  # type: ignore[arg-type]
+                    rows = cur.fetchall() if cur.description else []
+                finally:
+                    if timeout is not None and not conn.broken:
+                        cur.execute("SELECT set_config('statement_timeout', '0', false)")
+        except psycopg.errors.QueryCanceled as exc:
+            raise EngineError(
+                f"{self._where()}: {what or sql} did not finish within {timeout:.1f}s",
+                hint="raise the deadline (timeoutInSeconds / max_hold_seconds) or look at what "
+                     "slows the server down (pg_stat_activity)",
+            ) from exc
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise SessionLost(
+                    f"{self._where()}: the session ended during {what or sql}: "
+                    f"{str(exc).strip()}",
+                    hint="the server restarted or the backend was terminated; check its log",
+                ) from exc
+            error = EngineError(f"{self._where()}: {what or sql} failed: {str(exc).strip()}")
+            error.sqlstate = exc.sqlstate  # type: ignore[attr-defined]
+            raise error from exc
+        return rows
+
+    # ----------------------------------------------------------------- lifecycle
+    def prepare(self, deadline: Deadline) -> None:
+        import psycopg
+
+        self._check_passfile()
+        timeout = int(min(self.options.get("connect_timeout", 10), max(deadline.remaining(), 2)))
+        kwargs: dict[str, Any] = dict(SOCKET_OPTIONS)
+        kwargs["application_name"] = "quiesce"
+        kwargs["connect_timeout"] = max(2, timeout)
+        if self.options.get("passfile"):
+            kwargs["passfile"] = self.options["passfile"]
+        try:
+            self._conn = psycopg.connect(self._conninfo(), autocommit=True, **kwargs)
+        except psycopg.Error as exc:
+            raise EngineError(
+                f"{self._where()}: cannot connect: {str(exc).strip()}",
+                hint="check conninfo (host, port, user, dbname), that the server is running and "
+                     "that pg_hba.conf lets this user in",
+            ) from exc
+        try:
+            self._setup_session()
+            self._detect()
+            self._check_preconditions()
+            self._flush(deadline)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup_session(self) -> None:
+        conn = self._session()
+        version = conn.info.server_version
+        settings = {"statement_timeout": "0", "idle_in_transaction_session_timeout": "0",
+                    "lock_timeout": "0"}
+        if version >= 140000:
+            settings["idle_session_timeout"] = "0"
+        if version >= 170000:
+            settings["transaction_timeout"] = "0"
+        for name, value in settings.items():
+            self._query("SELECT set_config(%s, %s, false)", (name, value), what=f"SET {name}")
+
+    def _detect(self) -> None:
+        version = self._session().info.server_version
+        if version < MIN_VERSION:
+            raise EngineError(
+                f"{self._where()}: PostgreSQL {version // 10000} is not supported",
+                hint="quiesce needs PostgreSQL 12 or newer",
+            )
+        start, stop = self._backup_functions(version)
+        (row,) = self._query(
+            """
+            SELECT current_setting('server_version'), pg_is_in_recovery(), pg_backend_pid(),
+                   current_setting('wal_level'), current_setting('archive_mode'),
+                   current_setting('wal_segment_size'), current_user,
+                   (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                   has_function_privilege(%s, 'EXECUTE'), has_function_privilege(%s, 'EXECUTE'),
+                   CASE WHEN %s >= 150000
+                        THEN pg_has_role(current_user, 'pg_checkpoint', 'MEMBER')
+                        ELSE false END,
+                   has_function_privilege('pg_control_checkpoint()', 'EXECUTE')
+            """,
+            (start, stop, version),
+            what="detecting the server",
+        )
+        (server_version, standby, pid, wal_level, archive_mode, segment_size, user, superuser,
+         can_start, can_stop, checkpoint_role, can_read_control) = row
+        self._pid = int(pid)
+        self.info = {
+            "server_version": server_version,
+            "server_version_num": version,
+            "standby": bool(standby),
+            "wal_level": wal_level,
+            "archive_mode": archive_mode,
+            "wal_segment_size": _size_bytes(segment_size),
+            "user": user,
+            "superuser": bool(superuser),
+            "can_backup": bool(superuser or (can_start and can_stop)),
+            "can_checkpoint": bool(superuser or checkpoint_role),
+            "can_read_control": bool(superuser or can_read_control),
+            "backend_pid": self._pid,
+        }
+
+    @staticmethod
+    def _backup_functions(version: int) -> tuple[str, str]:
+        if version >= 150000:
+            return "pg_backup_start(text, boolean)", "pg_backup_stop(boolean)"
+        return "pg_start_backup(text, boolean, boolean)", "pg_stop_backup(boolean, boolean)"
+
+    def _check_preconditions(self) -> None:
+        if self.mode != "backup":
+            return
+        if self.info["wal_level"] == "minimal":
+            raise EngineError(
+                f"{self._where()}: wal_level is minimal, which cannot make an online backup",
+                hint="set wal_level = replica in postgresql.conf and restart, or use "
+                     "mode = \"checkpoint\"",
+            )
+        if not self.info["can_backup"]:
+            start, stop = self._backup_functions(self.info["server_version_num"])
+            raise EngineError(
+                f"{self._where()}: role {self.info['user']!r} may not run {start} and {stop}",
+                hint=f"as a superuser: GRANT EXECUTE ON FUNCTION {start}, {stop} TO "
+                     f"{self.info['user']};",
+            )
+
+    def _flush(self, deadline: Deadline) -> None:
+        if not self.info["can_checkpoint"]:
+            grant = ("GRANT pg_checkpoint TO " + str(self.info["user"])
+                     if self.info["server_version_num"] >= 150000 else "a superuser role")
+            if self.mode == "checkpoint":
+                raise EngineError(
+                    f"{self._where()}: role {self.info['user']!r} may not run CHECKPOINT, "
+                    "which is all checkpoint mode does",
+                    hint=f"needs {grant}",
+                )
+            self.notes.append(f"CHECKPOINT not permitted for role {self.info['user']!r} "
+                              f"(needs {grant}); pg_backup_start's own checkpoint flushes")
+            self._checkpoint = {"status": "not-permitted"}
+            return
+        started = time.monotonic()
+        self._query("CHECKPOINT", timeout=max(deadline.remaining(), 0.001), what="CHECKPOINT")
+        self._checkpoint = {"status": "done",
+                            "seconds": round(time.monotonic() - started, 3)}
+
+    def quiesce(self, deadline: Deadline) -> None:
+        if self.mode == "checkpoint":
+            self.check_alive()
+            return
+        version = self.info["server_version_num"]
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._label = f"{self.options.get('label', 'quiesce')} {self.name} {stamp}"
+        fast = bool(self.options.get("fast_checkpoint", True))
+        start_sql = ("SELECT pg_backup_start(%s, %s)::text" if version >= 150000
+                     else "SELECT pg_start_backup(%s, %s, false)::text")
+        try:
+            ((lsn,),) = self._query(start_sql, (self._label, fast),
+                                    timeout=max(deadline.remaining(), 0.001),
+                                    what="pg_backup_start")
+        except EngineError as exc:
+            if not fast and not isinstance(exc, SessionLost):
+                exc.hint = ("fast_checkpoint = false waits for a spread checkpoint; set it to "
+                            "true or raise the deadline")
+            raise
+        self._in_backup = True
+        self._start_lsn = lsn
+        self._started_at = _now()
+        self._verify_backup_held(deadline)
+
+    def _verify_backup_held(self, deadline: Deadline) -> None:
+        """Ask the server: a second start in this session must be refused (see module doc)."""
+        version = self.info["server_version_num"]
+        probe = ("SELECT pg_backup_start(%s, false)" if version >= 150000
+                 else "SELECT pg_start_backup(%s, false, false)")
+        try:
+            self._query(probe, ("quiesce verify",),
+                        timeout=min(VERIFY_SECONDS, max(deadline.remaining(), 0.5)),
+                        what="verifying backup mode")
+        except SessionLost:
+            raise
+        except EngineError as exc:
+            if getattr(exc, "sqlstate", None) != ALREADY_IN_BACKUP:
+                raise
+            self._check_same_backend()
+            return
+        raise EngineError(
+            f"{self._where()}: backup mode was not held after pg_backup_start returned "
+            "(a second start was accepted)",
+            hint="connect to PostgreSQL directly, not through a pooler in transaction mode",
+        )
+
+    def _check_same_backend(self) -> None:
+        ((pid,),) = self._query("SELECT pg_backend_pid()", what="checking the backend")
+        if pid != self._pid:
+            raise SessionLost(
+                f"{self._where()}: the backend changed from pid {self._pid} to {pid}",
+                hint="connect to PostgreSQL directly, not through a connection pooler",
+            )
+
+    def check_alive(self) -> None:
+        import psycopg
+
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            raise SessionLost(f"{self._where()}: the holding session is closed")
+        try:
+            ((pid,),) = conn.execute("SELECT pg_backend_pid()").fetchall()
+        except psycopg.Error as exc:
+            raise SessionLost(
+                f"{self._where()}: the holding session died: {str(exc).strip()}",
+                hint="the server restarted or backend pid "
+                     f"{self._pid} was terminated; any backup it held was aborted",
+            ) from exc
+        if pid != self._pid:
+            raise SessionLost(f"{self._where()}: the backend changed from pid {self._pid} to "
+                              f"{pid}; the backup held by {self._pid} is gone")
+
+    def release(self, deadline: Deadline) -> dict[str, Any]:
+        try:
+            self.check_alive()
+        except SessionLost as exc:
+            if self.mode == "backup":
+                exc.args = (f"{exc.args[0]}; the server aborted backup mode, so there is no "
+                            "backup_label for this snapshot",)
+            raise
+        if self.mode == "checkpoint":
+            return self._checkpoint_metadata()
+        version = self.info["server_version_num"]
+        stop_sql = ("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+                    if version >= 150000 else
+                    "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)")
+        # pg_backup_stop writes one WAL record and switches segment: it is quick. Give it at
+        # least a few seconds even if the deadline is nearly spent - cancelling it loses the
+        # backup_label of a snapshot that has already been taken.
+        rows = self._query(stop_sql, timeout=max(deadline.remaining(), 5.0),
+                           what="pg_backup_stop")
+        self._in_backup = False
+        stop_lsn, labelfile, spcmapfile = rows[0]
+        stopped_at = _now()
+        tablespace_map = spcmapfile or None
+        timeline = wal.label_timeline(labelfile)
+        meta: dict[str, Any] = {
+            "mode": "backup",
+            "label": self._label,
+            "start_lsn": self._start_lsn,
+            "stop_lsn": stop_lsn,
+            "timeline": timeline,
+            "backup_label": labelfile,
+            "backup_label_sha256": wal.sha256_text(labelfile),
+            "tablespace_map": tablespace_map,
+            "tablespace_map_sha256": wal.sha256_text(tablespace_map),
+            "started_at": self._started_at,
+            "stopped_at": stopped_at,
+        }
+        if timeline is not None:
+            meta["stop_wal_file"] = wal.segment_name(
+                timeline, wal.parse_lsn(stop_lsn), self.info["wal_segment_size"],
+                containing_previous_byte=True)
+        meta["wal_archived"] = self._wait_for_archive(meta.get("stop_wal_file"), deadline)
+        meta.update(self._common_metadata())
+        return meta
+
+    def _archive_wait_wanted(self) -> bool:
+        setting = self.options.get("wait_for_archive", "auto")
+        if isinstance(setting, bool):
+            return setting
+        archive_mode = self.info["archive_mode"]
+        if self.info["standby"]:
+            return archive_mode == "always"
+        return archive_mode in ("on", "always")
+
+    def _wait_for_archive(self, segment: str | None, deadline: Deadline) -> bool | None:
+        """True once ``segment`` is archived; None when not waited for; False on timeout."""
+        if not self._archive_wait_wanted():
+            return None
+        if segment is None:
+            self.notes.append("cannot tell which WAL file to wait for: no timeline in the label")
+            return False
+        limit = deadline.sooner(float(self.options.get("archive_wait_seconds", 60)))
+        while True:
+            ((last,),) = self._query("SELECT last_archived_wal FROM pg_stat_archiver",
+                                     timeout=5.0, what="reading pg_stat_archiver")
+            if last and wal.is_segment_name(last[:24]) and last[:24] >= segment:
+                return True
+            if limit.expired():
+                self.notes.append(
+                    f"WAL file {segment} was not archived within {limit.seconds:g}s (last "
+                    f"archived: {last or 'none'}); a restore needs it from pg_wal or the "
+                    "archive")
+                return False
+            time.sleep(min(0.2, limit.remaining()))
+
+    def _checkpoint_metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"mode": "checkpoint"}
+        if self.info.get("can_read_control"):
+            ((timeline, checkpoint_lsn, redo_lsn, checkpoint_time),) = self._query(
+                "SELECT timeline_id, checkpoint_lsn::text, redo_lsn::text, "
+                "checkpoint_time::text FROM pg_control_checkpoint()",
+                timeout=5.0, what="reading pg_control_checkpoint()")
+            meta.update(timeline=timeline, checkpoint_lsn=checkpoint_lsn, redo_lsn=redo_lsn,
+                        checkpoint_time=checkpoint_time)
+        else:
+            meta["timeline"] = None
+            self.notes.append("pg_control_checkpoint() not permitted: no checkpoint LSN "
+                              "recorded (GRANT EXECUTE ON FUNCTION pg_control_checkpoint() ...)")
+        meta.update(self._common_metadata())
+        return meta
+
+    def _common_metadata(self) -> dict[str, Any]:
+        return {
+            "server_version": self.info.get("server_version"),
+            "server_version_num": self.info.get("server_version_num"),
+            "standby": self.info.get("standby"),
+            "backend_pid": self._pid,
+            "checkpoint": self._checkpoint,
+            "notes": list(self.notes),
+        }
+
+    def abort(self) -> None:
+        # Closing the session is the abort: the server ends a backup whose session is gone
+        # (and closing never blocks on a hung server, unlike a pg_backup_stop would).
+        self.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self._in_backup = False
+        if conn is not None:
+            with contextlib.suppress(Exception):  # close must never raise
+                conn.close()
+
+    @property
+    def in_backup(self) -> bool:
+        return self._in_backup
+
+
+def _size_bytes(setting: str) -> int:
+    """``current_setting('wal_segment_size')`` is e.g. ``16MB``; return bytes."""
+    units = {"kB": 1024, "MB": 1024**2, "GB": 1024**3, "B": 1}
+    text = setting.strip()
+    for suffix, factor in units.items():
+        if text.endswith(suffix) and text[: -len(suffix)].strip().isdigit():
+            return int(text[: -len(suffix)]) * factor
+    return int(text) if text.isdigit() else wal.DEFAULT_SEGMENT_SIZE
