@@ -1,0 +1,319 @@
+"""Run one pre/post script phase: argv, own session, streamed output, one deadline, real retries.
+
+What the Azure extension gets wrong and this module does instead:
+
+* the script is executed directly (its shebang is honoured), through the descriptor that
+  :mod:`quiesce.security` checked (``/proc/self/fd/N``), with the params as argv entries exactly
+  as listed: empty strings kept, nothing shell-interpreted;
+* stdin is /dev/null, cwd is ``/``, the script leads a new session (so its process group holds
+  everything it starts that does not deliberately leave);
+* stdout and stderr are read as they come and handed line by line to a sink, so any amount of
+  output is safe;
+* ``timeout`` is the deadline of the whole phase, covering every attempt; at the deadline the
+  process group gets SIGTERM, then SIGKILL after a short grace, and is reaped;
+* a failed attempt is really run again, up to ``retries`` times, while the deadline allows.
+
+A ``quiesce pre`` script leaves a holder daemon running in its *own* session, and that daemon
+may still hold the script's stdout. So the end of an attempt is the exit of the script's main
+process (watched through a pidfd), not EOF on the pipes: after the exit, whatever is already
+readable is drained for a short, bounded time and the pipes are closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from quiesce.deadline import Deadline
+from quiesce.errors import AzureCode, ScriptError
+
+Sink = Callable[[str, str], None]  # (stream: "stdout" | "stderr", line without newline)
+
+DEFAULT_GRACE = 3.0  # seconds between SIGTERM and SIGKILL at the deadline
+DRAIN_IDLE = 0.05  # after the main process exits: stop when nothing arrives for this long
+DRAIN_MAX = 0.5  # ... and in any case after this long
+MAX_LINE = 64 * 1024  # a longer line is passed on in pieces of this size
+TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One execution of the script."""
+
+    number: int
+    started_at: float  # wall clock (time.time()), for reports
+    duration_s: float
+    exit_code: int | None  # None when killed by a signal
+    signal: int | None = None
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass
+class ScriptResult:
+    """The outcome of a phase: every attempt, and the last lines of output for error messages."""
+
+    phase: str
+    path: str
+    attempts: list[Attempt] = field(default_factory=list)
+    started_at: float = 0.0
+    duration_s: float = 0.0
+    output_tail: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.attempts) and self.attempts[-1].ok
+
+    @property
+    def timed_out(self) -> bool:
+        return any(a.timed_out for a in self.attempts)
+
+    @property
+    def exit_codes(self) -> list[int | None]:
+        return [a.exit_code for a in self.attempts]
+
+    @property
+    def code(self) -> AzureCode | None:
+        """The Azure error code of the phase's outcome, None on success."""
+        if self.ok:
+            return None
+        return AzureCode.for_phase(self.phase, "timeout" if self.timed_out else "failed")
+
+    def describe(self) -> str:
+        """One sentence on what went wrong (empty on success)."""
+        if self.ok:
+            return ""
+        n = len(self.attempts)
+        tries = f"{n} attempt{'s' if n != 1 else ''}"
+        if self.timed_out:
+            return f"{self.phase}-script did not finish within the phase deadline ({tries}); " \
+                   "its process group was killed"
+        last = self.attempts[-1]
+        how = f"was killed by signal {last.signal}" if last.signal else \
+            f"exited with status {last.exit_code}"
+        return f"{self.phase}-script {how} ({tries}, exit statuses {self.exit_codes})"
+
+
+def has_interpreter_line(fd: int) -> bool:
+    """True if the file starts with ``#!`` or is an ELF binary (something execve can run)."""
+    head = os.pread(fd, 4, 0)
+    return head.startswith(b"#!") or head == b"\x7fELF"
+
+
+class _LineSplitter:
+    def __init__(self, stream: str, sink: Sink, tail: deque[str]) -> None:
+        self.stream = stream
+        self.sink = sink
+        self.tail = tail
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            cut = self.buffer.find(b"\n")
+            if cut < 0:
+                if len(self.buffer) >= MAX_LINE:
+                    self._emit(bytes(self.buffer[:MAX_LINE]))
+                    del self.buffer[:MAX_LINE]
+                    continue
+                return
+            line = bytes(self.buffer[:cut])
+            del self.buffer[: cut + 1]
+            self._emit(line)
+
+    def close(self) -> None:
+        if self.buffer:
+            self._emit(bytes(self.buffer))
+            self.buffer.clear()
+
+    def _emit(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        self.tail.append(f"{self.stream}: {line}")
+        self.sink(self.stream, line)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class _Execution:
+    """One attempt: start, pump output until the main process exits or the deadline passes."""
+
+    def __init__(self, argv: Sequence[str], pass_fds: Sequence[int], env: Mapping[str, str],
+                 sink: Sink, tail: deque[str]) -> None:
+        self.proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd="/",
+            env=dict(env),
+            pass_fds=tuple(pass_fds),
+            start_new_session=True,
+            close_fds=True,
+        )
+        self.selector = selectors.DefaultSelector()
+        self.splitters: dict[int, _LineSplitter] = {}
+        for name, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
+            assert pipe is not None
+            fd = pipe.fileno()
+            os.set_blocking(fd, False)
+            self.splitters[fd] = _LineSplitter(name, sink, tail)
+            self.selector.register(fd, selectors.EVENT_READ, "pipe")
+        self.pidfd = -1
+        with contextlib.suppress(OSError, AttributeError):
+            self.pidfd = os.pidfd_open(self.proc.pid)
+            self.selector.register(self.pidfd, selectors.EVENT_READ, "exit")
+
+    def _pump(self, wait: float) -> bool:
+        """Wait up to ``wait`` seconds for output or exit. True if any output was read."""
+        got = False
+        # Without a pidfd the exit is noticed by polling, so bound each wait.
+        timeout = wait if self.pidfd >= 0 else min(wait, 0.02)
+        for key, _ in self.selector.select(timeout):
+            if key.data != "pipe":
+                continue
+            fd = int(key.fd)  # type: ignore[call-overload]
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if data:
+                got = True
+                self.splitters[fd].feed(data)
+            else:
+                self.selector.unregister(fd)
+                self.splitters[fd].close()
+        return got
+
+    def _open_pipes(self) -> int:
+        return sum(1 for key in self.selector.get_map().values() if key.data == "pipe")
+
+    def wait_exit(self, deadline: Deadline) -> bool:
+        """Pump until the main process exits (True) or the deadline passes (False)."""
+        while self.proc.poll() is None:
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                return False
+            if self._open_pipes() == 0 and self.pidfd < 0:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=min(remaining, 0.02))
+                continue
+            self._pump(remaining)
+        return True
+
+    def drain(self) -> None:
+        """After the exit: read what is readable, briefly; never wait for EOF from a daemon."""
+        if self.pidfd >= 0:
+            self.selector.unregister(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
+        stop = Deadline(DRAIN_MAX)
+        while self._open_pipes() and not stop.expired():
+            if not self._pump(min(DRAIN_IDLE, stop.remaining())):
+                break
+
+    def terminate_group(self, grace: float) -> None:
+        """SIGTERM the whole process group, SIGKILL it after ``grace``, reap the main process."""
+        pgid = self.proc.pid  # leader of its own session and group
+        _killpg(pgid, signal.SIGTERM)
+        self.wait_exit(Deadline(grace))
+        # Whether or not the leader left, anything still in the group gets SIGKILL.
+        _killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=max(grace, 5.0))
+        self.drain()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:  # an exception escaped mid-attempt: leave nothing behind
+            _killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5.0)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        for splitter in self.splitters.values():
+            splitter.close()
+        self.selector.close()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def run_script(
+    phase: str,
+    path: str,
+    params: Sequence[str],
+    *,
+    timeout: float,
+    retries: int = 0,
+    sink: Sink | None = None,
+    fd: int | None = None,
+    env: Mapping[str, str] | None = None,
+    grace: float = DEFAULT_GRACE,
+    deadline: Deadline | None = None,
+) -> ScriptResult:
+    """Run a script phase and return its result; never raises for a script's failure.
+
+    ``fd`` is the checked descriptor of the script (from :func:`quiesce.security.open_trusted`):
+    when given, the script is executed through it, and ``path`` is only used in messages.
+    ``deadline`` overrides ``timeout`` (the phase deadline, shared by every attempt).
+    Raises :class:`ScriptError` only when the script cannot be executed at all.
+    """
+    deadline = deadline or Deadline(timeout)
+    sink = sink or (lambda stream, line: None)
+    run_env = dict(os.environ if env is None else env)
+    run_env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    exe = f"/proc/self/fd/{fd}" if fd is not None else path
+    argv = [exe, *params]
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    result = ScriptResult(phase=phase, path=path, started_at=time.time())
+    start = time.monotonic()
+    for number in range(1, retries + 2):
+        if deadline.expired():
+            break
+        t0 = time.monotonic()
+        wall = time.time()
+        try:
+            execution = _Execution(argv, [fd] if fd is not None else [], run_env, sink, tail)
+        except OSError as exc:
+            hint = "check the script exists and is executable"
+            if exc.errno == errno.ENOEXEC:
+                hint = "add an interpreter line such as '#!/bin/sh' as the script's first line"
+            raise ScriptError(f"{phase}-script {path} cannot be executed: {exc.strerror}",
+                              hint=hint, code=AzureCode.for_phase(phase, "failed")) from exc
+        try:
+            exited = execution.wait_exit(deadline)
+            if exited:
+                execution.drain()
+            else:
+                execution.terminate_group(min(grace, max(0.5, float(timeout))))
+        finally:
+            execution.close()
+        code = execution.proc.returncode
+        attempt = Attempt(
+            number=number,
+            started_at=wall,
+            duration_s=time.monotonic() - t0,
+            exit_code=code if code is not None and code >= 0 else None,
+            signal=-code if code is not None and code < 0 else None,
+            timed_out=not exited,
+        )
+        result.attempts.append(attempt)
+        if attempt.ok or attempt.timed_out:
+            break
+    result.duration_s = time.monotonic() - start
+    result.output_tail = list(tail)
+    return result
