@@ -1,3 +1,132 @@
-"""Fixtures for mongodb (filled in by its own module owner)."""
+"""pytest fixtures for throwaway MongoDB servers: a local mongod, else a mongo:7 container.
 
-__all__: list[str] = []
+- ``mongodb_backend`` (session scope): ``"local"`` when a mongod binary is found, ``"docker"``
+  when a Docker engine answers; otherwise tests using it skip with the exact reason
+  ("no mongod on PATH (looked in ...) and no Docker engine at unix:///var/run/docker.sock: ...").
+- ``mongodb_layout_factory`` (function scope): ``make() -> ServerLayout`` of fresh directories
+  (data, separate journal dir, run dir), removed at test end.
+- ``mongodb_server_factory`` (function scope): ``make(layout=None, replset=None, **kwargs)``
+  returning a started server (LocalMongod or DockerServer); all stopped at test end.
+- ``mongodb_server`` (session scope): one shared one-member replica set ("rs0") for tests that
+  neither stop nor lock-and-forget it.
+
+Importing this module imports neither pymongo nor docker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from quiesce.servers.base import Server, ServerLayout
+
+__all__ = ["mongodb_backend", "mongodb_layout_factory", "mongodb_server",
+           "mongodb_server_factory"]
+
+
+def mongodb_unavailable_reason() -> tuple[str | None, str]:
+    """(backend, "") when a MongoDB server can be started here, else (None, the reason)."""
+    try:
+        import pymongo  # noqa: F401
+    except ImportError:
+        return None, "pymongo is not installed (pip install 'quiesce[mongodb]')"
+    from quiesce.errors import EngineUnavailable
+    from quiesce.servers.docker import docker_available
+    from quiesce.servers.mongodb import find_mongod, mongod_search_dirs
+
+    try:
+        find_mongod()
+        return "local", ""
+    except EngineUnavailable:
+        pass
+    ok, reason = docker_available()
+    if ok:
+        return "docker", ""
+    looked = ", ".join(mongod_search_dirs())
+    return None, f"no mongod on PATH (looked in {looked}) and {reason}"
+
+
+def start_mongodb(backend: str, layout: ServerLayout, *, replset: str | None = None,
+                  **kwargs: Any) -> Server:
+    """A started MongoDB server of ``backend`` on ``layout``."""
+    if backend == "local":
+        from quiesce.servers.mongodb import LocalMongod
+
+        server: Server = LocalMongod(layout, replset=replset, **kwargs)
+    else:
+        from quiesce.servers.docker import DockerServer
+
+        server = DockerServer("mongodb", layout, replset=replset, **kwargs)
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+class _Workspace:
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.roots: list[Path] = []
+        self.servers: list[Server] = []
+
+    def layout(self) -> ServerLayout:
+        from quiesce.servers.base import ServerLayout
+
+        root = Path(tempfile.mkdtemp(prefix="quiesce-mongo-"))
+        self.roots.append(root)
+        return ServerLayout(data_dir=root / "data", log_dir=root / "journal",
+                            run_dir=root / "run")
+
+    def server(self, layout: ServerLayout | None = None, **kwargs: Any) -> Server:
+        server = start_mongodb(self.backend, layout or self.layout(), **kwargs)
+        self.servers.append(server)
+        return server
+
+    def close(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+        for root in self.roots:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(root)
+
+
+@pytest.fixture(scope="session")
+def mongodb_backend() -> str:
+    backend, reason = mongodb_unavailable_reason()
+    if backend is None:
+        pytest.skip(reason)
+    return backend
+
+
+@pytest.fixture
+def mongodb_layout_factory() -> Iterator[Callable[[], ServerLayout]]:
+    workspace = _Workspace("none")
+    yield workspace.layout
+    workspace.close()
+
+
+@pytest.fixture
+def mongodb_server_factory(mongodb_backend: str) -> Iterator[Callable[..., Server]]:
+    workspace = _Workspace(mongodb_backend)
+    try:
+        yield workspace.server
+    finally:
+        workspace.close()
+
+
+@pytest.fixture(scope="session")
+def mongodb_server(mongodb_backend: str) -> Iterator[Server]:
+    workspace = _Workspace(mongodb_backend)
+    try:
+        yield workspace.server(replset="rs0")
+    finally:
+        workspace.close()
