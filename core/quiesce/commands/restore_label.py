@@ -1,0 +1,76 @@
+"""``quiesce restore-label``: write a recorded backup_label into a restored data directory.
+
+    quiesce restore-label [--state-dir DIR] [--run-id ID | --record FILE] [--name NAME]
+                          [--force] [--json] DATADIR
+
+The run record comes from the catalog (``--state-dir``, newest run unless ``--run-id``) or
+from a record file (``--record``, e.g. a copy kept next to the snapshot). Exit 0 when the
+label was written, 2 when refused (with the reason and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+DEFAULT_STATE_DIR = "/var/lib/quiesce"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data_dir", metavar="DATADIR",
+                        help="the RESTORED PostgreSQL data directory (never a live one)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--run-id", help="the run whose label to restore (default: newest)")
+    source.add_argument("--record", metavar="FILE",
+                        help="read the run record (or one instance's metadata) from this JSON "
+                             "file instead of the state directory")
+    parser.add_argument("--state-dir", default=None,
+                        help=f"where run records are kept (default {DEFAULT_STATE_DIR}, or "
+                             "QUIESCE_STATE_DIR)")
+    parser.add_argument("--name", help="the [[postgresql]] instance, when the run has several")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing backup_label/tablespace_map")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _load(args: argparse.Namespace) -> dict[str, Any]:
+    from quiesce_postgresql.restore import RestoreLabelError
+
+    if args.record:
+        try:
+            with open(args.record, encoding="utf-8") as f:
+                record = json.load(f)
+        except OSError as exc:
+            raise RestoreLabelError(f"cannot read {args.record}: {exc.strerror}") from exc
+        except json.JSONDecodeError as exc:
+            raise RestoreLabelError(f"{args.record} is not JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise RestoreLabelError(f"{args.record} does not hold a JSON object")
+        return record
+    state_dir = args.state_dir or os.environ.get("QUIESCE_STATE_DIR") or DEFAULT_STATE_DIR
+    try:
+        from quiesce.catalog import load_record
+    except ImportError as exc:
+        raise RestoreLabelError("this build has no run catalog",
+                                hint="pass the record file with --record") from exc
+    return load_record(state_dir, run_id=args.run_id)
+
+
+def main(args: argparse.Namespace) -> int:
+    from quiesce_postgresql.restore import find_label_metadata, install_label
+
+    record = _load(args)
+    name, metadata = find_label_metadata(record, args.name)
+    result = install_label(args.data_dir, metadata, force=args.force, instance=name)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(f"wrote {', '.join(result.written)} into {result.data_dir}"
+              f" (start_lsn {result.start_lsn}, stop_lsn {result.stop_lsn})")
+        for removed in result.removed:
+            print(f"removed stale {removed}")
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+    return 0

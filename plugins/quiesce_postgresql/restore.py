@@ -1,0 +1,235 @@
+"""Put a recorded backup_label (and tablespace_map) into a RESTORED PostgreSQL data directory.
+
+A snapshot taken in backup mode restores correctly only if the ``backup_label`` that
+``pg_backup_stop`` returned is written, byte for byte, into the restored data directory before
+the server starts there; and never into a live one (a live server would treat the next crash
+as a restore from that backup). This module does exactly that, refusing anything doubtful:
+
+- the directory must look like a PostgreSQL data directory (``PG_VERSION``) and must not
+  belong to a running postmaster (``postmaster.pid`` naming a live process whose cwd is that
+  directory);
+- an existing ``backup_label``/``tablespace_map`` is only replaced with ``force``;
+- the recorded sha256 must match the recorded text, and the bytes written are re-read and
+  checked against it;
+- the files are created with mode 0600, owned by the data directory's owner, written to a
+  temporary name, fsynced and renamed into place (then the directory is fsynced).
+
+Recovery from a backup needs the WAL from ``start_lsn`` through ``stop_lsn``: when the
+segment holding ``stop_lsn`` is not in the restored ``pg_wal``, a warning says so (the server
+will then need ``restore_command`` to fetch it from the archive).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quiesce.errors import QuiesceError
+from quiesce.servers.postgresql import live_postmaster
+from quiesce_postgresql import wal
+
+LABEL = "backup_label"
+MAP = "tablespace_map"
+
+
+class RestoreLabelError(QuiesceError):
+    """The label cannot (or must not) be written into that directory."""
+
+
+@dataclass
+class LabelInstalled:
+    data_dir: str
+    instance: str | None
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    start_lsn: str | None = None
+    stop_lsn: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"data_dir": self.data_dir, "instance": self.instance, "written": self.written,
+                "removed": self.removed, "warnings": self.warnings,
+                "start_lsn": self.start_lsn, "stop_lsn": self.stop_lsn}
+
+
+def find_label_metadata(record: Mapping[str, Any], name: str | None = None
+                        ) -> tuple[str | None, dict[str, Any]]:
+    """The metadata of the PostgreSQL instance that recorded a backup_label.
+
+    ``record`` is a run record (``{"instances": [{"plugin": "postgresql", "name", "metadata"}
+    ...]}``) or directly one instance's metadata (has ``backup_label``). With several
+    PostgreSQL instances in the record, ``name`` chooses one.
+    """
+    if "backup_label" in record:
+        return name, dict(record)
+    instances = record.get("instances")
+    if not isinstance(instances, list):
+        raise RestoreLabelError("the record has no 'instances' list and no 'backup_label'",
+                                hint="pass a run record written by 'quiesce post', or the "
+                                     "metadata of one PostgreSQL instance")
+    candidates = []
+    for item in instances:
+        if not isinstance(item, Mapping):
+            continue
+        engine = item.get("plugin", item.get("engine"))
+        if engine != "postgresql":
+            continue
+        if name is not None and item.get("name") != name:
+            continue
+        candidates.append(item)
+    names = [str(c.get("name")) for c in candidates]
+    if not candidates:
+        which = f" named {name!r}" if name else ""
+        raise RestoreLabelError(f"the record has no PostgreSQL instance{which}",
+                                hint="check --run-id/--record, and --name")
+    if len(candidates) > 1:
+        raise RestoreLabelError(
+            f"the record has several PostgreSQL instances ({', '.join(names)})",
+            hint="choose one with --name")
+    chosen = candidates[0]
+    metadata = chosen.get("metadata")
+    if not isinstance(metadata, Mapping) or not metadata.get("backup_label"):
+        status = chosen.get("status", "unknown")
+        mode = metadata.get("mode") if isinstance(metadata, Mapping) else None
+        raise RestoreLabelError(
+            f"PostgreSQL instance {chosen.get('name')!r} recorded no backup_label "
+            f"(status {status!r}, mode {mode!r})",
+            hint="only a hold released by 'quiesce post' in backup mode has a label; a lost or "
+                 "auto-released hold means this snapshot is only crash-consistent")
+    return chosen.get("name"), dict(metadata)
+
+
+def _check_text(metadata: Mapping[str, Any], key: str) -> bytes | None:
+    text = metadata.get(key)
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str):
+        raise RestoreLabelError(f"recorded {key} is not text")
+    data = text.encode("utf-8")
+    recorded = metadata.get(f"{key}_sha256")
+    actual = hashlib.sha256(data).hexdigest()
+    if not recorded:
+        raise RestoreLabelError(f"the record has {key} but no {key}_sha256 to check it against")
+    if recorded != actual:
+        raise RestoreLabelError(
+            f"recorded {key} does not match its sha256 ({actual} != {recorded})",
+            hint="the run record was modified or damaged; do not restore with it")
+    return data
+
+
+def _owner(directory: Path) -> tuple[int, int]:
+    st = directory.stat()
+    return st.st_uid, st.st_gid
+
+
+def _write_exact(directory: Path, name: str, data: bytes, owner: tuple[int, int]) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    tmp = f".{name}.quiesce-tmp"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+        try:
+            os.fchmod(fd, 0o600)
+            if os.geteuid() == 0:
+                os.fchown(fd, *owner)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            back = b""
+            while chunk := os.read(fd, 65536):
+                back += chunk
+        finally:
+            os.close(fd)
+        if back != data:
+            raise RestoreLabelError(f"{directory / name} does not read back as written")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    finally:
+        os.close(dir_fd)
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Refuse anything but a stopped (restored) PostgreSQL data directory."""
+    try:
+        st = os.lstat(data_dir)
+    except FileNotFoundError as exc:
+        raise RestoreLabelError(f"{data_dir} does not exist") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise RestoreLabelError(f"{data_dir} is not a directory",
+                                hint="give the restored data directory itself, not a link")
+    if not (data_dir / "PG_VERSION").is_file():
+        raise RestoreLabelError(f"{data_dir} is not a PostgreSQL data directory (no PG_VERSION)",
+                                hint="give the directory that holds PG_VERSION and global/")
+    pid = live_postmaster(data_dir)
+    if pid is not None:
+        raise RestoreLabelError(
+            f"{data_dir} belongs to a running PostgreSQL server (postmaster pid {pid})",
+            hint="backup_label goes into a RESTORED copy, before its server starts; writing it "
+                 "into a live cluster would break its next crash recovery")
+
+
+def install_label(data_dir: str | os.PathLike[str], metadata: Mapping[str, Any], *,
+                  force: bool = False, instance: str | None = None) -> LabelInstalled:
+    """Write ``metadata``'s backup_label (and tablespace_map) into ``data_dir``."""
+    directory = Path(os.path.abspath(data_dir))
+    label = _check_text(metadata, LABEL)
+    if label is None:
+        raise RestoreLabelError("the record holds no backup_label")
+    spcmap = _check_text(metadata, MAP)
+    check_data_dir(directory)
+    result = LabelInstalled(data_dir=str(directory), instance=instance,
+                            start_lsn=metadata.get("start_lsn"), stop_lsn=metadata.get("stop_lsn"))
+    existing = [n for n in (LABEL, MAP) if os.path.lexists(directory / n)]
+    if existing and not force:
+        raise RestoreLabelError(
+            f"{directory} already has {' and '.join(existing)}",
+            hint="it may be from an earlier restore attempt; pass --force to replace it")
+    owner = _owner(directory)
+    if spcmap is None and (directory / MAP).exists():
+        (directory / MAP).unlink()  # a stale map would send tablespaces to the wrong place
+        result.removed.append(MAP)
+    if spcmap is not None:
+        _write_exact(directory, MAP, spcmap, owner)
+        result.written.append(MAP)
+    _write_exact(directory, LABEL, label, owner)
+    result.written.insert(0, LABEL)
+    result.warnings.extend(_wal_warnings(directory, metadata))
+    if os.path.lexists(directory / "postmaster.pid"):
+        result.warnings.append(
+            "postmaster.pid is a leftover from the snapshot (no live server uses it); "
+            "PostgreSQL removes a stale one at start unless its pid is alive on this host")
+    return result
+
+
+def _wal_warnings(directory: Path, metadata: Mapping[str, Any]) -> list[str]:
+    segment = metadata.get("stop_wal_file")
+    if not segment:
+        return []
+    wal_dir = directory / "pg_wal"
+    if not wal_dir.exists():
+        return [f"{wal_dir} is missing (a dangling pg_wal link?): restore the WAL disk and "
+                "point pg_wal at it before starting the server"]
+    present = sorted(p.name for p in wal_dir.iterdir() if wal.is_segment_name(p.name))
+    if segment in present:
+        return []
+    newest = present[-1] if present else "none"
+    return [f"WAL file {segment} (holding stop_lsn {metadata.get('stop_lsn')}) is not in "
+            f"{wal_dir} (newest there: {newest}); recovery will stop with 'WAL ends before "
+            "end of online backup' unless restore_command can fetch it from the WAL archive"]

@@ -1,0 +1,216 @@
+"""quiesce restore-label: refusals and a byte-exact install, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quiesce_postgresql import wal
+from quiesce_postgresql.restore import RestoreLabelError, find_label_metadata, install_label
+
+LABEL = (
+    "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"
+    "CHECKPOINT LOCATION: 0/2000060\n"
+    "BACKUP METHOD: streamed\n"
+    "BACKUP FROM: primary\n"
+    "START TIME: 2026-11-26 12:30:52 UTC\n"
+    "LABEL: quiesce main 2026-11-26T12:30:52Z\n"
+    "START TIMELINE: 1\n"
+)
+SPCMAP = "16385 /srv/tablespaces/fast\n"
+
+
+def metadata(**overrides: object) -> dict:
+    meta = {
+        "mode": "backup", "start_lsn": "0/2000028", "stop_lsn": "0/2000100", "timeline": 1,
+        "backup_label": LABEL, "backup_label_sha256": wal.sha256_text(LABEL),
+        "tablespace_map": None, "tablespace_map_sha256": None,
+        "stop_wal_file": "000000010000000000000002",
+    }
+    meta.update(overrides)
+    return meta
+
+
+def record(*instances: dict) -> dict:
+    return {"run_id": "20261126T123052Z-abcdef", "instances": list(instances)}
+
+
+def pg_instance(name: str = "main", status: str = "released", **meta: object) -> dict:
+    return {"plugin": "postgresql", "name": name, "status": status,
+            "metadata": metadata(**meta)}
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A stopped, restored-looking data directory (owned by postgres when we are root)."""
+    d = tmp_path / "restored"
+    (d / "pg_wal").mkdir(parents=True)
+    (d / "PG_VERSION").write_text("15\n")
+    (d / "pg_wal" / "000000010000000000000002").write_bytes(b"\0" * 16)
+    d.chmod(0o700)
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres") if _has_user("postgres") else None
+        if entry:
+            os.chown(d, entry.pw_uid, entry.pw_gid)
+    return d
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "quiesce", "restore-label", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def write_record(tmp_path: Path, doc: dict) -> Path:
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_writes_label_byte_for_byte(tmp_path: Path, data_dir: Path) -> None:
+    rec = write_record(tmp_path, record(pg_instance()))
+    out = run_cli("--record", str(rec), "--json", str(data_dir))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["written"] == ["backup_label"]
+    assert result["warnings"] == []
+    label = data_dir / "backup_label"
+    assert label.read_bytes() == LABEL.encode()
+    st = label.stat()
+    assert st.st_mode & 0o777 == 0o600
+    assert (st.st_uid, st.st_gid) == (data_dir.stat().st_uid, data_dir.stat().st_gid)
+    assert not (data_dir / "tablespace_map").exists()
+    assert [p.name for p in data_dir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_tablespace_map_written_too(tmp_path: Path, data_dir: Path) -> None:
+    meta = metadata(tablespace_map=SPCMAP, tablespace_map_sha256=wal.sha256_text(SPCMAP))
+    result = install_label(data_dir, meta)
+    assert result.written == ["backup_label", "tablespace_map"]
+    assert (data_dir / "tablespace_map").read_bytes() == SPCMAP.encode()
+    assert (data_dir / "tablespace_map").stat().st_mode & 0o777 == 0o600
+
+
+def test_existing_label_needs_force(tmp_path: Path, data_dir: Path) -> None:
+    (data_dir / "backup_label").write_text("old label\n")
+    rec = write_record(tmp_path, record(pg_instance()))
+    out = run_cli("--record", str(rec), str(data_dir))
+    assert out.returncode == 2
+    assert "already has backup_label" in out.stderr and "--force" in out.stderr
+    assert (data_dir / "backup_label").read_text() == "old label\n"
+    out = run_cli("--record", str(rec), "--force", str(data_dir))
+    assert out.returncode == 0, out.stderr
+    assert (data_dir / "backup_label").read_bytes() == LABEL.encode()
+
+
+def test_stale_tablespace_map_removed_with_force(data_dir: Path) -> None:
+    (data_dir / "tablespace_map").write_text("16385 /old\n")
+    with pytest.raises(RestoreLabelError, match="already has tablespace_map"):
+        install_label(data_dir, metadata())
+    result = install_label(data_dir, metadata(), force=True)
+    assert result.removed == ["tablespace_map"]
+    assert not (data_dir / "tablespace_map").exists()
+
+
+def test_refuses_a_live_cluster(tmp_path: Path, data_dir: Path) -> None:
+    # A real process whose cwd is the data dir, named in postmaster.pid: what a live
+    # postmaster looks like from outside.
+    proc = subprocess.Popen(["sleep", "120"], cwd=data_dir)
+    try:
+        (data_dir / "postmaster.pid").write_text(f"{proc.pid}\n{data_dir}\n")
+        rec = write_record(tmp_path, record(pg_instance()))
+        out = run_cli("--record", str(rec), "--force", str(data_dir))
+        assert out.returncode == 2
+        assert f"running PostgreSQL server (postmaster pid {proc.pid})" in out.stderr
+        assert not (data_dir / "backup_label").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_copied_pid_file_of_another_process_is_not_live(tmp_path: Path,
+                                                        data_dir: Path) -> None:
+    # The pid is alive but runs elsewhere (a restored copy of a live server's directory).
+    proc = subprocess.Popen(["sleep", "120"], cwd=tmp_path)
+    try:
+        (data_dir / "postmaster.pid").write_text(f"{proc.pid}\n/var/lib/postgresql/15/main\n")
+        result = install_label(data_dir, metadata())
+        assert result.written == ["backup_label"]
+        assert any("postmaster.pid is a leftover" in w for w in result.warnings)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_refuses_a_tampered_record(data_dir: Path) -> None:
+    meta = metadata(backup_label=LABEL.replace("0/2000060", "0/2000061"))
+    with pytest.raises(RestoreLabelError, match="does not match its sha256"):
+        install_label(data_dir, meta)
+    assert not (data_dir / "backup_label").exists()
+
+
+def test_refuses_what_is_not_a_data_dir(tmp_path: Path) -> None:
+    with pytest.raises(RestoreLabelError, match="no PG_VERSION"):
+        install_label(tmp_path, metadata())
+    with pytest.raises(RestoreLabelError, match="does not exist"):
+        install_label(tmp_path / "nope", metadata())
+    link = tmp_path / "link"
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "PG_VERSION").write_text("15\n")
+    link.symlink_to(tmp_path / "real")
+    with pytest.raises(RestoreLabelError, match="not a directory"):
+        install_label(link, metadata())
+
+
+def test_warns_when_the_stop_wal_is_missing(data_dir: Path) -> None:
+    result = install_label(data_dir, metadata(stop_wal_file="000000010000000000000007"))
+    assert len(result.warnings) == 1
+    assert "000000010000000000000007" in result.warnings[0]
+    assert "restore_command" in result.warnings[0]
+
+
+def test_choosing_the_instance() -> None:
+    rec = record(pg_instance("a"), pg_instance("b"),
+                 {"plugin": "mysql", "name": "m", "status": "released", "metadata": {}})
+    with pytest.raises(RestoreLabelError, match=r"several PostgreSQL instances \(a, b\)"):
+        find_label_metadata(rec)
+    name, meta = find_label_metadata(rec, "b")
+    assert name == "b" and meta["backup_label"] == LABEL
+    with pytest.raises(RestoreLabelError, match="no PostgreSQL instance named 'c'"):
+        find_label_metadata(rec, "c")
+    # Bare metadata (e.g. a drill's copy) is accepted as is.
+    assert find_label_metadata(metadata())[1]["stop_lsn"] == "0/2000100"
+
+
+def test_a_lost_hold_has_no_label_and_says_why() -> None:
+    lost = {"plugin": "postgresql", "name": "main", "status": "lost", "metadata": None}
+    with pytest.raises(RestoreLabelError, match="recorded no backup_label") as info:
+        find_label_metadata(record(lost))
+    assert "crash-consistent" in info.value.hint
+
+
+def test_reads_the_catalog(tmp_path: Path, data_dir: Path) -> None:
+    catalog = pytest.importorskip("quiesce.catalog",
+                                  reason="quiesce.catalog (run records) is not in this build")
+    state = tmp_path / "state"
+    catalog.write_record(str(state), record(pg_instance()))
+    out = run_cli("--state-dir", str(state), str(data_dir))
+    assert out.returncode == 0, out.stderr
+    assert "wrote backup_label" in out.stdout
+    assert (data_dir / "backup_label").read_bytes() == LABEL.encode()
+    out = run_cli("--state-dir", str(state), "--run-id", "20990101T000000Z-ffffff", "--force",
+                  str(data_dir))
+    assert out.returncode == 2
