@@ -106,6 +106,7 @@ class LoopDisk:
     size_mb: int
     notes: list[str] = field(default_factory=list)
     freezable: bool = True
+    remove_image: bool = True
     _torn_down: bool = False
 
     @classmethod
@@ -128,6 +129,9 @@ class LoopDisk:
         mount_point = workdir / name
         if image.exists():
             raise DiskError(f"{image} already exists", hint="pick another name or remove it")
+        if mount_point.exists() and not mount_point.is_dir():
+            raise DiskError(f"{mount_point} exists and is not a directory",
+                            hint="pick another name or remove it")
         disk = cls(image=image, device="", mount_point=mount_point, fstype=fstype,
                    size_mb=size)
         try:
@@ -139,6 +143,37 @@ class LoopDisk:
             mount_point.mkdir(parents=True, exist_ok=True)
             _run([mount, "-t", fstype, disk.device, str(mount_point)],
                  f"mounting {disk.device} on {mount_point}")
+        except BaseException:
+            disk.teardown()
+            raise
+        return disk
+
+    @classmethod
+    def attach(cls, image: Path, mount_point: Path, fstype: str = "ext4", *,
+               read_only: bool = False, remove_image: bool = False) -> LoopDisk:
+        """Attach and mount an existing image (e.g. a snapshot copy) on ``mount_point``.
+
+        xfs copies are mounted with ``nouuid`` so they can sit next to their original. The
+        image is kept at teardown unless ``remove_image``.
+        """
+        losetup = _which("losetup", "mount")
+        mount = _which("mount", "mount")
+        image = Path(image).absolute()
+        mount_point = Path(mount_point).absolute()
+        if not image.is_file():
+            raise DiskError(f"{image} is not an image file", hint="pass the copied image path")
+        disk = cls(image=image, device="", mount_point=mount_point, fstype=fstype,
+                   size_mb=image.stat().st_size // (1024 * 1024), remove_image=remove_image)
+        options = ["ro"] if read_only else []
+        if fstype == "xfs":
+            options.append("nouuid")
+        try:
+            disk.device = _run([losetup, "--find", "--show", *(["--read-only"] if read_only
+                                                              else []), str(image)],
+                               "attaching the loop device").strip()
+            mount_point.mkdir(parents=True, exist_ok=True)
+            _run([mount, "-t", fstype, *(["-o", ",".join(options)] if options else []),
+                  disk.device, str(mount_point)], f"mounting {disk.device} on {mount_point}")
         except BaseException:
             disk.teardown()
             raise
@@ -162,8 +197,9 @@ class LoopDisk:
             except DiskError as exc:
                 if self._attached():
                     problems.append(str(exc))
-        with contextlib.suppress(FileNotFoundError):
-            self.image.unlink()
+        if self.remove_image:
+            with contextlib.suppress(FileNotFoundError):
+                self.image.unlink()
         with contextlib.suppress(OSError):  # leave it if not empty (e.g. still mounted)
             self.mount_point.rmdir()
         self._torn_down = not problems
