@@ -1,0 +1,195 @@
+"""Run records: one JSON file per hold under the state dir, written after the release.
+
+Layout (``state_dir`` defaults to /var/lib/quiesce, created root-owned 0700)::
+
+    <state_dir>/runs/<run_id>.json   one record per hold
+    <state_dir>/latest               the run id of the newest record (one line)
+
+A record holds everything ``post`` reported (per instance: plugin, name, status, held_seconds,
+metadata, error, note), the hold's times, and the holder's log lines. Engine metadata is stored
+as the plugin returned it; JSON strings round-trip exactly, so PostgreSQL's ``backup_label``
+text comes back byte for byte (the plugin also records its sha256).
+
+Records are written with tmp + fsync + rename, so a reader sees a whole record or none. The
+holder writes them only after releasing, never while a filesystem may be frozen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import stat
+import time
+from typing import Any
+
+from quiesce.errors import QuiesceError
+
+DEFAULT_STATE_DIR = "/var/lib/quiesce"
+RUNS_DIR = "runs"
+LATEST = "latest"
+RECORD_VERSION = 1
+
+_RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6,32}$")
+
+
+class CatalogError(QuiesceError):
+    """The state dir or a run record is missing, unsafe or malformed."""
+
+
+class RecordNotFound(CatalogError):
+    """No run record matches."""
+
+
+def new_run_id(now: float | None = None) -> str:
+    """A unique id that sorts by time: ``20260131T235959Z-1a2b3c``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def valid_run_id(run_id: str) -> bool:
+    return bool(_RUN_ID_RE.match(run_id))
+
+
+def iso(timestamp: float | None) -> str | None:
+    """Wall-clock seconds -> ISO 8601 UTC with milliseconds, or None."""
+    if timestamp is None:
+        return None
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
+    return f"{base}.{int((timestamp % 1) * 1000):03d}Z"
+
+
+def ensure_dir(path: str, mode: int = 0o700) -> None:
+    """Create ``path`` (and parents, 0755) owned by us with ``mode``; refuse an unsafe one."""
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent and not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, mode)
+    st = os.stat(path, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        raise CatalogError(f"{path} exists and is not a directory",
+                           hint=f"remove {path} or choose another state_dir")
+    if st.st_uid not in (0, os.geteuid()):
+        raise CatalogError(f"{path} is owned by uid {st.st_uid}, not root",
+                           hint=f"chown root:root {path} && chmod {mode:o} {path}")
+    if stat.S_IMODE(st.st_mode) & 0o022:
+        raise CatalogError(f"{path} is writable by group/other "
+                           f"(mode {stat.S_IMODE(st.st_mode):04o})",
+                           hint=f"chmod {mode:o} {path}")
+    os.chmod(path, mode)
+
+
+def _write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def record_path(state_dir: str, run_id: str) -> str:
+    if not valid_run_id(run_id):
+        raise RecordNotFound(f"{run_id!r} is not a run id",
+                             hint="run ids look like 20260131T235959Z-1a2b3c; see "
+                                  f"{os.path.join(state_dir, RUNS_DIR)}")
+    return os.path.join(state_dir, RUNS_DIR, f"{run_id}.json")
+
+
+def write_record(state_dir: str, record: dict[str, Any]) -> str:
+    """Store ``record`` (must carry ``run_id``) and point ``latest`` at it; return its path."""
+    run_id = record.get("run_id")
+    if not isinstance(run_id, str):
+        raise CatalogError("a run record needs a run_id")
+    ensure_dir(state_dir)
+    ensure_dir(os.path.join(state_dir, RUNS_DIR))
+    path = record_path(state_dir, run_id)
+    document = {"record_version": RECORD_VERSION, **record}
+    data = json.dumps(document, indent=2, sort_keys=True, default=str).encode() + b"\n"
+    _write_atomic(path, data)
+    _write_atomic(os.path.join(state_dir, LATEST), run_id.encode() + b"\n")
+    return path
+
+
+def list_runs(state_dir: str = DEFAULT_STATE_DIR) -> list[str]:
+    """Every stored run id, oldest first."""
+    try:
+        names = os.listdir(os.path.join(state_dir, RUNS_DIR))
+    except FileNotFoundError:
+        return []
+    ids = [n[:-5] for n in names if n.endswith(".json") and valid_run_id(n[:-5])]
+    return sorted(ids)
+
+
+def latest_run_id(state_dir: str = DEFAULT_STATE_DIR) -> str:
+    try:
+        with open(os.path.join(state_dir, LATEST), encoding="ascii") as handle:
+            run_id = handle.read().strip()
+    except FileNotFoundError:
+        runs = list_runs(state_dir)
+        if not runs:
+            raise RecordNotFound(f"no run record in {state_dir}",
+                                 hint="records are written by 'quiesce post' (or the holder "
+                                      "after an automatic release); check state_dir") from None
+        return runs[-1]
+    if not valid_run_id(run_id):
+        raise CatalogError(f"{os.path.join(state_dir, LATEST)} does not hold a run id",
+                           hint="pass --run-id explicitly")
+    return run_id
+
+
+def load_record(state_dir: str = DEFAULT_STATE_DIR, run_id: str | None = None) -> dict[str, Any]:
+    """The record of ``run_id``, or the latest one when ``run_id`` is None."""
+    _check_state_dir(state_dir)
+    chosen = run_id if run_id is not None else latest_run_id(state_dir)
+    path = record_path(state_dir, chosen)
+    return load_record_file(path)
+
+
+def load_record_file(path: str) -> dict[str, Any]:
+    """A record from an explicit file (e.g. a copy kept next to a snapshot)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise RecordNotFound(f"no run record at {path}",
+                             hint="list the runs under <state_dir>/runs") from None
+    except OSError as exc:
+        raise CatalogError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        record = json.loads(data)
+    except ValueError as exc:
+        raise CatalogError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(record, dict) or "run_id" not in record:
+        raise CatalogError(f"{path} is not a quiesce run record")
+    return record
+
+
+def _check_state_dir(state_dir: str) -> None:
+    try:
+        st = os.stat(state_dir)
+    except FileNotFoundError:
+        raise RecordNotFound(f"state dir {state_dir} does not exist",
+                             hint="no hold was ever released with this state_dir") from None
+    if st.st_uid not in (0, os.geteuid()) or stat.S_IMODE(st.st_mode) & 0o022:
+        raise CatalogError(f"state dir {state_dir} is not safe (owner uid {st.st_uid}, mode "
+                           f"{stat.S_IMODE(st.st_mode):04o}); its records cannot be trusted",
+                           hint=f"chown root:root {state_dir} && chmod 700 {state_dir}")

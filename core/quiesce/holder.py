@@ -1,0 +1,605 @@
+"""The session holder: the process that keeps database sessions locked between pre and post.
+
+Started by ``quiesce pre`` as ``python -m quiesce.holder --config X --runtime-dir D
+--ready-fd N`` in its own session, with stdin/stdout/stderr on /dev/null (an orchestrator reads
+``pre``'s stdout until EOF: the holder must not keep it open). It:
+
+1. takes ``holder.lock`` in the runtime dir (one hold at a time; the kernel drops the lock if
+   the holder dies, so it never goes stale), binds ``holder.sock`` (0600, peers checked with
+   SO_PEERCRED: root or the holder's own uid), starts the guardian (guardian.py);
+2. loads quiesce.toml and the selected plugins, builds one Quiescer per instance and quiesces
+   them all (lifecycle.Hold: parallel, all or nothing);
+3. writes one JSON line on the readiness pipe (held instances, or the failure with every
+   instance's reason) and closes it: that is the moment ``pre`` returns;
+4. serves the socket: ``status`` and ``release`` requests, polls ``check_alive`` about once a
+   second (a dead session becomes "lost", the others stay held), and releases everything by
+   itself at ``max_hold_seconds`` ("auto-released"), then lingers so ``post`` can still learn
+   that (the result also goes to ``result.json`` in the runtime dir);
+5. after the release, writes the run record and its log to the state dir and exits.
+
+While anything is held it writes nothing but the runtime dir (tmpfs, never frozen): log lines
+stay in memory until the release.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+from quiesce import holder_protocol as proto
+from quiesce.catalog import iso, new_run_id, write_record
+from quiesce.errors import HoldActive, HolderError, QuiesceError
+from quiesce.lifecycle import AUTO_RELEASED, RELEASED, Hold, QuiesceFailed, describe
+
+POLL_SECONDS = 1.0  # check_alive period while holding
+LOCK_WAIT_SECONDS = 10.0  # how long a new holder waits for a finishing one
+REQUEST_READ_TIMEOUT = 2.0
+MIN_LINGER_SECONDS = 600.0
+
+
+def guardian_grace(max_hold: float) -> float:
+    """Seconds past the deadline before the guardian kills a holder that did not release."""
+    return max(10.0, min(60.0, max_hold * 0.25))
+
+
+class MemoryLog:
+    """Log lines kept in memory while a filesystem may be frozen; written after release."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        stamp = iso(time.time())
+        self.lines.append(f"{stamp} {message}")
+
+
+def runtime_fs_type(path: str) -> str | None:
+    """The filesystem type of the mount holding ``path`` (from /proc/self/mountinfo)."""
+    real = os.path.realpath(path)
+    best, fstype = "", None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) < 5 or not right:
+                    continue
+                mount_point = fields[4].replace("\\040", " ")
+                inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, fstype = mount_point, right.split()[0]
+    except OSError:
+        return None
+    return fstype
+
+
+def prepare_runtime_dir(rundir: str) -> list[str]:
+    """Create the runtime dir root-owned 0700; return warnings (e.g. not on tmpfs)."""
+    parent = os.path.dirname(rundir.rstrip("/"))
+    if parent and not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(rundir, 0o700)
+    st = os.stat(rundir, follow_symlinks=False)
+    import stat as _stat
+
+    if not _stat.S_ISDIR(st.st_mode):
+        raise HolderError(f"runtime dir {rundir} is not a directory",
+                          hint="remove it or choose another --runtime-dir")
+    if st.st_uid != os.geteuid():
+        raise HolderError(f"runtime dir {rundir} is owned by uid {st.st_uid}, not by us",
+                          hint=f"chown root:root {rundir} && chmod 700 {rundir}")
+    if _stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(rundir, 0o700)
+    warnings = []
+    fstype = runtime_fs_type(rundir)
+    if fstype not in ("tmpfs", "ramfs"):
+        warnings.append(
+            f"runtime dir {rundir} is on {fstype or 'an unknown filesystem'}, not tmpfs: if "
+            "that filesystem gets frozen, the holder cannot record an automatic release "
+            "until it is thawed (use /run, or mount a tmpfs there)")
+    return warnings
+
+
+def take_lock(rundir: str) -> int:
+    """flock holder.lock; wait a little for a holder that is finishing, refuse an active one."""
+    path = os.path.join(rundir, proto.LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    give_up = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        state = None
+        with contextlib.suppress(QuiesceError):
+            state = proto.request(rundir, "status", timeout=2.0).get("state")
+        if state in ("holding", "quiescing") or time.monotonic() > give_up:
+            os.close(fd)
+            raise HoldActive(
+                f"a hold is already active in {rundir}"
+                + (f" (state: {state})" if state else " (its holder or guardian is busy)"),
+                hint="run 'quiesce post' (or wait for it) before the next 'pre'; "
+                     "'quiesce status' shows what is held")
+        time.sleep(0.05)
+
+
+class GuardianLink:
+    """The holder's end of the pipe to its guardian; writes never block the holder for long."""
+
+    def __init__(self, fd: int, process: subprocess.Popen[bytes] | None) -> None:
+        self.fd = fd
+        self.process = process
+
+    def send(self, **message: Any) -> None:
+        if self.fd < 0:
+            return
+        data = json.dumps(message, default=str).encode() + b"\n"
+        with contextlib.suppress(OSError):
+            os.write(self.fd, data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def start_guardian(rundir: str, lock_fd: int, log: MemoryLog) -> GuardianLink:
+    read_fd, write_fd = os.pipe()
+    argv = [sys.executable, "-m", "quiesce.guardian", "--pipe-fd", str(read_fd),
+            "--lock-fd", str(lock_fd), "--holder-pid", str(os.getpid()),
+            "--runtime-dir", rundir]
+    try:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, pass_fds=(read_fd, lock_fd), start_new_session=True,
+            cwd="/")
+    except OSError as exc:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise HolderError(f"cannot start the guardian: {exc}") from exc
+    os.close(read_fd)
+    log(f"guardian started (pid {process.pid})")
+    return GuardianLink(write_fd, process)
+
+
+def peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+def peer_allowed(uid: int) -> bool:
+    """Root, or the uid the holder itself runs as (tests as a plain user)."""
+    return uid in (0, os.geteuid())
+
+
+class Holder:
+    """One hold: quiesce, serve, release, record."""
+
+    def __init__(self, config: str, rundir: str, plugins: list[str] | None) -> None:
+        self.config = config
+        self.rundir = rundir
+        self.plugins = plugins
+        self.log = MemoryLog()
+        self.run_id = new_run_id()
+        self.state = "starting"
+        self.started_at = time.time()
+        self.hold: Hold | None = None
+        self.settings: Any = None
+        self.deadline: float | None = None  # monotonic
+        self.until: float | None = None  # wall clock
+        self.since: float | None = None  # wall clock
+        self.final: dict[str, Any] | None = None
+        self.warnings: list[str] = []
+        self.lock_fd = -1
+        self.listener: socket.socket | None = None
+        self.guardian = GuardianLink(-1, None)
+        self.stop_signal: int | None = None
+        self.linger_until: float | None = None
+        self.result_file_written = False
+
+    # ------------------------------------------------------------------ startup
+    def start(self) -> dict[str, Any]:
+        """Everything up to readiness; returns the readiness message (ok or not)."""
+        from quiesce.settings import load_settings
+
+        self.warnings = prepare_runtime_dir(self.rundir)
+        self.lock_fd = take_lock(self.rundir)
+        self._bind()
+        # An older uncollected result belongs to a previous hold; a new hold supersedes it.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.rundir, proto.RESULT_NAME))
+        self.guardian = start_guardian(self.rundir, self.lock_fd, self.log)
+        self.state = "quiescing"
+        self.settings = load_settings(self.config, plugins=self.plugins)
+        settings = self.settings
+        self.guardian.send(op="start", run_id=self.run_id, config=settings.path,
+                           state_dir=settings.state_dir,
+                           max_hold_seconds=settings.max_hold_seconds,
+                           backstop=time.monotonic() + settings.pre_timeout_seconds
+                           + guardian_grace(settings.max_hold_seconds) + 30)
+        quiescers = []
+        errors = []
+        for instance in settings.instances:
+            try:
+                quiescers.append(settings.engine_of(instance).factory(instance))
+            except Exception as exc:
+                errors.append({"plugin": instance.engine, "name": instance.name,
+                               "status": "failed", "held_seconds": None, "metadata": {},
+                               "error": f"cannot create the engine: {describe(exc)}",
+                               "note": None})
+        if errors:
+            for q in quiescers:
+                with contextlib.suppress(Exception):
+                    q.close()
+            names = {(e["plugin"], e["name"]) for e in errors}
+            skipped = [{"plugin": i.engine, "name": i.name, "status": "skipped",
+                        "held_seconds": None, "metadata": {}, "error": None,
+                        "note": "not quiesced because another instance failed"}
+                       for i in settings.instances if (i.engine, i.name) not in names]
+            return self._failure("could not create every engine", errors + skipped)
+
+        by_key = {(i.engine, i.name): i for i in settings.instances}
+
+        def on_held(q: Any) -> None:
+            token = q.recovery_token()
+            if token is not None:
+                instance = by_key[(q.engine, q.name)]
+                self.guardian.send(op="token", plugin=q.engine, name=q.name,
+                                   options=dict(instance.options), token=token)
+
+        self.hold = Hold(quiescers, timeout=settings.pre_timeout_seconds, log=self.log,
+                         on_held=on_held)
+        self.log(f"quiescing {len(quiescers)} instance(s) from {settings.path}")
+        try:
+            self.hold.quiesce_all()
+        except QuiesceFailed as exc:
+            self.guardian.send(op="released")
+            return self._failure(str(exc), [r.to_dict() for r in exc.results])
+        held_since = self.hold.held_since() or time.monotonic()
+        self.deadline = held_since + settings.max_hold_seconds
+        self.since = time.time() - (time.monotonic() - held_since)
+        self.until = self.since + settings.max_hold_seconds
+        self.state = "holding"
+        self.guardian.send(op="hold", deadline=self.deadline,
+                           backstop=self.deadline + guardian_grace(settings.max_hold_seconds),
+                           since=self.since, until=self.until,
+                           instances=[{"plugin": q.engine, "name": q.name} for q in quiescers])
+        self.log(f"holding until {iso(self.until)}")
+        return {
+            "ok": True,
+            "run_id": self.run_id,
+            "holder_pid": os.getpid(),
+            "guardian_pid": self.guardian.process.pid if self.guardian.process else None,
+            "runtime_dir": self.rundir,
+            "config": settings.path,
+            "since": iso(self.since),
+            "until": iso(self.until),
+            "max_hold_seconds": settings.max_hold_seconds,
+            "instances": [self._public(r.to_dict()) for r in self.hold.results()],
+            "warnings": self.warnings,
+        }
+
+    def _failure(self, message: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
+        self.state = "failed"
+        self.final = {"ok": False, "error": message, "instances": instances}
+        self.log(f"pre failed: {message}")
+        # Nothing is held and 'pre' has not returned: no freeze can be in place yet.
+        record = self._record(instances, "failed", message)
+        self.final["record"] = record
+        return {"ok": False, "run_id": self.run_id, "holder_pid": os.getpid(),
+                "error": message, "instances": instances, "warnings": self.warnings,
+                "record": record}
+
+    def _bind(self) -> None:
+        path = proto.socket_path(self.rundir)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # stale: we hold the lock, so no live holder owns it
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        listener.listen(16)
+        listener.setblocking(False)
+        self.listener = listener
+
+    # ------------------------------------------------------------------ serving
+    def serve(self) -> None:
+        assert self.hold is not None and self.settings is not None
+        next_poll = time.monotonic() + POLL_SECONDS
+        while True:
+            now = time.monotonic()
+            if self.stop_signal is not None and self.state == "holding":
+                name = signal.Signals(self.stop_signal).name
+                self._auto_release(f"the holder received {name} before 'post'")
+                return
+            if self.stop_signal is not None:
+                return
+            if self.state == "holding" and self.deadline is not None and now >= self.deadline:
+                self._auto_release(
+                    f"max_hold_seconds ({self.settings.max_hold_seconds:g} s) passed before "
+                    "'post' came")
+                continue
+            if self.state == "holding" and now >= next_poll:
+                lost = self.hold.check_alive()
+                for result in lost:
+                    self.guardian.send(op="dropped", plugin=result.plugin, name=result.name)
+                if lost and not self.hold.held():
+                    self._finish_without_post("every held session was lost")
+                next_poll = time.monotonic() + POLL_SECONDS
+            if self.linger_until is not None and now >= self.linger_until:
+                self.log("nobody collected the result; exiting (result.json keeps it)")
+                return
+            waits = [POLL_SECONDS]
+            if self.state == "holding" and self.deadline is not None:
+                waits.append(self.deadline - now)
+                waits.append(next_poll - now)
+            if self.linger_until is not None:
+                waits.append(self.linger_until - now)
+            timeout = max(0.0, min(waits))
+            try:
+                ready, _, _ = select.select([self.listener], [], [], timeout)
+            except InterruptedError:
+                continue
+            if not ready:
+                continue
+            try:
+                conn, _ = self.listener.accept()  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                continue
+            with conn:
+                if self._handle(conn):
+                    return
+
+    def _handle(self, conn: socket.socket) -> bool:
+        """Answer one request; True when the holder should exit afterwards."""
+        conn.setblocking(True)
+        conn.settimeout(REQUEST_READ_TIMEOUT)
+        try:
+            uid = peer_uid(conn)
+            if not peer_allowed(uid):
+                self.log(f"refused a request from uid {uid}")
+                self._send(conn, {"ok": False, "error": "permission denied"})
+                return False
+            data = b""
+            while not data.endswith(b"\n") and len(data) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            request = json.loads(data or b"{}")
+            op = request.get("op") if isinstance(request, dict) else None
+        except (OSError, ValueError) as exc:
+            self.log(f"bad request: {exc}")
+            return False
+        if op == "status":
+            self._send(conn, self._status())
+            return False
+        if op == "release":
+            if self.state == "holding":
+                answer = self._release()
+            else:
+                answer = dict(self.final or {})
+                answer["collected_from"] = "holder"
+            self._send(conn, answer)
+            if self.result_file_written:
+                proto.consume_result(self.rundir)
+            return True
+        if op == "retire":
+            if self.state == "holding":
+                self._send(conn, {"ok": False, "error": "a hold is active"})
+                return False
+            self._send(conn, {"ok": True})
+            self.log("retired by a new 'pre' before anyone collected the result")
+            return True
+        self._send(conn, {"ok": False, "error": f"unknown op {op!r}"})
+        return False
+
+    @staticmethod
+    def _send(conn: socket.socket, answer: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps(answer, default=str).encode() + b"\n")
+
+    def _public(self, result: dict[str, Any]) -> dict[str, Any]:
+        return result
+
+    def _status(self) -> dict[str, Any]:
+        assert self.hold is not None
+        instances = []
+        for r in self.hold.results():
+            instances.append({"plugin": r.plugin, "name": r.name, "status": r.status,
+                              "held_seconds": None if r.held_seconds is None
+                              else round(r.held_seconds, 3),
+                              "error": r.error, "note": r.note})
+        remaining = None
+        if self.state == "holding" and self.deadline is not None:
+            remaining = round(max(0.0, self.deadline - time.monotonic()), 3)
+        return {"ok": True, "state": self.state, "run_id": self.run_id,
+                "holder_pid": os.getpid(),
+                "guardian_pid": self.guardian.process.pid if self.guardian.process else None,
+                "config": self.config, "since": iso(self.since), "until": iso(self.until),
+                "remaining_seconds": remaining, "instances": instances}
+
+    # ------------------------------------------------------------------ releasing
+    def _outcome(self, state: str, message: str | None = None) -> dict[str, Any]:
+        assert self.hold is not None
+        results = [r.to_dict() for r in self.hold.results()]
+        consistent = all(r["status"] == RELEASED for r in results)
+        if message is None:
+            message = ("every instance was held until 'post': the snapshot is "
+                       "application-consistent" if consistent else
+                       "not every instance was held until 'post': the snapshot may NOT be "
+                       "application-consistent")
+        return {"ok": True, "state": state, "consistent": consistent, "message": message,
+                "run_id": self.run_id, "holder_pid": os.getpid(), "config": self.config,
+                "since": iso(self.since), "until": iso(self.until),
+                "released_at": iso(time.time()), "instances": results}
+
+    def _release(self) -> dict[str, Any]:
+        assert self.hold is not None
+        self.hold.release_all(RELEASED)
+        self.guardian.send(op="released")
+        self.state = "released"
+        self.final = self._outcome("released")
+        self.final["record"] = self._record_path()
+        self.log(f"released by 'post': {self.final['message']}")
+        return self.final
+
+    def _auto_release(self, why: str) -> None:
+        assert self.hold is not None and self.settings is not None
+        self.log(f"automatic release: {why}")
+        self.hold.release_all(AUTO_RELEASED, note=why)
+        self.guardian.send(op="released")
+        self._finish_without_post(why)
+
+    def _finish_without_post(self, why: str) -> None:
+        assert self.settings is not None
+        self.state = "auto-released" if any(
+            r.status == AUTO_RELEASED for r in self.hold.results()) else "lost"  # type: ignore[union-attr]
+        self.final = self._outcome(self.state,
+                                   f"{why}: the snapshot may NOT be application-consistent")
+        self.final["record"] = self._record_path()
+        # The runtime dir is tmpfs: safe to write while a filesystem may still be frozen.
+        try:
+            proto.write_json_atomic(os.path.join(self.rundir, proto.RESULT_NAME), self.final)
+            self.result_file_written = True
+        except OSError as exc:
+            self.log(f"cannot write the result file: {exc}")
+        self.linger_until = time.monotonic() + max(MIN_LINGER_SECONDS,
+                                                   self.settings.max_hold_seconds)
+
+    # ------------------------------------------------------------------ records
+    def _record_path(self) -> str | None:
+        if self.settings is None:
+            return None
+        return os.path.join(self.settings.state_dir, "runs", f"{self.run_id}.json")
+
+    def _record(self, instances: list[dict[str, Any]] | None = None, state: str | None = None,
+                message: str | None = None) -> str | None:
+        """Write the run record to the state dir; only once nothing is held."""
+        if self.settings is None:
+            return None
+        final = self.final or {}
+        record = {
+            "run_id": self.run_id,
+            "state": state or final.get("state"),
+            "consistent": final.get("consistent", False),
+            "message": message or final.get("message"),
+            "config": self.settings.path,
+            "holder_pid": os.getpid(),
+            "started_at": iso(self.started_at),
+            "since": iso(self.since),
+            "until": iso(self.until),
+            "max_hold_seconds": self.settings.max_hold_seconds,
+            "released_at": final.get("released_at"),
+            "instances": instances if instances is not None else final.get("instances", []),
+            "log": self.log.lines,
+        }
+        try:
+            return write_record(self.settings.state_dir, record)
+        except (OSError, QuiesceError) as exc:
+            self.log(f"cannot write the run record: {exc}")
+            return None
+
+    def shutdown(self) -> None:
+        """Stop listening, write the record (nothing is held any more), release the lock."""
+        if self.listener is not None:
+            path = proto.socket_path(self.rundir)
+            with contextlib.suppress(OSError):
+                st_sock = os.fstat(self.listener.fileno())
+                del st_sock
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            self.listener.close()
+            self.listener = None
+        if self.hold is not None and self.hold.held():
+            # Only reached on an unexpected error: never leave anything held.
+            self.hold.release_all(AUTO_RELEASED, note="the holder hit an internal error")
+            self.guardian.send(op="released")
+        if self.state in ("released", "auto-released", "lost"):
+            self._record()
+        self.guardian.send(op="done")
+        self.guardian.close()
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+
+def _write_ready(fd: int, message: dict[str, Any]) -> None:
+    data = json.dumps(message, default=str).encode() + b"\n"
+    with contextlib.suppress(OSError):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quiesce.holder")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--runtime-dir", required=True)
+    parser.add_argument("--plugins", default=None)
+    parser.add_argument("--ready-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    ready_fd = args.ready_fd
+    os.set_inheritable(ready_fd, False)
+    os.chdir("/")
+
+    holder: Holder | None = None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if holder is not None:
+            holder.stop_signal = signum
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    from quiesce.settings import parse_plugin_list
+
+    holder = Holder(args.config, args.runtime_dir, parse_plugin_list(args.plugins))
+    try:
+        try:
+            ready = holder.start()
+        except QuiesceError as exc:
+            ready = {"ok": False, "error": str(exc), "hint": exc.hint,
+                     "kind": type(exc).__name__, "instances": []}
+        except Exception as exc:
+            ready = {"ok": False, "error": f"internal error in the holder: {describe(exc)}",
+                     "kind": type(exc).__name__, "instances": []}
+            if holder.hold is not None:
+                holder.hold.release_all(AUTO_RELEASED, note="internal error")
+        _write_ready(ready_fd, ready)
+        if not ready.get("ok"):
+            return 1
+        holder.serve()
+        return 0
+    except Exception as exc:
+        holder.log(f"internal error: {describe(exc)}")
+        return 3
+    finally:
+        holder.shutdown()
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except OSError as exc:  # pragma: no cover - last resort, nothing to print to
+        sys.exit(errno.EIO if exc.errno is None else 4)

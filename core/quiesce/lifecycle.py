@@ -1,0 +1,311 @@
+"""Drive many Quiescers as one hold: parallel, all or nothing, released in reverse order.
+
+:class:`Hold` owns the lifecycle the engine interface promises (engine.py): ``prepare`` ->
+``quiesce`` -> (``check_alive``)* -> ``release`` on success, ``abort`` on every other path,
+``close`` always. Rules:
+
+- ``prepare`` runs for every instance in parallel, then, once all are prepared, ``quiesce``
+  runs for every instance in parallel. A slow flush of one instance therefore never lengthens
+  another's hold; each instance's hold starts when its own ``quiesce`` returns.
+- Every call is bounded by a :class:`Deadline`; a call that does not return in time is a
+  failure of that instance.
+- All or nothing: if one instance fails, every instance already quiesced is aborted in reverse
+  order (LIFO), all are closed, and :class:`QuiesceFailed` names each failing instance and why.
+- ``release_all`` goes in reverse order of quiescing; each release has its own ``try`` so one
+  failure never skips another's release.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from quiesce.deadline import Deadline
+from quiesce.engine import Quiescer
+from quiesce.errors import EngineError, QuiesceError, SessionLost
+
+PENDING = "pending"
+HELD = "held"
+RELEASED = "released"
+AUTO_RELEASED = "auto-released"
+LOST = "lost"
+FAILED = "failed"
+SKIPPED = "skipped"  # never quiesced because another instance failed first
+
+# Extra seconds a thread gets past its deadline before the call counts as hung.
+JOIN_GRACE = 5.0
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a result: the message, plus the fix when there is one."""
+    text = str(exc) or type(exc).__name__
+    if not isinstance(exc, QuiesceError):
+        text = f"{type(exc).__name__}: {text}"
+    hint = getattr(exc, "hint", "")
+    return f"{text} (fix: {hint})" if hint else text
+
+
+@dataclass
+class InstanceResult:
+    """What happened to one instance; ``to_dict`` is the JSON shape of ``quiesce post``."""
+
+    plugin: str
+    name: str
+    status: str = PENDING
+    held_seconds: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    note: str | None = None
+    quiesced_at: float | None = None  # wall clock (time.time) when its quiesce returned
+
+    def to_dict(self) -> dict[str, Any]:
+        held = None if self.held_seconds is None else round(self.held_seconds, 6)
+        return {
+            "plugin": self.plugin,
+            "name": self.name,
+            "status": self.status,
+            "held_seconds": held,
+            "metadata": self.metadata,
+            "error": self.error,
+            "note": self.note,
+        }
+
+
+class QuiesceFailed(EngineError):
+    """``pre`` could not quiesce every instance; everything taken was released again."""
+
+    def __init__(self, results: list[InstanceResult]) -> None:
+        self.results = results
+        failed = [r for r in results if r.status == FAILED]
+        lines = "; ".join(f"{r.plugin}/{r.name}: {r.error}" for r in failed)
+        super().__init__(
+            f"could not quiesce {len(failed)} of {len(results)} instance(s): {lines}",
+            hint="fix the instance(s) named above; nothing is held",
+        )
+
+
+class _Slot:
+    __slots__ = ("closed", "held_at", "quiescer", "released_at", "result", "taken_order")
+
+    def __init__(self, quiescer: Quiescer) -> None:
+        self.quiescer = quiescer
+        self.result = InstanceResult(plugin=quiescer.engine, name=quiescer.name)
+        self.held_at: float | None = None  # monotonic
+        self.released_at: float | None = None
+        self.taken_order = -1
+        self.closed = False
+
+    def held_seconds(self, now: float | None = None) -> float | None:
+        if self.held_at is None:
+            return None
+        end = self.released_at if self.released_at is not None else (now or time.monotonic())
+        return max(0.0, end - self.held_at)
+
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class Hold:
+    """A set of instances quiesced together and released together."""
+
+    def __init__(self, quiescers: Sequence[Quiescer], *, timeout: float,
+                 release_timeout: float = 30.0, log: Log | None = None,
+                 on_held: Callable[[Quiescer], None] | None = None) -> None:
+        """``on_held`` is called (from a worker thread) the moment an instance is held, e.g.
+        to hand its recovery token to a guardian before anything else can go wrong."""
+        if not quiescers:
+            raise ValueError("a hold needs at least one instance")
+        self.slots = [_Slot(q) for q in quiescers]
+        self.timeout = float(timeout)
+        self.release_timeout = float(release_timeout)
+        self.log = log or _quiet
+        self.on_held = on_held
+        self._order = 0
+        self._order_lock = threading.Lock()
+
+    # ----------------------------------------------------------------- quiesce
+    def quiesce_all(self) -> list[InstanceResult]:
+        """Prepare, then quiesce, every instance in parallel. Raises QuiesceFailed."""
+        deadline = Deadline(self.timeout)
+        failures = self._parallel("prepare", deadline, self.slots)
+        if failures:
+            self._unwind()
+            raise QuiesceFailed(self.results())
+        failures = self._parallel("quiesce", deadline, self.slots)
+        if failures:
+            self._unwind()
+            raise QuiesceFailed(self.results())
+        return self.results()
+
+    def _parallel(self, step: str, deadline: Deadline, slots: list[_Slot]) -> list[_Slot]:
+        def work(slot: _Slot) -> None:
+            q = slot.quiescer
+            try:
+                getattr(q, step)(deadline)
+            except BaseException as exc:
+                slot.result.status = FAILED
+                slot.result.error = f"{step} failed: {describe(exc)}"
+                return
+            if step == "quiesce":
+                slot.held_at = time.monotonic()
+                slot.result.quiesced_at = time.time()
+                slot.result.status = HELD
+                with self._order_lock:
+                    slot.taken_order = self._order
+                    self._order += 1
+                if self.on_held is not None:
+                    try:
+                        self.on_held(q)
+                    except Exception as exc:
+                        self.log(f"{q.engine}/{q.name}: on_held callback failed: "
+                                 f"{describe(exc)}")
+
+        threads = []
+        for slot in slots:
+            thread = threading.Thread(target=work, args=(slot,), daemon=True,
+                                      name=f"{step}-{slot.result.plugin}-{slot.result.name}")
+            thread.start()
+            threads.append((slot, thread))
+        failed: list[_Slot] = []
+        for slot, thread in threads:
+            thread.join(deadline.remaining() + JOIN_GRACE)
+            if thread.is_alive():
+                slot.result.status = FAILED
+                slot.result.error = (f"{step} did not return within {deadline.seconds:g} s "
+                                     "(the plugin ignored its deadline)")
+                slot.result.note = "hung"
+            if slot.result.status == FAILED:
+                failed.append(slot)
+                self.log(f"{slot.result.plugin}/{slot.result.name}: {slot.result.error}")
+        return failed
+
+    def _unwind(self) -> None:
+        """Abort what was taken (LIFO), then the failed ones, then close everything."""
+        taken = sorted((s for s in self.slots if s.result.status == HELD),
+                       key=lambda s: s.taken_order, reverse=True)
+        for slot in taken:
+            self._abort(slot)
+            slot.released_at = time.monotonic()
+            slot.result.held_seconds = slot.held_seconds()
+            slot.result.status = RELEASED
+            slot.result.note = "released again because another instance failed"
+        for slot in self.slots:
+            if slot.result.status == PENDING:
+                slot.result.status = SKIPPED
+                slot.result.note = "not quiesced because another instance failed"
+            if slot.result.note == "hung":
+                # Another thread may still be inside the plugin: touching the object now could
+                # corrupt its connection. The holder exits next, which closes its sockets.
+                continue
+            if slot.result.status == FAILED:
+                self._abort(slot)
+        self.close_all()
+
+    # ----------------------------------------------------------------- holding
+    def held(self) -> list[Quiescer]:
+        return [s.quiescer for s in self.slots if s.result.status == HELD]
+
+    def held_since(self) -> float | None:
+        """Monotonic time at which the first instance became held."""
+        times = [s.held_at for s in self.slots if s.held_at is not None]
+        return min(times) if times else None
+
+    def recovery_tokens(self) -> list[tuple[InstanceResult, dict[str, Any]]]:
+        tokens = []
+        for slot in self.slots:
+            if slot.result.status != HELD:
+                continue
+            try:
+                token = slot.quiescer.recovery_token()
+            except Exception as exc:
+                self.log(f"{slot.result.plugin}/{slot.result.name}: recovery_token failed: "
+                         f"{describe(exc)}")
+                continue
+            if token is not None:
+                tokens.append((slot.result, token))
+        return tokens
+
+    def check_alive(self) -> list[InstanceResult]:
+        """Poll every held instance; those whose session died become "lost" (and aborted)."""
+        lost = []
+        for slot in self.slots:
+            if slot.result.status != HELD:
+                continue
+            try:
+                slot.quiescer.check_alive()
+            except Exception as exc:
+                slot.released_at = time.monotonic()
+                slot.result.status = LOST
+                slot.result.held_seconds = slot.held_seconds()
+                kind = "session lost" if isinstance(exc, SessionLost) else "check failed"
+                slot.result.error = f"{kind} while held: {describe(exc)}"
+                self.log(f"{slot.result.plugin}/{slot.result.name}: {slot.result.error}")
+                self._abort(slot)
+                self._close(slot)
+                lost.append(slot.result)
+        return lost
+
+    # ----------------------------------------------------------------- release
+    def release_all(self, status: str = RELEASED, note: str | None = None
+                    ) -> list[InstanceResult]:
+        """Release every held instance in reverse order of quiescing; never skips one."""
+        taken = sorted((s for s in self.slots if s.result.status == HELD),
+                       key=lambda s: s.taken_order, reverse=True)
+        for slot in taken:
+            result = slot.result
+            try:
+                metadata = slot.quiescer.release(Deadline(self.release_timeout))
+            except SessionLost as exc:
+                result.status = LOST
+                result.error = f"session lost before release: {describe(exc)}"
+                self._abort(slot)
+            except BaseException as exc:
+                result.status = FAILED
+                result.error = f"release failed: {describe(exc)}"
+                self._abort(slot)
+            else:
+                result.status = status
+                result.metadata = dict(metadata or {})
+                if note:
+                    result.note = note
+            finally:
+                slot.released_at = time.monotonic()
+                result.held_seconds = slot.held_seconds()
+                self._close(slot)
+            if result.error:
+                self.log(f"{result.plugin}/{result.name}: {result.error}")
+        return self.results()
+
+    def results(self) -> list[InstanceResult]:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.result.status == HELD:
+                slot.result.held_seconds = slot.held_seconds(now)
+        return [s.result for s in self.slots]
+
+    def close_all(self) -> None:
+        for slot in reversed(self.slots):
+            if slot.result.note != "hung":
+                self._close(slot)
+
+    def _abort(self, slot: _Slot) -> None:
+        try:
+            slot.quiescer.abort()
+        except Exception as exc:
+            self.log(f"{slot.result.plugin}/{slot.result.name}: abort raised {describe(exc)}")
+
+    def _close(self, slot: _Slot) -> None:
+        if slot.closed:
+            return
+        slot.closed = True
+        try:
+            slot.quiescer.close()
+        except Exception as exc:
+            self.log(f"{slot.result.plugin}/{slot.result.name}: close raised {describe(exc)}")
