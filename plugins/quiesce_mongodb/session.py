@@ -72,7 +72,9 @@ class MongoSession:
         from pymongo import errors
 
         code = getattr(exc, "code", None)
-        message = f"{self.what} ({self.redacted}): {doing} failed: {exc}"
+        # pymongo appends its whole topology description to selection errors: keep the cause.
+        detail = str(exc).split(", Timeout: ")[0].split(", Topology Description: ")[0]
+        message = f"{self.what} ({self.redacted}): {doing} failed: {detail}"
         if isinstance(exc, errors.PyMongoError) and exc.timeout:
             if lock_wait:
                 return LockWaitTimeout(
