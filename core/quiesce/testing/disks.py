@@ -35,7 +35,12 @@ def _skip_unless_loop_possible(fstype: str) -> None:
 @pytest.fixture
 def loop_disk_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
     """``factory(fstype="ext4", size_mb=None, name=None, *, workdir=None, image_dir=None)``
-    -> a mounted :class:`quiesce.disks.LoopDisk`, torn down at test end."""
+    -> a mounted :class:`quiesce.disks.LoopDisk`, torn down at test end.
+
+    The mount point is ``<workdir>/<name>``, the image ``<image_dir>/<name>.img``; both default
+    to a per-test temporary directory. Skips (with the reason) when not root or when mkfs for
+    ``fstype`` or losetup is missing.
+    """
     from quiesce.disks import LoopDisk
 
     base = tmp_path_factory.mktemp("disks")
@@ -44,8 +49,10 @@ def loop_disk_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
     def factory(fstype: str = "ext4", size_mb: int | None = None, name: str | None = None, *,
                 workdir: Path | None = None, image_dir: Path | None = None) -> LoopDisk:
         _skip_unless_loop_possible(fstype)
+        # images stay in the fixture's directory unless asked: a disk mounted inside another
+        # must not eat its parent's space
         disk = LoopDisk.create(workdir or base, name or f"disk{len(disks)}", size_mb=size_mb,
-                               fstype=fstype, image_dir=image_dir)
+                               fstype=fstype, image_dir=image_dir or base)
         disks.append(disk)
         return disk
 
