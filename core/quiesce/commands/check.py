@@ -1,0 +1,26 @@
+"""``quiesce check``: validate an Azure config, its scripts and the mounts, running nothing.
+
+Prints every problem with its code and how to fix it, and the filesystems a run would freeze.
+Exit 0 when all is well, 2 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_CONFIG = "/etc/azure/VMSnapshotScriptPluginConfig.json"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH", default=DEFAULT_CONFIG,
+                        help=f"the Azure script config (default: {DEFAULT_CONFIG})")
+
+
+def main(args: argparse.Namespace) -> int:
+    import sys
+
+    from quiesce.runner import check, format_check
+
+    result = check(args.config)
+    sys.stdout.write(format_check(result))
+    return 0 if result.ok else 2
