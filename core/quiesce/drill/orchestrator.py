@@ -1,0 +1,260 @@
+"""The drill from start to end: pick a backend, build disks and a server, run the cycles.
+
+Every resource (work dir, disks, servers, the workload, a running ``quiesce run``, a hold left
+by an interrupted cycle) is registered on one ExitStack the moment it exists, and released in
+reverse order - each release in its own try, so one failing teardown never skips another -
+on success, on a failed step, on Ctrl-C (SIGINT) and on SIGTERM. ``--keep`` keeps the files
+(snapshot and restored images, configs, logs) but still stops servers and detaches disks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from quiesce.drill.cycle import DISKS, Cycle, CycleFiles, DiskSet
+from quiesce.drill.report import DrillResult
+from quiesce.drill.targets import Backend, Target, target_for
+from quiesce.drill.targets.docker import docker_status
+from quiesce.drill.workload import Workload
+from quiesce.drill.workspace import DISK_SIZE_MB, Workspace
+from quiesce.errors import DrillError, EngineUnavailable
+
+MODES = ("quiesced", "crash", "unsafe-staggered")
+WARMUP_ACKS = 200
+
+
+class DrillInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; everything is being cleaned up."""
+
+
+@dataclass
+class DrillOptions:
+    engine: str = "postgresql"
+    backend: str = "auto"
+    disks: str | None = None  # None: loop when root, dir otherwise
+    cycles: int = 3
+    mode: str = "quiesced"
+    image: str | None = None
+    keep: bool = False
+    fstype: str = "ext4"
+    workers: int = 3
+    base_dir: Path | None = None
+    fail_at: str | None = None  # tests: "snapshot" | "restore" | "setup"
+
+
+def resolve_backend(opts: DrillOptions) -> tuple[Backend, Target]:
+    """The backend and target to use, or EngineUnavailable with one line naming the fix."""
+    if opts.backend not in ("auto", "docker", "local"):
+        raise DrillError(f"unknown backend {opts.backend!r}", hint="use auto, docker or local")
+    if opts.backend in ("auto", "docker"):
+        ok, reason = docker_status()
+        if ok:
+            backend = Backend("docker", opts.image)
+            target = target_for(opts.engine, backend)
+            return backend, target
+        if opts.backend == "docker":
+            raise EngineUnavailable(f"--backend docker: {reason}",
+                                    hint="start a Docker engine or use --backend local")
+    else:
+        reason = ""
+    backend = Backend("local", None)
+    target = target_for(opts.engine, backend)
+    try:
+        target.check_available()
+    except EngineUnavailable as exc:
+        message = str(exc).rstrip(".")
+        if reason:
+            message += f", and {reason}"
+        hint = exc.hint or ""
+        if reason and "docker" not in hint.lower():
+            hint += ("; " if hint else "") + "or start a Docker engine for the Docker backend"
+        raise EngineUnavailable(" ".join(message.split()), hint=" ".join(hint.split())) from exc
+    return backend, target
+
+
+class Drill:
+    def __init__(self, opts: DrillOptions,
+                 progress: Callable[[str], None] | None = None) -> None:
+        if opts.mode not in MODES:
+            raise DrillError(f"unknown mode {opts.mode!r}", hint=f"use one of {', '.join(MODES)}")
+        if opts.cycles < 1:
+            raise DrillError("--cycles must be at least 1")
+        self.opts = opts
+        self.progress = progress or (lambda line: print(f"drill: {line}", file=sys.stderr,
+                                                        flush=True))
+        self.disks_kind = opts.disks or ("loop" if os.geteuid() == 0 else "dir")
+        if self.disks_kind not in ("loop", "dir"):
+            raise DrillError(f"unknown disks {self.disks_kind!r}", hint="use loop or dir")
+        if self.disks_kind == "loop" and os.geteuid() != 0:
+            raise DrillError("--disks loop needs root (loop devices, mount, FIFREEZE)",
+                             hint="run as root, or use --disks dir")
+        if opts.mode != "unsafe-staggered" and os.geteuid() != 0:
+            raise DrillError(f"--mode {opts.mode} runs the real `quiesce run` cycle, whose "
+                             "configs and scripts must be root-owned: it needs root",
+                             hint="run as root, or use --mode unsafe-staggered")
+        self._cleaning = False
+        self._pending_signal: int | None = None
+        self._cycle: Cycle | None = None
+
+    # ---------------------------------------------------------------- signals
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM raise DrillInterrupted once; during cleanup they are noted only."""
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self._cleaning or self._pending_signal is not None:
+                self._pending_signal = signum
+                return
+            self._pending_signal = signum
+            raise DrillInterrupted(f"interrupted by {signal.Signals(signum).name}")
+
+        try:
+            old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: the caller handles signals
+            yield
+            return
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # ---------------------------------------------------------------- the drill
+    def run(self) -> DrillResult:
+        opts = self.opts
+        backend, target = resolve_backend(opts)
+        result = DrillResult(engine=opts.engine, backend=backend.name, disks=self.disks_kind,
+                             mode=opts.mode,
+                             fstype=opts.fstype if self.disks_kind == "loop" else None)
+        stack = contextlib.ExitStack()
+        with self._signals():
+            try:
+                self._run(stack, target, result)
+            finally:
+                self._cleaning = True
+                self.progress("cleaning up")
+                problems = _close_all(stack)
+                if problems:
+                    result.notes += [f"cleanup: {p}" for p in problems]
+                    self.progress("cleanup problems: " + "; ".join(problems))
+        result.notes = list(dict.fromkeys(target.notes + result.notes))
+        return result
+
+    def _run(self, stack: contextlib.ExitStack, target: Target, result: DrillResult) -> None:
+        opts = self.opts
+        ws = Workspace(opts.base_dir)
+        if opts.keep:
+            result.kept_dir = str(ws.root)
+            stack.callback(self.progress, f"kept: {ws.root}")
+        else:
+            stack.callback(_raise_problems, ws.remove)
+        self.progress(f"{opts.engine} on {target.backend.name} backend, {self.disks_kind} "
+                      f"disks, mode {opts.mode}, {opts.cycles} cycle(s); work dir {ws.root}")
+        disks = self._make_disks(stack, ws)
+        layout = target.layout(disks.roots["data"], disks.roots["log"], ws.srv / "live")
+        self.progress("starting the throwaway server (data on disk 1, log on disk 2)")
+        server = target.new_server(layout)
+        stack.callback(server.stop)
+        result.version = server.version
+        target.setup_schema(server)
+        if opts.fail_at == "setup":
+            raise DrillError("failure injected after setup (QUIESCE_DRILL_FAIL_AT)")
+        workload = Workload(lambda: target.session(server), accounts=_accounts(),
+                            workers=opts.workers)
+        workload.start()
+        stack.callback(workload.stop)
+        self.progress(f"workload: {opts.workers} writers (transfers + ledger)")
+        if not workload.wait_for_acks(WARMUP_ACKS, timeout=120):
+            raise DrillError(f"the workload could not commit {WARMUP_ACKS} transfers in 120s: "
+                             f"{'; '.join(workload.worker_errors[:3]) or workload.log.errors}")
+        files = None
+        if opts.mode != "unsafe-staggered":
+            files = CycleFiles(ws, target, server, opts.mode, freeze=self.disks_kind == "loop")
+            stack.callback(self._release_hold, files)
+        for n in range(1, opts.cycles + 1):
+            cycle = Cycle(number=n, total=opts.cycles, mode=opts.mode, target=target,
+                          server=server, workload=workload, disks=disks, ws=ws, files=files,
+                          progress=self.progress, keep=opts.keep, fail_at=opts.fail_at)
+            self._cycle = cycle
+            try:
+                result.cycles.append(cycle.run())
+            finally:
+                cycle.stop_run()
+                self._cycle = None
+            c = result.cycles[-1]
+            self.progress(f"cycle {n}/{opts.cycles}: " + (
+                "verified" if c.verified else
+                "NOT verified: " + (c.error or ", ".join(x.name for x in c.failed_checks()))))
+            # Let the workload run between cycles so each snapshot sees new writes.
+            workload.wait_for_acks(workload.log.count() + 50, timeout=20)
+        workload.stop()
+        result.workload_errors = dict(workload.log.errors)
+
+    def _release_hold(self, files: CycleFiles) -> None:
+        note = files.release_leftover_hold()
+        if note:
+            self.progress(note)
+
+    def _make_disks(self, stack: contextlib.ExitStack, ws: Workspace) -> DiskSet:
+        from quiesce.disks import DirDisk, LoopDisk
+
+        roots: dict[str, Path] = {}
+        images: dict[str, Path | None] = {}
+        for name in DISKS:
+            if self.disks_kind == "loop":
+                self.progress(f"disk {name}: {self.opts.fstype} loop device")
+                disk = LoopDisk.create(ws.disks, name, DISK_SIZE_MB[name], self.opts.fstype,
+                                       image_dir=ws.images)
+                if self.opts.keep:
+                    stack.callback(_keep_image, disk.image, ws.images / f"{name}.live.img")
+                stack.callback(disk.teardown)
+                images[name] = disk.image
+            else:
+                disk = DirDisk.create(ws.disks, name)
+                if not self.opts.keep:
+                    stack.callback(disk.teardown)
+                images[name] = None
+            roots[name] = disk.mount_point
+            os.chmod(disk.mount_point, 0o755)  # noqa: S103 - service users traverse it
+        return DiskSet(roots=roots, images=images, kind=self.disks_kind,
+                       fstype=self.opts.fstype if self.disks_kind == "loop" else None)
+
+
+def _accounts() -> int:
+    from quiesce.drill.targets.base import ACCOUNTS
+
+    return ACCOUNTS
+
+
+def _keep_image(image: Path, kept: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.link(image, kept)
+
+
+def _raise_problems(fn: Callable[[], list[str]]) -> None:
+    problems = fn()
+    if problems:
+        raise DrillError("; ".join(problems))
+
+
+def _close_all(stack: contextlib.ExitStack) -> list[str]:
+    """Unwind the stack; a failing callback is reported and the rest still runs.
+
+    ExitStack runs every callback even when some raise, re-raising the last error with the
+    earlier ones chained as its context: walk that chain to report each of them.
+    """
+    problems: list[str] = []
+    try:
+        stack.close()
+    except BaseException as exc:
+        seen: BaseException | None = exc
+        while seen is not None and len(problems) < 10:
+            problems.append(f"{type(seen).__name__}: {seen}")
+            seen = seen.__context__
+    return problems

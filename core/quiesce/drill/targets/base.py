@@ -1,0 +1,97 @@
+"""What the drill needs from each engine: a server, a workload session, and a way to verify.
+
+A :class:`Target` knows one engine from the drill's side: how to start a throwaway server on
+the drill's disks and on restored copies of them, the quiesce.toml section that points
+``quiesce pre`` at it, the workload's schema and transaction, the forced checkpoint of the
+negative control, and how to read back and check a restored server. Server processes come
+from the providers in ``quiesce.servers``; nothing here owns a process of its own.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+from quiesce.drill.verify import Check, RestoredState
+from quiesce.drill.workload import WorkloadSession
+from quiesce.servers.base import Server, ServerLayout
+
+ACCOUNTS = 20
+INITIAL_BALANCE = 1000
+DATABASE = "drill"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where servers run: ``local`` binaries, or ``docker`` with an image."""
+
+    name: str  # "local" | "docker"
+    image: str | None = None
+
+
+class Target(abc.ABC):
+    engine: str = ""  # as given on the command line
+    section: str = ""  # quiesce.toml section / plugin name
+    #: Restoring a non-simultaneous (dir) snapshot needs the WAL copied after ``post``.
+    copy_log_after_post: bool = False
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.notes: list[str] = []
+
+    #: Sub-directories of the data and log disks the server uses (a fresh filesystem's root
+    #: holds lost+found, which initdb and mysqld refuse).
+    data_subdir: str = "data"
+    log_subdir: str = "log"
+
+    def layout(self, data_root: Path, log_root: Path, run_dir: Path) -> ServerLayout:
+        """Where the server keeps its files on the drill's two disks."""
+        if self.backend.name == "docker":  # the provider uses sub-directories of the mounts
+            return ServerLayout(data_dir=data_root, log_dir=log_root, run_dir=run_dir)
+        return ServerLayout(data_dir=data_root / self.data_subdir,
+                            log_dir=log_root / self.log_subdir, run_dir=run_dir)
+
+    @abc.abstractmethod
+    def check_available(self) -> None:
+        """Raise EngineUnavailable (one line, naming what to install) if no server can start."""
+
+    @abc.abstractmethod
+    def new_server(self, layout: ServerLayout) -> Server:
+        """A server initialised on ``layout`` and started."""
+
+    @abc.abstractmethod
+    def open_restored(self, layout: ServerLayout, original: Server) -> Server:
+        """A server started on restored copies of ``original``'s directories (recovery runs)."""
+
+    @abc.abstractmethod
+    def toml_section(self, server: Server, config_dir: Path) -> str:
+        """The quiesce.toml text for this instance; may write secret files into config_dir."""
+
+    @abc.abstractmethod
+    def setup_schema(self, server: Server) -> None: ...
+
+    @abc.abstractmethod
+    def session(self, server: Server) -> WorkloadSession: ...
+
+    @abc.abstractmethod
+    def checkpoint(self, server: Server) -> str:
+        """Force a checkpoint/flush now; returns a one-line description of what was done."""
+
+    @abc.abstractmethod
+    def read_state(self, server: Server) -> RestoredState: ...
+
+    @abc.abstractmethod
+    def integrity_checks(self, server: Server) -> list[Check]:
+        """The engine's own integrity check (amcheck, CHECK TABLE, validate)."""
+
+    def log_checks(self, server: Server, since: int) -> list[Check]:
+        """Errors the restored server logged from byte ``since`` of its log (if it has one)."""
+        return []
+
+    def log_position(self, server: Server) -> int:
+        return 0
+
+    def install_label(self, state_dir: Path, data_dir: Path) -> str | None:
+        """Write the recorded backup_label into a restored data dir (PostgreSQL only)."""
+        return None
