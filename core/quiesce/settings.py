@@ -146,6 +146,8 @@ def load_settings(
     """Read, check and validate quiesce.toml; raise ConfigError listing every problem.
 
     ``plugins`` (from ``--plugins``) overrides the file's ``plugins`` selection.
+    ``check_permissions=False`` skips the ownership/mode checks of the file and of the secret
+    files it names (unit tests, ``--help`` style tooling); quiesce itself never passes it.
     ``plugin_manager`` is a :class:`quiesce.plugins.Plugins` to use instead of a fresh one
     (tests and embedders that register plugin objects directly).
     """
@@ -253,7 +255,8 @@ def load_settings(
         etype = engines.get(name)
         if etype is None:
             continue
-        instances.extend(_instances(etype, sections[name], problems, max_hold, state_dir))
+        instances.extend(_instances(etype, sections[name], problems, max_hold=max_hold,
+                                    state_dir=state_dir, check_permissions=check_permissions))
 
     if not problems and not instances:
         problems.append(Problem(path, "selects no database instance",
@@ -286,8 +289,8 @@ def _fix_unknown(key: str, known: list[str], fallback: str) -> str:
     return hint if hint.startswith("did you mean") else fallback
 
 
-def _instances(etype: EngineType, value: Any, problems: list[Problem], max_hold: float,
-               state_dir: str) -> list[InstanceSettings]:
+def _instances(etype: EngineType, value: Any, problems: list[Problem], *, max_hold: float,
+               state_dir: str, check_permissions: bool) -> list[InstanceSettings]:
     name = etype.name
     schema = Table({**etype.schema.fields, "name": NAME_FIELD},
                    allow_unknown=etype.schema.allow_unknown)
@@ -308,7 +311,7 @@ def _instances(etype: EngineType, value: Any, problems: list[Problem], max_hold:
         for key in etype.secret_file_keys:
             secret = options.get(key)
             if isinstance(secret, str) and secret:
-                problems.extend(_secret_problems(f"{where}.{key}", secret))
+                problems.extend(_secret_problems(f"{where}.{key}", secret, check_permissions))
         out.append(InstanceSettings(engine=name, name=instance_name, options=options,
                                     max_hold_seconds=max_hold, state_dir=state_dir))
     if len(problems) > before:
@@ -316,12 +319,16 @@ def _instances(etype: EngineType, value: Any, problems: list[Problem], max_hold:
     return out
 
 
-def _secret_problems(where: str, path: str) -> list[Problem]:
+def _secret_problems(where: str, path: str, check_permissions: bool) -> list[Problem]:
     from quiesce.security import check_trusted
 
     if not os.path.isabs(path):
         return [Problem(where, f"{path!r} is not an absolute path",
                         "name the secret file by its absolute path")]
+    if not check_permissions:
+        if not os.path.isfile(path):
+            return [Problem(where, f"{path}: no such file", "create it or fix the path")]
+        return []
     return [Problem(f"{where} ({p.where})" if p.where != path else where,
                     p.message if p.where != path else f"{path}: {p.message}", p.hint)
             for p in check_trusted(path, "secret")]

@@ -1,0 +1,83 @@
+"""Run records: atomic files under the state dir, the latest pointer, exact text round-trip."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from quiesce.catalog import (
+    CatalogError,
+    RecordNotFound,
+    list_runs,
+    load_record,
+    load_record_file,
+    new_run_id,
+    valid_run_id,
+    write_record,
+)
+
+LABEL = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\r\nCHECKPOINT \u00e9\n\n"
+
+
+def test_run_ids_sort_by_time_and_validate() -> None:
+    first = new_run_id(1_700_000_000)
+    second = new_run_id(1_700_000_001)
+    assert first < second
+    assert valid_run_id(first)
+    assert not valid_run_id("../../etc/passwd")
+
+
+def test_write_and_load_round_trip_exact_text(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    run_id = new_run_id()
+    path = write_record(str(state), {"run_id": run_id, "instances": [
+        {"plugin": "postgresql", "name": "main", "metadata": {
+            "backup_label": LABEL, "sha256": hashlib.sha256(LABEL.encode()).hexdigest()}}]})
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    record = load_record(str(state))
+    metadata = record["instances"][0]["metadata"]
+    assert metadata["backup_label"] == LABEL
+    assert hashlib.sha256(metadata["backup_label"].encode()).hexdigest() == metadata["sha256"]
+    assert load_record(str(state), run_id) == record
+    assert load_record_file(path) == record
+    assert not [n for n in os.listdir(state / "runs") if n.endswith(".tmp")]
+
+
+def test_latest_points_at_the_newest(tmp_path: Path) -> None:
+    state = str(tmp_path / "s")
+    ids = [new_run_id(1_700_000_000 + i) for i in range(3)]
+    for run_id in ids:
+        write_record(state, {"run_id": run_id})
+    assert load_record(state)["run_id"] == ids[-1]
+    assert list_runs(state) == ids
+    assert load_record(state, ids[0])["run_id"] == ids[0]
+
+
+def test_missing_and_malformed(tmp_path: Path) -> None:
+    with pytest.raises(RecordNotFound):
+        load_record(str(tmp_path / "nope"))
+    state = tmp_path / "s"
+    write_record(str(state), {"run_id": new_run_id()})
+    with pytest.raises(RecordNotFound, match="is not a run id"):
+        load_record(str(state), "../x")
+    with pytest.raises(RecordNotFound):
+        load_record(str(state), new_run_id(1_000_000_000))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(CatalogError, match="not valid JSON"):
+        load_record_file(str(bad))
+
+
+def test_unsafe_state_dir_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    write_record(str(state), {"run_id": new_run_id()})
+    os.chmod(state, 0o777)
+    with pytest.raises(CatalogError, match="not safe"):
+        load_record(str(state))
+    with pytest.raises(CatalogError, match="writable by group/other"):
+        write_record(str(state), {"run_id": new_run_id()})
