@@ -3,9 +3,9 @@
 :class:`FreezeSession` is the one way quiesce freezes. Its order of work keeps the freeze short
 and never leaves a filesystem frozen:
 
-1. ``os.sync()`` so FIFREEZE has little left to flush;
-2. open a directory descriptor per mount point and check it really lands on the filesystem
+1. open a directory descriptor per mount point and check it really lands on the filesystem
    that was discovered (a mount that vanished would otherwise resolve to its parent, e.g. /);
+2. ``syncfs`` each of them (``os.sync()`` as a fallback) so FIFREEZE has little left to flush;
 3. start the watchdog (:mod:`quiesce.watchdog`), a separate process in its own session that
    holds copies of those descriptors, and wait for its ready byte;
 4. FIFREEZE in the given order (nested first); if one fails, thaw the ones already frozen in
@@ -24,12 +24,14 @@ import errno
 import fcntl
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from types import TracebackType
 
+from quiesce import watchdog as watchdog_module
 from quiesce.errors import FreezeError
 from quiesce.mounts import (
     MOUNTINFO,
@@ -117,6 +119,25 @@ def is_frozen(path: str) -> bool:
         os.close(fd)
 
 
+def _sync_filesystems(fds: Sequence[int]) -> None:
+    """syncfs(2) each filesystem so FIFREEZE has little left to write; os.sync() if unavailable.
+
+    Per-filesystem sync does not wait on unrelated mounts (a hung NFS server stalls os.sync).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (ImportError, OSError, AttributeError):
+        os.sync()
+        return
+    for fd in fds:
+        if syncfs(fd) != 0:
+            os.sync()
+            return
+
+
 class _WatchdogProcess:
     """Runner-side handle on the watchdog process (see quiesce.watchdog for the protocol)."""
 
@@ -124,38 +145,36 @@ class _WatchdogProcess:
         self.fds = list(fds)
         self.timeout = timeout
         self.proc: subprocess.Popen[bytes] | None = None
+        self.control: socket.socket | None = None
         self.report = ""
 
     @staticmethod
     def command(timeout: float, fds: Sequence[int]) -> list[str]:
+        """argv of the watchdog: the standard library only, isolated, no .pyc written."""
         if not sys.executable:
             raise FreezeError("cannot start the freeze watchdog: sys.executable is unknown",
                               hint="run quiesce with a regular python interpreter")
-        return [sys.executable, "-B", "-P", "-m", "quiesce.watchdog",
+        return [sys.executable, "-I", "-S", "-B", os.path.abspath(watchdog_module.__file__),
                 "--timeout", repr(float(timeout)), *(str(fd) for fd in fds)]
 
-    @staticmethod
-    def environment() -> dict[str, str]:
-        import quiesce
-
-        env = dict(os.environ)
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(quiesce.__file__)))
-        path = env.get("PYTHONPATH", "")
-        env["PYTHONPATH"] = package_parent + (os.pathsep + path if path else "")
-        return env
-
     def start(self) -> None:
+        # The control channel is a socket so that telling a watchdog that already exited to
+        # stand down is EPIPE (MSG_NOSIGNAL), never a SIGPIPE that could kill the runner.
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.proc = subprocess.Popen(
                 self.command(self.timeout, self.fds),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=theirs.fileno(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 pass_fds=self.fds, start_new_session=True, close_fds=True, cwd="/",
-                env=self.environment(), bufsize=0,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}, bufsize=0,
             )
         except OSError as exc:
+            ours.close()
             raise FreezeError(f"cannot start the freeze watchdog: {exc}",
                               hint="nothing was frozen; check that python can run") from exc
+        finally:
+            theirs.close()
+        self.control = ours
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -197,11 +216,8 @@ class _WatchdogProcess:
         proc = self.proc
         if proc is None:
             return False
-        assert proc.stdin is not None and proc.stdout is not None
-        with contextlib.suppress(OSError):  # it may have exited already (fired): read below
-            proc.stdin.write(b"done\n")
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
+        assert proc.stdout is not None
+        self._close_control(b"done\n")
         fd = proc.stdout.fileno()
         end = time.monotonic() + WATCHDOG_STOP_TIMEOUT
         data = b""
@@ -223,14 +239,25 @@ class _WatchdogProcess:
         self.proc = None
         return self.report.startswith("F ")
 
+    def _close_control(self, message: bytes = b"") -> None:
+        control, self.control = self.control, None
+        if control is None:
+            return
+        if message:
+            with contextlib.suppress(OSError):  # it may have exited already (fired)
+                control.send(message, socket.MSG_NOSIGNAL)
+        control.close()
+
     def kill(self) -> None:
+        """Stop it without a thaw request (nothing is frozen: start-up or rollback paths)."""
+        self._close_control(b"done\n")
         proc = self.proc
         if proc is None:
             return
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        for pipe in (proc.stdin, proc.stdout):
+        for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
@@ -316,9 +343,9 @@ class FreezeSession:
             self._state = "thawed"
             return
         try:
-            if self.sync:
-                os.sync()
             self._open_descriptors()
+            if self.sync:
+                _sync_filesystems(self._fds)
             self._watchdog = _WatchdogProcess(self._fds, self.timeout)
             self._watchdog.start()
         except BaseException:

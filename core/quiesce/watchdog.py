@@ -2,15 +2,17 @@
 
 Started by :class:`quiesce.freeze.FreezeSession` *before* the first FIFREEZE as
 
-    python -B -P -m quiesce.watchdog --timeout SECONDS FD [FD ...]
+    python -I -S -B /path/to/quiesce/watchdog.py --timeout SECONDS FD [FD ...]
 
-in its own session (so a ``killpg`` of the runner's process group does not take it down). The
-FDs are directory descriptors of the mount points, inherited through ``pass_fds``, listed in
-freeze order. Protocol:
+(``python -m quiesce.watchdog`` works too), in its own session so a ``killpg`` of the runner's
+process group does not take it down. This module imports nothing but the standard library, so
+it runs isolated (``-I``: no PYTHON* variables, no script directory on sys.path) and without
+site-packages (``-S``: no .pth hooks, faster start). The FDs are directory descriptors of the
+mount points, inherited through ``pass_fds``, listed in freeze order. Protocol:
 
-- stdin is the control pipe from the runner. ``done\\n`` means the runner has thawed: exit
-  without touching anything. ``thaw\\n`` means thaw now. End of file without ``done`` means the
-  runner died (even by SIGKILL): thaw at once instead of waiting for the deadline.
+- stdin is the control channel from the runner (a pipe or a socket). ``done\\n`` means the
+  runner has thawed: exit without touching anything. ``thaw\\n`` means thaw now. End of file
+  without ``done`` means the runner died (even by SIGKILL): thaw at once, not at the deadline.
 - stdout is the report pipe to the runner: ``R\\n`` once everything is loaded and armed (the
   deadline starts there); ``F <reason> <thawed> <einval> <failed>\\n`` if it thawed, where reason
   is ``deadline``, ``eof``, ``asked`` or ``signal``.
@@ -20,7 +22,7 @@ freeze order. Protocol:
 Once ready it never opens, writes or executes a file, never imports and never logs: every
 filesystem may be frozen, and any of those would block it uninterruptibly. It only uses
 ``poll``, ``read``/``write`` on its pipes, ``ioctl`` on the descriptors it already holds, and
-``_exit``. ``-B`` (and PYTHONDONTWRITEBYTECODE) keeps the start-up from writing .pyc files.
+``_exit``. ``-B`` keeps the start-up from writing .pyc files (a frozen root would block it).
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def _write(data: bytes) -> None:
         os.write(_REPORT, data)
 
 
-def watch(timeout: float, fds: list[int]) -> str | None:
+def watch(timeout: float, fds: list[int]) -> bytes | None:
     """Wait for ``done``, EOF, a signal or the deadline; return why to thaw (None: stand down)."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -127,21 +129,21 @@ def watch(timeout: float, fds: list[int]) -> str | None:
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return "deadline"
+            return b"deadline"
         for fd, _event in poller.poll(int(remaining * 1000) + 1):
             if fd == wake_r:
-                return "signal"
+                return b"signal"
             try:
                 data = os.read(_CONTROL, 256)
             except OSError:
-                return "eof"
+                return b"eof"
             if not data:
-                return "eof"
+                return b"eof"
             buffer += data
             if b"done\n" in buffer:
                 return None
             if b"thaw\n" in buffer:
-                return "asked"
+                return b"asked"
             buffer = buffer[-16:]
 
 
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(parsed, str):
         return _usage(parsed)
     timeout, fds = parsed
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a vanished runner is EPIPE, not death
     _raise_oom_protection()
     devnull = os.open("/dev/null", os.O_WRONLY)
     os.dup2(devnull, 2)  # nothing may reach a log or terminal from here on
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason is None:
         os._exit(EXIT_OK)
     thawed, not_frozen, failed = thaw_all(fds)
-    _write(f"F {reason} {thawed} {not_frozen} {failed}\n".encode("ascii"))
+    _write(b"F %s %d %d %d\n" % (reason, thawed, not_frozen, failed))
     os._exit(EXIT_OK)
 
 
