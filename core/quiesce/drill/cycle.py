@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -304,8 +305,7 @@ class Cycle:
             try:
                 restored = self.target.open_restored(layout, self.server)
             except DrillError as exc:
-                r.checks.append(Check("server_started", False,
-                                      " ".join(str(exc).split())[:600]))
+                r.checks.append(Check("server_started", False, _startup_failure(exc)))
                 return
             stack.callback(restored.stop)
             r.recovery_seconds = (getattr(restored, "recovery_seconds", None)
@@ -331,6 +331,19 @@ class Cycle:
         except Exception as exc:
             r.checks.append(Check("integrity_check", False, f"{type(exc).__name__}: {exc}"))
         r.checks += self.target.log_checks(restored, 0)
+
+
+def _startup_failure(exc: BaseException) -> str:
+    """The first line of a failed start plus the server's own error lines (PANIC, FATAL...)."""
+    lines = str(exc).splitlines()
+    head = lines[0].split("; log tail:")[0] if lines else type(exc).__name__
+    errors = []
+    for line in lines[1:]:
+        match = re.search(r"\b(PANIC|FATAL|ERROR|\[ERROR\]):?\s+(.*)", line)
+        if match and "starting up" not in line:
+            errors.append(f"{match.group(1).strip('[]')}: {match.group(2).strip()}")
+    detail = head + (": " + " | ".join(dict.fromkeys(errors)) if errors else "")
+    return " ".join(detail.split())[:700]
 
 
 def _rmtree(path: Path) -> None:

@@ -163,6 +163,10 @@ class Drill:
         stack.callback(server.stop)
         result.version = server.version
         target.setup_schema(server)
+        # initdb --no-sync and friends leave files only in the page cache; a real server has
+        # long since written them. Sync once so every snapshot starts from durable basics
+        # and a failure can only come from how the snapshot itself was taken.
+        os.sync()
         if opts.fail_at == "setup":
             raise DrillError("failure injected after setup (QUIESCE_DRILL_FAIL_AT)")
         workload = Workload(lambda: target.session(server), accounts=_accounts(),
