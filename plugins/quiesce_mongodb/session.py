@@ -75,6 +75,10 @@ class MongoSession:
         # pymongo appends its whole topology description to selection errors: keep the cause.
         detail = str(exc).split(", Timeout: ")[0].split(", Topology Description: ")[0]
         message = f"{self.what} ({self.redacted}): {doing} failed: {detail}"
+        if isinstance(exc, errors.ServerSelectionTimeoutError):
+            return EngineError(f"{self.what}: cannot reach {self.redacted} ({doing}): {detail}",
+                               hint="check that the server is up and that the URI names the "
+                                    "right host and port, or raise connect_timeout")
         if isinstance(exc, errors.PyMongoError) and exc.timeout:
             if lock_wait:
                 return LockWaitTimeout(

@@ -49,7 +49,7 @@ def mongodb_unavailable_reason() -> tuple[str | None, str]:
     ok, reason = docker_available()
     if ok:
         return "docker", ""
-    looked = ", ".join(mongod_search_dirs())
+    looked = ", ".join(dict.fromkeys([*mongod_search_dirs(), "/opt/mongodb*/bin"]))
     return None, f"no mongod on PATH (looked in {looked}) and {reason}"
 
 
