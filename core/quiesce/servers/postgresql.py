@@ -87,9 +87,15 @@ def candidate_bindirs() -> list[str]:
 
 def find_bindir(bindir: str | os.PathLike[str] | None = None) -> Path:
     """The directory holding ``initdb`` and ``postgres`` (the newest Debian version first)."""
-    dirs = [str(bindir)] if bindir else candidate_bindirs()
-    initdb = find_binary(["initdb"], dirs, what="PostgreSQL initdb", install_hint=INSTALL_HINT)
-    found = Path(initdb).parent
+    if bindir:  # an explicit choice is strict: no fallback to PATH
+        found = Path(bindir)
+        if not os.access(found / "initdb", os.X_OK):
+            raise EngineUnavailable(f"no PostgreSQL initdb binary in {found / 'initdb'}",
+                                    hint=INSTALL_HINT)
+    else:
+        initdb = find_binary(["initdb"], candidate_bindirs(), what="PostgreSQL initdb",
+                             install_hint=INSTALL_HINT)
+        found = Path(initdb).parent
     if not (found / "postgres").is_file():
         raise EngineUnavailable(f"{found} has initdb but no postgres binary",
                                 hint=INSTALL_HINT)
