@@ -315,3 +315,99 @@ def test_watchdog_refuses_bad_arguments() -> None:
     done = subprocess.run([sys.executable, "-B", "-m", "quiesce.watchdog", "--timeout", "5",
                            "97"], capture_output=True, text=True, timeout=WAIT, check=False)
     assert done.returncode == 2 and "descriptor 97 is not open" in done.stderr
+
+
+# -- nothing touches a filesystem during the window: checked on the real syscalls ----------
+
+SAFE_IN_WINDOW = {"ioctl", "poll", "ppoll", "read", "write", "exit_group", "rt_sigreturn",
+                  "clock_gettime", "brk", "mmap", "munmap", "mremap", "madvise", "futex",
+                  "getpid", "gettid", "rt_sigprocmask"}
+
+
+def syscalls(trace: Path, pid_filter: str | None = None) -> list[tuple[str, str]]:
+    """(name, full line) of each syscall in an ``strace -f`` output file."""
+    calls = []
+    for line in trace.read_text().splitlines():
+        parts = line.split(" ", 1)
+        if len(parts) < 2 or "(" not in parts[1] or parts[1].startswith(("+++", "---")):
+            continue
+        if pid_filter is not None and parts[0] != pid_filter:
+            continue
+        calls.append((parts[1].split("(", 1)[0], parts[1]))
+    return calls
+
+
+needs_strace = pytest.mark.skipif(
+    not Path("/usr/bin/strace").exists(), reason="strace is not installed (apt-get install "
+    "strace): it is how these tests see every syscall of the window")
+
+
+@needs_strace
+@pytest.mark.parametrize("ending", ["deadline", "eof", "done"])
+def test_watchdog_makes_no_file_syscalls_once_ready(loop_disk_factory, tmp_path: Path,
+                                                    ending: str) -> None:
+    from quiesce.freeze import _WatchdogProcess
+
+    disk = loop_disk_factory()
+    fd = os.open(disk.mount_point, os.O_RDONLY | os.O_DIRECTORY)
+    trace = tmp_path / "trace.txt"
+    timeout = 1.0 if ending == "deadline" else 600.0
+    argv = ["strace", "-f", "-qq", "-o", str(trace),
+            *_WatchdogProcess.command(timeout, [fd])]
+    proc = subprocess.Popen(argv, pass_fds=[fd], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == b"R\n"
+        if ending == "done":
+            proc.stdin.write(b"done\n")
+        if ending == "deadline":  # keep the control channel open: only the deadline can fire
+            report = proc.stdout.read()
+            proc.stdin.close()
+        else:
+            proc.stdin.close()  # "eof": the runner is gone
+            report = proc.stdout.read()
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(fd)
+    expected = {"deadline": b"F deadline 0 1 0\n", "eof": b"F eof 0 1 0\n", "done": b""}
+    assert report == expected[ending]
+    calls = syscalls(trace)
+    ready = next(i for i, (_, line) in enumerate(calls) if line.startswith('write(1, "R\\n"'))
+    after = calls[ready:]
+    unsafe = [line for name, line in after if name not in SAFE_IN_WINDOW]
+    assert unsafe == [], f"the armed watchdog made file or process syscalls: {unsafe}"
+    assert all(line.startswith("write(1,") for name, line in after if name == "write")
+    if ending != "done":
+        assert any(name == "ioctl" and "FITHAW" in line for name, line in after)
+
+
+OWNER_TRACED = textwrap.dedent("""
+    import sys
+    from quiesce.freeze import FreezeSession, discover_mounts
+    with FreezeSession(discover_mounts(sys.argv[1:]), timeout=120) as session:
+        pass
+    assert session.watchdog_fired is False, session.notes
+""")
+
+
+@needs_strace
+def test_session_makes_only_ioctls_between_first_freeze_and_last_thaw(loop_disk_factory,
+                                                                      tmp_path: Path) -> None:
+    one = loop_disk_factory(name="one")
+    two = loop_disk_factory(name="two", fstype="xfs")
+    trace = tmp_path / "trace.txt"
+    done = subprocess.run(["strace", "-f", "-qq", "-o", str(trace), sys.executable, "-c",
+                           OWNER_TRACED, str(one.mount_point), str(two.mount_point)],
+                          capture_output=True, text=True, timeout=WAIT, check=False)
+    assert done.returncode == 0, done.stderr
+    owner_pid = trace.read_text().split(" ", 1)[0]  # the first traced process is the owner
+    calls = syscalls(trace, owner_pid)
+    window = [i for i, (name, line) in enumerate(calls)
+              if name == "ioctl" and ("FIFREEZE" in line or "FITHAW" in line)]
+    assert len(window) == 4
+    inside = calls[window[0]:window[-1] + 1]
+    assert [name for name, _ in inside] == ["ioctl"] * 4, inside
+    assert not is_frozen(str(one.mount_point)) and not is_frozen(str(two.mount_point))
