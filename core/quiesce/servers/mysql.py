@@ -1,0 +1,493 @@
+"""Throwaway MySQL/MariaDB servers started from the binaries installed on this machine.
+
+``LocalMySQL(layout)`` initialises a data directory (MariaDB: ``mariadb-install-db``; MySQL:
+``mysqld --initialize-insecure``) with the InnoDB redo log in ``layout.log_dir``
+(``innodb_log_group_home_dir``), then runs the server directly in its own process group,
+listening on 127.0.0.1 on a free port and on a Unix socket in ``layout.run_dir``, with the pid
+file and the error log (``mysqld.log``) there too, so nothing but data lives on the data and
+log disks. The binary log is on (``log-bin``, relative to the data directory) so binlog
+coordinates exist, with ``sync_binlog=1`` and ``innodb_flush_log_at_trx_commit=1`` so every
+acknowledged commit is durable - the drill checks exactly that.
+
+As root the server and the initialisation run as the ``mysql`` user (set as the process's
+uid/gid, no root process at all) and the directories are chowned to it.
+
+``LocalMySQL.open_existing(layout)`` starts a server on a data directory that already exists,
+typically a restored COPY of a snapshot at other paths: the redo log directory is passed
+again on the command line (nothing in the data directory records its absolute path; the
+binlog index holds paths relative to the data directory), stale pid/socket files are
+removed, ownership is fixed, and InnoDB crash recovery runs at start (``recovery_seconds``
+times it).
+
+Throwaway settings: ``root`` without a password, no name resolution, small buffer pool. Every
+option comes from the command line (``--no-defaults``): no my.cnf of the machine is read. Never
+point this at a production data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from quiesce.deadline import Deadline
+from quiesce.errors import DrillError, EngineUnavailable
+from quiesce.servers.base import (
+    ConnectionInfo,
+    Server,
+    ServerLayout,
+    find_binary,
+    free_port,
+    stop_process_group,
+)
+
+SERVICE_USER = "mysql"
+SUPERUSER = "root"
+INSTALL_HINT = ("install a MariaDB or MySQL server (Debian/Ubuntu: apt-get install "
+                "mariadb-server), or put the directory holding mariadbd/mysqld on PATH")
+SERVER_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/libexec", "/usr/local/mysql/bin",
+               "/usr/local/mariadb/bin", "/opt/mysql/bin")
+TOOL_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/local/mysql/scripts", "/usr/local/mysql/bin",
+             "/usr/local/mariadb/scripts", "/usr/local/mariadb/bin")
+MAX_SOCKET_PATH = 100  # sun_path is 108 bytes
+SOCKET_NAME = "mysqld.sock"
+DEFAULT_SETTINGS: dict[str, str] = {
+    "innodb-buffer-pool-size": "64M",
+    "max-connections": "200",
+    "innodb-flush-log-at-trx-commit": "1",
+    "sync-binlog": "1",
+    "log-bin": "mysql-bin",
+    "server-id": "1",
+    "character-set-server": "utf8mb4",
+    "lock-wait-timeout": "3600",
+}
+
+
+def find_server_binary(binary: str | os.PathLike[str] | None = None) -> str:
+    if binary:
+        path = Path(binary)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise EngineUnavailable(f"{path} is not an executable server binary",
+                                    hint=INSTALL_HINT)
+        return str(path)
+    return find_binary(["mariadbd", "mysqld"], SERVER_DIRS, what="MariaDB/MySQL server",
+                       install_hint=INSTALL_HINT)
+
+
+def server_flavour(binary: str) -> tuple[str, str]:
+    """("mariadb" | "mysql", version) from ``<binary> --version``."""
+    try:
+        out = subprocess.run([binary, "--no-defaults", "--version"], capture_output=True,
+                             text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise EngineUnavailable(f"cannot run {binary} --version: {exc}",
+                                hint=INSTALL_HINT) from exc
+    text = (out.stdout or out.stderr).strip()
+    match = re.search(r"Ver\s+(\d+\.\d+\.\d+)", text) or re.search(r"(\d+\.\d+\.\d+)", text)
+    if not match:
+        raise EngineUnavailable(f"cannot read a version from {binary} --version: {text!r}",
+                                hint=INSTALL_HINT)
+    return ("mariadb" if "mariadb" in text.lower() else "mysql"), match.group(1)
+
+
+def _service_ids() -> tuple[int, int] | None:
+    """(uid, gid) to run the server as: the mysql user when root, None otherwise."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError as exc:
+        raise EngineUnavailable(
+            f"running as root but there is no {SERVICE_USER!r} user to run the server as",
+            hint="install the mariadb-server or mysql-server package (it creates the user) "
+                 "or useradd --system mysql",
+        ) from exc
+    return entry.pw_uid, entry.pw_gid
+
+
+def _check_reachable(path: Path, ids: tuple[int, int] | None) -> None:
+    """Every parent of ``path`` must be searchable by the service user."""
+    if ids is None:
+        return
+    uid, gid = ids
+    for parent in reversed(path.resolve().parents):
+        st = parent.stat()
+        if st.st_uid == uid:
+            ok = bool(st.st_mode & 0o100)
+        elif st.st_gid == gid:
+            ok = bool(st.st_mode & 0o010)
+        else:
+            ok = bool(st.st_mode & 0o001)
+        if not ok:
+            raise DrillError(
+                f"the {SERVICE_USER} user cannot reach {path}: {parent} is mode "
+                f"{st.st_mode & 0o777:o}",
+                hint=f"put the server's directories somewhere {SERVICE_USER} can traverse "
+                     "(e.g. a directory made with tempfile.mkdtemp() and chmod 755)",
+            )
+
+
+def _chown_tree(path: Path, ids: tuple[int, int] | None) -> None:
+    if ids is None:
+        return
+    uid, gid = ids
+    os.lchown(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, gid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_server(data_dir: Path) -> int | None:
+    """The pid of a mariadbd/mysqld whose working directory is ``data_dir``, or None.
+
+    The server chdirs into its data directory; scanning /proc finds it even when its pid file
+    lives elsewhere (as ours does, in run_dir).
+    """
+    target = os.path.realpath(data_dir)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            if comm not in ("mariadbd", "mysqld"):
+                continue
+            if os.path.realpath(os.readlink(entry / "cwd")) == target:
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+class LocalMySQL(Server):
+    """One throwaway MariaDB (or MySQL) server owned by a test or the drill."""
+
+    engine = "mysql"
+    backend = "local"
+
+    def __init__(self, layout: ServerLayout, *, port: int | None = None,
+                 binary: str | os.PathLike[str] | None = None,
+                 settings: Mapping[str, str] | None = None,
+                 plugins: Sequence[str] = (), start_timeout: float = 180.0) -> None:
+        self.layout = layout
+        self.data_dir = Path(layout.data_dir)
+        self.log_dir = Path(layout.log_dir) if layout.log_dir else None
+        self.run_dir = Path(layout.run_dir) if layout.run_dir else self.data_dir.parent / "run"
+        self.binary = find_server_binary(binary)
+        self.flavour, self._version = server_flavour(self.binary)
+        self.port = port or free_port()
+        self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        self.plugins = list(plugins)
+        self.start_timeout = start_timeout
+        self.ids = _service_ids()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.recovery_seconds: float | None = None
+
+    # ------------------------------------------------------------------ info
+    @property
+    def is_mariadb(self) -> bool:
+        return self.flavour == "mariadb"
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def socket(self) -> Path:
+        return self.run_dir / SOCKET_NAME
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "mysqld.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "mysqld.log"
+
+    @property
+    def connection(self) -> ConnectionInfo:
+        return ConnectionInfo(host="127.0.0.1", port=self.port, user=SUPERUSER,
+                              unix_socket=str(self.socket),
+                              extra={"flavour": self.flavour})
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.running and self.proc is not None else None
+
+    def initialized(self) -> bool:
+        return (self.data_dir / "mysql").is_dir()
+
+    # ------------------------------------------------------------------ processes
+    def _as_service_user(self) -> dict[str, Any]:
+        if self.ids is None:
+            return {}
+        uid, gid = self.ids
+        return {"user": uid, "group": gid, "extra_groups": []}
+
+    def _env(self) -> dict[str, str]:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "LANG": "C",
+               "TZ": "UTC"}
+        if self.ids is not None:
+            env["HOME"] = pwd.getpwuid(self.ids[0]).pw_dir
+        return env
+
+    def _prepare_dirs(self) -> None:
+        if len(str(self.socket)) > MAX_SOCKET_PATH:
+            raise DrillError(f"run_dir {self.run_dir} is too long for a Unix socket path",
+                             hint="use a shorter run directory (e.g. under /tmp)")
+        for path in (self.data_dir, self.log_dir, self.run_dir):
+            if path is None:
+                continue
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, 0o750 if path != self.run_dir else 0o755)
+            _check_reachable(path, self.ids)
+        _chown_tree(self.run_dir, self.ids)
+        _chown_tree(self.data_dir, self.ids)
+        if self.log_dir is not None:
+            _chown_tree(self.log_dir, self.ids)
+
+    def _run(self, argv: list[str], *, timeout: float, what: str) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                 check=False, cwd="/", env=self._env(),
+                                 start_new_session=True, **self._as_service_user())
+        except subprocess.TimeoutExpired as exc:
+            raise DrillError(f"{what} did not finish in {timeout:g}s: {' '.join(argv)}") from exc
+        if out.returncode != 0:
+            raise DrillError(f"{what} failed (exit {out.returncode}): "
+                             f"{(out.stderr or out.stdout).strip()[-2000:]}")
+        return out.stdout
+
+    def _layout_args(self) -> list[str]:
+        args = [f"--datadir={self.data_dir}"]
+        if self.log_dir is not None:
+            args.append(f"--innodb-log-group-home-dir={self.log_dir}")
+        return args
+
+    def initialize(self) -> None:
+        """Create the system tables: root@localhost without a password."""
+        self._prepare_dirs()
+        if any(self.data_dir.iterdir()):
+            raise DrillError(f"{self.data_dir} is not empty; refusing to initialise over it",
+                             hint="use open_existing() to start a server on existing data")
+        if self.is_mariadb:
+            tool = find_binary(["mariadb-install-db", "mysql_install_db"],
+                               [*TOOL_DIRS, str(Path(self.binary).parent)],
+                               what="mariadb-install-db", install_hint=INSTALL_HINT)
+            argv = [tool, "--no-defaults", *self._layout_args(),
+                    "--auth-root-authentication-method=normal", "--skip-test-db",
+                    "--skip-name-resolve", "--innodb-buffer-pool-size=64M"]
+        else:
+            argv = [self.binary, "--no-defaults", *self._layout_args(),
+                    "--initialize-insecure", "--innodb-buffer-pool-size=64M",
+                    f"--log-error={self.run_dir / 'initialize.log'}"]
+        self._run(argv, timeout=300, what="initialising the data directory")
+
+    def start(self) -> None:
+        """Initialise if the data directory is empty, then start and wait until ready."""
+        if self.running:
+            return
+        if not self.initialized():
+            self.initialize()
+        else:
+            self._prepare_dirs()
+        self._launch()
+
+    def server_args(self) -> list[str]:
+        args = [self.binary, "--no-defaults", *self._layout_args(),
+                f"--socket={self.socket}", f"--pid-file={self.pid_file}",
+                f"--port={self.port}", "--bind-address=127.0.0.1",
+                f"--log-error={self.log_file}", f"--tmpdir={self.run_dir}"]
+        if self.is_mariadb:
+            args.append("--skip-name-resolve")
+        else:
+            args.append("--mysqlx=OFF")
+        for key, value in self.settings.items():
+            args.append(f"--{key}={value}")
+        for plugin in self.plugins:
+            args.append(f"--plugin-load-add={plugin}.so")
+        return args
+
+    def _launch(self) -> None:
+        for stale in (self.pid_file, self.socket, Path(f"{self.socket}.lock")):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        with open(self.run_dir / "mysqld.stdout", "ab") as out:
+            started = time.monotonic()
+            self.proc = subprocess.Popen(self.server_args(), stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT, cwd="/",
+                                         env=self._env(), start_new_session=True,
+                                         **self._as_service_user())
+        try:
+            self.wait_ready(Deadline(self.start_timeout))
+        except BaseException:
+            self.stop()
+            raise
+        self.recovery_seconds = round(time.monotonic() - started, 3)
+
+    def wait_ready(self, deadline: Deadline) -> None:
+        """Until a query works (crash recovery done), the server dies, or the deadline."""
+        import pymysql
+
+        last = ""
+        while True:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise DrillError(f"the {self.flavour} server exited with status {code} while "
+                                 f"starting; log tail:\n{self.log_tail()}")
+            if self.socket.exists():
+                try:
+                    conn = self.connect(connect_timeout=2)
+                    try:
+                        with conn.cursor() as cur:
+                            cur.execute("SELECT 1")
+                        return
+                    finally:
+                        conn.close()
+                except pymysql.err.MySQLError as exc:
+                    last = str(exc)
+            if deadline.expired():
+                raise DrillError(f"the {self.flavour} server did not accept connections within "
+                                 f"{deadline.seconds:g}s ({last}); log tail:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """Clean shutdown (SIGTERM), then SIGKILL of the group. Idempotent; never raises."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(Exception):
+            stop_process_group(proc, term=signal.SIGTERM, grace=60.0)
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash): the next start runs InnoDB crash recovery."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(Exception):
+            stop_process_group(proc, term=signal.SIGKILL, grace=10.0)
+
+    def restart(self) -> None:
+        """Stop and start on the same port and directories (sessions are lost)."""
+        self.stop()
+        self.start()
+
+    # ------------------------------------------------------------------ restore
+    @classmethod
+    def open_existing(cls, layout: ServerLayout, **kwargs: Any) -> LocalMySQL:
+        """Start a server on an existing (e.g. restored, copied) data directory.
+
+        The redo log directory comes from ``layout.log_dir`` (passed on the command line, so a
+        copy at another path just works), stale pid/socket files are removed and ownership is
+        fixed. ``recovery_seconds`` holds the time to the first query.
+        """
+        server = cls(layout, **kwargs)
+        server.adopt()
+        server.start()
+        return server
+
+    def adopt(self) -> None:
+        """Make a copied data directory startable here (see :meth:`open_existing`)."""
+        if not self.initialized():
+            raise DrillError(f"{self.data_dir} is not a MySQL/MariaDB data directory "
+                             "(no mysql/ system schema)")
+        live = live_server(self.data_dir)
+        if live is not None:
+            raise DrillError(f"{self.data_dir} belongs to a running server (pid {live})",
+                             hint="stop that server first; never start two on one directory")
+        redo_home = self.log_dir or self.data_dir
+        if not _has_redo_log(redo_home):
+            where = "log_dir" if self.log_dir else "data_dir (the layout has no log_dir)"
+            raise DrillError(f"no InnoDB redo log in {redo_home} ({where})",
+                             hint="give the layout the directory holding ib_logfile0 or "
+                                  "#innodb_redo as log_dir")
+        for stale in self.data_dir.glob("*.pid"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        self._prepare_dirs()
+
+    # ------------------------------------------------------------------ helpers for tests
+    def connect(self, *, user: str = SUPERUSER, password: str = "", database: str | None = None,
+                autocommit: bool = True, tcp: bool = False, **kwargs: Any) -> Any:
+        """A PyMySQL connection (over the socket unless ``tcp``)."""
+        import pymysql
+
+        kwargs.setdefault("connect_timeout", 10)
+        kwargs.setdefault("read_timeout", 120)
+        kwargs.setdefault("write_timeout", 120)
+        where: dict[str, Any] = ({"host": "127.0.0.1", "port": self.port} if tcp
+                                 else {"unix_socket": str(self.socket)})
+        return pymysql.connect(user=user, password=password, database=database,
+                               autocommit=autocommit, charset="utf8mb4", **where, **kwargs)
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None, *,
+                database: str | None = None) -> list[tuple[Any, ...]]:
+        """One statement on a fresh root connection; returns its rows."""
+        conn = self.connect(database=database)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def create_user(self, name: str, password: str, grants: Sequence[str]) -> None:
+        """CREATE USER name@'%' and GRANT each privilege list (e.g. "RELOAD, PROCESS ON *.*")."""
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (name, password))
+                cur.execute("CREATE USER %s@'localhost' IDENTIFIED BY %s", (name, password))
+                for grant in grants:
+                    for host in ("%", "localhost"):
+                        cur.execute(f"GRANT {grant} TO %s@%s", (name, host))
+        finally:
+            conn.close()
+
+    def threads(self) -> list[tuple[Any, ...]]:
+        """(id, user, command, time, state, info) of every client thread."""
+        return self.execute("SELECT ID, USER, COMMAND, TIME, STATE, INFO FROM "
+                            "information_schema.PROCESSLIST")
+
+    def check_tables(self, database: str) -> list[tuple[Any, ...]]:
+        """CHECK TABLE every base table of ``database``; rows whose Msg_text is not OK."""
+        tables = [r[0] for r in self.execute(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+            "AND TABLE_TYPE = 'BASE TABLE'", (database,))]
+        bad: list[tuple[Any, ...]] = []
+        for table in tables:
+            quoted = "`" + database.replace("`", "``") + "`.`" + table.replace("`", "``") + "`"
+            for row in self.execute(f"CHECK TABLE {quoted} EXTENDED"):
+                if row[2] in ("error", "warning") or (row[2] == "status" and row[3] != "OK"):
+                    bad.append(row)
+        return bad
+
+
+def _has_redo_log(directory: Path) -> bool:
+    return (directory / "ib_logfile0").exists() or (directory / "#innodb_redo").is_dir()

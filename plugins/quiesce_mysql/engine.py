@@ -1,0 +1,590 @@
+"""The MySQL/MariaDB Quiescer: one dedicated session takes, proves and releases a backup lock.
+
+Lifecycle (driven by the core, in the holder process):
+
+``prepare(deadline)``
+    Reads the password from its trusted file, opens the holding session (autocommit, never
+    reconnects) and a second, short-query "probe" session, reads ``@@version`` to tell MySQL
+    from MariaDB, sets ``wait_timeout`` on the holding session so an idle hold is not cut by the
+    server, checks the privileges the hold will need (binlog and replica status), counts
+    non-transactional tables when ``lock = "auto"`` on MySQL, and chooses the lock plan
+    (:func:`quiesce_mysql.flavour.plan_locks`). When the plan includes FLUSH TABLES WITH READ
+    LOCK it pre-flushes tables (``FLUSH LOCAL TABLES``, never written to the binlog) so the
+    global lock that follows has little left to flush.
+``quiesce(deadline)``
+    Takes each lock in short attempts (``lock_wait_timeout`` = 1 s) so that writers queued
+    behind a waiting FTWRL are stalled for at most a second at a time; between attempts it
+    reads the process list to name what blocks the lock and, once ``kill_blockers_after``
+    seconds have passed, sends KILL QUERY to it. After ``lock_wait_seconds`` (or the deadline)
+    it gives up with :class:`LockWaitTimeout` naming the blocking statements, having released
+    whatever it had taken. Then it proves the lock is held from the probe session
+    (:mod:`quiesce_mysql.verify`) and fails - unlocking - if it cannot.
+``check_alive()``
+    ``COM_PING`` on the holding session without reconnect; :class:`SessionLost` if it is gone.
+``release(deadline)``
+    Reads binlog coordinates, GTID positions and replica status in the holding session while
+    the lock is still held, releases in reverse order in that same session, confirms from the
+    probe session that no lock is left (killing the holding session if one is), and returns
+    the metadata.
+``abort()``
+    Best-effort undo of everything, then closes the sessions: a MySQL/MariaDB lock dies with
+    its session, so closing is the last line of defence. Never raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any
+
+from quiesce.deadline import Deadline
+from quiesce.engine import InstanceSettings, Quiescer
+from quiesce.errors import EngineError, LockWaitTimeout, SessionLost
+from quiesce_mysql.config import MySQLOptions, read_password
+from quiesce_mysql.flavour import (
+    LockPlan,
+    LockStep,
+    ServerInfo,
+    binlog_status_statement,
+    gtid_variables,
+    nontransactional_count_query,
+    parse_server,
+    plan_locks,
+    replica_status_statement,
+)
+from quiesce_mysql.processlist import (
+    Statement,
+    candidate_blockers,
+    describe_blockers,
+    parse_rows,
+    processlist_query,
+    row_to_json,
+)
+from quiesce_mysql.session import (
+    ACCESS_DENIED,
+    ER_KILL_DENIED,
+    ER_LOCK_WAIT_TIMEOUT,
+    ER_NO_SUCH_THREAD,
+    IO_MARGIN,
+    Endpoint,
+    close_quietly,
+    connect,
+    describe_error,
+    error_number,
+    is_connection_lost,
+    run,
+    run_dicts,
+    set_io_timeout,
+)
+from quiesce_mysql.verify import HELD, UNKNOWN, VERIFY_HINTS, LockVerifier
+
+ATTEMPT_SECONDS = 1  # lock_wait_timeout of one attempt (whole seconds; MySQL's minimum is 1)
+RETRY_GAP = 0.25  # pause between attempts: lets the writers queued behind a waiting FTWRL run
+SHORT_TIMEOUT = 5.0
+WAIT_TIMEOUT_MARGIN = 600  # seconds added to max_hold_seconds for the session's wait_timeout
+
+PRIVILEGE_HINTS = {
+    "FLUSH TABLES WITH READ LOCK": "GRANT RELOAD ON *.* TO the quiesce account",
+    "FLUSH LOCAL TABLES": "GRANT RELOAD ON *.* TO the quiesce account",
+    "LOCK INSTANCE FOR BACKUP": "GRANT BACKUP_ADMIN ON *.* TO the quiesce account",
+    "BACKUP STAGE START": "GRANT RELOAD ON *.* TO the quiesce account",
+    "BACKUP STAGE BLOCK_COMMIT": "GRANT RELOAD ON *.* TO the quiesce account",
+}
+
+
+class MySQLQuiescer(Quiescer):
+    """One MySQL or MariaDB server, quiesced through one dedicated session."""
+
+    def __init__(self, settings: InstanceSettings) -> None:
+        super().__init__(settings)
+        self.options = MySQLOptions.from_mapping(settings.options, f"mysql ({settings.name})")
+        self.info: ServerInfo | None = None
+        self.plan: LockPlan | None = None
+        self.thread_id: int | None = None
+        self._endpoint: Endpoint | None = None
+        self._conn: Any = None
+        self._probe: Any = None
+        self._io = threading.RLock()  # one statement at a time on the holding session
+        self._taken: list[LockStep] = []
+        self._lost: str | None = None
+        self._locked_at: float | None = None
+        self._log_bin = False
+        self._server_id: int | None = None
+        self._read_only = False
+        self._nontransactional: int | None = None
+        self._lock_report: dict[str, Any] = {}
+        self._notes: list[str] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def prepare(self, deadline: Deadline) -> None:
+        password = read_password(self.options.password_file) if self.options.password_file \
+            else ""
+        self._endpoint = Endpoint(self.options, password)
+        self._conn = connect(self._endpoint, deadline, purpose="hold")
+        self.thread_id = int(self._conn.thread_id())
+        row = self._run("SELECT CONNECTION_ID(), @@version, @@version_comment, @@server_id, "
+                        "@@log_bin, @@read_only", deadline=deadline)[0]
+        if int(row[0]) != self.thread_id:
+            raise EngineError(f"{self.name}: the server reports connection id {row[0]} but the "
+                              f"handshake said {self.thread_id}",
+                              hint="connect to the server directly, not through a proxy or "
+                                   "pooler: locks are bound to one server session")
+        self.info = parse_server(_text(row[1]), _text(row[2]))
+        self._server_id = int(row[3])
+        self._log_bin = bool(int(row[4]))
+        self._read_only = bool(int(row[5]))
+        hold = int(self.settings.max_hold_seconds) + WAIT_TIMEOUT_MARGIN
+        self._run("SET SESSION wait_timeout = %s", (hold,), deadline=deadline)
+        if self.options.lock == "auto" and not self.info.is_mariadb \
+                and self.info.at_least(8, 0, 0):
+            sql, params = nontransactional_count_query()
+            self._nontransactional = int(self._run(sql, params, deadline=deadline,
+                                                   timeout=30)[0][0])
+        self.plan = plan_locks(self.info, self.options.lock, self._nontransactional)
+        self._check_status_privileges(deadline)
+        self._probe = connect(self._endpoint, deadline, purpose="probe")
+        if any(step.kind == "ftwrl" for step in self.plan.steps):
+            self._preflush(deadline)
+
+    def quiesce(self, deadline: Deadline) -> None:
+        if self._conn is None or self.plan is None:
+            raise EngineError(f"{self.name}: quiesce() called before prepare()")
+        budget = deadline.sooner(self.options.lock_wait_seconds)
+        started = time.monotonic()
+        report: dict[str, Any] = {"attempts": 0, "killed_blockers": [], "verified_by": []}
+        self._lock_report = report
+        try:
+            for step in self.plan.steps:
+                self._acquire(step, budget, deadline, report)
+            self._locked_at = time.monotonic()
+            report["wait_seconds"] = round(self._locked_at - started, 3)
+            self._verify_held(deadline, report)
+        except BaseException:
+            self._undo_all()
+            raise
+
+    def check_alive(self) -> None:
+        if self._lost:
+            raise SessionLost(f"{self.name}: {self._lost}")
+        if self._conn is None:
+            raise SessionLost(f"{self.name}: the holding session is not open")
+        with self._io:
+            try:
+                set_io_timeout(self._conn, SHORT_TIMEOUT)
+                self._conn.ping(reconnect=False)
+            except Exception as exc:
+                self._mark_lost(exc)
+                raise SessionLost(f"{self.name}: {self._lost}",
+                                  hint="the lock ended with the session; the snapshot may "
+                                       "not be application-consistent") from exc
+
+    def release(self, deadline: Deadline) -> dict[str, Any]:
+        self.check_alive()
+        if self.plan is None or self.info is None:
+            raise EngineError(f"{self.name}: release() called before quiesce()")
+        metadata = self._base_metadata()
+        try:
+            metadata.update(self._coordinates(deadline))
+        except SessionLost:
+            raise
+        except EngineError as exc:  # not worth keeping writers blocked: record and release
+            metadata["coordinates_error"] = str(exc)
+        held = time.monotonic() - (self._locked_at or time.monotonic())
+        for step in reversed(list(self._taken)):
+            for sql in step.release:
+                self._run(sql, deadline=deadline)
+            self._taken.remove(step)
+        metadata["held_seconds"] = round(held, 3)
+        metadata["release_confirmed_by"] = self._confirm_released(deadline)
+        if self._notes:
+            metadata["notes"] = list(self._notes)
+        return metadata
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._undo_all()
+        self.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        probe, self._probe = self._probe, None
+        close_quietly(conn)
+        close_quietly(probe)
+
+    # -- prepare helpers --------------------------------------------------------------------
+
+    def _check_status_privileges(self, deadline: Deadline) -> None:
+        """Run the status statements now, so a missing GRANT fails before anything is locked."""
+        assert self.info is not None
+        statements = [replica_status_statement(self.info)]
+        if self._log_bin:
+            statements.insert(0, binlog_status_statement(self.info))
+        for sql in statements:
+            try:
+                self._run(sql, deadline=deadline, raw=True)
+            except Exception as exc:
+                if error_number(exc) in ACCESS_DENIED:
+                    raise EngineError(
+                        f"{self.name}: {sql} is not permitted for {self.options.user!r} "
+                        f"({describe_error(exc)}); quiesce records binlog and replica "
+                        "coordinates with it",
+                        hint=_status_grant_hint(self.info),
+                    ) from exc
+                raise self._engine_error(sql, exc) from exc
+
+    def _preflush(self, deadline: Deadline) -> None:
+        """FLUSH LOCAL TABLES before FTWRL, in short attempts; never fatal (FTWRL flushes too)."""
+        budget = deadline.sooner(self.options.lock_wait_seconds)
+        while True:
+            try:
+                self._run("SET SESSION lock_wait_timeout = %s", (ATTEMPT_SECONDS,),
+                          deadline=deadline)
+                self._run("FLUSH LOCAL TABLES", deadline=deadline,
+                          timeout=ATTEMPT_SECONDS + IO_MARGIN, raw=True)
+                return
+            except Exception as exc:
+                if error_number(exc) != ER_LOCK_WAIT_TIMEOUT:
+                    if is_connection_lost(exc):
+                        self._mark_lost(exc)
+                        raise EngineError(f"{self.name}: lost the session while flushing "
+                                          f"({describe_error(exc)})") from exc
+                    if error_number(exc) in ACCESS_DENIED:
+                        raise self._engine_error("FLUSH LOCAL TABLES", exc) from exc
+                    self._notes.append(f"pre-flush skipped: {describe_error(exc)}")
+                    return
+            if budget.remaining() < ATTEMPT_SECONDS:
+                self._notes.append("pre-flush skipped: tables stayed busy")
+                return
+            time.sleep(RETRY_GAP)
+
+    # -- locking ----------------------------------------------------------------------------
+
+    def _acquire(self, step: LockStep, budget: Deadline, deadline: Deadline,
+                 report: dict[str, Any]) -> None:
+        started = time.monotonic()
+        seen: list[Statement] = []
+        killed: list[dict[str, Any]] = report["killed_blockers"]
+        kill_after = self.options.kill_blockers_after
+        while True:
+            report["attempts"] += 1
+            failure = self._attempt(step, deadline)
+            if failure is None:
+                self._taken.append(step)
+                return
+            waited = time.monotonic() - started
+            blockers = self._blockers(min_seconds=min(waited, ATTEMPT_SECONDS) * 0.8)
+            if blockers:
+                seen = blockers
+            if kill_after is not None and waited >= kill_after and blockers:
+                killed.extend(self._kill_queries(blockers))
+            if budget.remaining() < RETRY_GAP + 0.2 or deadline.remaining() < ATTEMPT_SECONDS:
+                raise LockWaitTimeout(
+                    f"{self.name}: could not take {step.kind} ({'; '.join(step.acquire)}) in "
+                    f"{waited:.1f}s: the lock waits behind running work. Blocking: "
+                    f"{describe_blockers(seen)}. Nothing is left locked; writers proceed.",
+                    hint=self._timeout_hint(killed),
+                )
+            time.sleep(RETRY_GAP)
+
+    def _attempt(self, step: LockStep, deadline: Deadline) -> BaseException | None:
+        """One try at ``step`` bounded by ATTEMPT_SECONDS; the lock-wait error, or None."""
+        self._run("SET SESSION lock_wait_timeout = %s", (ATTEMPT_SECONDS,), deadline=deadline)
+        for sql in step.acquire:
+            try:
+                self._run(sql, deadline=deadline, timeout=ATTEMPT_SECONDS + IO_MARGIN, raw=True)
+            except Exception as exc:
+                if is_connection_lost(exc):
+                    self._mark_lost(exc)
+                    self._kill_holder()
+                    raise SessionLost(f"{self.name}: lost the session during {sql} "
+                                      f"({describe_error(exc)})") from exc
+                self._undo(step)
+                if error_number(exc) == ER_LOCK_WAIT_TIMEOUT:
+                    return exc
+                raise self._engine_error(sql, exc) from exc
+        return None
+
+    def _verify_held(self, deadline: Deadline, report: dict[str, Any]) -> None:
+        assert self.info is not None and self.thread_id is not None
+        verifier = LockVerifier(self._probe_conn(deadline), self.info, self.thread_id,
+                                timeout=min(SHORT_TIMEOUT, max(1.0, deadline.remaining())))
+        try:
+            if not verifier.thread_alive():
+                raise EngineError(f"{self.name}: the holding session (id {self.thread_id}) is "
+                                  "not in the server's process list after locking",
+                                  hint="connect to the server directly, not through a proxy")
+            for step in self._taken:
+                evidence = verifier.check(step)
+                if evidence.result != HELD:
+                    hint = (VERIFY_HINTS[self.info.flavour] if evidence.result == UNKNOWN
+                            else "another session or a proxy may have interfered; retry")
+                    raise EngineError(
+                        f"{self.name}: {step.kind} could not be proven held "
+                        f"({evidence.method}: {evidence.detail}); refusing to report a lock "
+                        "that may not exist, so it was released",
+                        hint=hint,
+                    )
+                report["verified_by"].append(f"{step.kind}: {evidence.method}")
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"{self.name}: could not verify the lock "
+                              f"({describe_error(exc)})") from exc
+
+    def _undo(self, step: LockStep) -> None:
+        for sql in step.undo:
+            with contextlib.suppress(Exception):
+                self._run(sql, timeout=SHORT_TIMEOUT, raw=True)
+
+    def _undo_all(self) -> None:
+        """Release what is held, newest first; if the session cannot, kill it."""
+        failed = False
+        for step in reversed(list(self._taken)):
+            for sql in step.undo:
+                try:
+                    self._run(sql, timeout=SHORT_TIMEOUT, raw=True)
+                except Exception:
+                    failed = True
+            self._taken.remove(step)
+        if failed:
+            self._kill_holder()
+
+    # -- blockers ---------------------------------------------------------------------------
+
+    def _blockers(self, min_seconds: float) -> list[Statement]:
+        assert self.info is not None
+        try:
+            probe = self._probe_conn(Deadline(SHORT_TIMEOUT))
+            rows = run(probe, processlist_query(self.info.is_mariadb), timeout=SHORT_TIMEOUT)
+        except Exception as exc:
+            self._notes.append(f"process list unreadable: {describe_error(exc)}")
+            return []
+        exclude = {self.thread_id or 0, _thread_id(self._probe)}
+        return candidate_blockers(parse_rows(rows), exclude_ids=exclude,
+                                  min_seconds=min_seconds)
+
+    def _kill_queries(self, blockers: list[Statement]) -> list[dict[str, Any]]:
+        killed = []
+        for statement in blockers:
+            entry = statement.as_dict()
+            try:
+                run(self._probe_conn(Deadline(SHORT_TIMEOUT)), "KILL QUERY %s",
+                    (statement.id,), timeout=SHORT_TIMEOUT)
+                entry["killed"] = True
+            except Exception as exc:
+                number = error_number(exc)
+                if number == ER_NO_SUCH_THREAD:
+                    continue  # it finished by itself
+                entry["killed"] = False
+                entry["error"] = describe_error(exc)
+                if number == ER_KILL_DENIED:
+                    entry["error"] += (" - GRANT CONNECTION_ADMIN (MySQL 8, MariaDB 10.5.2+) "
+                                       "or SUPER to kill other users' statements")
+            killed.append(entry)
+        return killed
+
+    def _timeout_hint(self, killed: list[dict[str, Any]]) -> str:
+        if self.options.kill_blockers_after is None:
+            return ("let the blocking statement finish or stop it, raise lock_wait_seconds, "
+                    "or set kill_blockers_after to KILL QUERY blockers automatically")
+        denied = [k for k in killed if not k.get("killed")]
+        if denied:
+            return f"KILL QUERY failed: {denied[0].get('error', '')}"
+        return ("the blockers were killed but the lock still could not be taken in time; "
+                "raise lock_wait_seconds")
+
+    # -- release helpers --------------------------------------------------------------------
+
+    def _base_metadata(self) -> dict[str, Any]:
+        assert self.info is not None and self.plan is not None
+        return {
+            "flavour": self.info.flavour,
+            "version": self.info.version_text,
+            "version_string": self.info.version_string,
+            "server_id": self._server_id,
+            "read_only": self._read_only,
+            "thread_id": self.thread_id,
+            "lock": {
+                "requested": self.plan.requested,
+                "taken": self.plan.kinds,
+                "reason": self.plan.reason,
+                "statements": [sql for step in self.plan.steps for sql in step.acquire],
+                **self._lock_report,
+            },
+            # With LOCK INSTANCE FOR BACKUP alone DML keeps committing during the hold: the
+            # binlog position is where the hold began, not exactly the snapshot's.
+            "binlog_position_exact": self.plan.blocks_writes,
+            "nontransactional_tables": self._nontransactional,
+        }
+
+    def _coordinates(self, deadline: Deadline) -> dict[str, Any]:
+        assert self.info is not None
+        out: dict[str, Any] = {}
+        if self._log_bin:
+            sql = binlog_status_statement(self.info)
+            rows = self._dicts(sql, deadline)
+            if rows:
+                row = rows[0]
+                out["binlog"] = {
+                    "statement": sql,
+                    "file": _text(row.get("File")),
+                    "position": int(row.get("Position") or 0),
+                }
+                gtid_set = row.get("Executed_Gtid_Set")
+                if gtid_set:
+                    out["binlog"]["executed_gtid_set"] = _text(gtid_set)
+            else:
+                out["binlog"] = {"statement": sql, "enabled": True, "file": None}
+        else:
+            out["binlog"] = {"enabled": False}
+        variables = gtid_variables(self.info)
+        if variables:
+            select = ", ".join(f"@@global.{name}" for name in variables)
+            row_values = self._run(f"SELECT {select}", deadline=deadline)[0]
+            out["gtid"] = {name: _text(value) for name, value in zip(variables, row_values,
+                                                                     strict=True)}
+        replica_sql = replica_status_statement(self.info)
+        replicas = self._dicts(replica_sql, deadline)
+        out["role"] = "replica" if replicas else "primary"
+        out["replica"] = ({"statement": replica_sql, "channels": [row_to_json(r)
+                                                                  for r in replicas]}
+                          if replicas else None)
+        return out
+
+    def _confirm_released(self, deadline: Deadline) -> str:
+        """How the release was confirmed from the probe session; kills the holder if needed."""
+        assert self.info is not None and self.plan is not None and self.thread_id is not None
+        try:
+            verifier = LockVerifier(self._probe_conn(deadline), self.info, self.thread_id,
+                                    timeout=SHORT_TIMEOUT)
+            results = [verifier.check(step) for step in self.plan.steps]
+            still = [r for r in results if r.result == HELD]
+            if not still:
+                if all(r.result != UNKNOWN for r in results):
+                    return "; ".join(sorted({r.method for r in results}))
+                return "UNLOCK succeeded in the holding session (no lock view available)"
+            self._notes.append("a lock still looked held after UNLOCK ("
+                               f"{still[0].method}: {still[0].detail}); the holding session "
+                               "was killed to end it")
+            self._kill_holder()
+            close_quietly(self._conn, graceful=False)
+            self._conn = None
+            gone = self._wait_thread_gone(verifier, Deadline(SHORT_TIMEOUT))
+            return "holding session killed" if gone else "holding session kill not confirmed"
+        except Exception as exc:
+            self._notes.append(f"release confirmation failed: {describe_error(exc)}")
+            return "UNLOCK succeeded in the holding session (confirmation failed)"
+
+    @staticmethod
+    def _wait_thread_gone(verifier: LockVerifier, deadline: Deadline) -> bool:
+        while not deadline.expired():
+            if not verifier.thread_alive():
+                return True
+            time.sleep(0.05)
+        return False
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def _run(self, sql: str, params: tuple[Any, ...] | None = None, *,
+             deadline: Deadline | None = None, timeout: float = SHORT_TIMEOUT,
+             raw: bool = False) -> list[tuple[Any, ...]]:
+        """A statement on the holding session, bounded by ``timeout`` and the deadline.
+
+        ``raw``: let driver errors through (the caller interprets them). Otherwise a lost
+        session becomes SessionLost and other errors EngineError.
+        """
+        if self._conn is None:
+            raise SessionLost(f"{self.name}: the holding session is closed")
+        bound = timeout if deadline is None else max(0.5, min(timeout, deadline.remaining()
+                                                             + IO_MARGIN))
+        with self._io:
+            try:
+                return run(self._conn, sql, params, timeout=bound)
+            except Exception as exc:
+                if raw and error_number(exc) is not None:
+                    raise
+                if is_connection_lost(exc):
+                    self._mark_lost(exc)
+                    verb = sql.split(maxsplit=1)[0]
+                    raise SessionLost(f"{self.name}: the holding session was lost during "
+                                      f"{verb} ({describe_error(exc)})") from exc
+                if raw:
+                    raise
+                raise self._engine_error(sql, exc) from exc
+
+    def _dicts(self, sql: str, deadline: Deadline) -> list[dict[str, Any]]:
+        if self._conn is None:
+            raise SessionLost(f"{self.name}: the holding session is closed")
+        with self._io:
+            try:
+                return run_dicts(self._conn, sql, timeout=max(0.5, min(
+                    SHORT_TIMEOUT, deadline.remaining() + IO_MARGIN)))
+            except Exception as exc:
+                if is_connection_lost(exc):
+                    self._mark_lost(exc)
+                    raise SessionLost(f"{self.name}: the holding session was lost during "
+                                      f"{sql} ({describe_error(exc)})") from exc
+                raise self._engine_error(sql, exc) from exc
+
+    def _probe_conn(self, deadline: Deadline) -> Any:
+        """The second session (not the holding one: reconnecting it is harmless)."""
+        if self._probe is not None and getattr(self._probe, "_sock", None) is not None:
+            return self._probe
+        if self._endpoint is None:
+            raise EngineError(f"{self.name}: not prepared")
+        close_quietly(self._probe, graceful=False)
+        self._probe = connect(self._endpoint, deadline.sooner(SHORT_TIMEOUT)
+                              if deadline.remaining() > 1 else Deadline(SHORT_TIMEOUT),
+                              purpose="probe")
+        return self._probe
+
+    def _kill_holder(self) -> None:
+        """End the holding session from the probe session (its locks die with it)."""
+        if self.thread_id is None or self._endpoint is None:
+            return
+        with contextlib.suppress(Exception):
+            run(self._probe_conn(Deadline(SHORT_TIMEOUT)), "KILL CONNECTION %s",
+                (self.thread_id,), timeout=SHORT_TIMEOUT)
+
+    def _mark_lost(self, exc: BaseException) -> None:
+        if self._lost is None:
+            self._lost = f"the holding session (id {self.thread_id}) was lost: " \
+                         f"{describe_error(exc)}"
+        self._taken.clear()
+        conn, self._conn = self._conn, None
+        close_quietly(conn, graceful=False)
+
+    def _engine_error(self, sql: str, exc: BaseException) -> EngineError:
+        number = error_number(exc)
+        if number in ACCESS_DENIED:
+            hint = PRIVILEGE_HINTS.get(sql, "see the GRANTs in docs/engines.md")
+            return EngineError(f"{self.name}: {sql} is not permitted for "
+                               f"{self.options.user!r} ({describe_error(exc)})", hint=hint)
+        return EngineError(f"{self.name}: {sql} failed ({describe_error(exc)})")
+
+
+def _status_grant_hint(info: ServerInfo) -> str:
+    if info.is_mariadb:
+        if info.at_least(10, 5, 9):
+            return ("GRANT BINLOG MONITOR, SLAVE MONITOR ON *.* TO the quiesce account")
+        if info.at_least(10, 5, 2):
+            return "GRANT BINLOG MONITOR, REPLICATION SLAVE ADMIN ON *.* TO the quiesce account"
+        return "GRANT REPLICATION CLIENT ON *.* TO the quiesce account"
+    return "GRANT REPLICATION CLIENT ON *.* TO the quiesce account"
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def _thread_id(conn: Any) -> int:
+    try:
+        return int(conn.thread_id()) if conn is not None else 0
+    except Exception:
+        return 0
