@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from quiesce.errors import DrillError, EngineUnavailable
 from quiesce.servers.base import Server, ServerLayout
 
 READ_TIMEOUT = 60
+# A redo log that fits the small log disk.
+SETTINGS = {"innodb-log-file-size": "48M"}
 INSTALL_HINT = "install the MariaDB or MySQL server (Debian/Ubuntu: apt-get install mariadb-server)"
 
 
@@ -83,13 +84,6 @@ class MySession:
         self.conn.close()
 
 
-def local_flavour(mysqld: str) -> str:
-    """"mariadb" or "mysql", from ``<mysqld> --version``."""
-    out = subprocess.run([mysqld, "--version"], capture_output=True, text=True, timeout=30,
-                         check=False)
-    return "mariadb" if "mariadb" in (out.stdout + out.stderr).lower() else "mysql"
-
-
 class MySQLTarget(Target):
     section = "mysql"
 
@@ -100,27 +94,15 @@ class MySQLTarget(Target):
     def check_available(self) -> None:
         if self.backend.name == "docker":
             return
-        try:
-            from quiesce.servers import mysql as provider
-        except ImportError as exc:
-            raise EngineUnavailable("the MySQL/MariaDB server provider is not available "
-                                    f"in this build ({exc})", hint=INSTALL_HINT) from exc
-        finder = getattr(provider, "find_server_binary", None) or getattr(provider, "find_mysqld",
-                                                                          None)
-        if finder is not None:
-            binary = finder()
-            binary = str(getattr(binary, "path", binary))
-        else:
-            from quiesce.servers.base import find_binary
+        from quiesce.servers.mysql import find_server_binary, server_flavour
 
-            binary = find_binary(["mariadbd", "mysqld"], ["/usr/sbin", "/usr/local/mysql/bin"],
-                                 what="MySQL/MariaDB server", install_hint=INSTALL_HINT)
-        flavour = local_flavour(binary)
+        binary = find_server_binary()
+        flavour, version = server_flavour(binary)
         if self.engine == "mysql" and flavour == "mariadb":
             self.notes.append(f"--engine mysql: no MySQL-flavour mysqld on this machine, so the "
-                              f"drill runs the local MariaDB server ({binary})")
+                              f"drill runs the local MariaDB {version} server ({binary})")
         if self.engine == "mariadb" and flavour == "mysql":
-            raise EngineUnavailable(f"--engine mariadb: {binary} is MySQL, not MariaDB",
+            raise EngineUnavailable(f"--engine mariadb: {binary} is MySQL {version}, not MariaDB",
                                     hint="install mariadb-server, or use --engine mysql")
 
     def _cls(self) -> Any:
@@ -133,7 +115,7 @@ class MySQLTarget(Target):
             from quiesce.drill.targets.docker import docker_server
 
             return docker_server(self.engine, self.backend.image, layout, fresh=True)
-        server = self._cls()(layout)
+        server = self._cls()(layout, settings=SETTINGS)
         server.start()
         return server
 
@@ -142,10 +124,7 @@ class MySQLTarget(Target):
             from quiesce.drill.targets.docker import docker_server
 
             return docker_server(self.engine, self.backend.image, layout, fresh=False)
-        server = self._cls().open_existing(layout)
-        if not getattr(server, "running", True):
-            server.start()
-        return server
+        return self._cls().open_existing(layout, settings=SETTINGS)
 
     def toml_section(self, server: Server, config_dir: Path) -> str:
         c = server.connection
