@@ -95,7 +95,7 @@ def find_bindir(bindir: str | os.PathLike[str] | None = None) -> Path:
     else:
         initdb = find_binary(["initdb"], candidate_bindirs(), what="PostgreSQL initdb",
                              install_hint=INSTALL_HINT)
-        found = Path(initdb).parent
+        found = Path(initdb).resolve().parent  # /usr/local/bin/initdb may be a link
     if not (found / "postgres").is_file():
         raise EngineUnavailable(f"{found} has initdb but no postgres binary",
                                 hint=INSTALL_HINT)
