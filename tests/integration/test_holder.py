@@ -1,0 +1,384 @@
+"""`quiesce pre/post/status` end to end with the real holder, guardian and the example plugin.
+
+The "flock" engine (tests/example_plugin) holds a real flock() another process can observe, and
+with ``sticky = true`` a marker file that outlives the holder (like MongoDB's fsyncLock), which
+only the guardian can clean up if the holder dies. Each test gets its own root-owned directory
+under /run (config, lock files, runtime dir, state dir) and kills any holder/guardian it leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "tests" / "example_plugin"
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(0.05)
+
+
+def lock_is_free(path: Path) -> bool:
+    """Try the lock from a separate process, exactly as another application would."""
+    code = ("import fcntl,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT)\n"
+            "try:\n    fcntl.flock(fd,fcntl.LOCK_EX|fcntl.LOCK_NB)\nexcept BlockingIOError:\n"
+            "    sys.exit(1)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], check=False, timeout=30)
+    return proc.returncode == 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if text.encode() in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+class Q:
+    """One test's directory and the quiesce CLI pointed at it."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.config = base / "quiesce.toml"
+        self.rundir = base / "rt"
+        self.state = base / "state"
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            [str(EXAMPLE), *filter(None, [os.environ.get("PYTHONPATH")])])
+        self.env.pop("QUIESCE_RUNTIME_DIR", None)
+
+    def toml(self, text: str, mode: int = 0o600) -> Path:
+        self.config.write_text(f'state_dir = "{self.state}"\n' + text)
+        os.chmod(self.config, mode)
+        return self.config
+
+    def lock(self, name: str = "a") -> Path:
+        return self.base / f"{name}.lock"
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "quiesce", *args], env=self.env, check=False,
+                              capture_output=True, text=True, timeout=timeout, cwd="/")
+
+    def pre(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.run("pre", "--config", str(self.config), "--runtime-dir", str(self.rundir),
+                        *extra)
+
+    def pre_json(self) -> dict[str, Any]:
+        proc = self.pre("--json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads(proc.stdout)
+
+    def post(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.run("post", "--runtime-dir", str(self.rundir), *extra)
+
+    def post_json(self) -> tuple[int, dict[str, Any]]:
+        proc = self.post("--json")
+        return proc.returncode, json.loads(proc.stdout)
+
+    def status_json(self) -> dict[str, Any]:
+        proc = self.run("status", "--runtime-dir", str(self.rundir), "--json")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def q(require_root: None) -> Iterator[Q]:
+    base = Path(tempfile.mkdtemp(prefix="qt-", dir="/run"))
+    try:
+        yield Q(base)
+    finally:
+        for pid in processes_mentioning(str(base)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def flock_section(q: Q, name: str = "a", **options: Any) -> str:
+    lines = [f'[[flock]]\nname = "{name}"\npath = "{q.lock(name)}"']
+    for key, value in options.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def test_pre_holds_the_lock_until_post_releases_it(q: Q) -> None:
+    q.toml(flock_section(q))
+    ready = q.pre_json()
+    assert ready["ok"] is True
+    assert [(i["plugin"], i["name"], i["status"]) for i in ready["instances"]] == [
+        ("flock", "a", "held")]
+    assert alive(ready["holder_pid"])
+    assert not lock_is_free(q.lock())
+
+    status = q.status_json()
+    assert status["held"] is True and status["state"] == "holding"
+    assert status["holder_pid"] == ready["holder_pid"]
+    assert status["since"] == ready["since"] and status["until"] == ready["until"]
+    assert status["since"].endswith("Z") and status["until"] > status["since"]
+    assert [i["status"] for i in status["instances"]] == ["held"]
+
+    code, outcome = q.post_json()
+    assert code == 0, outcome
+    assert outcome["consistent"] is True
+    [inst] = outcome["instances"]
+    assert set(inst) >= {"plugin", "name", "status", "held_seconds", "metadata"}
+    assert (inst["plugin"], inst["name"], inst["status"]) == ("flock", "a", "released")
+    assert inst["held_seconds"] > 0
+    assert inst["metadata"]["path"] == str(q.lock())
+    assert lock_is_free(q.lock())
+
+    wait_for(lambda: not alive(ready["holder_pid"]), what="the holder to exit")
+    wait_for(lambda: not alive(ready["guardian_pid"]), what="the guardian to exit")
+    record = json.loads((q.state / "runs" / f"{ready['run_id']}.json").read_text())
+    assert (q.state / "latest").read_text().strip() == ready["run_id"]
+    assert record["instances"][0]["status"] == "released"
+    assert record["instances"][0]["metadata"] == inst["metadata"]
+    assert any("released by 'post'" in line for line in record["log"])
+
+    again = q.post()
+    assert again.returncode == 2
+    assert "no hold is active" in again.stderr
+
+
+def test_pre_stdout_reaches_eof_while_the_hold_continues(q: Q) -> None:
+    """An orchestrator reads pre's stdout until EOF: the holder must not keep it open."""
+    q.toml(flock_section(q))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quiesce", "pre", "--config", str(q.config), "--runtime-dir",
+         str(q.rundir)], env=q.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    out, err = proc.communicate(timeout=60)  # hangs here if the holder inherited the pipes
+    assert proc.returncode == 0, err
+    assert b"holding 1 instance" in out
+    assert not lock_is_free(q.lock())  # the holder lives on after pre's pipes closed
+    assert q.post().returncode == 0
+
+
+def test_deadline_auto_releases_and_post_reports_it(q: Q) -> None:
+    q.toml("max_hold_seconds = 2\npre_timeout_seconds = 1\n" + flock_section(q, sticky=True))
+    ready = q.pre_json()
+    marker = Path(str(q.lock()) + ".held")
+    assert marker.exists()
+    wait_for(lambda: lock_is_free(q.lock()), 60, "the dead-man switch to release")
+    assert not marker.exists()
+    status = q.status_json()
+    assert status["held"] is False and status["state"] == "auto-released"
+
+    proc = q.post()
+    assert proc.returncode == 1
+    assert "may NOT be application-consistent" in proc.stderr
+    assert "flock/a: auto-released" in proc.stderr
+    wait_for(lambda: not alive(ready["holder_pid"]), what="the holder to exit after post")
+    record = json.loads((q.state / "runs" / f"{ready['run_id']}.json").read_text())
+    assert record["state"] == "auto-released"
+    assert record["instances"][0]["status"] == "auto-released"
+
+
+def test_post_after_the_holder_exited_still_reports_auto_released(q: Q) -> None:
+    q.toml("max_hold_seconds = 2\npre_timeout_seconds = 1\n" + flock_section(q))
+    ready = q.pre_json()
+    wait_for(lambda: q.status_json()["state"] == "auto-released", 60, "the auto-release")
+    os.kill(ready["holder_pid"], signal.SIGTERM)  # e.g. a reboot before post came
+    wait_for(lambda: not alive(ready["holder_pid"]), what="the holder to exit")
+    code, outcome = q.post_json()
+    assert code == 1
+    assert outcome["collected_from"] == "result-file"
+    assert outcome["consistent"] is False
+    assert [i["status"] for i in outcome["instances"]] == ["auto-released"]
+    assert q.post().returncode == 2  # collected once
+
+
+def test_holder_sigkill_releases_and_guardian_recovers(q: Q) -> None:
+    q.toml(flock_section(q, sticky=True))
+    ready = q.pre_json()
+    marker = Path(str(q.lock()) + ".held")
+    assert marker.exists() and not lock_is_free(q.lock())
+    os.kill(ready["holder_pid"], signal.SIGKILL)
+    wait_for(lambda: lock_is_free(q.lock()), what="the kernel to drop the flock")
+    wait_for(lambda: not marker.exists(), 60, "the guardian to undo the sticky marker")
+    wait_for(lambda: not alive(ready["guardian_pid"]), 60, "the guardian to exit")
+    code, outcome = q.post_json()
+    assert code == 1
+    [inst] = outcome["instances"]
+    assert inst["status"] == "lost"
+    assert "guardian" in inst["note"]
+    assert "holder died" in outcome["message"]
+    # The guardian also wrote the run record once the recovery was done.
+    record = json.loads((q.state / "runs" / f"{ready['run_id']}.json").read_text())
+    assert record["recovered_by"] == "guardian"
+
+
+def test_guardian_kills_a_hung_holder_at_the_backstop(q: Q) -> None:
+    q.toml("max_hold_seconds = 2\npre_timeout_seconds = 1\n" + flock_section(q, sticky=True))
+    ready = q.pre_json()
+    marker = Path(str(q.lock()) + ".held")
+    os.kill(ready["holder_pid"], signal.SIGSTOP)  # a holder that can no longer auto-release
+    # deadline (2 s) + guardian grace (10 s), generously
+    wait_for(lambda: not alive(ready["holder_pid"]), 90, "the guardian to kill the holder")
+    wait_for(lambda: not marker.exists(), 60, "the guardian to recover")
+    assert lock_is_free(q.lock())
+    code, outcome = q.post_json()
+    assert code == 1
+    assert outcome["instances"][0]["status"] == "lost"
+    assert "killed by the guardian" in outcome["message"]
+
+
+def test_second_pre_is_refused_and_the_hold_is_untouched(q: Q) -> None:
+    q.toml(flock_section(q))
+    ready = q.pre_json()
+    second = q.pre()
+    assert second.returncode == 2
+    assert "already active" in second.stderr and ready["run_id"] in second.stderr
+    assert not lock_is_free(q.lock())
+    status = q.status_json()
+    assert status["run_id"] == ready["run_id"] and status["state"] == "holding"
+    assert alive(ready["holder_pid"])
+    code, outcome = q.post_json()
+    assert code == 0 and outcome["run_id"] == ready["run_id"]
+
+
+def test_one_failing_instance_releases_the_other(q: Q) -> None:
+    q.toml(flock_section(q, "a", sticky=True)
+           + flock_section(q, "b", fail_in="quiesce"))
+    proc = q.pre()
+    assert proc.returncode == 1
+    assert "FAILED, nothing is held" in proc.stderr
+    assert "flock/b: failed: quiesce failed: quiesce failed on purpose" in proc.stderr
+    assert "flock/a: released" in proc.stderr
+    assert lock_is_free(q.lock("a"))
+    assert not Path(str(q.lock("a")) + ".held").exists()
+    wait_for(lambda: not processes_mentioning(str(q.rundir)), 30, "the holder to exit")
+    assert q.status_json()["held"] is False
+    # The failure is recorded too (nothing was frozen yet when it was written).
+    [run_id] = os.listdir(q.state / "runs")
+    record = json.loads((q.state / "runs" / run_id).read_text())
+    assert record["state"] == "failed"
+
+
+def test_a_lost_session_is_reported_and_post_fails(q: Q) -> None:
+    q.toml(flock_section(q, "a") + flock_section(q, "b"))
+    q.pre_json()
+    q.lock("a").unlink()  # the analogue of a server restart: the lock protects nothing now
+    wait_for(lambda: {i["name"]: i["status"] for i in q.status_json()["instances"]}["a"]
+             == "lost", 30, "the holder to notice the lost session")
+    status = q.status_json()
+    assert status["state"] == "holding"  # the other instance is still held
+    assert not lock_is_free(q.lock("b"))
+    code, outcome = q.post_json()
+    assert code == 1
+    statuses = {i["name"]: i["status"] for i in outcome["instances"]}
+    assert statuses == {"a": "lost", "b": "released"}
+    assert "NOT" in outcome["message"]
+
+
+def test_status_when_nothing_is_held(q: Q) -> None:
+    proc = q.run("status", "--runtime-dir", str(q.rundir))
+    assert proc.returncode == 0
+    assert "nothing is held" in proc.stdout
+    env_proc = subprocess.run([sys.executable, "-m", "quiesce", "status", "--json"], check=False,
+                              env={**q.env, "QUIESCE_RUNTIME_DIR": str(q.rundir)},
+                              capture_output=True, text=True, timeout=60)
+    state = json.loads(env_proc.stdout)
+    assert state["held"] is False and state["runtime_dir"] == str(q.rundir)
+
+
+def test_runtime_dir_and_socket_are_root_only(q: Q) -> None:
+    q.toml(flock_section(q))
+    q.pre_json()
+    rundir = os.stat(q.rundir)
+    sock = os.stat(q.rundir / "holder.sock")
+    assert (rundir.st_uid, stat.S_IMODE(rundir.st_mode)) == (0, 0o700)
+    assert stat.S_ISSOCK(sock.st_mode)
+    assert (sock.st_uid, stat.S_IMODE(sock.st_mode)) == (0, 0o600)
+    code = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+            "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(3)\n")
+    other = subprocess.run(["/usr/bin/python3", "-c", code, str(q.rundir / "holder.sock")],
+                           user="nobody", timeout=30, cwd="/", check=False)
+    assert other.returncode == 3
+    assert q.post().returncode == 0
+
+
+def test_peer_credentials_are_read_from_the_socket() -> None:
+    from quiesce.holder import peer_allowed, peer_uid
+
+    left, right = socket.socketpair(socket.AF_UNIX)
+    with left, right:
+        assert peer_uid(left) == os.geteuid()
+    assert peer_allowed(0)
+    assert peer_allowed(os.geteuid())
+    assert not peer_allowed(65534) or os.geteuid() == 65534
+
+
+def test_a_bad_config_reports_every_problem_and_starts_nothing(q: Q) -> None:
+    open_secret = q.base / "open-secret"
+    open_secret.write_text("pw\n")
+    os.chmod(open_secret, 0o644)
+    q.toml(
+        'max_hold_seconds = "30"\n'
+        "max_hold = 1\n"
+        f'[[flock]]\nname = "a"\npath = "{q.lock("a")}"\npassword_file = "{q.base}/missing"\n'
+        f'[[flock]]\nname = "a"\npath = "{q.lock("b")}"\npassword_file = "{open_secret}"\n'
+        f'sticky = "yes"\n'
+        '[[sqlite]]\npath = "/x"\n',
+        mode=0o640)
+    proc = q.pre()
+    assert proc.returncode == 2
+    err = proc.stderr
+    expected = [
+        "mode 0640 gives permissions to group/other",  # the config itself
+        f"chmod 600 {q.config}",
+        "max_hold_seconds: expected an integer or a number, found the string '30' "
+        "(write 30 without quotes)",
+        "max_hold: unknown key (did you mean 'max_hold_seconds'?)",
+        "flock[1].name: 'a' is already used by flock[0]",
+        "flock[1].sticky: expected a boolean",
+        "sqlite: no engine plugin named 'sqlite' is installed",
+        "flock[0].password_file",
+        "missing: no such file",
+        f"flock[1].password_file: {open_secret}: mode 0644 gives permissions to group/other",
+    ]
+    missing = [text for text in expected if text not in err]
+    assert not missing, err
+    assert not q.rundir.exists()  # nothing was started
+    assert not processes_mentioning(str(q.base))
+
+
+def test_refusal_of_a_config_owned_by_another_user(q: Q) -> None:
+    q.toml(flock_section(q))
+    os.chown(q.config, 65534, 65534)
+    proc = q.pre()
+    assert proc.returncode == 2
+    assert "not root" in proc.stderr and f"chown root:root {q.config}" in proc.stderr
