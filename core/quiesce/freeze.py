@@ -138,6 +138,27 @@ def _sync_filesystems(fds: Sequence[int]) -> None:
             return
 
 
+def _exit_text(returncode: int) -> str:
+    return f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+
+
+def _read_until(fd: int, timeout: float, stop: bytes | None) -> tuple[bytes, bool]:
+    """Read ``fd`` until ``stop`` ends the data, EOF, or ``timeout`` (then True)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    end = time.monotonic() + timeout
+    data = b""
+    while stop is None or not data.endswith(stop):
+        remaining = end - time.monotonic()
+        if remaining <= 0 or not poller.poll(int(remaining * 1000) + 1):
+            return data, True
+        chunk = os.read(fd, 256)
+        if not chunk:
+            break
+        data += chunk
+    return data, False
+
+
 class _WatchdogProcess:
     """Runner-side handle on the watchdog process (see quiesce.watchdog for the protocol)."""
 
@@ -147,6 +168,7 @@ class _WatchdogProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.control: socket.socket | None = None
         self.report = ""
+        self.returncode: int | None = None
 
     @staticmethod
     def command(timeout: float, fds: Sequence[int]) -> list[str]:
@@ -180,31 +202,24 @@ class _WatchdogProcess:
     def _wait_ready(self) -> None:
         proc = self.proc
         assert proc is not None and proc.stdout is not None and proc.stderr is not None
-        fd = proc.stdout.fileno()
-        end = time.monotonic() + WATCHDOG_READY_TIMEOUT
-        got = b""
-        while not got.endswith(b"\n"):
-            remaining = end - time.monotonic()
-            readable = select.select([fd], [], [], max(0.0, remaining))[0] if remaining > 0 \
-                else []
-            if not readable:
-                self.kill()
-                raise FreezeError(
-                    f"the freeze watchdog did not get ready within "
-                    f"{WATCHDOG_READY_TIMEOUT:g} s; nothing was frozen",
-                    hint="the machine may be overloaded; retry")
-            chunk = os.read(fd, 64)
-            if not chunk:
-                break
-            got += chunk
-        if got != b"R\n":
+        got, timed_out = _read_until(proc.stdout.fileno(), WATCHDOG_READY_TIMEOUT, b"\n")
+        if timed_out:
             self.kill()
+            raise FreezeError(f"the freeze watchdog did not get ready within "
+                              f"{WATCHDOG_READY_TIMEOUT:g} s; nothing was frozen",
+                              hint="the machine may be overloaded; retry")
+        if got != b"R\n":
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
             detail = b""
             with contextlib.suppress(OSError):
                 detail = proc.stderr.read() or b""
+            self.kill()
             text = detail.decode("utf-8", "replace").strip() or f"it said {got!r}"
-            raise FreezeError(f"the freeze watchdog failed to start; nothing was frozen: {text}",
-                              hint="is the quiesce package importable by this python?")
+            raise FreezeError(
+                f"the freeze watchdog failed to start; nothing was frozen: {text}",
+                hint=f"run `{' '.join(self.command(self.timeout, [3]))} 3<.` to see why")
         proc.stderr.close()  # it writes nothing more there
 
     @property
@@ -218,23 +233,15 @@ class _WatchdogProcess:
             return False
         assert proc.stdout is not None
         self._close_control(b"done\n")
-        fd = proc.stdout.fileno()
         end = time.monotonic() + WATCHDOG_STOP_TIMEOUT
-        data = b""
-        while True:
-            remaining = end - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                break
-            chunk = os.read(fd, 256)
-            if not chunk:
-                break
-            data += chunk
+        data, _ = _read_until(proc.stdout.fileno(), WATCHDOG_STOP_TIMEOUT, None)
         self.report = data.decode("ascii", "replace").strip()
         try:
-            proc.wait(timeout=max(0.1, end - time.monotonic()))
+            self.returncode = proc.wait(timeout=max(0.1, end - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            self.returncode = 0  # it was alive: killed by us, not died on its own
         proc.stdout.close()
         self.proc = None
         return self.report.startswith("F ")
@@ -414,6 +421,10 @@ class FreezeSession:
         if watchdog is not None:
             self.watchdog_fired = watchdog.stand_down()
             self.watchdog_report = watchdog.report
+            if watchdog.returncode and not self.watchdog_fired:
+                self.notes.append(
+                    f"the watchdog died during the freeze ({_exit_text(watchdog.returncode)}):"
+                    " the filesystems had no dead-man switch for part of the window")
             if self.watchdog_fired:
                 self.notes.append(
                     f"the watchdog thawed the filesystems by itself after {self.timeout:g} s "

@@ -411,3 +411,36 @@ def test_session_makes_only_ioctls_between_first_freeze_and_last_thaw(loop_disk_
     inside = calls[window[0]:window[-1] + 1]
     assert [name for name, _ in inside] == ["ioctl"] * 4, inside
     assert not is_frozen(str(one.mount_point)) and not is_frozen(str(two.mount_point))
+
+
+def test_watchdog_killed_during_window_is_reported(loop_disk_factory) -> None:
+    disk = loop_disk_factory()
+    session = FreezeSession(discover_mounts([str(disk.mount_point)]), timeout=600)
+    try:
+        session.freeze()
+        pid = session.watchdog_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # e.g. the OOM killer
+        wait_for(lambda: process_gone(pid), what="the watchdog to die")
+        assert is_frozen(str(disk.mount_point))  # nothing thawed it: we still must
+    finally:
+        session.thaw()
+    assert not is_frozen(str(disk.mount_point))
+    assert session.watchdog_fired is False and session.thaw_errors == []
+    assert any("watchdog died during the freeze (killed by signal 9)" in n
+               for n in session.notes)
+
+
+def test_watchdog_that_cannot_start_means_nothing_frozen(loop_disk_factory,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from quiesce import freeze as freeze_module
+
+    disk = loop_disk_factory()
+    broken = [sys.executable, "-c", "import sys; sys.exit('watchdog: cannot arm')"]
+    monkeypatch.setattr(freeze_module._WatchdogProcess, "command",
+                        staticmethod(lambda timeout, fds: broken))
+    session = FreezeSession(discover_mounts([str(disk.mount_point)]), timeout=60)
+    with pytest.raises(FreezeError, match=r"watchdog failed to start.*cannot arm"):
+        session.freeze()
+    assert session.frozen == [] and session.events == []
+    assert not is_frozen(str(disk.mount_point))
