@@ -56,6 +56,7 @@ def test_mongo_plan_links_the_journal_by_container_path(layout: ServerLayout) ->
     assert plan.command[:3] == ["mongod", "--dbpath", f"{DATA_MOUNT}/db"]
     assert plan.command[-2:] == ["--replSet", "rs0"]
     assert plan.symlinks == [(Path(layout.data_dir) / "db" / "journal", f"{LOG_MOUNT}/journal")]
+    assert (plan.user, plan.password) == ("", "")  # no auth: clients must not send any
 
 
 def test_single_disk_layout_mounts_one_volume(tmp_path: Path) -> None:

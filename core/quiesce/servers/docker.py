@@ -136,7 +136,8 @@ def container_plan(engine: str, layout: ServerLayout, *, image: str | None = Non
             # mysqld does not create innodb_log_group_home_dir: it must exist, owned by mysql.
             plan.command.append(f"--innodb-log-group-home-dir={LOG_MOUNT}/redo")
             plan.host_dirs.append(log / "redo")
-    else:  # mongodb
+    else:  # mongodb: no authentication (a throwaway server bound to a mapped port)
+        plan.password = ""
         plan.command = ["mongod", "--dbpath", f"{DATA_MOUNT}/db", "--bind_ip_all",
                         "--wiredTigerCacheSizeGB", "0.25"]
         if replset:
