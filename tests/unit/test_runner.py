@@ -1,0 +1,175 @@
+"""Runner logic without servers or mounts: consistency levels, exit codes, run ids, the report,
+the atomic status file and the snapshot command's validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from quiesce.errors import AzureCode, Problem
+from quiesce.report import PhaseRecord, RunError, RunStatus, human_report, write_atomically
+from quiesce.runner import RunLog, Runner, new_run_id
+from quiesce.snapshot import CommandSnapshot, NoopSnapshot, make_provider
+
+
+def session(fired: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(watchdog_fired=fired)
+
+
+@pytest.mark.parametrize(
+    ("pre_ok", "freezing", "frozen_ok", "fired", "expected"),
+    [
+        (True, True, True, False, "application"),
+        (True, False, False, False, "application"),  # freeze off by config
+        (False, True, True, False, "filesystem"),
+        (False, False, False, False, "crash"),
+        (True, True, False, False, "crash"),  # freeze failed: nothing made it consistent
+        (False, True, False, False, "crash"),
+        (True, True, True, True, "crash"),  # watchdog thawed before the snapshot ended
+    ],
+)
+def test_consistency_levels(pre_ok: bool, freezing: bool, frozen_ok: bool, fired: bool,
+                            expected: str) -> None:
+    sess = session(fired) if freezing else None
+    assert Runner._consistency(pre_ok, freezing, frozen_ok, sess) == expected
+
+
+def status(**kw: object) -> RunStatus:
+    s = RunStatus("id", "/c.json", 0.0)
+    for k, v in kw.items():
+        setattr(s, k, v)
+    return s
+
+
+def test_exit_codes() -> None:
+    err = RunError.azure(AzureCode.POST_SCRIPT_EXECUTION_FAILED, "post", "boom")
+    assert status(snapshot_taken=True, consistency="application").exit_code == 0
+    assert status(snapshot_taken=True, consistency="application", errors=[err]).exit_code == 1
+    assert status(snapshot_taken=True, consistency="filesystem").exit_code == 1
+    assert status(snapshot_taken=True, consistency="crash").exit_code == 1
+    assert status(snapshot_taken=False, consistency="none").exit_code == 2
+    assert status(snapshot_taken=False, consistency="none", errors=[err]).exit_code == 2
+
+
+def test_status_json_has_the_contract_fields() -> None:
+    s = status(snapshot_taken=True, consistency="filesystem",
+               errors=[RunError.azure(AzureCode.PRE_SCRIPT_TIMEOUT, "pre", "slow", "fix it")],
+               freeze={"mounts": ["/data"], "window_ms": 1.5})
+    s.phases["pre"] = PhaseRecord("pre", "timeout", 1700000000.0, 2000.0, 1)
+    doc = json.loads(s.to_json())
+    for key in ("run_id", "consistency", "snapshot_taken", "errors", "phases", "freeze"):
+        assert key in doc
+    assert doc["errors"] == [{"code": "Pre-ScriptTimeout", "number": 308, "phase": "pre",
+                              "message": "slow", "hint": "fix it"}]
+    (pre,) = doc["phases"]
+    assert pre["start"] == "2023-11-14T22:13:20.000Z"
+    assert pre["duration_ms"] == 2000.0 and pre["attempts"] == 1
+    assert doc["freeze"] == {"mounts": ["/data"], "window_ms": 1.5}
+    assert doc["exit_code"] == 1
+
+
+def test_error_from_problem_keeps_the_azure_code_or_uses_ours() -> None:
+    with_code = Problem("x", "bad", "fix", AzureCode.INCORRECT_JSON_CONFIG_FILE)
+    e = RunError.from_problem(with_code, "validate", "ValidationFailed")
+    assert (e.code, e.number, e.message) == ("IncorrectJSONConfigFile", 305, "x: bad")
+    e = RunError.from_problem(Problem("y", "bad"), "validate", "FreezeFailed")
+    assert (e.code, e.number) == ("FreezeFailed", None)
+
+
+def test_human_report_has_a_line_per_phase_and_the_fixes() -> None:
+    s = status(errors=[RunError.azure(AzureCode.PRE_SCRIPT_NOT_FOUND, "validate", "missing",
+                                      "create it")])
+    for name in ("validate", "pre", "post"):
+        s.phase(name)
+    text = human_report(s)
+    assert "Pre-ScriptNotFound (302): missing" in text and "fix: create it" in text
+    assert sum(1 for line in text.splitlines() if line.startswith("  ")) >= 3
+    assert "exit 2" in text
+
+
+def test_run_ids_sort_by_time_and_are_unique() -> None:
+    ids = [new_run_id() for _ in range(200)]
+    assert len(set(ids)) == 200
+    assert all(re.fullmatch(r"\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}", i) for i in ids)
+    stamps = [i.split("-")[0] for i in ids]
+    assert stamps == sorted(stamps)
+
+
+def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "status.json"
+    target.write_text("old")
+    write_atomically(target, '{"new": true}\n')
+    assert target.read_text() == '{"new": true}\n'
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["status.json"]
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "status.json"
+    target.write_text("old")
+    with pytest.raises(TypeError):
+        write_atomically(target, None)  # type: ignore[arg-type]
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["status.json"]
+
+
+class Stream:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+
+def test_log_is_held_in_memory_during_the_window() -> None:
+    stream = Stream()
+    log = RunLog(stream, run_id="r")  # type: ignore[arg-type]
+    log("before")
+    log.hold()
+    log("while frozen")
+    assert "while frozen" not in stream.text
+    log.release()
+    assert stream.text.index("before") < stream.text.index("while frozen")
+
+
+def test_snapshot_command_is_split_and_resolved_without_a_shell() -> None:
+    cmd = CommandSnapshot("true 'a b' \"$HOME\" ''")
+    assert cmd.problems() == []
+    assert os.path.isabs(cmd.argv[0]) and cmd.argv[1:] == ["a b", "$HOME", ""]
+
+
+@pytest.mark.parametrize(("command", "fragment"), [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("echo 'unbalanced", "split"),
+    ("no-such-program-quiesce-xyz", "not found"),
+    ("/nonexistent/bin/snap", "not an executable"),
+])
+def test_bad_snapshot_commands_are_found_before_anything_runs(command: str,
+                                                              fragment: str) -> None:
+    (problem,) = CommandSnapshot(command).problems()
+    assert fragment in problem.message and problem.hint
+    result = CommandSnapshot(command).take("id", [], 1.0)
+    assert result.taken is False
+
+
+def test_provider_choice() -> None:
+    assert isinstance(make_provider(None), NoopSnapshot)
+    assert isinstance(make_provider("true"), CommandSnapshot)
+    assert NoopSnapshot().take("id", ["/x"], 1.0).taken is True
+
+
+def test_snapshot_command_gets_run_id_and_mounts_and_output_stays_in_memory() -> None:
+    cmd = CommandSnapshot("sh -c 'printf \"%s|%s\\n\" \"$QUIESCE_RUN_ID\" "
+                          "\"$QUIESCE_FROZEN_MOUNTS\"; exit 3'")
+    result = cmd.take("run-1", ["/a", "/b c"], 30.0)
+    assert result.taken is False and result.exit_code == 3
+    assert result.output == ["stdout: run-1|/a", "stdout: /b c"]
