@@ -167,9 +167,9 @@ class MongoQuiescer(Quiescer):
         self.balancer_was = mode
         if mode == "off":
             return
-        wait = deadline.sooner(self.balancer_stop_seconds)
-        session.command(wait, {"balancerStop": 1,
-                               "maxTimeMS": max(1, int(wait.remaining() * 1000))},
+        # The operation timeout (sent as maxTimeMS) bounds how long balancerStop waits for a
+        # running round to finish.
+        session.command(deadline.sooner(self.balancer_stop_seconds), {"balancerStop": 1},
                         doing="balancerStop (waits for the running round)")
 
     def _restore_balancer(self, deadline: Deadline) -> None:
