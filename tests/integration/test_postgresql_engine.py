@@ -178,6 +178,16 @@ def test_least_privileged_role(postgresql_server) -> None:
             q.close()
         assert meta["checkpoint"]["status"] == "done"
         assert q.info["superuser"] is False
+        # And checkpoint mode, with pg_checkpoint, records the checkpoint (pg_control_checkpoint
+        # is executable by every role on 15).
+        q = quiescer(srv.dsn(user="quiesce_min"), mode="checkpoint")
+        try:
+            hold(q)
+            meta = q.release(Deadline(30))
+        finally:
+            q.close()
+        assert meta["checkpoint"]["status"] == "done"
+        assert meta["checkpoint_lsn"] and meta["timeline"] == 1
     finally:
         srv.execute("DROP OWNED BY quiesce_min")
         srv.execute("DROP ROLE IF EXISTS quiesce_min")
@@ -360,3 +370,48 @@ def test_backup_mode_on_a_standby(postgresql_server_factory, postgresql_layout_f
     assert meta["standby"] is True
     assert "BACKUP FROM: standby" in meta["backup_label"]
     assert meta["timeline"] == 1
+
+
+@pytest.fixture
+def trusted_dir(require_root):
+    """Root-owned 0700 dir on a root-only path (/tmp is world-writable: refused for secrets)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="quiesce-pg-secret-", dir="/run"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_password_comes_from_the_passfile(postgresql_server_factory, trusted_dir) -> None:
+    """TCP needs a password (scram); only the passfile supplies it, and it must be private."""
+    server = postgresql_server_factory(initdb_args=["--auth-host=scram-sha-256"])
+    server.execute("CREATE ROLE quiesce_pw LOGIN SUPERUSER PASSWORD 's3cret-pw'")
+    conninfo = server.dsn(user="quiesce_pw", tcp=True)
+    passfile = trusted_dir / "pgpass"
+    passfile.write_text(f"127.0.0.1:{server.port}:*:quiesce_pw:s3cret-pw\n")
+    passfile.chmod(0o600)
+
+    with pytest.raises(EngineError, match="cannot connect") as info:
+        quiescer(conninfo).prepare(Deadline(30))
+    assert "s3cret" not in str(info.value)
+
+    q = quiescer(conninfo, passfile=str(passfile))
+    try:
+        hold(q)
+        assert "START WAL LOCATION" in q.release(Deadline(30))["backup_label"]
+    finally:
+        q.close()
+
+    # passfile= inside conninfo works too, after the same trust check as the passfile key.
+    q = quiescer(f"{conninfo} passfile={passfile}")
+    try:
+        hold(q)
+        q.release(Deadline(30))
+    finally:
+        q.close()
+    passfile.chmod(0o644)
+    from quiesce.errors import PermissionProblem
+
+    with pytest.raises(PermissionProblem, match="pgpass"):
+        quiescer(f"{conninfo} passfile={passfile}").prepare(Deadline(30))

@@ -239,8 +239,12 @@ class LocalPostgres(Server):
     def socket_conninfo(self) -> str:
         return f"host={self.run_dir} port={self.port} user={SUPERUSER} dbname=postgres"
 
-    def dsn(self, *, user: str = SUPERUSER, dbname: str = "postgres") -> str:
-        return f"host=127.0.0.1 port={self.port} user={user} dbname={dbname}"
+    def dsn(self, *, user: str = SUPERUSER, dbname: str = "postgres",
+            tcp: bool = False) -> str:
+        """libpq string for ``user``: over the Unix socket by default (trust even when TCP
+        authentication was tightened with ``initdb_args``), over 127.0.0.1 with ``tcp``."""
+        host = "127.0.0.1" if tcp else str(self.run_dir)
+        return f"host={host} port={self.port} user={user} dbname={dbname}"
 
     @property
     def running(self) -> bool:
