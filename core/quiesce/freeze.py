@@ -176,19 +176,26 @@ class _WatchdogProcess:
         if not sys.executable:
             raise FreezeError("cannot start the freeze watchdog: sys.executable is unknown",
                               hint="run quiesce with a regular python interpreter")
-        return [sys.executable, "-I", "-S", "-B", os.path.abspath(watchdog_module.__file__),
-                "--timeout", repr(float(timeout)), *(str(fd) for fd in fds)]
+        args = ["--timeout", repr(float(timeout)), *(str(fd) for fd in fds)]
+        path = os.path.abspath(watchdog_module.__file__ or "")
+        if os.path.isfile(path):
+            return [sys.executable, "-I", "-S", "-B", path, *args]
+        return [sys.executable, "-B", "-m", "quiesce.watchdog", *args]  # zipped install
 
     def start(self) -> None:
         # The control channel is a socket so that telling a watchdog that already exited to
         # stand down is EPIPE (MSG_NOSIGNAL), never a SIGPIPE that could kill the runner.
+        argv = self.command(self.timeout, self.fds)
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+        if "-m" in argv:  # not isolated: it needs the environment that finds quiesce
+            env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.proc = subprocess.Popen(
-                self.command(self.timeout, self.fds),
+                argv,
                 stdin=theirs.fileno(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 pass_fds=self.fds, start_new_session=True, close_fds=True, cwd="/",
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}, bufsize=0,
+                env=env, bufsize=0,
             )
         except OSError as exc:
             ours.close()
