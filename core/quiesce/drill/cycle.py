@@ -339,9 +339,9 @@ def _startup_failure(exc: BaseException) -> str:
     head = lines[0].split("; log tail:")[0] if lines else type(exc).__name__
     errors = []
     for line in lines[1:]:
-        match = re.search(r"\b(PANIC|FATAL|ERROR|\[ERROR\]):?\s+(.*)", line)
+        match = re.search(r"(?:\[(ERROR)\]|\b(PANIC|FATAL|ERROR):)\s+(.*)", line)
         if match and "starting up" not in line:
-            errors.append(f"{match.group(1).strip('[]')}: {match.group(2).strip()}")
+            errors.append(f"{match.group(1) or match.group(2)}: {match.group(3).strip()}")
     detail = head + (": " + " | ".join(dict.fromkeys(errors)) if errors else "")
     return " ".join(detail.split())[:700]
 
