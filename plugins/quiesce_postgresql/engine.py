@@ -43,7 +43,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from quiesce.deadline import Deadline
@@ -66,6 +69,10 @@ SOCKET_OPTIONS = {
     "tcp_user_timeout": 30_000,
 }
 VERIFY_SECONDS = 10.0
+# Past a statement's own server-side timeout, how long the client waits for any answer before
+# cutting the socket (a stopped or unreachable server never answers).
+CLIENT_GRACE = 10.0
+ALIVE_SECONDS = 15.0
 
 
 def _now() -> str:
@@ -88,6 +95,8 @@ class PostgresQuiescer(Quiescer):
         self._start_lsn: str | None = None
         self._started_at: str | None = None
         self._checkpoint: dict[str, Any] | None = None
+        self._severed: float | None = None
+        self.alive_timeout = ALIVE_SECONDS
 
     # ----------------------------------------------------------------- helpers
     def _where(self) -> str:
@@ -123,14 +132,48 @@ class PostgresQuiescer(Quiescer):
             raise EngineError(f"{self._where()}: no session (prepare was not called)")
         return self._conn
 
+    @contextlib.contextmanager
+    def _severed_after(self, seconds: float) -> Iterator[None]:
+        """Cut the session's socket if the block runs longer than ``seconds``.
+
+        Server-side statement_timeout cannot help when the server does not answer at all
+        (stopped, swapping, a network black hole): the client would wait forever and the holder
+        with it. Shutting the socket down makes the blocked call fail at once; the session is
+        then lost, and the server aborts its backup as soon as it notices the closed socket.
+        """
+        conn = self._conn
+        if conn is None:
+            yield
+            return
+        fired = threading.Event()
+
+        def sever() -> None:
+            fired.set()
+            with contextlib.suppress(OSError, ValueError):
+                fd = os.dup(conn.pgconn.socket)
+                with socket.socket(fileno=fd) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(seconds, sever)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            if fired.is_set():
+                self._severed = seconds
+
     def _query(self, sql: str, params: tuple[Any, ...] = (), *,
                timeout: float | None = None, what: str = "") -> list[tuple[Any, ...]]:
-        """Run one statement on the holding session; ``timeout`` seconds bound it server-side."""
+        """Run one statement on the holding session; ``timeout`` seconds bound it server-side,
+        and the socket is cut CLIENT_GRACE seconds later if the server does not answer."""
         import psycopg
 
         conn = self._session()
+        limit = (timeout if timeout is not None else 0.0) + CLIENT_GRACE
         try:
-            with conn.cursor() as cur:
+            with self._severed_after(limit), conn.cursor() as cur:
                 if timeout is not None:
                     ms = max(1, int(timeout * 1000))
                     cur.execute("SELECT set_config('statement_timeout', %s, false)", (f"{ms}ms",))
@@ -142,21 +185,27 @@ class PostgresQuiescer(Quiescer):
                         cur.execute("SELECT set_config('statement_timeout', '0', false)")
         except psycopg.errors.QueryCanceled as exc:
             raise EngineError(
-                f"{self._where()}: {what or sql} did not finish within {timeout:.1f}s",
+                f"{self._where()}: {what or sql} did not finish within {timeout or 0:.1f}s",
                 hint="raise the deadline (timeoutInSeconds / max_hold_seconds) or look at what "
                      "slows the server down (pg_stat_activity)",
             ) from exc
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
-                raise SessionLost(
-                    f"{self._where()}: the session ended during {what or sql}: "
-                    f"{str(exc).strip()}",
-                    hint="the server restarted or the backend was terminated; check its log",
-                ) from exc
+                raise self._lost(what or sql, exc) from exc
             error = EngineError(f"{self._where()}: {what or sql} failed: {str(exc).strip()}")
             error.sqlstate = exc.sqlstate  # type: ignore[attr-defined]
             raise error from exc
         return rows
+
+    def _lost(self, during: str, exc: BaseException) -> SessionLost:
+        if self._severed is not None:
+            return SessionLost(
+                f"{self._where()}: the server did not answer {during} within "
+                f"{self._severed:g}s; the session was cut (any backup it held is aborted)",
+                hint="check that the server is not stopped, overloaded or unreachable")
+        return SessionLost(
+            f"{self._where()}: the session ended during {during}: {str(exc).strip()}",
+            hint="the server restarted or the backend was terminated; check its log")
 
     # ----------------------------------------------------------------- lifecycle
     def prepare(self, deadline: Deadline) -> None:
@@ -342,13 +391,14 @@ class PostgresQuiescer(Quiescer):
         if conn is None or conn.closed or conn.broken:
             raise SessionLost(f"{self._where()}: the holding session is closed")
         try:
-            ((pid,),) = conn.execute("SELECT pg_backend_pid()").fetchall()
+            with self._severed_after(self.alive_timeout):
+                ((pid,),) = conn.execute("SELECT pg_backend_pid()").fetchall()
         except psycopg.Error as exc:
-            raise SessionLost(
-                f"{self._where()}: the holding session died: {str(exc).strip()}",
-                hint="the server restarted or backend pid "
-                     f"{self._pid} was terminated; any backup it held was aborted",
-            ) from exc
+            lost = self._lost("the liveness check", exc)
+            if self._severed is None:
+                lost.hint = (f"the server restarted or backend pid {self._pid} was terminated; "
+                             "any backup it held was aborted")
+            raise lost from exc
         if pid != self._pid:
             raise SessionLost(f"{self._where()}: the backend changed from pid {self._pid} to "
                               f"{pid}; the backup held by {self._pid} is gone")

@@ -415,3 +415,31 @@ def test_password_comes_from_the_passfile(postgresql_server_factory, trusted_dir
 
     with pytest.raises(PermissionProblem, match="pgpass"):
         quiescer(f"{conninfo} passfile={passfile}").prepare(Deadline(30))
+
+
+def test_a_server_that_stops_answering_cannot_hang_the_holder(postgresql_server_factory,
+                                                              require_root) -> None:
+    """SIGSTOP the holding backend: check_alive gives up, cuts the session, reports it lost;
+    once the backend runs again it sees the closed socket and aborts the backup."""
+    server = postgresql_server_factory()
+    q = quiescer(server.conninfo, name="stopped")
+    q.alive_timeout = 2.0
+    try:
+        hold(q)
+        backend = q.info["backend_pid"]
+        os.kill(backend, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(SessionLost, match="did not answer the liveness check within 2s"):
+                q.check_alive()
+            assert time.monotonic() - started < 60
+        finally:
+            os.kill(backend, signal.SIGCONT)
+        with pytest.raises(SessionLost):
+            q.release(Deadline(30))
+    finally:
+        q.close()
+    pattern = re.compile(rf"\[{backend}\] .*aborting backup due to backend exiting before "
+                         r"pg_backup_stop was called")
+    wait_for(lambda: pattern.search(server.log_file.read_text()) is not None,
+             what="the resumed backend to abort the backup")
