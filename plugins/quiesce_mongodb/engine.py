@@ -23,6 +23,7 @@ Lifecycle (driven by the core, in the holder process):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from quiesce.deadline import Deadline
@@ -62,6 +63,9 @@ def timestamp_json(ts: Any) -> dict[str, int] | None:
 
 class MongoQuiescer(Quiescer):
     """One ``[[mongodb]]`` instance."""
+
+    # How a connection is made: (uri, connect_timeout=, what=) -> MongoSession.
+    session_factory: Callable[..., MongoSession] = MongoSession
 
     def __init__(self, settings: InstanceSettings) -> None:
         super().__init__(settings)
@@ -104,7 +108,8 @@ class MongoQuiescer(Quiescer):
     def prepare(self, deadline: Deadline) -> None:
         uri = resolve_uri(self.settings.options, f"mongodb[{self.name}]")
         self.host = uri_host(uri)
-        self.session = MongoSession(uri, connect_timeout=self.connect_timeout, what=self.what)
+        self.session = self.session_factory(uri, connect_timeout=self.connect_timeout,
+                                            what=self.what)
         session = self.session
         log.debug("%s: connecting to %s", self.what, redact_uri(uri))
         hello = session.hello(deadline.sooner(self.connect_timeout * 2))
