@@ -1,0 +1,310 @@
+"""``quiesce install azure``: make quiesce the pre/post scripts of Azure VM Backup.
+
+Writes, under ``prefix`` (default ``/``):
+
+- ``etc/azure/VMSnapshotScriptPluginConfig.json`` (0600): Azure's script config pointing at
+  the two wrappers; ``timeoutInSeconds`` is sized from ``max_hold_seconds`` (see
+  :func:`azure_timeout`), no retries (a retried ``pre`` would find its own hold active),
+  ``continueBackupOnFailure`` true and ``fsFreezeEnabled`` true;
+- ``etc/azure/quiesce-pre.sh`` and ``etc/azure/quiesce-post.sh`` (0700): ``#!/bin/sh`` wrappers
+  that ``exec`` the quiesce executable (absolute path) with ``pre``/``post --config``;
+- ``etc/quiesce/quiesce.toml`` (0600): a commented skeleton with an example section for each
+  selected engine, built from the engine's own schema.
+
+Idempotent: a file whose content and mode already match is "unchanged". A different existing
+file is never overwritten without ``force``; with it, the old file is kept as a timestamped
+backup. An existing quiesce.toml that differs is the DBA's configuration: it is kept (not a
+conflict) unless ``force``. Nothing is written when any other file conflicts. Paths inside the
+files are the prefixed paths, so the tree under a prefix is self-consistent (``quiesce check
+--config <prefix>/etc/azure/VMSnapshotScriptPluginConfig.json`` validates it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from quiesce.errors import QuiesceError
+from quiesce.settings import DEFAULT_MAX_HOLD, DEFAULT_PRE_TIMEOUT
+
+AZURE_CONFIG = "etc/azure/VMSnapshotScriptPluginConfig.json"
+PRE_SCRIPT = "etc/azure/quiesce-pre.sh"
+POST_SCRIPT = "etc/azure/quiesce-post.sh"
+QUIESCE_TOML = "etc/quiesce/quiesce.toml"
+AZURE_TIMEOUT_CAP = 1800
+
+# Directory modes: /etc/azure is read by the extension (0755), /etc/quiesce may also hold the
+# secret files the TOML names (0700).
+DIR_MODES = {"etc": 0o755, "etc/azure": 0o755, "etc/quiesce": 0o700}
+
+CREATE = "create"
+UNCHANGED = "unchanged"
+REPLACE = "replace"  # differs, --force: backed up, then written
+FIX_MODE = "fix-mode"  # same content, wrong mode or owner
+KEEP = "keep"  # an existing quiesce.toml: the DBA's configuration
+CONFLICT = "conflict"
+
+
+class InstallConflict(QuiesceError):
+    """Existing files differ from what would be installed and --force was not given."""
+
+
+@dataclass
+class PlannedFile:
+    path: str
+    content: bytes
+    mode: int
+    action: str = CREATE
+    backup: str | None = None
+
+    @property
+    def display_mode(self) -> str:
+        return f"{self.mode:04o}"
+
+
+def azure_timeout(max_hold_seconds: float, pre_timeout_seconds: float) -> int:
+    """timeoutInSeconds for both script phases.
+
+    ``pre`` returns as soon as the locks are held, bounded by pre_timeout_seconds; Azure must
+    never give up on it first, or it would snapshot while the holder still quiesces. The value
+    follows max_hold_seconds (the hold's own budget) so that raising the hold budget for slow
+    snapshots also gives Azure's phases room, and stays within Azure's 1..1800 range.
+    """
+    wanted = max(float(max_hold_seconds), float(pre_timeout_seconds) + 30.0)
+    return int(min(AZURE_TIMEOUT_CAP, max(60, round(wanted))))
+
+
+def quiesce_command() -> list[str]:
+    """Absolute argv that runs this installation of quiesce."""
+    script = os.path.join(os.path.dirname(sys.executable), "quiesce")
+    if os.path.isfile(script) and os.access(script, os.X_OK):
+        return [os.path.abspath(script)]
+    return [os.path.abspath(sys.executable), "-m", "quiesce"]
+
+
+def wrapper_script(phase: str, toml_path: str, command: Sequence[str]) -> bytes:
+    argv = " ".join(shlex.quote(part) for part in [*command, phase, "--config", toml_path])
+    return (
+        "#!/bin/sh\n"
+        f"# Azure VM Backup {phase}-script, installed by 'quiesce install azure'.\n"
+        f"# It hands over to 'quiesce {phase}'; see docs/configuration.md.\n"
+        f'exec {argv} "$@"\n'
+    ).encode()
+
+
+def azure_config(pre_path: str, post_path: str, timeout: int) -> bytes:
+    document = {
+        "pluginName": "ScriptRunner",
+        "preScriptLocation": pre_path,
+        "postScriptLocation": post_path,
+        "preScriptParams": [],
+        "postScriptParams": [],
+        "preScriptNoOfRetries": 0,
+        "postScriptNoOfRetries": 0,
+        "timeoutInSeconds": timeout,
+        "continueBackupOnFailure": True,
+        "fsFreezeEnabled": True,
+    }
+    return (json.dumps(document, indent=4) + "\n").encode()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value)
+
+
+def _type_example(field: Any) -> str:
+    types = field.type if isinstance(field.type, tuple) else (field.type,)
+    if field.choices:
+        return _toml_value(field.choices[0])
+    if str in types:
+        return '"..."'
+    if bool in types:
+        return "false"
+    if int in types or float in types:
+        return "0"
+    if list in types:
+        return "[]"
+    return '"..."'
+
+
+def example_section(engine: Any) -> str:
+    """A commented ``[[engine]]`` section: the plugin's own example, or one from its schema."""
+    custom = engine.extra.get("example_section") if engine.extra else None
+    if isinstance(custom, str) and custom.strip():
+        body = custom.strip("\n").splitlines()
+        return "\n".join(line if line.startswith("#") else f"# {line}" for line in body) + "\n"
+    import textwrap
+
+    from quiesce.schema import _MISSING
+
+    lines = [f"# [[{engine.name}]]",
+             f'# name = "main"    # required when there are several [[{engine.name}]] sections']
+    for key, field in engine.schema.fields.items():
+        if key == "name" or not hasattr(field, "type"):
+            continue
+        if field.default is not _MISSING:
+            value, tag = _toml_value(field.default), "default"
+        else:
+            value = _type_example(field)
+            tag = "required" if field.required else "optional"
+        lines.append(f"# {key} = {value}    # {tag}")
+        if field.hint:
+            lines.extend(f"#       {text}" for text in textwrap.wrap(field.hint, 80))
+    return "\n".join(lines) + "\n"
+
+
+def toml_skeleton(engines: Sequence[Any], max_hold: float) -> bytes:
+    names = [e.name for e in engines]
+    parts = [
+        "# quiesce.toml: the databases 'quiesce pre' quiesces before a snapshot.",
+        "# Reference: docs/configuration.md. Keep this file root-owned, mode 600.",
+        "# Passwords never go here: name root-owned, mode 600 files instead",
+        "# (password_file, uri_file, passfile).",
+        "",
+        "# Engines to quiesce (default: every engine that has a section below).",
+        f"plugins = {json.dumps(names)}",
+        "",
+        "# The dead-man switch: locks are released by themselves after this many seconds",
+        "# if 'quiesce post' never comes (and 'post' then reports the snapshot as not",
+        "# application-consistent).",
+        f"max_hold_seconds = {_toml_value(max_hold)}",
+        f"# pre_timeout_seconds = {DEFAULT_PRE_TIMEOUT}",
+        '# state_dir = "/var/lib/quiesce"',
+        "",
+        "# Uncomment and fill in one section per database instance:",
+        "",
+    ]
+    for engine in engines:
+        if engine.description:
+            parts.append(f"# {engine.name}: {engine.description}")
+        parts.append(example_section(engine))
+    return ("\n".join(parts).rstrip("\n") + "\n").encode()
+
+
+def _join(prefix: str, relative: str) -> str:
+    return os.path.join(os.path.abspath(prefix), relative)
+
+
+def _classify(planned: PlannedFile, force: bool, stamp: str) -> None:
+    try:
+        st = os.stat(planned.path, follow_symlinks=False)
+    except FileNotFoundError:
+        planned.action = CREATE
+        return
+    same = False
+    if stat.S_ISREG(st.st_mode):
+        with open(planned.path, "rb") as handle:
+            same = handle.read() == planned.content
+    if same:
+        wrong = stat.S_IMODE(st.st_mode) != planned.mode or st.st_uid != os.geteuid()
+        planned.action = FIX_MODE if wrong else UNCHANGED
+        return
+    if force:
+        planned.action = REPLACE
+        planned.backup = f"{planned.path}.bak-{stamp}"
+    elif planned.path.endswith(QUIESCE_TOML):
+        planned.action = KEEP
+    else:
+        planned.action = CONFLICT
+
+
+def plan(prefix: str = "/", plugins: Sequence[str] | None = None, *, force: bool = False,
+         max_hold: float = DEFAULT_MAX_HOLD) -> list[PlannedFile]:
+    """What would be written, and what happens to each file (nothing is touched)."""
+    from quiesce.plugins import Plugins
+    from quiesce.settings import installed_engine_names
+
+    manager = Plugins()
+    names = list(plugins) if plugins else installed_engine_names()
+    manager.load_entry_points(only=names)
+    engines = [manager.engines.get(n) for n in names if n in manager.engines]
+    toml_path = _join(prefix, QUIESCE_TOML)
+    pre_path = _join(prefix, PRE_SCRIPT)
+    post_path = _join(prefix, POST_SCRIPT)
+    command = quiesce_command()
+    files = [
+        PlannedFile(_join(prefix, AZURE_CONFIG),
+                    azure_config(pre_path, post_path,
+                                 azure_timeout(max_hold, DEFAULT_PRE_TIMEOUT)), 0o600),
+        PlannedFile(pre_path, wrapper_script("pre", toml_path, command), 0o700),
+        PlannedFile(post_path, wrapper_script("post", toml_path, command), 0o700),
+        PlannedFile(toml_path, toml_skeleton(engines, max_hold), 0o600),
+    ]
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for planned in files:
+        _classify(planned, force, stamp)
+    return files
+
+
+def _ensure_dirs(prefix: str) -> None:
+    base = os.path.abspath(prefix)
+    if not os.path.isdir(base):
+        os.makedirs(base, 0o755)
+    for relative, mode in DIR_MODES.items():
+        path = os.path.join(base, relative)
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            st = os.stat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise QuiesceError(f"{path} exists and is not a directory") from None
+            continue
+        os.chmod(path, mode)
+        if os.geteuid() == 0:
+            os.chown(path, 0, 0)
+
+
+def _write(planned: PlannedFile) -> None:
+    directory = os.path.dirname(planned.path)
+    tmp = os.path.join(directory, f".{os.path.basename(planned.path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 planned.mode)
+    try:
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+        os.fchmod(fd, planned.mode)
+        view = memoryview(planned.content)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    if planned.backup:
+        os.link(planned.path, planned.backup)
+    os.replace(tmp, planned.path)
+
+
+def apply(files: Sequence[PlannedFile]) -> None:
+    """Write the plan. Refuses (writing nothing) when any file is a conflict."""
+    conflicts = [f for f in files if f.action == CONFLICT]
+    if conflicts:
+        listed = ", ".join(f.path for f in conflicts)
+        raise InstallConflict(
+            f"{len(conflicts)} existing file(s) differ from what would be installed: {listed}; "
+            "nothing was written",
+            hint="compare them with 'quiesce install azure --dry-run', then rerun with --force "
+                 "(the old files are kept as .bak-<time> backups)")
+    prefixes = {os.path.dirname(os.path.dirname(os.path.dirname(f.path))) for f in files}
+    for prefix in prefixes:
+        _ensure_dirs(prefix)
+    for planned in files:
+        if planned.action in (CREATE, REPLACE):
+            _write(planned)
+        elif planned.action == FIX_MODE:
+            if os.geteuid() == 0:
+                os.chown(planned.path, 0, 0, follow_symlinks=False)
+            os.chmod(planned.path, planned.mode)

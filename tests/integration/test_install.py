@@ -1,0 +1,190 @@
+"""`quiesce install azure`: files, modes, idempotence, --force backups, --dry-run, and the
+result passes `quiesce check` and really runs `quiesce pre`/`post` through its wrappers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from quiesce.azure_install import azure_timeout, wrapper_script
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "tests" / "example_plugin"
+AZURE = "etc/azure/VMSnapshotScriptPluginConfig.json"
+PRE = "etc/azure/quiesce-pre.sh"
+POST = "etc/azure/quiesce-post.sh"
+TOML = "etc/quiesce/quiesce.toml"
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def base(require_root: None) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="qi-", dir="/run"))
+    try:
+        yield path
+    finally:
+        for entry in os.listdir("/proc"):  # any holder the wrapper test left, by pid
+            if entry.isdigit() and int(entry) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if str(path).encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                        os.kill(int(entry), signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def quiesce(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "quiesce", *args], capture_output=True,
+                          text=True, timeout=120, env=env, cwd="/", check=False)
+
+
+def install(prefix: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return quiesce("install", "azure", "--prefix", str(prefix), "--plugins", "postgresql,mysql",
+                   *extra)
+
+
+def snapshot(prefix: Path) -> dict[str, tuple[bytes, int, int]]:
+    out = {}
+    for path in sorted(prefix.rglob("*")):
+        st = path.lstat()
+        content = path.read_bytes() if path.is_file() else b""
+        out[str(path.relative_to(prefix))] = (content, stat.S_IMODE(st.st_mode), st.st_uid)
+    return out
+
+
+def test_installs_root_owned_files_that_pass_check(base: Path) -> None:
+    prefix = base / "root"
+    proc = install(prefix)
+    assert proc.returncode == 0, proc.stderr
+    modes = {AZURE: 0o600, PRE: 0o700, POST: 0o700, TOML: 0o600, "etc/azure": 0o755,
+             "etc/quiesce": 0o700, "etc": 0o755}
+    for relative, mode in modes.items():
+        st = (prefix / relative).lstat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, mode), relative
+
+    config = json.loads((prefix / AZURE).read_text())
+    assert config == {
+        "pluginName": "ScriptRunner",
+        "preScriptLocation": str(prefix / PRE),
+        "postScriptLocation": str(prefix / POST),
+        "preScriptParams": [],
+        "postScriptParams": [],
+        "preScriptNoOfRetries": 0,
+        "postScriptNoOfRetries": 0,
+        "timeoutInSeconds": 300,
+        "continueBackupOnFailure": True,
+        "fsFreezeEnabled": True,
+    }
+    pre = (prefix / PRE).read_text()
+    assert pre.startswith("#!/bin/sh\n")
+    exec_line = pre.splitlines()[-1]
+    assert exec_line.startswith("exec /") and f" pre --config {prefix / TOML} " in exec_line
+    assert " post --config " in (prefix / POST).read_text()
+    toml = (prefix / TOML).read_text()
+    assert 'plugins = ["postgresql", "mysql"]' in toml
+    assert "# [[postgresql]]" in toml and "# [[mysql]]" in toml and "[[mongodb]]" not in toml
+
+    check = quiesce("check", "--config", str(prefix / AZURE))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "config: ok" in check.stdout
+
+
+def test_rerun_is_idempotent(base: Path) -> None:
+    prefix = base / "root"
+    assert install(prefix).returncode == 0
+    before = snapshot(prefix)
+    proc = install(prefix)
+    assert proc.returncode == 0
+    assert proc.stdout.count("unchanged") == 4
+    assert snapshot(prefix) == before
+
+
+def test_a_different_file_is_never_overwritten_without_force(base: Path) -> None:
+    prefix = base / "root"
+    assert install(prefix).returncode == 0
+    mine = b'{"pluginName": "ScriptRunner", "edited": true}\n'
+    (prefix / AZURE).write_bytes(mine)
+    (prefix / PRE).unlink()
+    proc = install(prefix)
+    assert proc.returncode == 2
+    assert "differ from what would be installed" in proc.stderr and "--force" in proc.stderr
+    assert (prefix / AZURE).read_bytes() == mine
+    assert not (prefix / PRE).exists()  # nothing at all was written
+
+    proc = install(prefix, "--force")
+    assert proc.returncode == 0, proc.stderr
+    backups = list((prefix / "etc/azure").glob("VMSnapshotScriptPluginConfig.json.bak-*"))
+    assert len(backups) == 1 and backups[0].read_bytes() == mine
+    assert json.loads((prefix / AZURE).read_text())["pluginName"] == "ScriptRunner"
+    assert "edited" not in (prefix / AZURE).read_text()
+    assert (prefix / PRE).exists()
+
+
+def test_an_edited_quiesce_toml_is_kept(base: Path) -> None:
+    prefix = base / "root"
+    assert install(prefix).returncode == 0
+    edited = b'[[postgresql]]\nconninfo = "host=/run/postgresql"\n'
+    (prefix / TOML).write_bytes(edited)
+    proc = install(prefix)
+    assert proc.returncode == 0
+    assert "existing configuration kept" in proc.stdout
+    assert (prefix / TOML).read_bytes() == edited
+
+
+def test_wrong_mode_with_same_content_is_fixed(base: Path) -> None:
+    prefix = base / "root"
+    assert install(prefix).returncode == 0
+    os.chmod(prefix / PRE, 0o755)
+    proc = install(prefix)
+    assert proc.returncode == 0 and "fixed" in proc.stdout
+    assert stat.S_IMODE((prefix / PRE).stat().st_mode) == 0o700
+
+
+def test_dry_run_writes_nothing(base: Path) -> None:
+    prefix = base / "root"
+    proc = install(prefix, "--dry-run")
+    assert proc.returncode == 0
+    assert "would create it" in proc.stdout and '"pluginName": "ScriptRunner"' in proc.stdout
+    assert "#!/bin/sh" in proc.stdout
+    assert not prefix.exists()
+
+
+def test_the_installed_wrappers_run_pre_and_post(base: Path) -> None:
+    prefix = base / "root"
+    proc = quiesce("install", "azure", "--prefix", str(prefix), "--plugins", "postgresql")
+    assert proc.returncode == 0, proc.stderr
+    lock = base / "app.lock"
+    (prefix / TOML).write_text(f'state_dir = "{base}/state"\n[[flock]]\npath = "{lock}"\n')
+    env = {**os.environ, "QUIESCE_RUNTIME_DIR": str(base / "rt"),
+           "PYTHONPATH": str(EXAMPLE)}
+    # The way the runner (or Azure) calls it: directly, with no parameters.
+    pre = subprocess.run([str(prefix / PRE)], env=env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert pre.returncode == 0, pre.stderr
+    assert "flock/flock: held" in pre.stdout
+    post = subprocess.run([str(prefix / POST)], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert post.returncode == 0, post.stderr
+    assert "flock/flock: released" in post.stdout
+
+
+def test_timeout_is_sized_from_max_hold() -> None:
+    assert azure_timeout(300, 60) == 300
+    assert azure_timeout(10, 60) == 90  # never shorter than pre may take
+    assert azure_timeout(3600, 60) == 1800  # Azure's ceiling
+    assert azure_timeout(1, 1) == 60
+
+
+def test_wrapper_quotes_every_argument() -> None:
+    text = wrapper_script("pre", "/etc/odd dir/q.toml", ["/opt/my venv/bin/quiesce"]).decode()
+    assert "exec '/opt/my venv/bin/quiesce' pre --config '/etc/odd dir/q.toml' \"$@\"" in text
