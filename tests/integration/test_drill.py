@@ -268,3 +268,23 @@ def test_interrupt_in_the_middle_cleans_up(drill_base: Path, signum: int) -> Non
             proc.wait()
     assert proc.returncode == 130, "".join(seen) + rest
     assert "cleaning up" in rest and "interrupted" in rest
+
+
+@needs_mariadb
+def test_mariadb_crash_mode_shows_why_myisam_needs_the_lock(drill_base: Path) -> None:
+    # Freeze alone is crash-consistent for InnoDB, but MyISAM tables open for writing are
+    # restored "marked as crashed": only the lock (BACKUP STAGE / FTWRL) flushes and closes
+    # them. The drill must report that, not paper over it.
+    done = run_drill(drill_base, "--engine", "mariadb", "--cycles", "2", "--mode", "crash",
+                     "--json")
+    doc = _json(done)
+    assert done.returncode == 1
+    for cycle in doc["cycles"]:
+        assert not cycle["verified"]
+        assert cycle["checks"]["server_started"]["ok"]
+        assert cycle["checks"]["acked_writes_present"]["ok"]  # InnoDB itself recovered
+        myisam = [c["detail"] for name, c in cycle["checks"].items()
+                  if not c["ok"] and name in ("server_log_clean", "check_table",
+                                              "myisam_pairs_whole")]
+        assert myisam and any("crashed" in d or "torn" in d or "MyISAM" in d
+                              for d in myisam), cycle["checks"]

@@ -178,6 +178,10 @@ class Drill:
             raise DrillError(f"the workload could not commit {WARMUP_ACKS} transfers in 120s: "
                              f"{'; '.join(workload.worker_errors[:3]) or workload.log.errors}")
         files = None
+        if opts.mode == "crash":
+            result.notes.append("crash mode: the pre/post scripts are no-ops, so `quiesce run` "
+                                "reports its own status for them; the snapshot is only as good "
+                                "as a simultaneous freeze of every disk")
         if opts.mode != "unsafe-staggered":
             files = CycleFiles(ws, target, server, opts.mode, freeze=self.disks_kind == "loop")
             stack.callback(self._release_hold, files)
