@@ -105,8 +105,10 @@ def connect(endpoint: Endpoint, deadline: Deadline, *, purpose: str) -> Any:
         "user": options.user,
         "password": endpoint.password,
         "connect_timeout": timeout,
-        "read_timeout": DEFAULT_IO_TIMEOUT,
-        "write_timeout": DEFAULT_IO_TIMEOUT,
+        # The handshake is read with read_timeout: bound it like the connect itself, so a
+        # server that accepts but never greets fails within connect_timeout too.
+        "read_timeout": timeout,
+        "write_timeout": timeout,
         "autocommit": True,
         "charset": "utf8mb4",
         "program_name": f"quiesce-{purpose}",
@@ -118,7 +120,7 @@ def connect(endpoint: Endpoint, deadline: Deadline, *, purpose: str) -> Any:
         kwargs["host"] = options.host
         kwargs["port"] = options.port
     try:
-        return pymysql.connect(**kwargs)
+        conn = pymysql.connect(**kwargs)
     except pymysql.err.MySQLError as exc:
         number = error_number(exc)
         if number in (ER_ACCESS_DENIED, 1698):
@@ -136,8 +138,18 @@ def connect(endpoint: Endpoint, deadline: Deadline, *, purpose: str) -> Any:
                 hint="check that the server runs and that host/port or unix_socket in "
                      "quiesce.toml point at it",
             ) from exc
+        if number in (CR_SERVER_LOST, CR_SERVER_GONE):
+            where = options.unix_socket or f"{options.host}:{options.port}"
+            raise EngineError(
+                f"the server at {where} accepted the connection but did not answer the "
+                f"handshake within {timeout:g}s ({describe_error(exc)})",
+                hint="check that host/port or unix_socket point at a MySQL/MariaDB server "
+                     "(not a proxy or another service) and that it is not overloaded",
+            ) from exc
         raise EngineError(f"{endpoint.address}: cannot connect ({describe_error(exc)})",
                           hint="check the [[mysql]] section of quiesce.toml") from exc
+    set_io_timeout(conn, DEFAULT_IO_TIMEOUT)
+    return conn
 
 
 def set_io_timeout(conn: Any, seconds: float) -> None:
