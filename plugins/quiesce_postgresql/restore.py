@@ -185,9 +185,66 @@ def check_data_dir(data_dir: Path) -> None:
                  "into a live cluster would break its next crash recovery")
 
 
+def _unescape(path: str) -> str:
+    out, escaped = [], False
+    for ch in path:
+        if escaped or ch != "\\":
+            out.append(ch)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(out)
+
+
+def _escape(path: str) -> str:
+    return "".join("\\" + ch if ch in "\\\n\r" else ch for ch in path)
+
+
+def remap_tablespaces(spcmap: bytes, mapping: Mapping[str, str],
+                      warnings: list[str]) -> bytes:
+    """Rewrite tablespace_map lines ``<oid> <path>`` whose path is a key of ``mapping``.
+
+    Like pg_basebackup's --tablespace-mapping: a restored copy on the same host must not reuse
+    the original server's tablespace directories. Unmapped tablespaces are warned about.
+    """
+    lines = spcmap.decode("utf-8").split("\n")
+    used: set[str] = set()
+    out = []
+    for line in lines:
+        if not line:
+            out.append(line)
+            continue
+        oid, _, raw = line.partition(" ")
+        path = _unescape(raw)
+        key = os.path.normpath(path)
+        if key in mapping:
+            used.add(key)
+            path = os.path.abspath(mapping[key])
+            if not os.path.isdir(path):
+                warnings.append(f"tablespace {oid}: {path} does not exist yet; restore the "
+                                "tablespace's disk there before starting the server")
+            out.append(f"{oid} {_escape(path)}")
+        else:
+            warnings.append(f"tablespace {oid} stays at its original location {path}: if the "
+                            "original server still runs on this host, remap it with "
+                            f"--tablespace-mapping {path}=NEWDIR")
+            out.append(line)
+    unused = sorted(set(mapping) - used)
+    if unused:
+        raise RestoreLabelError(
+            f"--tablespace-mapping names no recorded tablespace: {', '.join(unused)}",
+            hint="the recorded tablespace_map lists: " + "; ".join(x for x in lines if x))
+    return "\n".join(out).encode("utf-8")
+
+
 def install_label(data_dir: str | os.PathLike[str], metadata: Mapping[str, Any], *,
-                  force: bool = False, instance: str | None = None) -> LabelInstalled:
-    """Write ``metadata``'s backup_label (and tablespace_map) into ``data_dir``."""
+                  force: bool = False, instance: str | None = None,
+                  tablespace_mapping: Mapping[str, str] | None = None) -> LabelInstalled:
+    """Write ``metadata``'s backup_label (and tablespace_map) into ``data_dir``.
+
+    ``tablespace_mapping`` (old path -> new path) rewrites tablespace_map entries; that is the
+    only change ever made to the recorded bytes, and only when asked for.
+    """
     directory = Path(os.path.abspath(data_dir))
     label = _check_text(metadata, LABEL)
     if label is None:
@@ -196,6 +253,11 @@ def install_label(data_dir: str | os.PathLike[str], metadata: Mapping[str, Any],
     check_data_dir(directory)
     result = LabelInstalled(data_dir=str(directory), instance=instance,
                             start_lsn=metadata.get("start_lsn"), stop_lsn=metadata.get("stop_lsn"))
+    if spcmap is not None:
+        spcmap = remap_tablespaces(spcmap, tablespace_mapping or {}, result.warnings)
+    elif tablespace_mapping:
+        raise RestoreLabelError("--tablespace-mapping given, but the run recorded no "
+                                "tablespace_map (no tablespaces)")
     existing = [n for n in (LABEL, MAP) if os.path.lexists(directory / n)]
     if existing and not force:
         raise RestoreLabelError(

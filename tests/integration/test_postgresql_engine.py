@@ -443,3 +443,54 @@ def test_a_server_that_stops_answering_cannot_hang_the_holder(postgresql_server_
                          r"pg_backup_stop was called")
     wait_for(lambda: pattern.search(server.log_file.read_text()) is not None,
              what="the resumed backend to abort the backup")
+
+
+def test_tablespace_map_recorded_and_restored_elsewhere(postgresql_server_factory,
+                                                        postgresql_layout_factory) -> None:
+    """A tablespace outside PGDATA: its map is recorded, and restore-label can move it so the
+    restored copy never touches the original server's tablespace directory."""
+    import shutil
+
+    from quiesce.servers.postgresql import LocalPostgres
+    from quiesce_postgresql.restore import install_label
+
+    server = postgresql_server_factory()
+    workspace = Path(server.data_dir).parent
+    original = workspace / "ts"
+    original.mkdir(mode=0o700)
+    if server.ids is not None:
+        os.chown(original, *server.ids)
+    server.execute(f"CREATE TABLESPACE fast LOCATION '{original}'")
+    server.execute("CREATE TABLE t (v int) TABLESPACE fast")
+    server.execute("INSERT INTO t SELECT generate_series(1, 500)")
+    oid = server.execute("SELECT oid FROM pg_tablespace WHERE spcname = 'fast'")[0][0]
+
+    target = postgresql_layout_factory()
+    moved = Path(target.data_dir).parent / "ts-restored"
+    q = quiescer(server.conninfo)
+    try:
+        hold(q)
+        shutil.copytree(server.data_dir, target.data_dir, symlinks=True)
+        shutil.copytree(original, moved, symlinks=True)
+        server.execute("INSERT INTO t SELECT generate_series(501, 1000)")
+        meta = q.release(Deadline(60))
+    finally:
+        q.close()
+    assert meta["tablespace_map"] == f"{oid} {original}\n"
+    assert meta["tablespace_map_sha256"] == wal.sha256_text(meta["tablespace_map"])
+    shutil.copytree(server.log_dir, target.log_dir, symlinks=True)
+    if server.ids is not None:  # a copy made as root: give the tablespace to postgres
+        for path in [moved, *moved.rglob("*")]:
+            os.lchown(path, *server.ids)
+
+    result = install_label(target.data_dir, meta, tablespace_mapping={str(original): str(moved)})
+    assert result.written == ["backup_label", "tablespace_map"]
+    assert (Path(target.data_dir) / "tablespace_map").read_text() == f"{oid} {moved}\n"
+    # The original server keeps running on its own tablespace while the copy starts.
+    restored = LocalPostgres.open_existing(target)
+    try:
+        assert os.readlink(Path(target.data_dir) / "pg_tblspc" / str(oid)) == str(moved)
+        assert restored.execute("SELECT count(*) FROM t") == [(1000,)]
+    finally:
+        restored.stop()
+    assert server.execute("SELECT count(*) FROM t") == [(1000,)]

@@ -214,3 +214,33 @@ def test_reads_the_catalog(tmp_path: Path, data_dir: Path) -> None:
     out = run_cli("--state-dir", str(state), "--run-id", "20990101T000000Z-ffffff", "--force",
                   str(data_dir))
     assert out.returncode == 2
+
+
+def test_tablespace_mapping_rewrites_only_the_named_paths(tmp_path: Path, data_dir: Path) -> None:
+    spcmap = "16385 /srv/ts/fast\n16386 /srv/ts/with\\\\backslash\n"
+    meta = metadata(tablespace_map=spcmap, tablespace_map_sha256=wal.sha256_text(spcmap))
+    new = tmp_path / "fast-restored"
+    new.mkdir()
+    rec = write_record(tmp_path, record({"plugin": "postgresql", "name": "main",
+                                         "status": "released", "metadata": meta}))
+    out = run_cli("--record", str(rec), "--tablespace-mapping", f"/srv/ts/fast/={new}",
+                  "--json", str(data_dir))
+    assert out.returncode == 0, out.stderr
+    written = (data_dir / "tablespace_map").read_text()
+    assert written == f"16385 {new}\n16386 /srv/ts/with\\\\backslash\n"
+    warnings = json.loads(out.stdout)["warnings"]
+    assert len(warnings) == 1
+    assert "16386 stays at its original location /srv/ts/with\\backslash" in warnings[0]
+
+
+def test_tablespace_mapping_must_match_something(data_dir: Path) -> None:
+    spcmap = "16385 /srv/ts/fast\n"
+    meta = metadata(tablespace_map=spcmap, tablespace_map_sha256=wal.sha256_text(spcmap))
+    with pytest.raises(RestoreLabelError, match="names no recorded tablespace: /srv/other"):
+        install_label(data_dir, meta, tablespace_mapping={"/srv/other": "/x"})
+    assert not (data_dir / "backup_label").exists()
+    with pytest.raises(RestoreLabelError, match="recorded no tablespace_map"):
+        install_label(data_dir, metadata(), tablespace_mapping={"/srv/ts/fast": "/x"})
+    out = run_cli("--record", "/nonexistent.json", "--tablespace-mapping", "relative=/x",
+                  str(data_dir))
+    assert out.returncode == 2 and "is not OLDDIR=NEWDIR" in out.stderr

@@ -32,6 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="the [[postgresql]] instance, when the run has several")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing backup_label/tablespace_map")
+    parser.add_argument("--tablespace-mapping", action="append", default=[],
+                        metavar="OLDDIR=NEWDIR",
+                        help="put the tablespace recorded at OLDDIR at NEWDIR instead "
+                             "(repeatable; like pg_basebackup's option of the same name)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -59,11 +63,19 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from quiesce_postgresql.restore import find_label_metadata, install_label
+    from quiesce_postgresql.restore import RestoreLabelError, find_label_metadata, install_label
 
+    mapping: dict[str, str] = {}
+    for item in args.tablespace_mapping:
+        old, sep, new = item.partition("=")
+        if not sep or not os.path.isabs(old) or not os.path.isabs(new):
+            raise RestoreLabelError(f"--tablespace-mapping {item!r} is not OLDDIR=NEWDIR",
+                                    hint="both directories must be absolute paths")
+        mapping[os.path.normpath(old)] = os.path.normpath(new)
     record = _load(args)
     name, metadata = find_label_metadata(record, args.name)
-    result = install_label(args.data_dir, metadata, force=args.force, instance=name)
+    result = install_label(args.data_dir, metadata, force=args.force, instance=name,
+                           tablespace_mapping=mapping)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
