@@ -11,6 +11,8 @@ as a restore from that backup). This module does exactly that, refusing anything
 - an existing ``backup_label``/``tablespace_map`` is only replaced with ``force``;
 - the recorded sha256 must match the recorded text, and the bytes written are re-read and
   checked against it;
+- ``tablespace_mapping`` (``--tablespace-mapping OLD=NEW``) is the one deliberate change to the
+  recorded bytes: a copy restored on the original's host must not use its tablespace dirs;
 - the files are created with mode 0600, owned by the data directory's owner, written to a
   temporary name, fsynced and renamed into place (then the directory is fsynced).
 
