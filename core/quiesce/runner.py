@@ -60,9 +60,10 @@ def new_run_id() -> str:
 class Interrupted(QuiesceError):
     """The runner was asked to stop (SIGTERM/SIGINT)."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, phase: str = "") -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
+        self.phase = phase
 
 
 class RunLog:
@@ -207,6 +208,7 @@ class Runner:
         self._session_factory = session_factory
         self._critical = False
         self._pending_signal: int | None = None
+        self._pending_phase = ""
 
     # -- signals ------------------------------------------------------------------------------
 
@@ -214,8 +216,9 @@ class Runner:
         """Signal handler: defer inside the freeze window, stop the cycle outside it."""
         if self._critical:
             self._pending_signal = signum
+            self._pending_phase = self._current_phase()
             return
-        raise Interrupted(signum)
+        raise Interrupted(signum, self._current_phase())
 
     @contextlib.contextmanager
     def signal_handlers(self) -> Iterator[None]:
@@ -241,7 +244,7 @@ class Runner:
     def _raise_pending(self) -> None:
         if self._pending_signal is not None:
             signum, self._pending_signal = self._pending_signal, None
-            raise Interrupted(signum)
+            raise Interrupted(signum, self._pending_phase)
 
     # -- the cycle ----------------------------------------------------------------------------
 
@@ -250,7 +253,11 @@ class Runner:
         self.log(f"run {self.run_id}: config {self.options.config_path}")
         record = status.phase("validate")
         record.start, t0 = time.time(), time.monotonic()
-        prepared, errors = validate(self.options)
+        try:
+            prepared, errors = validate(self.options)
+        except Interrupted as exc:
+            prepared, errors = None, [RunError(report.INTERRUPTED, None, "validate", str(exc),
+                                               "nothing was run; run again")]
         record.duration_ms = (time.monotonic() - t0) * 1000
         for name in ("pre", "sync", "freeze", "snapshot", "thaw", "post"):
             status.phase(name)
@@ -272,7 +279,8 @@ class Runner:
         try:
             self._cycle(prepared)
         except Interrupted as exc:
-            status.errors.append(RunError(report.INTERRUPTED, None, self._current_phase(),
+            status.errors.append(RunError(report.INTERRUPTED, None,
+                                          exc.phase or self._current_phase(),
                                           f"{exc}; the cycle was stopped",
                                           "run again when the interruption is resolved"))
         except Exception as exc:  # a bug must not hide the status or skip the post-script

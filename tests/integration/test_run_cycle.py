@@ -535,3 +535,28 @@ def test_check_missing_config(env: Env) -> None:
     env.config.unlink()
     proc = run_check(env)
     assert proc.returncode == 2 and "IncorrectJSONConfigFile" in proc.stdout
+
+
+def test_sigterm_during_the_pre_script_stops_the_cycle_but_runs_post(two_mounts: Env) -> None:
+    env = two_mounts
+    ready = env.root / "pre.ready"
+    env.script("pre.sh", f"echo pre >> {env.order}\ntouch {ready}\nexec sleep 300\n")
+    proc = subprocess.Popen(env.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        end = time.monotonic() + 60
+        while not ready.exists():
+            assert time.monotonic() < end and proc.poll() is None
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    status = json.loads(out)
+    assert proc.returncode == 2 and status["snapshot_taken"] is False
+    assert errors_by_code(status)["Interrupted"]["phase"] == "pre"
+    assert phase(status, "pre")["status"] == "interrupted"
+    assert env.ran() == ["pre", "post"]
+    env.assert_thawed()
