@@ -13,6 +13,7 @@ simultaneous: the data directory is copied while backup mode is held, the WAL di
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,8 +37,11 @@ _BENIGN = ("the database system is starting up", "the database system is not yet
 
 
 def _conninfo(server: Server, dbname: str) -> str:
+    from psycopg.conninfo import make_conninfo
+
     c = server.connection
-    return f"host={c.host} port={c.port} user={c.user} dbname={dbname}"
+    return make_conninfo(host=c.host, port=c.port, user=c.user, dbname=dbname,
+                         password=c.password or None)
 
 
 class PgSession:
@@ -118,10 +122,17 @@ class PostgresTarget(Target):
     def toml_section(self, server: Server, config_dir: Path) -> str:
         c = server.connection
         host = c.unix_socket or c.host
-        return ("[[postgresql]]\n"
+        text = ("[[postgresql]]\n"
                 'name = "drill"\n'
                 f'conninfo = "host={host} port={c.port} user={c.user} dbname=postgres"\n'
                 'mode = "backup"\n')
+        if c.password:  # Docker images use password authentication: a libpq passfile
+            passfile = config_dir / "pgpass"
+            fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with open(fd, "w", encoding="utf-8") as fh:
+                fh.write(f"*:*:*:{c.user}:{c.password}\n")
+            text += f'passfile = "{passfile}"\n'
+        return text
 
     def _connect(self, server: Server, dbname: str = DATABASE) -> psycopg.Connection:
         import psycopg
