@@ -71,7 +71,10 @@ SOCKET_OPTIONS = {
 VERIFY_SECONDS = 10.0
 # Past a statement's own server-side timeout, how long the client waits for any answer before
 # cutting the socket (a stopped or unreachable server never answers).
-CLIENT_GRACE = 10.0
+# (3 s stays inside the core's 5 s grace for a plugin step.) Statements without a timeout of
+# their own (session setup, detection) get UNTIMED_LIMIT.
+CLIENT_GRACE = 3.0
+UNTIMED_LIMIT = 10.0
 ALIVE_SECONDS = 15.0
 
 
@@ -171,7 +174,7 @@ class PostgresQuiescer(Quiescer):
         import psycopg
 
         conn = self._session()
-        limit = (timeout if timeout is not None else 0.0) + CLIENT_GRACE
+        limit = timeout + CLIENT_GRACE if timeout is not None else UNTIMED_LIMIT
         try:
             with self._severed_after(limit), conn.cursor() as cur:
                 if timeout is not None:
