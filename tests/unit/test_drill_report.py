@@ -105,3 +105,19 @@ def test_table_shows_each_cycle_and_why() -> None:
     assert "cycle 2: server_started failed: PANIC: x" in text
     assert "cycle 3: quiesce run took no snapshot" in text
     assert text.endswith("result: 2 of 3 cycle(s) NOT verified")
+
+
+def test_startup_failure_keeps_the_servers_own_error_lines() -> None:
+    from quiesce.drill.cycle import _startup_failure
+
+    pg = RuntimeError("postgres exited with status 1 while starting; log tail:\n"
+                      "2026-01-01 UTC [1] LOG:  database system was interrupted\n"
+                      "2026-01-01 UTC [1] FATAL:  the database system is starting up\n"
+                      "2026-01-01 UTC [1] PANIC:  could not locate a valid checkpoint record\n")
+    assert _startup_failure(pg) == ("postgres exited with status 1 while starting: "
+                                    "PANIC: could not locate a valid checkpoint record")
+    maria = RuntimeError("the mariadb server exited with status 1 while starting; log tail:\n"
+                         "2026-01-01 0 [ERROR] InnoDB: Page 2 log sequence number 9 is in the "
+                         "future!\n2026-01-01 0 [Note] InnoDB: x\n")
+    assert _startup_failure(maria).endswith("ERROR: InnoDB: Page 2 log sequence number 9 is "
+                                            "in the future!")

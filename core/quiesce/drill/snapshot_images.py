@@ -5,7 +5,8 @@
 Run by ``quiesce run`` as its ``--snapshot-command`` while the disks are frozen, it copies the
 sources one after the other - as clouds snapshot a VM's disks one by one - into DEST/<name of
 the source>. Image files are copied sparsely (only their data extents). Directories are copied
-with symlinks kept as symlinks (PostgreSQL's pg_wal link must stay a link).
+with symlinks kept as symlinks (PostgreSQL's pg_wal link must stay a link), skipping files the
+live server deletes while the copy runs.
 
 It reads only the sources (image files beside the mounts, never files on the mounted
 filesystems) and writes only DEST, which must be outside every frozen filesystem. It prints
@@ -19,49 +20,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
-CHUNK = 8 << 20
-
-
-def copy_sparse(src: Path, dst: Path) -> int:
-    """Copy the data extents of ``src`` into a new sparse file ``dst``; returns bytes copied."""
-    copied = 0
-    with open(src, "rb") as fsrc, open(dst, "wb") as fdst:
-        size = os.fstat(fsrc.fileno()).st_size
-        os.ftruncate(fdst.fileno(), size)
-        offset = 0
-        while offset < size:
-            try:
-                data = os.lseek(fsrc.fileno(), offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                break
-            hole = os.lseek(fsrc.fileno(), data, os.SEEK_HOLE)
-            pos = data
-            while pos < hole:
-                n = os.copy_file_range(fsrc.fileno(), fdst.fileno(), min(CHUNK, hole - pos),
-                                       pos, pos)
-                if n <= 0:
-                    break
-                pos += n
-                copied += n
-            offset = hole
-        os.fsync(fdst.fileno())
-    return copied
+from quiesce.disks import snapshot_copy
+from quiesce.drill.workspace import copy_tree
 
 
 def copy_source(src: Path, dest_dir: Path) -> dict[str, object]:
     target = dest_dir / src.name
     began = time.monotonic()
     if src.is_dir() and not src.is_symlink():
-        shutil.copytree(src, target, symlinks=True)
+        copy_tree(src, target)
         size = None
     else:
-        size = copy_sparse(src, target)
+        # No fsync: the restore reads the copy back through the page cache, and an fsync
+        # here would only lengthen the freeze window the copy runs in.
+        size = snapshot_copy(src, target, fsync=False)
     return {"source": str(src), "copy": str(target), "bytes": size,
             "seconds": round(time.monotonic() - began, 4)}
 
