@@ -365,6 +365,15 @@ def test_backup_mode_on_a_standby(postgresql_server_factory, postgresql_layout_f
             meta = q.release(Deadline(60))
         finally:
             q.close()
+        # Checkpoint mode on a standby: CHECKPOINT there is a restartpoint.
+        q = quiescer(replica.conninfo, name="standby-cp", mode="checkpoint")
+        try:
+            hold(q)
+            cp = q.release(Deadline(60))
+        finally:
+            q.close()
+        assert cp["standby"] is True and cp["checkpoint"]["status"] == "done"
+        assert cp["timeline"] == 1
     finally:
         replica.stop()
     assert meta["standby"] is True
