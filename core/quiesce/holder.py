@@ -270,6 +270,13 @@ class Holder:
         except QuiesceFailed as exc:
             self.guardian.send(op="released")
             return self._failure(str(exc), [r.to_dict() for r in exc.results])
+        if self.stop_signal is not None:
+            # Told to stop while quiescing: do not report a hold that is about to end.
+            name = signal.Signals(self.stop_signal).name
+            self.hold.release_all(AUTO_RELEASED, note=f"the holder received {name}")
+            self.guardian.send(op="released")
+            return self._failure(f"the holder received {name} while quiescing",
+                                 [r.to_dict() for r in self.hold.results()])
         held_since = self.hold.held_since() or time.monotonic()
         self.deadline = held_since + settings.max_hold_seconds
         self.since = time.time() - (time.monotonic() - held_since)
@@ -290,7 +297,7 @@ class Holder:
             "since": iso(self.since),
             "until": iso(self.until),
             "max_hold_seconds": settings.max_hold_seconds,
-            "instances": [self._public(r.to_dict()) for r in self.hold.results()],
+            "instances": [r.to_dict() for r in self.hold.results()],
             "warnings": self.warnings,
         }
 
@@ -417,9 +424,6 @@ class Holder:
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps(answer, default=str).encode() + b"\n")
 
-    def _public(self, result: dict[str, Any]) -> dict[str, Any]:
-        return result
-
     def _status(self) -> dict[str, Any]:
         assert self.hold is not None
         instances = []
@@ -521,12 +525,8 @@ class Holder:
     def shutdown(self) -> None:
         """Stop listening, write the record (nothing is held any more), release the lock."""
         if self.listener is not None:
-            path = proto.socket_path(self.rundir)
-            with contextlib.suppress(OSError):
-                st_sock = os.fstat(self.listener.fileno())
-                del st_sock
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                os.unlink(proto.socket_path(self.rundir))
             self.listener.close()
             self.listener = None
         if self.hold is not None and self.hold.held():

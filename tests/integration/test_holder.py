@@ -382,3 +382,41 @@ def test_refusal_of_a_config_owned_by_another_user(q: Q) -> None:
     proc = q.pre()
     assert proc.returncode == 2
     assert "not root" in proc.stderr and f"chown root:root {q.config}" in proc.stderr
+
+
+def test_sigterm_while_holding_releases_and_post_reports_it(q: Q) -> None:
+    q.toml(flock_section(q))
+    ready = q.pre_json()
+    os.kill(ready["holder_pid"], signal.SIGTERM)  # e.g. a shutdown before post came
+    wait_for(lambda: not alive(ready["holder_pid"]), what="the holder to exit")
+    assert lock_is_free(q.lock())
+    code, outcome = q.post_json()
+    assert code == 1
+    [inst] = outcome["instances"]
+    assert inst["status"] == "auto-released" and "SIGTERM" in inst["note"]
+
+
+def test_runtime_dir_on_tmpfs_gives_no_warning(q: Q) -> None:
+    q.rundir.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700,size=1m", "quiesce-test",
+                    str(q.rundir)], check=True, timeout=30)
+    try:
+        q.toml(flock_section(q))
+        ready = q.pre_json()
+        assert ready["warnings"] == []
+        assert q.post().returncode == 0
+        wait_for(lambda: not alive(ready["holder_pid"]), what="the holder to exit")
+        wait_for(lambda: not alive(ready["guardian_pid"]), what="the guardian to exit")
+    finally:
+        subprocess.run(["umount", str(q.rundir)], check=False, timeout=30)
+
+
+def test_runtime_dir_not_on_tmpfs_is_warned_about(q: Q) -> None:
+    q.toml(flock_section(q))
+    proc = q.pre()
+    assert proc.returncode == 0
+    if "tmpfs" in subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(q.base)],
+                                 capture_output=True, text=True, check=False).stdout:
+        pytest.skip("/run is a tmpfs on this machine: nothing to warn about")
+    assert "warning: runtime dir" in proc.stdout and "not tmpfs" in proc.stdout
+    assert q.post().returncode == 0
