@@ -95,6 +95,8 @@ class ScriptResult:
         if self.ok:
             return ""
         n = len(self.attempts)
+        if n == 0:
+            return f"{self.phase}-script was not run: no time was left before the deadline"
         tries = f"{n} attempt{'s' if n != 1 else ''}"
         if self.timed_out:
             return f"{self.phase}-script did not finish within the phase deadline ({tries}); " \

@@ -1,0 +1,48 @@
+"""Pieces of quiesce.scripts that need no processes: line splitting and result wording."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from quiesce.errors import AzureCode
+from quiesce.scripts import MAX_LINE, Attempt, ScriptResult, _LineSplitter
+
+
+def split(chunks: list[bytes]) -> list[str]:
+    got: list[str] = []
+    splitter = _LineSplitter("stdout", lambda s, line: got.append(line), deque(maxlen=5))
+    for chunk in chunks:
+        splitter.feed(chunk)
+    splitter.close()
+    return got
+
+
+def test_lines_split_across_chunks_crlf_and_a_last_line_without_newline() -> None:
+    assert split([b"a", b"b\nc", b"d\r\n\n", b"tail"]) == ["ab", "cd", "", "tail"]
+
+
+def test_invalid_utf8_is_replaced_not_fatal() -> None:
+    assert split([b"caf\xe9\n"]) == ["caf\ufffd"]
+
+
+def test_an_endless_line_is_cut_into_bounded_pieces() -> None:
+    lines = split([b"x" * (MAX_LINE * 2 + 10)])
+    assert [len(line) for line in lines] == [MAX_LINE, MAX_LINE, 10]
+
+
+def attempt(code: int | None, *, sig: int | None = None, timed_out: bool = False) -> Attempt:
+    return Attempt(1, 0.0, 0.1, code, sig, timed_out)
+
+
+def test_result_codes_and_descriptions() -> None:
+    ok = ScriptResult("pre", "/s", [attempt(1), attempt(0)])
+    assert ok.ok and ok.code is None and ok.describe() == ""
+    failed = ScriptResult("post", "/s", [attempt(2), attempt(2)])
+    assert failed.code is AzureCode.POST_SCRIPT_EXECUTION_FAILED
+    assert "exited with status 2" in failed.describe() and "2 attempts" in failed.describe()
+    slow = ScriptResult("pre", "/s", [attempt(1), attempt(None, sig=15, timed_out=True)])
+    assert slow.timed_out and slow.code is AzureCode.PRE_SCRIPT_TIMEOUT
+    assert "deadline" in slow.describe()
+    never = ScriptResult("pre", "/s", [])
+    assert not never.ok and never.code is AzureCode.PRE_SCRIPT_EXECUTION_FAILED
+    assert "not run" in never.describe()
