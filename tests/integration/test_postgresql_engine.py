@@ -503,3 +503,22 @@ def test_tablespace_map_recorded_and_restored_elsewhere(postgresql_server_factor
     finally:
         restored.stop()
     assert server.execute("SELECT count(*) FROM t") == [(1000,)]
+
+
+def test_a_slow_spread_checkpoint_is_bounded_by_the_deadline(postgresql_server_factory) -> None:
+    """fast_checkpoint = false waits for a paced checkpoint: the deadline still holds."""
+    server = postgresql_server_factory(settings={"checkpoint_timeout": "600s",
+                                                 "checkpoint_completion_target": "0.9"})
+    q = quiescer(server.conninfo, fast_checkpoint=False)
+    try:
+        q.prepare(Deadline(30))
+        # Dirty enough buffers after prepare's CHECKPOINT that a paced one takes a while.
+        server.execute("CREATE TABLE big AS SELECT g, repeat('x', 500) AS pad "
+                       "FROM generate_series(1, 30000) g")
+        with pytest.raises(EngineError, match="pg_backup_start did not finish within") as info:
+            q.quiesce(Deadline(1.5))
+        assert "fast_checkpoint" in info.value.hint
+        assert not q.in_backup
+        q.check_alive()  # the session itself is fine, only the start was cancelled
+    finally:
+        q.close()
