@@ -53,9 +53,17 @@ def kill_if_watchdog(pid: int | None) -> None:
             cmdline = fh.read()
     except FileNotFoundError:
         return
-    if b"quiesce.watchdog" in cmdline:
+    if b"quiesce.watchdog" in cmdline or b"quiesce/watchdog.py" in cmdline:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+            return [int(p) for p in fh.read().split()]
+    except FileNotFoundError:
+        return []
 
 
 def start_writer(path: Path) -> subprocess.Popen[str]:
@@ -368,7 +376,9 @@ def test_watchdog_makes_no_file_syscalls_once_ready(loop_disk_factory, tmp_path:
             report = proc.stdout.read()
         assert proc.wait(timeout=WAIT) == 0
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # kill the traced watchdog too: strace's death only detaches
+            for child in children(proc.pid):
+                kill_if_watchdog(child)
             proc.kill()
             proc.wait()
         os.close(fd)
