@@ -206,3 +206,14 @@ def test_password_in_conninfo_is_refused_before_anything_runs(cli: Cli) -> None:
     assert "contains a password" in out.stderr
     assert "hunter2" not in out.stderr + out.stdout
     assert not (cli.rundir / "holder.sock").exists()
+
+
+def test_an_unsafe_passfile_is_refused_by_pre(cli: Cli) -> None:
+    passfile = cli.root / "pgpass"
+    passfile.write_text("127.0.0.1:5432:*:quiesce:pw\n")
+    passfile.chmod(0o644)
+    cli.write_config("host=127.0.0.1 user=quiesce dbname=postgres", passfile=str(passfile))
+    out = cli.run("pre")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert str(passfile) in out.stderr
+    assert not (cli.rundir / "holder.sock").exists()
