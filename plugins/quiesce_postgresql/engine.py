@@ -35,7 +35,10 @@ Lifecycle (driven by the core, in the holder process):
 
 Every statement that can wait is bounded: connect by ``connect_timeout``, statements by a
 per-statement ``statement_timeout`` derived from the deadline (reset to 0 afterwards), and the
-TCP socket by keepalives and ``tcp_user_timeout`` so a vanished server cannot hang a call.
+TCP socket by keepalives and ``tcp_user_timeout``. A server that does not answer at all
+(stopped, hung, black-holed) is handled client-side: a timer shuts the socket down a short
+grace after the statement's own timeout (``check_alive``: after ``alive_timeout``), the call
+fails at once and the session is reported lost; the server aborts the backup when it notices.
 """
 
 from __future__ import annotations
