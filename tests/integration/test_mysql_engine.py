@@ -7,7 +7,6 @@ release. No sleep is used as proof; waits are for conditions, with generous time
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,11 +26,11 @@ import pytest
 from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings
 from quiesce.errors import EngineError, LockWaitTimeout, PermissionProblem, SessionLost
+from quiesce.testing.mysql import LOCK_WAIT_STATES, BackgroundStatement
 
 pytestmark = pytest.mark.timeout(240)
 
-LOCK_WAIT_STATES = ("Waiting for backup lock", "Waiting for global read lock",
-                    "Waiting for commit lock")
+Client = BackgroundStatement
 
 
 # --------------------------------------------------------------------------- helpers
@@ -64,54 +62,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
-
-
-class Client:
-    """One statement run in a background thread on its own connection."""
-
-    def __init__(self, server: Any, sql: str) -> None:
-        self.server = server
-        self.sql = sql
-        self.conn = server.connect(read_timeout=120)
-        self.id = int(self.conn.thread_id())
-        self.error: BaseException | None = None
-        self.finished = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            with self.conn.cursor() as cur:
-                cur.execute(self.sql)
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.finished.set()
-
-    def start(self) -> Client:
-        self.thread.start()
-        return self
-
-    def state(self) -> str | None:
-        rows = self.server.execute("SELECT STATE FROM information_schema.PROCESSLIST "
-                                   "WHERE ID = %s", (self.id,))
-        return rows[0][0] if rows else None
-
-    def wait_state(self, states: tuple[str, ...], timeout: float = 30) -> str:
-        def check() -> str | None:
-            state = self.state()
-            return state if state in states else None
-
-        return wait_for(check, timeout, f"{self.sql!r} to reach one of {states}")
-
-    def join(self, timeout: float = 60) -> None:
-        assert self.finished.wait(timeout), f"{self.sql!r} still not finished after {timeout}s"
-
-    def close(self) -> None:
-        if not self.finished.is_set():
-            self.server.execute(f"KILL {self.id}")
-            self.finished.wait(30)
-        with contextlib.suppress(Exception):
-            self.conn.close()
 
 
 def assert_blocked_then_released(server: Any, quiescer: Any, sql: str) -> dict[str, Any]:

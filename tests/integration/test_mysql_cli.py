@@ -1,0 +1,238 @@
+"""MySQL/MariaDB end to end through the real CLI: quiesce pre -> (snapshot) -> quiesce post.
+
+The holder process keeps the locking session between the two commands. A write from another
+session must be seen by the server waiting for the lock while held, and go through after post.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quiesce.testing.mysql import LOCK_WAIT_STATES, BackgroundStatement
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("require_root")]
+
+
+class Cli:
+    """A root-only workspace in /run (a trusted path) with quiesce.toml and runtime dirs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "quiesce.toml"
+        self.rundir = root / "rt"
+        self.state = root / "state"
+
+    def write_config(self, sections: list[dict[str, Any]], *, max_hold: int = 120) -> None:
+        lines = [f"max_hold_seconds = {max_hold}", f'state_dir = "{self.state}"']
+        for section in sections:
+            lines += ["", "[[mysql]]"]
+            lines += [f"{key} = {json.dumps(value)}" for key, value in section.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.config.chmod(0o600)
+
+    def secret(self, name: str, text: str, mode: int = 0o600) -> str:
+        path = self.root / name
+        path.write_text(text)
+        path.chmod(mode)
+        return str(path)
+
+    def run(self, command: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "quiesce", command]
+        if command in ("pre", "post"):
+            argv += ["--config", str(self.config)]
+        argv += ["--runtime-dir", str(self.rundir), *extra]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+
+    def post_json(self) -> dict[str, Any]:
+        out = self.run("post", "--json")
+        assert out.returncode in (0, 1), out.stdout + out.stderr
+        return json.loads(out.stdout)
+
+    def status(self) -> dict[str, Any]:
+        out = self.run("status", "--json")
+        return json.loads(out.stdout) if out.stdout.strip() else {}
+
+
+@pytest.fixture
+def cli() -> Iterator[Cli]:
+    root = Path(tempfile.mkdtemp(prefix="quiesce-my-cli-", dir="/run"))
+    root.chmod(0o700)
+    workspace = Cli(root)
+    try:
+        yield workspace
+    finally:
+        if workspace.rundir.exists() and workspace.status().get("holder_pid"):
+            workspace.run("post", "--json")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def server(mysql_server_factory: Callable[..., Any]) -> Any:
+    srv = mysql_server_factory()
+    srv.execute("CREATE DATABASE app")
+    srv.execute("CREATE TABLE app.inno (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB")
+    srv.execute("CREATE TABLE app.myi (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=MyISAM")
+    srv.execute("INSERT INTO app.myi (v) VALUES (1)")
+    return srv
+
+
+def section(server: Any, name: str = "main", **options: Any) -> dict[str, Any]:
+    return {"name": name, "unix_socket": str(server.socket), "user": "root", **options}
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "it") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def unlocked(server: Any) -> bool:
+    """True when neither a backup stage nor a global read lock is held on ``server``."""
+    conn = server.connect(read_timeout=20)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION lock_wait_timeout = 0")
+            try:
+                cur.execute("BACKUP STAGE START")
+                cur.execute("BACKUP STAGE END")
+                cur.execute("INSERT INTO app.inno (v) VALUES (0)")
+            except Exception:
+                return False
+            return True
+    finally:
+        conn.close()
+
+
+def test_pre_blocks_writes_until_post_which_returns_binlog_coordinates(
+        cli: Cli, server: Any) -> None:
+    cli.write_config([section(server)])
+    out = cli.run("pre", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    writers = [BackgroundStatement(server, "INSERT INTO app.inno (v) VALUES (5)").start(),
+               BackgroundStatement(server, "INSERT INTO app.myi (v) VALUES (5)").start()]
+    try:
+        for writer in writers:
+            assert writer.wait_state(LOCK_WAIT_STATES) in LOCK_WAIT_STATES
+        held_at = server.execute("SHOW BINLOG STATUS")[0]
+        status = cli.status()
+        assert isinstance(status.get("holder_pid"), int), status
+
+        result = cli.post_json()
+        for writer in writers:
+            writer.join(60)
+            assert writer.error is None
+    finally:
+        for writer in writers:
+            writer.close()
+    assert result["consistent"] is True
+    (inst,) = result["instances"]
+    assert (inst["plugin"], inst["name"], inst["status"]) == ("mysql", "main", "released")
+    meta = inst["metadata"]
+    assert meta["flavour"] == "mariadb"
+    assert meta["lock"]["taken"] == ["backup-stage"]
+    assert meta["binlog"]["file"] == held_at[0]
+    assert meta["binlog"]["position"] == int(held_at[1])
+    assert meta["gtid"]["gtid_binlog_pos"] is not None
+    assert server.execute("SELECT COUNT(*) FROM app.myi WHERE v = 5")[0][0] == 1
+    assert unlocked(server)
+
+
+def test_deadline_auto_releases_and_post_says_so(cli: Cli, server: Any) -> None:
+    cli.write_config([section(server)], max_hold=2)
+    out = cli.run("pre")
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for(lambda: unlocked(server), what="the holder to release at max_hold_seconds")
+    result = cli.post_json()
+    (inst,) = result["instances"]
+    assert inst["status"] == "auto-released"
+    assert result["consistent"] is False
+
+
+def test_holder_sigkill_leaves_no_lock(cli: Cli, server: Any) -> None:
+    cli.write_config([section(server, lock="ftwrl")])
+    out = cli.run("pre")
+    assert out.returncode == 0, out.stdout + out.stderr
+    writer = BackgroundStatement(server, "INSERT INTO app.myi (v) VALUES (6)").start()
+    try:
+        writer.wait_state(LOCK_WAIT_STATES)
+        holder = cli.status().get("holder_pid")
+        assert isinstance(holder, int)
+        os.kill(holder, signal.SIGKILL)
+        writer.join(30)  # the session died with the holder, and its lock with it
+        assert writer.error is None
+    finally:
+        writer.close()
+    assert unlocked(server)
+    out = cli.run("post", "--json")
+    assert out.returncode != 0
+
+
+def test_server_restart_during_hold_is_reported_lost(cli: Cli, server: Any) -> None:
+    cli.write_config([section(server)])
+    out = cli.run("pre")
+    assert out.returncode == 0, out.stdout + out.stderr
+    server.restart()
+    result = cli.post_json()
+    (inst,) = result["instances"]
+    assert inst["status"] == "lost", inst
+    assert result["consistent"] is False
+
+
+def test_second_instance_unreachable_releases_the_first_and_fails_pre(
+        cli: Cli, server: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli.write_config([section(server, name="good"),
+                      {"name": "gone", "host": "127.0.0.1", "port": port, "user": "root",
+                       "connect_timeout": 2}])
+    out = cli.run("pre")
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "gone" in text and "cannot reach" in text
+    assert unlocked(server)
+    assert not cli.status().get("holder_pid")
+
+
+def test_long_running_statement_fails_pre_with_its_name_and_leaves_nothing_locked(
+        cli: Cli, server: Any) -> None:
+    blocker = BackgroundStatement(server, "UPDATE app.myi SET v = v + SLEEP(60)").start()
+    try:
+        blocker.wait_state(("User sleep",))
+        cli.write_config([section(server, lock_wait_seconds=2)])
+        out = cli.run("pre")
+        assert out.returncode != 0
+        text = out.stdout + out.stderr
+        assert f"id {blocker.id}" in text
+        assert "UPDATE app.myi SET v = v + SLEEP(60)" in text
+        assert not blocker.finished.is_set()
+        assert unlocked(server)
+    finally:
+        blocker.close()
+
+
+def test_password_file_readable_by_group_is_refused_before_anything_runs(
+        cli: Cli, server: Any) -> None:
+    secret = cli.secret("mysql.pw", "hunter2\n", mode=0o640)
+    cli.write_config([section(server, user="quiesce", password_file=secret)])
+    out = cli.run("pre")
+    assert out.returncode == 2
+    assert "chmod 600" in out.stdout + out.stderr
+    assert "hunter2" not in out.stdout + out.stderr
+    assert not (cli.rundir / "holder.sock").exists()
