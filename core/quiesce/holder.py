@@ -35,6 +35,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -47,6 +48,7 @@ POLL_SECONDS = 1.0  # check_alive period while holding
 LOCK_WAIT_SECONDS = 10.0  # how long a new holder waits for a finishing one
 REQUEST_READ_TIMEOUT = 2.0
 MIN_LINGER_SECONDS = 600.0
+RECORD_WAIT_SECONDS = 10.0  # how long 'post' waits for the run record to be on disk
 
 
 def guardian_grace(max_hold: float) -> float:
@@ -211,6 +213,7 @@ class Holder:
         self.stop_signal: int | None = None
         self.linger_until: float | None = None
         self.result_file_written = False
+        self.record_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ startup
     def start(self) -> dict[str, Any]:
@@ -405,6 +408,15 @@ class Holder:
             else:
                 answer = dict(self.final or {})
                 answer["collected_from"] = "holder"
+            # Locks are already released: now make the run record exist before 'post' returns
+            # (so 'post && quiesce restore-label' works), bounded in case the state dir's
+            # filesystem is still frozen.
+            written = self._record_bounded(RECORD_WAIT_SECONDS)
+            answer["record"] = written
+            if written is None:
+                answer["record_note"] = (
+                    f"the run record was not written within {RECORD_WAIT_SECONDS:g} s (is "
+                    f"{self.settings.state_dir} frozen or full?); the holder keeps trying")
             self._send(conn, answer)
             if self.result_file_written:
                 proto.consume_result(self.rundir)
@@ -462,7 +474,6 @@ class Holder:
         self.guardian.send(op="released")
         self.state = "released"
         self.final = self._outcome("released")
-        self.final["record"] = self._record_path()
         self.log(f"released by 'post': {self.final['message']}")
         return self.final
 
@@ -494,6 +505,15 @@ class Holder:
         if self.settings is None:
             return None
         return os.path.join(self.settings.state_dir, "runs", f"{self.run_id}.json")
+
+    def _record_bounded(self, timeout: float) -> str | None:
+        """Write the record in a thread; its path once written, None if still writing."""
+        outcome: list[str | None] = []
+        self.record_thread = threading.Thread(target=lambda: outcome.append(self._record()),
+                                              daemon=True, name="run-record")
+        self.record_thread.start()
+        self.record_thread.join(timeout)
+        return outcome[0] if outcome else None
 
     def _record(self, instances: list[dict[str, Any]] | None = None, state: str | None = None,
                 message: str | None = None) -> str | None:
@@ -533,7 +553,9 @@ class Holder:
             # Only reached on an unexpected error: never leave anything held.
             self.hold.release_all(AUTO_RELEASED, note="the holder hit an internal error")
             self.guardian.send(op="released")
-        if self.state in ("released", "auto-released", "lost"):
+        if self.record_thread is not None:
+            self.record_thread.join()  # a record write still blocked (frozen state dir)
+        elif self.state in ("released", "auto-released", "lost"):
             self._record()
         self.guardian.send(op="done")
         self.guardian.close()

@@ -161,13 +161,15 @@ def test_pre_holds_the_lock_until_post_releases_it(q: Q) -> None:
     assert inst["metadata"]["path"] == str(q.lock())
     assert lock_is_free(q.lock())
 
-    wait_for(lambda: not alive(ready["holder_pid"]), what="the holder to exit")
-    wait_for(lambda: not alive(ready["guardian_pid"]), what="the guardian to exit")
-    record = json.loads((q.state / "runs" / f"{ready['run_id']}.json").read_text())
+    # The record is on disk by the time post returns (restore-label may run right after).
+    assert outcome["record"] == str(q.state / "runs" / f"{ready['run_id']}.json")
+    record = json.loads(Path(outcome["record"]).read_text())
     assert (q.state / "latest").read_text().strip() == ready["run_id"]
     assert record["instances"][0]["status"] == "released"
     assert record["instances"][0]["metadata"] == inst["metadata"]
     assert any("released by 'post'" in line for line in record["log"])
+    wait_for(lambda: not alive(ready["holder_pid"]), what="the holder to exit")
+    wait_for(lambda: not alive(ready["guardian_pid"]), what="the guardian to exit")
 
     again = q.post()
     assert again.returncode == 2
@@ -201,7 +203,6 @@ def test_deadline_auto_releases_and_post_reports_it(q: Q) -> None:
     assert proc.returncode == 1
     assert "may NOT be application-consistent" in proc.stderr
     assert "flock/a: auto-released" in proc.stderr
-    wait_for(lambda: not alive(ready["holder_pid"]), what="the holder to exit after post")
     record = json.loads((q.state / "runs" / f"{ready['run_id']}.json").read_text())
     assert record["state"] == "auto-released"
     assert record["instances"][0]["status"] == "auto-released"
