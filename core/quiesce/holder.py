@@ -317,6 +317,9 @@ class Holder:
 
     def _bind(self) -> None:
         path = proto.socket_path(self.rundir)
+        if len(os.fsencode(path)) >= 108:  # sizeof(sun_path)
+            raise HolderError(f"the socket path {path} is longer than a Unix socket allows",
+                              hint="choose a shorter --runtime-dir (e.g. under /run)")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # stale: we hold the lock, so no live holder owns it
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
