@@ -288,3 +288,19 @@ def test_mariadb_crash_mode_shows_why_myisam_needs_the_lock(drill_base: Path) ->
                                               "myisam_pairs_whole")]
         assert myisam and any("crashed" in d or "torn" in d or "MyISAM" in d
                               for d in myisam), cycle["checks"]
+
+
+@needs_pg
+def test_keep_keeps_files_but_no_server_mount_or_loop_device(drill_base: Path) -> None:
+    done = run_drill(drill_base, "--engine", "postgresql", "--cycles", "1", "--keep", "--json")
+    doc = _json(done)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kept = Path(doc["kept"])
+    assert kept.is_relative_to(drill_base) and f"kept: {kept}" in done.stderr
+    assert (kept / "snap" / "cycle-1" / "data.img").is_file()
+    assert (kept / "snap" / "cycle-1" / "log.img").is_file()
+    assert (kept / "images" / "data.live.img").is_file()
+    assert (kept / "cfg" / "VMSnapshotScriptPluginConfig.json").is_file()
+    left = _leftovers(drill_base)
+    assert (left["mounts"], left["loops"], left["procs"]) == ([], [], [])
+    shutil.rmtree(drill_base)  # the fixture then checks nothing else is left

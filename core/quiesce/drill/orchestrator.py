@@ -152,6 +152,7 @@ class Drill:
         if opts.keep:
             result.kept_dir = str(ws.root)
             stack.callback(self.progress, f"kept: {ws.root}")
+            stack.callback(ws.remove_runtime)
         else:
             stack.callback(_raise_problems, ws.remove)
         self.progress(f"{opts.engine} on {target.backend.name} backend, {self.disks_kind} "
@@ -219,9 +220,9 @@ class Drill:
                 self.progress(f"disk {name}: {self.opts.fstype} loop device")
                 disk = LoopDisk.create(ws.disks, name, DISK_SIZE_MB[name], self.opts.fstype,
                                        image_dir=ws.images)
-                if self.opts.keep:
-                    stack.callback(_keep_image, disk.image, ws.images / f"{name}.live.img")
                 stack.callback(disk.teardown)
+                if self.opts.keep:  # runs before the teardown above, which deletes the image
+                    stack.callback(_keep_image, disk.image, ws.images / f"{name}.live.img")
                 images[name] = disk.image
             else:
                 disk = DirDisk.create(ws.disks, name)

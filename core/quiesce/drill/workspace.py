@@ -69,6 +69,11 @@ class Workspace:
             os.chmod(self.runtime, 0o700)
         return self.runtime
 
+    def remove_runtime(self) -> None:
+        """The holder's runtime dir holds nothing worth keeping, even with --keep."""
+        if self.runtime is not None:
+            shutil.rmtree(self.runtime, ignore_errors=True)
+
     def remove(self) -> list[str]:
         """Delete the work and runtime dirs; returns what could not be removed."""
         problems: list[str] = []
