@@ -52,6 +52,7 @@ from quiesce_mysql.flavour import (
     parse_server,
     plan_locks,
     replica_status_statement,
+    sees_every_table,
 )
 from quiesce_mysql.processlist import (
     Statement,
@@ -139,6 +140,17 @@ class MySQLQuiescer(Quiescer):
         self._run("SET SESSION wait_timeout = %s", (hold,), deadline=deadline)
         if self.options.lock == "auto" and not self.info.is_mariadb \
                 and self.info.at_least(8, 0, 0):
+            grants = [_text(r[0]) for r in self._run("SHOW GRANTS", deadline=deadline)]
+            if not sees_every_table(grants):
+                raise EngineError(
+                    f"{self.name}: lock = \"auto\" on {self.info.describe()} must count the "
+                    f"non-transactional tables, but {self.options.user!r} cannot see every "
+                    "table (information_schema shows only tables an account has privileges "
+                    "on), so MyISAM tables could go unprotected",
+                    hint='GRANT SELECT ON *.* to the account, or choose the lock yourself: '
+                         'lock = "instance" when every table is InnoDB, lock = "ftwrl" '
+                         "otherwise",
+                )
             sql, params = nontransactional_count_query()
             self._nontransactional = int(self._run(sql, params, deadline=deadline,
                                                    timeout=30)[0][0])

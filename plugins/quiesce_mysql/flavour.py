@@ -270,3 +270,24 @@ def nontransactional_count_query() -> tuple[str, tuple[str, ...]]:
         f"AND TABLE_SCHEMA NOT IN ({schemas}) AND ENGINE NOT IN ({engines})"
     )
     return sql, SYSTEM_SCHEMAS + SAFE_ENGINES
+
+
+_GLOBAL_GRANT = re.compile(r"^GRANT\s+(?P<privs>.+?)\s+ON\s+\*\.\*\s+TO\s", re.IGNORECASE)
+
+
+def sees_every_table(grant_lines: list[str]) -> bool:
+    """True when ``SHOW GRANTS`` lines give a global privilege that shows every table.
+
+    information_schema.TABLES lists only the tables the account has some privilege on, so a
+    least-privileged account (RELOAD, BACKUP_ADMIN...) sees none of the application's tables
+    and would count zero non-transactional tables. ``lock = "auto"`` on MySQL trusts the count
+    only when the account holds SELECT (or ALL PRIVILEGES) on ``*.*``.
+    """
+    for line in grant_lines:
+        match = _GLOBAL_GRANT.match(line.strip())
+        if not match:
+            continue
+        privileges = [p.strip().upper() for p in match.group("privs").split(",")]
+        if "SELECT" in privileges or any(p.startswith("ALL") for p in privileges):
+            return True
+    return False

@@ -18,6 +18,7 @@ from quiesce_mysql.flavour import (
     parse_server,
     plan_locks,
     replica_status_statement,
+    sees_every_table,
 )
 
 
@@ -144,3 +145,17 @@ def test_nontransactional_query_passes_every_name_as_a_parameter() -> None:
     assert sql.count("%s") == len(params) == len(SYSTEM_SCHEMAS) + len(SAFE_ENGINES)
     assert "InnoDB" in params and "mysql" in params
     assert "'InnoDB'" not in sql
+
+
+@pytest.mark.parametrize(("lines", "expected"), [
+    (["GRANT SELECT, RELOAD, PROCESS ON *.* TO `quiesce`@`%`"], True),
+    (["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"], True),
+    (["GRANT RELOAD, PROCESS, REPLICATION CLIENT ON *.* TO `quiesce`@`%`",
+      "GRANT BACKUP_ADMIN ON *.* TO `quiesce`@`%`"], False),
+    (["GRANT USAGE ON *.* TO `quiesce`@`%`", "GRANT SELECT ON `shop`.* TO `quiesce`@`%`"],
+     False),  # one schema visible is not every table
+    (["GRANT SELECT ON performance_schema.* TO `quiesce`@`%`"], False),
+    ([], False),
+])
+def test_sees_every_table(lines: list[str], expected: bool) -> None:
+    assert sees_every_table(lines) is expected
