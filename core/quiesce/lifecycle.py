@@ -150,22 +150,33 @@ class Hold:
             try:
                 getattr(q, step)(deadline)
             except BaseException as exc:
-                slot.result.status = FAILED
-                slot.result.error = f"{step} failed: {describe(exc)}"
-                return
-            if step == "quiesce":
-                slot.held_at = time.monotonic()
-                slot.result.quiesced_at = time.time()
-                slot.result.status = HELD
                 with self._order_lock:
-                    slot.taken_order = self._order
-                    self._order += 1
-                if self.on_held is not None:
-                    try:
-                        self.on_held(q)
-                    except Exception as exc:
-                        self.log(f"{q.engine}/{q.name}: on_held callback failed: "
-                                 f"{describe(exc)}")
+                    if slot.result.note != "hung":
+                        slot.result.status = FAILED
+                        slot.result.error = f"{step} failed: {describe(exc)}"
+                return
+            with self._order_lock:
+                if slot.result.note == "hung":
+                    # The core gave up on this call and unwound without it: whatever it took
+                    # now is nobody else's to release, so undo it here.
+                    late = True
+                else:
+                    late = False
+                    if step == "quiesce":
+                        slot.held_at = time.monotonic()
+                        slot.result.quiesced_at = time.time()
+                        slot.result.status = HELD
+                        slot.taken_order = self._order
+                        self._order += 1
+            if late:
+                self._abort(slot)
+                self._close(slot)
+                return
+            if step == "quiesce" and self.on_held is not None:
+                try:
+                    self.on_held(q)
+                except Exception as exc:
+                    self.log(f"{q.engine}/{q.name}: on_held callback failed: {describe(exc)}")
 
         threads = []
         for slot in slots:
@@ -176,11 +187,12 @@ class Hold:
         failed: list[_Slot] = []
         for slot, thread in threads:
             thread.join(deadline.remaining() + JOIN_GRACE)
-            if thread.is_alive():
-                slot.result.status = FAILED
-                slot.result.error = (f"{step} did not return within {deadline.seconds:g} s "
-                                     "(the plugin ignored its deadline)")
-                slot.result.note = "hung"
+            with self._order_lock:
+                if thread.is_alive():
+                    slot.result.status = FAILED
+                    slot.result.error = (f"{step} did not return within {deadline.seconds:g} s "
+                                         "(the plugin ignored its deadline)")
+                    slot.result.note = "hung"
             if slot.result.status == FAILED:
                 failed.append(slot)
                 self.log(f"{slot.result.plugin}/{slot.result.name}: {slot.result.error}")

@@ -183,6 +183,13 @@ def test_a_plugin_ignoring_its_deadline_fails_the_hold(monkeypatch: pytest.Monke
     assert "did not return within" in (result["stuck"].error or "")
     assert result["a"].status == "released"
     assert "a" in rec.steps("abort")
+    # The late call finally returns with its lock taken: nobody else will release it, so the
+    # worker undoes it by itself, and the result stays "failed".
+    deadline = time.monotonic() + 10
+    while "stuck" not in rec.steps("close") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "stuck" in rec.steps("abort") and "stuck" in rec.steps("close")
+    assert result["stuck"].status == "failed"
 
 
 def test_release_failure_never_skips_another_release() -> None:
