@@ -95,9 +95,9 @@ def main(args: argparse.Namespace) -> int:
     if ready.get("ok"):
         _print_held(ready, args.json)
         return 0
-    if not ready.get("instances") and ready.get("kind") in ("HoldActive", "ConfigError",
-                                                           "HolderError", "PluginError"):
-        # Nothing was attempted: same treatment as a configuration error in this process.
+    if not ready.get("instances"):
+        # Nothing was attempted (a hold already active, the configuration changed under us, the
+        # runtime dir is unusable): same treatment as a configuration error in this process.
         if args.json:
             print(json.dumps(ready, indent=2))
         raise QuiesceError(str(ready.get("error")), hint=str(ready.get("hint") or ""))
