@@ -543,7 +543,12 @@ class MySQLQuiescer(Quiescer):
     def _probe_conn(self, deadline: Deadline) -> Any:
         """The second session (not the holding one: reconnecting it is harmless)."""
         if self._probe is not None and getattr(self._probe, "_sock", None) is not None:
-            return self._probe
+            try:  # the server may have closed it while idle (wait_timeout) during the hold
+                set_io_timeout(self._probe, SHORT_TIMEOUT)
+                self._probe.ping(reconnect=False)
+                return self._probe
+            except Exception:  # noqa: S110 - replaced by a fresh probe session below
+                pass
         if self._endpoint is None:
             raise EngineError(f"{self.name}: not prepared")
         close_quietly(self._probe, graceful=False)

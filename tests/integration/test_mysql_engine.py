@@ -494,3 +494,18 @@ def test_replica_coordinates_are_recorded(mysql_server_factory: Callable[..., An
     assert channel["Master_Port"] == primary.port
     assert channel["Gtid_IO_Pos"]
     json.dumps(metadata)
+
+
+def test_probe_session_closed_during_the_hold_is_replaced_for_the_release_check(
+        server: Any) -> None:
+    q = make_quiescer(server)
+    try:
+        q.prepare(Deadline(30))
+        q.quiesce(Deadline(30))
+        probe_id = int(q._probe.thread_id())
+        server.execute(f"KILL {probe_id}")  # e.g. the server's wait_timeout for idle sessions
+        metadata = assert_blocked_then_released(server, q, "INSERT INTO app.myi (v) VALUES (15)")
+    finally:
+        q.abort()
+    assert metadata["release_confirmed_by"] == "probe: BACKUP STAGE START"
+    nothing_locked(server)
