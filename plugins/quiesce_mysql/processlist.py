@@ -98,8 +98,10 @@ def candidate_blockers(statements: Iterable[Statement], *, exclude_ids: Iterable
 
 def describe_blockers(blockers: Sequence[Statement], limit: int = 3) -> str:
     if not blockers:
-        return ("no long-running statement was visible (without the PROCESS privilege only "
-                "this user's own threads are shown)")
+        return ("no long-running statement was visible. An idle session may hold a backup "
+                "lock (another backup tool's BACKUP STAGE, FLUSH TABLES WITH READ LOCK or LOCK "
+                "INSTANCE FOR BACKUP): look for it in SHOW PROCESSLIST. Without the PROCESS "
+                "privilege only this account's own sessions are visible")
     shown = "; ".join(b.describe() for b in blockers[:limit])
     more = f"; and {len(blockers) - limit} more" if len(blockers) > limit else ""
     return shown + more

@@ -311,6 +311,12 @@ def test_holder_killed_with_sigkill_leaves_no_lock(server: Any) -> None:
         thread_id = int(line.split()[1])
         writer = Client(server, "INSERT INTO app.myi (v) VALUES (13)").start()
         writer.wait_state(LOCK_WAIT_STATES)
+        # The holding session is idle - no SLEEP() or other statement running on the server -
+        # so the server notices the closed socket at once instead of finishing a statement.
+        (command, info), = server.execute(
+            "SELECT COMMAND, INFO FROM information_schema.PROCESSLIST WHERE ID = %s",
+            (thread_id,))
+        assert (command, info) == ("Sleep", None)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
         # The server sees the socket close at once (the session was idle, not in SLEEP()):
@@ -508,4 +514,25 @@ def test_probe_session_closed_during_the_hold_is_replaced_for_the_release_check(
     finally:
         q.abort()
     assert metadata["release_confirmed_by"] == "probe: BACKUP STAGE START"
+    nothing_locked(server)
+
+
+def test_backup_stage_held_by_an_idle_session_times_out_with_a_pointer_to_it(
+        server: Any) -> None:
+    other = server.connect()
+    try:
+        with other.cursor() as cur:
+            cur.execute("BACKUP STAGE START")  # e.g. a mariabackup run; then idle
+        q = make_quiescer(server, lock_wait_seconds=2)
+        try:
+            q.prepare(Deadline(30))
+            with pytest.raises(LockWaitTimeout, match="idle session may hold a backup lock"):
+                q.quiesce(Deadline(30))
+        finally:
+            q.abort()
+        writer = Client(server, "INSERT INTO app.myi (v) VALUES (16)").start()
+        writer.join(30)  # quiesce left nothing behind that blocks writers
+        writer.close()
+    finally:
+        other.close()
     nothing_locked(server)
