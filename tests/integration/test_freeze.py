@@ -333,11 +333,15 @@ SAFE_IN_WINDOW = {"ioctl", "poll", "ppoll", "read", "write", "exit_group", "rt_s
 
 
 def syscalls(trace: Path, pid_filter: str | None = None) -> list[tuple[str, str]]:
-    """(name, full line) of each syscall in an ``strace -f`` output file."""
+    """(name, full line) of each syscall in an ``strace -f`` output file.
+
+    A call interrupted by another process's output is split into ``name(... <unfinished ...>``
+    and ``<... name resumed>...``: the first line counts, the second is skipped.
+    """
     calls = []
     for line in trace.read_text().splitlines():
         parts = line.split(" ", 1)
-        if len(parts) < 2 or "(" not in parts[1] or parts[1].startswith(("+++", "---")):
+        if len(parts) < 2 or "(" not in parts[1] or parts[1].startswith(("+++", "---", "<...")):
             continue
         if pid_filter is not None and parts[0] != pid_filter:
             continue
