@@ -194,7 +194,7 @@ class MySQLQuiescer(Quiescer):
 
     def release(self, deadline: Deadline) -> dict[str, Any]:
         self.check_alive()
-        if self.plan is None or self.info is None:
+        if self.plan is None or self.info is None or self._locked_at is None:
             raise EngineError(f"{self.name}: release() called before quiesce()")
         metadata = self._base_metadata()
         try:
