@@ -214,6 +214,8 @@ class Holder:
         self.linger_until: float | None = None
         self.result_file_written = False
         self.record_thread: threading.Thread | None = None
+        # Requests that arrived while quiescing, answered once the hold exists.
+        self.pending: list[tuple[socket.socket, str]] = []
 
     # ------------------------------------------------------------------ startup
     def start(self) -> dict[str, Any]:
@@ -268,11 +270,18 @@ class Holder:
         self.hold = Hold(quiescers, timeout=settings.pre_timeout_seconds, log=self.log,
                          on_held=on_held)
         self.log(f"quiescing {len(quiescers)} instance(s) from {settings.path}")
+        answering = threading.Event()
+        answerer = threading.Thread(target=self._answer_while_quiescing, args=(answering,),
+                                    daemon=True, name="answer-while-quiescing")
+        answerer.start()
         try:
             self.hold.quiesce_all()
         except QuiesceFailed as exc:
             self.guardian.send(op="released")
             return self._failure(str(exc), [r.to_dict() for r in exc.results])
+        finally:
+            answering.set()
+            answerer.join()
         if self.stop_signal is not None:
             # Told to stop while quiescing: do not report a hold that is about to end.
             name = signal.Signals(self.stop_signal).name
@@ -303,6 +312,33 @@ class Holder:
             "instances": [r.to_dict() for r in self.hold.results()],
             "warnings": self.warnings,
         }
+
+    def _answer_while_quiescing(self, done: threading.Event) -> None:
+        """Answer ``status`` while the main thread quiesces; keep other requests for later.
+
+        So a second ``pre`` or ``quiesce status`` learns at once that a hold is being set up,
+        and a ``post`` that comes early is answered as soon as the hold exists.
+        """
+        while not done.is_set():
+            try:
+                ready, _, _ = select.select([self.listener], [], [], 0.1)
+                if not ready:
+                    continue
+                conn, _ = self.listener.accept()  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return
+            op = self._read_request(conn)
+            if op == "status":
+                with conn:
+                    self._send(conn, {"ok": True, "state": "quiescing", "run_id": self.run_id,
+                                      "holder_pid": os.getpid(), "config": self.config,
+                                      "since": None, "until": None, "instances": []})
+            elif op is None:
+                conn.close()
+            else:
+                self.pending.append((conn, op))
 
     def _failure(self, message: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
         self.state = "failed"
@@ -337,6 +373,13 @@ class Holder:
     def serve(self) -> None:
         assert self.hold is not None and self.settings is not None
         next_poll = time.monotonic() + POLL_SECONDS
+        pending, self.pending = self.pending, []
+        for index, (conn, op) in enumerate(pending):
+            with conn:
+                if self._dispatch(conn, op):
+                    for other, _ in pending[index + 1:]:
+                        other.close()
+                    return
         while True:
             now = time.monotonic()
             if self.stop_signal is not None and self.state == "holding":
@@ -383,6 +426,11 @@ class Holder:
 
     def _handle(self, conn: socket.socket) -> bool:
         """Answer one request; True when the holder should exit afterwards."""
+        op = self._read_request(conn)
+        return False if op is None else self._dispatch(conn, op)
+
+    def _read_request(self, conn: socket.socket) -> str | None:
+        """The request's op, after checking the peer; None when refused or unreadable."""
         conn.setblocking(True)
         conn.settimeout(REQUEST_READ_TIMEOUT)
         try:
@@ -390,7 +438,7 @@ class Holder:
             if not peer_allowed(uid):
                 self.log(f"refused a request from uid {uid}")
                 self._send(conn, {"ok": False, "error": "permission denied"})
-                return False
+                return None
             data = b""
             while not data.endswith(b"\n") and len(data) < 65536:
                 chunk = conn.recv(4096)
@@ -398,10 +446,13 @@ class Holder:
                     break
                 data += chunk
             request = json.loads(data or b"{}")
-            op = request.get("op") if isinstance(request, dict) else None
         except (OSError, ValueError) as exc:
             self.log(f"bad request: {exc}")
-            return False
+            return None
+        op = request.get("op") if isinstance(request, dict) else None
+        return op if isinstance(op, str) else ""
+
+    def _dispatch(self, conn: socket.socket, op: str) -> bool:
         if op == "status":
             self._send(conn, self._status())
             return False
@@ -547,6 +598,9 @@ class Holder:
 
     def shutdown(self) -> None:
         """Stop listening, write the record (nothing is held any more), release the lock."""
+        for conn, _ in self.pending:
+            conn.close()
+        self.pending = []
         if self.listener is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(proto.socket_path(self.rundir))

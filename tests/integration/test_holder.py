@@ -421,3 +421,48 @@ def test_runtime_dir_not_on_tmpfs_is_warned_about(q: Q) -> None:
         pytest.skip("/run is a tmpfs on this machine: nothing to warn about")
     assert "warning: runtime dir" in proc.stdout and "not tmpfs" in proc.stdout
     assert q.post().returncode == 0
+
+
+def test_a_hold_being_set_up_answers_status_and_refuses_a_second_pre(q: Q) -> None:
+    q.toml(flock_section(q, prepare_delay=3))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "quiesce", "pre", "--config", str(q.config), "--runtime-dir",
+         str(q.rundir)], env=q.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    try:
+        wait_for((q.rundir / "holder.sock").exists, 60, "the holder's socket")
+        wait_for(lambda: q.status_json().get("state") == "quiescing", 30, "state quiescing")
+        second = q.pre()
+        assert second.returncode == 2
+        assert "already active" in second.stderr and "quiescing" in second.stderr
+        _out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    assert q.status_json()["state"] == "holding"
+    assert q.post().returncode == 0
+
+
+def test_a_new_pre_retires_a_holder_that_auto_released(q: Q) -> None:
+    q.toml("max_hold_seconds = 2\npre_timeout_seconds = 1\n" + flock_section(q))
+    old = q.pre_json()
+    wait_for(lambda: q.status_json()["state"] == "auto-released", 60, "the auto-release")
+    new = q.pre_json()  # the next backup must not wait for the old holder's linger period
+    assert new["run_id"] != old["run_id"]
+    wait_for(lambda: not alive(old["holder_pid"]), 30, "the old holder to retire")
+    assert not lock_is_free(q.lock())
+    code, outcome = q.post_json()
+    assert code == 0 and outcome["run_id"] == new["run_id"]
+    # The old, uncollected hold is still on record as auto-released.
+    record = json.loads((q.state / "runs" / f"{old['run_id']}.json").read_text())
+    assert record["state"] == "auto-released"
+
+
+def test_post_right_after_a_holder_sigkill_waits_for_the_guardian(q: Q) -> None:
+    q.toml(flock_section(q, sticky=True))
+    ready = q.pre_json()
+    os.kill(ready["holder_pid"], signal.SIGKILL)
+    code, outcome = q.post_json()  # no waiting: the guardian may still be recovering
+    assert code == 1
+    assert outcome["instances"][0]["status"] == "lost"
+    assert not Path(str(q.lock()) + ".held").exists()
