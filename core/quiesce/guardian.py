@@ -88,12 +88,14 @@ class Guardian:
         while True:
             timeout = None
             if self.armed and self.backstop is not None:
-                timeout = max(0.0, self.backstop - time.monotonic())
+                timeout = min(60.0, max(0.0, self.backstop - time.monotonic()))
             try:
                 ready, _, _ = select.select([self.pipe_fd], [], [], timeout)
             except InterruptedError:
                 continue
             if not ready:
+                if self.backstop is None or time.monotonic() < self.backstop:
+                    continue
                 self.note("backstop reached: the holder neither released nor exited; "
                           "killing it")
                 with contextlib.suppress(ProcessLookupError):
