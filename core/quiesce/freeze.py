@@ -7,7 +7,8 @@ and never leaves a filesystem frozen:
    that was discovered (a mount that vanished would otherwise resolve to its parent, e.g. /);
 2. ``syncfs`` each of them (``os.sync()`` as a fallback) so FIFREEZE has little left to flush;
 3. start the watchdog (:mod:`quiesce.watchdog`), a separate process in its own session that
-   holds copies of those descriptors, and wait for its ready byte;
+   holds copies of those descriptors, wait for its ready byte, and ``syncfs`` once more (what
+   was written while the watchdog started);
 4. FIFREEZE in the given order (nested first); if one fails, thaw the ones already frozen in
    reverse, stand the watchdog down and raise :class:`FreezeError`.
 
@@ -362,6 +363,11 @@ class FreezeSession:
                 _sync_filesystems(self._fds)
             self._watchdog = _WatchdogProcess(self._fds, self.timeout)
             self._watchdog.start()
+            if self.sync:
+                # Starting the watchdog takes ~100 ms of interpreter start-up, during which the
+                # database keeps writing: a second, cheap syncfs keeps what FIFREEZE must
+                # flush (and so the window) small.
+                _sync_filesystems(self._fds)
         except BaseException:
             self._abandon()
             raise
