@@ -1,0 +1,125 @@
+"""Which evidence source LockVerifier consults per flavour, and its fallbacks.
+
+The server is replaced by a scripted connection that answers SQL by prefix: these tests check
+the choice and order of sources (MySQL's Performance Schema, MariaDB's METADATA_LOCK_INFO,
+then the conflict probes) - including the MySQL paths this machine cannot run. Whether a real
+server's lock shows up in those sources is tested against MariaDB in
+tests/integration/test_mysql_engine.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pymysql
+
+from quiesce_mysql.flavour import BACKUP_STAGE, FTWRL_MARIADB, FTWRL_MYSQL, INSTANCE, parse_server
+from quiesce_mysql.verify import FREE, HELD, PROBE_DDL, UNKNOWN, LockVerifier
+
+MYSQL = parse_server("8.4.0", "MySQL Community Server - GPL")
+MARIADB = parse_server("10.11.6-MariaDB")
+
+
+class ScriptedConnection:
+    """Answers each statement from ``answers`` (first matching prefix); records the SQL."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+        self.executed: list[str] = []
+        self._read_timeout = 1.0
+        self._write_timeout = 1.0
+
+    def cursor(self) -> ScriptedConnection:
+        return self
+
+    def __enter__(self) -> ScriptedConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self.executed.append(sql if params is None else f"{sql} <- {params}")
+        for prefix, answer in self.answers.items():
+            if sql.startswith(prefix):
+                if isinstance(answer, BaseException):
+                    raise answer
+                self._rows = answer
+                return
+        self._rows = []
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return list(self._rows)
+
+
+def timeout_error() -> pymysql.err.OperationalError:
+    return pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")
+
+
+def test_mysql_reads_performance_schema_and_never_probes() -> None:
+    conn = ScriptedConnection({
+        "SELECT m.OBJECT_TYPE": [("BACKUP LOCK", "SHARED", "GRANTED")],
+        "SELECT @@performance_schema": [(1, "YES")],
+    })
+    evidence = LockVerifier(conn, MYSQL, 7).check(INSTANCE)
+    assert (evidence.result, evidence.method) == (HELD, "performance_schema")
+    assert not any(sql.startswith(("ALTER", "BACKUP", "SET")) for sql in conn.executed)
+    assert "<- (7,)" in conn.executed[0]  # the holding thread's id, as a parameter
+
+
+def test_mysql_with_the_mdl_instrument_off_falls_back_to_the_ddl_probe() -> None:
+    conn = ScriptedConnection({
+        "SELECT m.OBJECT_TYPE": [],
+        "SELECT @@performance_schema": [(1, "NO")],
+        "ALTER TABLE": timeout_error(),
+    })
+    evidence = LockVerifier(conn, MYSQL, 7).check(FTWRL_MYSQL)
+    assert (evidence.result, evidence.method) == (HELD, "probe: DDL")
+    assert "SET SESSION lock_wait_timeout = %s <- (1,)" in conn.executed  # MySQL's minimum
+    assert PROBE_DDL in conn.executed
+
+
+def test_mysql_without_performance_schema_access_probes() -> None:
+    conn = ScriptedConnection({
+        "SELECT m.OBJECT_TYPE": pymysql.err.OperationalError(1142, "SELECT command denied"),
+        "ALTER TABLE": pymysql.err.ProgrammingError(1049, "Unknown database"),
+    })
+    evidence = LockVerifier(conn, MYSQL, 7).check(INSTANCE)
+    assert (evidence.result, evidence.method) == (FREE, "probe: DDL")
+
+
+def test_mariadb_reads_metadata_lock_info_when_the_plugin_is_there() -> None:
+    conn = ScriptedConnection({"SELECT LOCK_MODE": [("MDL_BACKUP_FTWRL2",)]})
+    evidence = LockVerifier(conn, MARIADB, 9).check(FTWRL_MARIADB)
+    assert (evidence.result, evidence.method) == (HELD, "METADATA_LOCK_INFO")
+    assert not any("performance_schema" in sql for sql in conn.executed)
+
+
+def test_mariadb_without_the_plugin_probes_backup_stage_and_ends_a_probe_that_got_through(
+        ) -> None:
+    conn = ScriptedConnection({
+        "SELECT LOCK_MODE": pymysql.err.OperationalError(1109, "Unknown table"),
+    })
+    evidence = LockVerifier(conn, MARIADB, 9).check(BACKUP_STAGE)
+    assert evidence.result == FREE
+    assert conn.executed[-2:] == ["BACKUP STAGE START", "BACKUP STAGE END"]
+    assert "SET SESSION lock_wait_timeout = %s <- (0,)" in conn.executed
+
+
+def test_mariadb_ftwrl_probe_without_alter_privilege_is_unknown() -> None:
+    conn = ScriptedConnection({
+        "SELECT LOCK_MODE": pymysql.err.OperationalError(1109, "Unknown table"),
+        "ALTER TABLE": pymysql.err.OperationalError(1142, "ALTER command denied"),
+    })
+    assert LockVerifier(conn, MARIADB, 9).check(FTWRL_MARIADB).result == UNKNOWN
+
+
+def test_unusable_source_is_not_asked_twice() -> None:
+    conn = ScriptedConnection({
+        "SELECT LOCK_MODE": pymysql.err.OperationalError(1109, "Unknown table"),
+        "BACKUP STAGE START": timeout_error(),
+    })
+    verifier = LockVerifier(conn, MARIADB, 9)
+    verifier.check(BACKUP_STAGE)
+    verifier.check(BACKUP_STAGE)
+    assert sum(sql.startswith("SELECT LOCK_MODE") for sql in conn.executed) == 1
