@@ -536,3 +536,21 @@ def test_backup_stage_held_by_an_idle_session_times_out_with_a_pointer_to_it(
     finally:
         other.close()
     nothing_locked(server)
+
+
+@pytest.mark.parametrize("lock", ["ftwrl", "backup-stage"])
+def test_nothing_quiesce_runs_is_written_to_the_binlog(server: Any, lock: str) -> None:
+    """FLUSH LOCAL TABLES (never replicated) and the locks leave the binlog where it was."""
+    before = server.execute("SHOW BINLOG STATUS")[0][:2]
+    server.execute("FLUSH TABLES")  # control: a plain FLUSH *is* logged
+    logged = server.execute("SHOW BINLOG STATUS")[0][:2]
+    assert logged != before
+    q = make_quiescer(server, lock=lock)
+    try:
+        q.prepare(Deadline(30))
+        q.quiesce(Deadline(30))
+        metadata = q.release(Deadline(30))
+    finally:
+        q.abort()
+    assert not any("pre-flush" in note for note in metadata.get("notes", []))  # it ran
+    assert server.execute("SHOW BINLOG STATUS")[0][:2] == logged
