@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quiesce.deadline import Deadline
+from quiesce.errors import Problem
 from quiesce.schema import Table
 
 
@@ -98,4 +99,8 @@ class EngineType:
     # Undo a lock that outlives its session, from a fresh process, given the instance options
     # and the Quiescer's recovery_token(). Called by the guardian if the holder dies.
     recover: Callable[[InstanceSettings, dict[str, Any]], None] | None = None
+    # Rules that involve several keys of one section (e.g. "exactly one of uri / uri_file"),
+    # given the validated section and its key path; checked by the core with the schema, so
+    # `quiesce check` and `pre` report them with every other problem.
+    section_problems: Callable[[Mapping[str, Any], str], list[Problem]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

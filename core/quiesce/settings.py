@@ -308,6 +308,8 @@ def _instances(etype: EngineType, value: Any, problems: list[Problem], *, max_ho
                                         f'add name = "..." to every [[{name}]] section'))
                 continue
             instance_name = name
+        if etype.section_problems is not None:
+            problems.extend(etype.section_problems(options, where))
         for key in etype.secret_file_keys:
             secret = options.get(key)
             if isinstance(secret, str) and secret:

@@ -28,8 +28,7 @@ ENGINE = EngineType(
     description="MongoDB: fsync lock with lockCount bookkeeping (mongod or, opt-in, mongos)",
     secret_file_keys=("uri_file",),
     recover=recover,
-    # Cross-key rule (exactly one of uri / uri_file) for cores that check sections as a whole.
-    extra={"section_problems": section_problems},
+    section_problems=section_problems,
 )
 
 

@@ -22,9 +22,7 @@ ENGINE = EngineType(
     description="MySQL/MariaDB: LOCK INSTANCE FOR BACKUP, BACKUP STAGE or FLUSH TABLES WITH "
                 "READ LOCK, held in one verified session",
     secret_file_keys=("password_file",),
-    # Cross-key rule (kill_blockers_after below lock_wait_seconds) for cores that check
-    # sections as a whole; the factory checks it too.
-    extra={"section_problems": section_problems},
+    section_problems=section_problems,
 )
 
 

@@ -152,3 +152,20 @@ def test_parse_plugin_list() -> None:
     assert parse_plugin_list(None) is None
     assert parse_plugin_list("postgresql, mysql,,") == ["postgresql", "mysql"]
     assert parse_plugin_list(["a"]) == ["a"]
+
+
+def test_cross_key_rules_of_engines_are_reported_with_the_rest(tmp_path: Path) -> None:
+    found = problems_of(
+        tmp_path,
+        'max_hold_seconds = "60"\n'
+        '[[mysql]]\nlock_wait_seconds = 5\nkill_blockers_after = 10\n'
+        '[[mongodb]]\nuri = "mongodb://127.0.0.1:27017/"\nuri_file = "/etc/quiesce/m.uri"\n',
+    )
+    assert any(p.startswith("max_hold_seconds") for p in found)
+    assert any("mysql[0].kill_blockers_after" in p and "lock_wait_seconds" in p for p in found)
+    assert any(p.startswith("mongodb[0]") and "both uri and uri_file" in p for p in found)
+
+
+def test_mongodb_needs_a_uri_or_a_uri_file(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, "[[mongodb]]\nallow_locked = true\n")
+    assert any("neither uri nor uri_file" in p for p in found)
