@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -126,3 +127,60 @@ def stop_process_group(proc: subprocess.Popen, *, term: int = signal.SIGTERM,
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
+
+
+def service_account(user: str, *, install_hint: str) -> tuple[int, int] | None:
+    """(uid, gid) a server must run as when we are root (it refuses root); None otherwise."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError as exc:
+        raise EngineUnavailable(
+            f"running as root but there is no {user!r} user to run the server as",
+            hint=install_hint,
+        ) from exc
+    return entry.pw_uid, entry.pw_gid
+
+
+def check_reachable(path: Path, ids: tuple[int, int] | None, user: str) -> None:
+    """Every parent of ``path`` must be searchable by the service account ``ids``."""
+    if ids is None:
+        return
+    uid, gid = ids
+    for parent in reversed(path.resolve().parents):
+        st = parent.stat()
+        if st.st_uid == uid:
+            ok = bool(st.st_mode & 0o100)
+        elif st.st_gid == gid:
+            ok = bool(st.st_mode & 0o010)
+        else:
+            ok = bool(st.st_mode & 0o001)
+        if not ok:
+            raise DrillError(
+                f"the {user} user cannot reach {path}: {parent} is mode "
+                f"{st.st_mode & 0o777:o}",
+                hint=f"put the server's directories somewhere {user} can traverse "
+                     "(e.g. a directory made with tempfile.mkdtemp() under /tmp, chmod 755)",
+            )
+
+
+def chown_tree(path: Path, ids: tuple[int, int] | None) -> None:
+    """Give ``path`` and everything below it to the service account (no-op when not root)."""
+    if ids is None:
+        return
+    uid, gid = ids
+    os.lchown(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, gid)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

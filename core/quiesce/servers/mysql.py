@@ -43,12 +43,17 @@ from quiesce.servers.base import (
     ConnectionInfo,
     Server,
     ServerLayout,
+    check_reachable,
+    chown_tree,
     find_binary,
     free_port,
+    service_account,
     stop_process_group,
 )
 
 SERVICE_USER = "mysql"
+ACCOUNT_HINT = ("install the mariadb-server or mysql-server package (it creates the user) "
+                "or useradd --system mysql")
 SUPERUSER = "root"
 INSTALL_HINT = ("install a MariaDB or MySQL server (Debian/Ubuntu: apt-get install "
                 "mariadb-server), or put the directory holding mariadbd/mysqld on PATH")
@@ -97,61 +102,12 @@ def server_flavour(binary: str) -> tuple[str, str]:
     return ("mariadb" if "mariadb" in text.lower() else "mysql"), match.group(1)
 
 
-def _service_ids() -> tuple[int, int] | None:
-    """(uid, gid) to run the server as: the mysql user when root, None otherwise."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(SERVICE_USER)
-    except KeyError as exc:
-        raise EngineUnavailable(
-            f"running as root but there is no {SERVICE_USER!r} user to run the server as",
-            hint="install the mariadb-server or mysql-server package (it creates the user) "
-                 "or useradd --system mysql",
-        ) from exc
-    return entry.pw_uid, entry.pw_gid
 
 
-def _check_reachable(path: Path, ids: tuple[int, int] | None) -> None:
-    """Every parent of ``path`` must be searchable by the service user."""
-    if ids is None:
-        return
-    uid, gid = ids
-    for parent in reversed(path.resolve().parents):
-        st = parent.stat()
-        if st.st_uid == uid:
-            ok = bool(st.st_mode & 0o100)
-        elif st.st_gid == gid:
-            ok = bool(st.st_mode & 0o010)
-        else:
-            ok = bool(st.st_mode & 0o001)
-        if not ok:
-            raise DrillError(
-                f"the {SERVICE_USER} user cannot reach {path}: {parent} is mode "
-                f"{st.st_mode & 0o777:o}",
-                hint=f"put the server's directories somewhere {SERVICE_USER} can traverse "
-                     "(e.g. a directory made with tempfile.mkdtemp() and chmod 755)",
-            )
 
 
-def _chown_tree(path: Path, ids: tuple[int, int] | None) -> None:
-    if ids is None:
-        return
-    uid, gid = ids
-    os.lchown(path, uid, gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), uid, gid)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def live_server(data_dir: Path) -> int | None:
@@ -195,7 +151,7 @@ class LocalMySQL(Server):
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self.plugins = list(plugins)
         self.start_timeout = start_timeout
-        self.ids = _service_ids()
+        self.ids = service_account(SERVICE_USER, install_hint=ACCOUNT_HINT)
         self.proc: subprocess.Popen[bytes] | None = None
         self.recovery_seconds: float | None = None
 
@@ -260,11 +216,11 @@ class LocalMySQL(Server):
                 continue
             path.mkdir(parents=True, exist_ok=True)
             os.chmod(path, 0o750 if path != self.run_dir else 0o755)
-            _check_reachable(path, self.ids)
-        _chown_tree(self.run_dir, self.ids)
-        _chown_tree(self.data_dir, self.ids)
+            check_reachable(path, self.ids, SERVICE_USER)
+        chown_tree(self.run_dir, self.ids)
+        chown_tree(self.data_dir, self.ids)
         if self.log_dir is not None:
-            _chown_tree(self.log_dir, self.ids)
+            chown_tree(self.log_dir, self.ids)
 
     def _run(self, argv: list[str], *, timeout: float, what: str) -> str:
         try:

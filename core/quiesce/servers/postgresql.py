@@ -36,8 +36,12 @@ from quiesce.servers.base import (
     ConnectionInfo,
     Server,
     ServerLayout,
+    check_reachable,
+    chown_tree,
     find_binary,
     free_port,
+    pid_alive,
+    service_account,
     stop_process_group,
 )
 
@@ -45,6 +49,7 @@ if TYPE_CHECKING:
     import psycopg
 
 SERVICE_USER = "postgres"
+ACCOUNT_HINT = "install the postgresql package (it creates the user) or useradd postgres"
 SUPERUSER = "postgres"
 INSTALL_HINT = ("install the PostgreSQL server (Debian/Ubuntu: apt-get install postgresql), "
                 "or put its bin directory on PATH")
@@ -102,60 +107,12 @@ def find_bindir(bindir: str | os.PathLike[str] | None = None) -> Path:
     return found
 
 
-def _service_ids() -> tuple[int, int] | None:
-    """(uid, gid) to run the server as: the postgres user when root, None otherwise."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(SERVICE_USER)
-    except KeyError as exc:
-        raise EngineUnavailable(
-            f"running as root but there is no {SERVICE_USER!r} user to run PostgreSQL as",
-            hint="install the postgresql package (it creates the user) or useradd postgres",
-        ) from exc
-    return entry.pw_uid, entry.pw_gid
 
 
-def _check_reachable(path: Path, ids: tuple[int, int] | None) -> None:
-    """Every parent of ``path`` must be searchable by the service user."""
-    if ids is None:
-        return
-    uid, gid = ids
-    for parent in reversed(path.resolve().parents):
-        st = parent.stat()
-        if st.st_uid == uid:
-            ok = bool(st.st_mode & 0o100)
-        elif st.st_gid == gid:
-            ok = bool(st.st_mode & 0o010)
-        else:
-            ok = bool(st.st_mode & 0o001)
-        if not ok:
-            raise DrillError(
-                f"the {SERVICE_USER} user cannot reach {path}: {parent} is mode "
-                f"{st.st_mode & 0o777:o}",
-                hint=f"put the server's directories somewhere {SERVICE_USER} can traverse "
-                     "(e.g. a directory made with tempfile.mkdtemp() under /tmp)",
-            )
 
 
-def _chown_tree(path: Path, ids: tuple[int, int] | None) -> None:
-    if ids is None:
-        return
-    uid, gid = ids
-    os.lchown(path, uid, gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), uid, gid)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def live_postmaster(data_dir: Path) -> int | None:
@@ -170,7 +127,7 @@ def live_postmaster(data_dir: Path) -> int | None:
         pid = int(first)
     except (OSError, ValueError, IndexError):
         return None
-    if pid <= 0 or not _pid_alive(pid):
+    if pid <= 0 or not pid_alive(pid):
         return None
     try:
         cwd = os.readlink(f"/proc/{pid}/cwd")
@@ -198,7 +155,7 @@ class LocalPostgres(Server):
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self.start_timeout = start_timeout
         self.initdb_args = list(initdb_args)
-        self.ids = _service_ids()
+        self.ids = service_account(SERVICE_USER, install_hint=ACCOUNT_HINT)
         self.proc: subprocess.Popen[bytes] | None = None
         self.recovery_seconds: float | None = None
         self._version: str | None = None
@@ -283,11 +240,11 @@ class LocalPostgres(Server):
             raise DrillError(f"run_dir {self.run_dir} is too long for a Unix socket path",
                              hint="use a shorter run directory (e.g. under /tmp)")
         os.chmod(self.run_dir, 0o700)
-        _chown_tree(self.run_dir, self.ids)
+        chown_tree(self.run_dir, self.ids)
         for path in (self.data_dir, self.log_dir, self.run_dir):
             if path is not None:
                 path.mkdir(parents=True, exist_ok=True)
-                _check_reachable(path, self.ids)
+                check_reachable(path, self.ids, SERVICE_USER)
 
     def initdb(self) -> None:
         """Create the cluster: WAL in log_dir (``--waldir``) when the layout has one."""
@@ -422,9 +379,9 @@ class LocalPostgres(Server):
             if not self.log_dir.is_dir():
                 raise DrillError(f"WAL directory {self.log_dir} does not exist")
             os.chmod(self.log_dir, 0o700)
-            _chown_tree(self.log_dir, self.ids)
+            chown_tree(self.log_dir, self.ids)
         os.chmod(data, 0o700)
-        _chown_tree(data, self.ids)
+        chown_tree(data, self.ids)
 
     # ------------------------------------------------------------------ helpers for tests
     def connect(self, *, autocommit: bool = True, user: str = SUPERUSER,
