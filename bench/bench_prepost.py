@@ -150,6 +150,24 @@ class Fleet:
         return ServerLayout(data_dir=root / "data", log_dir=root / "wal", run_dir=root / "run")
 
 
+def start_with_retry(make: Callable[[], Any], servers: list[Any]) -> Any:
+    """Start a server on fresh directories; once more on new ones if that fails (the machine
+    is shared: another test's clean-up of /tmp has broken a MariaDB initialisation here)."""
+    for attempt in (1, 2):
+        server = make()
+        servers.append(server)
+        try:
+            server.start()
+            return server
+        except Exception as exc:
+            server.stop()
+            servers.remove(server)
+            if attempt == 2:
+                raise
+            print(f"server start failed, retrying once: {str(exc)[-300:]}", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
 class PostgresFleet(Fleet):
     """PostgreSQL in backup mode (the default): pg_backup_start / pg_backup_stop per server."""
 
@@ -160,9 +178,9 @@ class PostgresFleet(Fleet):
         from quiesce.servers.postgresql import LocalPostgres
 
         for _ in range(count):
-            server = LocalPostgres(self._layout("pg-"), settings={"max_connections": "20"})
-            self.servers.append(server)
-            server.start()
+            start_with_retry(lambda: LocalPostgres(self._layout("pg-"),
+                                                   settings={"max_connections": "20"}),
+                             self.servers)
 
     def section(self, index: int) -> dict[str, Any]:
         server = self.servers[index]
@@ -184,12 +202,10 @@ class MariaDBFleet(Fleet):
         from quiesce.servers.mysql import LocalMySQL
 
         for _ in range(count):
-            server = LocalMySQL(self._layout("my-"))
+            server = start_with_retry(lambda: LocalMySQL(self._layout("my-")), self.servers)
             if not server.is_mariadb:
                 raise SystemExit(f"bench_prepost: {server.binary} is {server.flavour}, "
                                  "not MariaDB; this benchmark only covers MariaDB")
-            self.servers.append(server)
-            server.start()
             server.execute("CREATE DATABASE bench")
             server.execute("CREATE TABLE bench.w (id INT AUTO_INCREMENT PRIMARY KEY, "
                            "at DOUBLE) ENGINE=InnoDB")
@@ -392,6 +408,7 @@ def trial(fleet: Fleet, ws: Workspace, hold: float) -> dict[str, Any]:
             "config_and_plugins_in_holder": ms(guardian_up, quiescing),
             "prepare_and_quiesce_all": ms(quiescing, max(held_at)) if held_at else None,
             "held_to_pre_exit": ms(max(held_at) if held_at else None, pre_end),
+            "first_to_last_instance_held": ms(min(held_at), max(held_at)) if held_at else None,
         },
         "post_phases_ms": {
             "start_to_release_logged": ms(post_start, released_log),
@@ -400,6 +417,21 @@ def trial(fleet: Fleet, ws: Workspace, hold: float) -> dict[str, Any]:
             if engine_released else None,
         },
     }
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether the quiesce code had uncommitted changes."""
+    repo = HERE.parent
+
+    def git(*argv: str) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            return subprocess.run(["git", "-C", str(repo), *argv], capture_output=True,
+                                  text=True, timeout=10, check=False).stdout.strip()
+        return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "uncommitted_changes_in": git("status", "--porcelain", "--", "core",
+                                          "plugins").splitlines()}
 
 
 def python_floor_ms() -> float:
@@ -423,7 +455,10 @@ METRICS = [("pre_ms", "pre (wall)"), ("post_ms", "post (wall)"),
            ("post_to_all_released_ms", "post -> all released (engine)"),
            ("post_to_writes_through_ms", "post -> blocked writes through")]
 PHASES = ["start_to_holder_running", "runtime_dir_socket_guardian",
-          "config_and_plugins_in_holder", "prepare_and_quiesce_all", "held_to_pre_exit"]
+          "config_and_plugins_in_holder", "prepare_and_quiesce_all", "held_to_pre_exit",
+          "first_to_last_instance_held"]
+POST_PHASES = ["start_to_release_logged", "released_to_post_exit",
+               "first_to_last_instance_released"]
 
 
 def summarise(trials: list[dict[str, Any]], counts: list[int]) -> dict[str, Any]:
@@ -439,8 +474,7 @@ def summarise(trials: list[dict[str, Any]], counts: list[int]) -> dict[str, Any]
         entry["post_phases_ms"] = {
             p: summary([t["post_phases_ms"][p] for t in rows
                         if t["post_phases_ms"][p] is not None])
-            for p in ("start_to_release_logged", "released_to_post_exit",
-                      "first_to_last_instance_released")}
+            for p in POST_PHASES}
         by_count[str(count)] = entry
     lo, hi = str(min(counts)), str(max(counts))
     ratios = {}
@@ -476,6 +510,16 @@ def print_table(engine: str, result: dict[str, Any], counts: list[int]) -> None:
             s = result["by_instances"][str(count)]["pre_phases_ms"][phase]
             cells.append(f"{s['median']:>10.1f}" if s else f"{'-':>10}")
         print(f"  {phase}".ljust(34) + " ".join(f"{c:>23}" for c in cells))
+    print("post phases (median ms):")
+    for phase in POST_PHASES:
+        cells = []
+        for count in counts:
+            s = result["by_instances"][str(count)]["post_phases_ms"][phase]
+            cells.append(f"{s['median']:>10.1f}" if s else f"{'-':>10}")
+        print(f"  {phase}".ljust(34) + " ".join(f"{c:>23}" for c in cells))
+    floor = result.get("python_floor_ms")
+    if floor:
+        print(f"python -m quiesce --version (floor): median {floor['median']:.1f} ms")
 
 
 # ---------------------------------------------------------------------------------- main
@@ -546,8 +590,13 @@ def main() -> int:
     results: dict[str, Any] = {}
     try:
         for engine in engines:
-            results[engine] = run_engine(engine, root, server_base, counts=counts,
-                                         rounds=args.rounds, hold=args.hold)
+            try:
+                results[engine] = run_engine(engine, root, server_base, counts=counts,
+                                             rounds=args.rounds, hold=args.hold)
+            except Exception as exc:  # keep the other engines' results
+                print(f"bench_prepost: {engine} failed: {exc}", file=sys.stderr)
+                results[engine] = {"error": str(exc)[-2000:]}
+                continue
             print_table(engine, results[engine], counts)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -555,6 +604,7 @@ def main() -> int:
 
     document = {
         "benchmark": "prepost",
+        "code": code_version(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "python": platform.python_version(),
@@ -571,7 +621,7 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(document, indent=2) + "\n")
     print(f"\nwrote {args.output}")
-    return 0
+    return 1 if any("error" in r for r in results.values()) else 0
 
 
 if __name__ == "__main__":
