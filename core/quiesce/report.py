@@ -3,9 +3,10 @@
 Status JSON fields (see docs/azure-compatibility.md and issue 2): ``run_id``, ``consistency``
 (``application``/``filesystem``/``crash``/``none``), ``snapshot_taken``, ``exit_code``,
 ``errors`` (``code``, ``number``, ``phase``, ``message``, ``hint``), ``phases`` (``name``,
-``status``, ``start``, ``duration_ms``, ``attempts``, ...), ``freeze`` (``enabled``, ``mounts``,
-``window_ms``, ...) and ``snapshot``. The status file is replaced atomically: written to a
-temporary file in the same directory, fsynced, renamed over the target, directory fsynced.
+``status``, ``start``, ``duration`` (seconds), ``duration_ms``, ``attempts``, ...), ``freeze``
+(``enabled``, ``mounts``, ``window_ms``, ...) and ``snapshot``. The status file is replaced
+atomically: written to a temporary file in the same directory, fsynced, renamed over the target,
+directory fsynced.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class PhaseRecord:
         out: dict[str, Any] = {
             "name": self.name,
             "status": self.status,
+            # ``duration`` (seconds) is what issue 2 names; ``duration_ms`` came first and stays.
+            "duration": None if self.duration_ms is None else round(self.duration_ms / 1000, 6),
             "start": iso(self.start),
             "duration_ms": None if self.duration_ms is None else round(self.duration_ms, 3),
             "attempts": self.attempts,

@@ -362,6 +362,7 @@ class Runner:
             "exit_codes": result.exit_codes,
             "attempt_results": [
                 {"number": a.number, "start": report.iso(a.started_at),
+                 "duration": round(a.duration_s, 6),
                  "duration_ms": round(a.duration_s * 1000, 3), "exit_code": a.exit_code,
                  "signal": a.signal, "timed_out": a.timed_out}
                 for a in result.attempts],

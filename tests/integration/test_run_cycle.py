@@ -180,6 +180,7 @@ def test_full_cycle_freezes_both_mounts_during_the_snapshot(two_mounts: Env) -> 
     for p in status["phases"]:
         assert p["status"] == "ok", p
         assert p["start"] and p["duration_ms"] is not None
+        assert p["duration"] == pytest.approx(p["duration_ms"] / 1000, abs=1e-6)
     assert phase(status, "pre")["attempts"] == 1
     assert "pre stdout: pre ran with 0 args" in stderr  # script output in the run log
     env.assert_thawed()
@@ -288,6 +289,8 @@ def test_retries_rerun_the_pre_script(two_mounts: Env) -> None:
     assert rc == 0, status["errors"]
     assert phase(status, "pre")["attempts"] == 3
     assert phase(status, "pre")["exit_codes"] == [1, 1, 0]
+    for attempt in phase(status, "pre")["attempt_results"]:
+        assert attempt["duration"] == pytest.approx(attempt["duration_ms"] / 1000, abs=1e-6)
     assert counter.read_text().count("x") == 3
 
 

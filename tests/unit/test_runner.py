@@ -70,8 +70,14 @@ def test_status_json_has_the_contract_fields() -> None:
     (pre,) = doc["phases"]
     assert pre["start"] == "2023-11-14T22:13:20.000Z"
     assert pre["duration_ms"] == 2000.0 and pre["attempts"] == 1
+    assert pre["duration"] == 2.0  # seconds, as issue 2 names it, beside duration_ms
     assert doc["freeze"] == {"mounts": ["/data"], "window_ms": 1.5}
     assert doc["exit_code"] == 1
+
+
+def test_a_phase_that_never_ran_has_null_durations() -> None:
+    doc = PhaseRecord("thaw").as_dict()
+    assert doc["duration"] is None and doc["duration_ms"] is None and doc["start"] is None
 
 
 def test_error_from_problem_keeps_the_azure_code_or_uses_ours() -> None:
@@ -116,6 +122,13 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         write_atomically(target, None)  # type: ignore[arg-type]
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["status.json"]
+
+
+def test_atomic_write_that_fails_at_the_rename_leaves_no_temp_file(tmp_path: Path) -> None:
+    (tmp_path / "status.json").mkdir()  # os.replace of a file over a directory fails
+    with pytest.raises(IsADirectoryError):
+        write_atomically(tmp_path / "status.json", "{}")
+    assert os.listdir(tmp_path) == ["status.json"]
 
 
 class Stream:
