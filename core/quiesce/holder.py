@@ -11,10 +11,12 @@ Started by ``quiesce pre`` as ``python -m quiesce.holder --config X --runtime-di
    them all (lifecycle.Hold: parallel, all or nothing);
 3. writes one JSON line on the readiness pipe (held instances, or the failure with every
    instance's reason) and closes it: that is the moment ``pre`` returns;
-4. serves the socket: ``status`` and ``release`` requests, polls ``check_alive`` about once a
-   second (a dead session becomes "lost", the others stay held), and releases everything by
-   itself at ``max_hold_seconds`` ("auto-released"), then lingers so ``post`` can still learn
-   that (the result also goes to ``result.json`` in the runtime dir);
+4. serves the socket: ``status`` and ``release`` requests, and releases everything by itself
+   at ``max_hold_seconds`` ("auto-released"), then lingers so ``post`` can still learn that
+   (the result also goes to ``result.json`` in the runtime dir). A liveness thread polls
+   ``check_alive`` about once a second (a dead session becomes "lost", the others stay held);
+   it runs beside the socket loop, so a server that stops answering a check never delays
+   ``post``, ``status`` or the deadline, and never lengthens the other instances' hold;
 5. after the release, writes the run record and its log to the state dir and exits.
 
 While anything is held it writes nothing but the runtime dir (tmpfs, never frozen): log lines
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from quiesce import holder_protocol as proto
@@ -129,7 +132,7 @@ def take_lock(rundir: str) -> int:
         state = None
         with contextlib.suppress(QuiesceError):
             state = proto.request(rundir, "status", timeout=2.0).get("state")
-        if state in ("holding", "quiescing") or time.monotonic() > give_up:
+        if state in ("holding", "quiescing", "releasing") or time.monotonic() > give_up:
             os.close(fd)
             raise HoldActive(
                 f"a hold is already active in {rundir}"
@@ -216,6 +219,8 @@ class Holder:
         self.record_thread: threading.Thread | None = None
         # Requests that arrived while quiescing, answered once the hold exists.
         self.pending: list[tuple[socket.socket, str]] = []
+        self.liveness_stop = threading.Event()
+        self.liveness: threading.Thread | None = None
 
     # ------------------------------------------------------------------ startup
     def start(self) -> dict[str, Any]:
@@ -270,18 +275,12 @@ class Holder:
         self.hold = Hold(quiescers, timeout=settings.pre_timeout_seconds, log=self.log,
                          on_held=on_held)
         self.log(f"quiescing {len(quiescers)} instance(s) from {settings.path}")
-        answering = threading.Event()
-        answerer = threading.Thread(target=self._answer_while_quiescing, args=(answering,),
-                                    daemon=True, name="answer-while-quiescing")
-        answerer.start()
         try:
-            self.hold.quiesce_all()
+            with self._answering():
+                self.hold.quiesce_all()
         except QuiesceFailed as exc:
             self.guardian.send(op="released")
             return self._failure(str(exc), [r.to_dict() for r in exc.results])
-        finally:
-            answering.set()
-            answerer.join()
         if self.stop_signal is not None:
             # Told to stop while quiescing: do not report a hold that is about to end.
             name = signal.Signals(self.stop_signal).name
@@ -314,10 +313,10 @@ class Holder:
         }
 
     def _answer_while_quiescing(self, done: threading.Event) -> None:
-        """Answer ``status`` while the main thread quiesces; keep other requests for later.
+        """Answer ``status`` while the main thread quiesces or releases; keep other requests.
 
-        So a second ``pre`` or ``quiesce status`` learns at once that a hold is being set up,
-        and a ``post`` that comes early is answered as soon as the hold exists.
+        So a second ``pre`` or ``quiesce status`` learns at once that a hold is being set up
+        (or released), and a ``post`` that comes early is answered as soon as the hold exists.
         """
         while not done.is_set():
             try:
@@ -332,13 +331,30 @@ class Holder:
             op = self._read_request(conn)
             if op == "status":
                 with conn:
-                    self._send(conn, {"ok": True, "state": "quiescing", "run_id": self.run_id,
-                                      "holder_pid": os.getpid(), "config": self.config,
-                                      "since": None, "until": None, "instances": []})
+                    if self.hold is not None and self.state != "quiescing":
+                        self._send(conn, self._status())
+                    else:
+                        self._send(conn, {"ok": True, "state": "quiescing",
+                                          "run_id": self.run_id, "holder_pid": os.getpid(),
+                                          "config": self.config, "since": None,
+                                          "until": None, "instances": []})
             elif op is None:
                 conn.close()
             else:
                 self.pending.append((conn, op))
+
+    @contextlib.contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Keep answering ``status`` in a thread while the main thread is busy."""
+        done = threading.Event()
+        answerer = threading.Thread(target=self._answer_while_quiescing, args=(done,),
+                                    daemon=True, name="answer-while-busy")
+        answerer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            answerer.join()
 
     def _failure(self, message: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
         self.state = "failed"
@@ -372,7 +388,9 @@ class Holder:
     # ------------------------------------------------------------------ serving
     def serve(self) -> None:
         assert self.hold is not None and self.settings is not None
-        next_poll = time.monotonic() + POLL_SECONDS
+        self.liveness = threading.Thread(target=self._watch_sessions, daemon=True,
+                                         name="liveness")
+        self.liveness.start()
         pending, self.pending = self.pending, []
         for index, (conn, op) in enumerate(pending):
             with conn:
@@ -393,20 +411,14 @@ class Holder:
                     f"max_hold_seconds ({self.settings.max_hold_seconds:g} s) passed before "
                     "'post' came")
                 continue
-            if self.state == "holding" and now >= next_poll:
-                lost = self.hold.check_alive()
-                for result in lost:
-                    self.guardian.send(op="dropped", plugin=result.plugin, name=result.name)
-                if lost and not self.hold.held():
-                    self._finish_without_post("every held session was lost")
-                next_poll = time.monotonic() + POLL_SECONDS
+            if self.state == "holding" and not self.hold.held():
+                self._finish_without_post("every held session was lost")
             if self.linger_until is not None and now >= self.linger_until:
                 self.log("nobody collected the result; exiting (result.json keeps it)")
                 return
             waits = [POLL_SECONDS]
             if self.state == "holding" and self.deadline is not None:
                 waits.append(self.deadline - now)
-                waits.append(next_poll - now)
             if self.linger_until is not None:
                 waits.append(self.linger_until - now)
             timeout = max(0.0, min(waits))
@@ -423,6 +435,15 @@ class Holder:
             with conn:
                 if self._handle(conn):
                     return
+
+    def _watch_sessions(self) -> None:
+        """Liveness thread: poll every held session about once a second until released."""
+        assert self.hold is not None
+        while not self.liveness_stop.wait(POLL_SECONDS):
+            if self.state != "holding":
+                return
+            for result in self.hold.check_alive():
+                self.guardian.send(op="dropped", plugin=result.plugin, name=result.name)
 
     def _handle(self, conn: socket.socket) -> bool:
         """Answer one request; True when the holder should exit afterwards."""
@@ -524,7 +545,10 @@ class Holder:
 
     def _release(self) -> dict[str, Any]:
         assert self.hold is not None
-        self.hold.release_all(RELEASED)
+        self.liveness_stop.set()
+        self.state = "releasing"
+        with self._answering():
+            self.hold.release_all(RELEASED)
         self.guardian.send(op="released")
         self.state = "released"
         self.final = self._outcome("released")
@@ -534,7 +558,10 @@ class Holder:
     def _auto_release(self, why: str) -> None:
         assert self.hold is not None and self.settings is not None
         self.log(f"automatic release: {why}")
-        self.hold.release_all(AUTO_RELEASED, note=why)
+        self.liveness_stop.set()
+        self.state = "releasing"
+        with self._answering():
+            self.hold.release_all(AUTO_RELEASED, note=why)
         self.guardian.send(op="released")
         self._finish_without_post(why)
 
@@ -598,6 +625,7 @@ class Holder:
 
     def shutdown(self) -> None:
         """Stop listening, write the record (nothing is held any more), release the lock."""
+        self.liveness_stop.set()
         for conn, _ in self.pending:
             conn.close()
         self.pending = []

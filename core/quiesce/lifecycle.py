@@ -12,7 +12,12 @@
 - All or nothing: if one instance fails, every instance already quiesced is aborted in reverse
   order (LIFO), all are closed, and :class:`QuiesceFailed` names each failing instance and why.
 - ``release_all`` goes in reverse order of quiescing; each release has its own ``try`` so one
-  failure never skips another's release.
+  failure never skips another's release. Each release runs in its own thread: the next one
+  starts when the previous one returns, or after RELEASE_STAGGER seconds if it has not, so a
+  server that stopped answering never lengthens the other instances' hold (their writers stay
+  blocked for as long as they are held) by more than that.
+- A Quiescer is never called from two threads at once: ``check_alive`` (run by the holder's
+  liveness thread) and ``release`` of the same instance take turns on a per-instance lock.
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ SKIPPED = "skipped"  # never quiesced because another instance failed first
 
 # Extra seconds a thread gets past its deadline before the call counts as hung.
 JOIN_GRACE = 5.0
+# How long a release that has not returned holds up the next instance's release.
+RELEASE_STAGGER = 1.0
+# Extra seconds a release gets past release_timeout (plugins may first wait out a liveness
+# check of their own) before it counts as hung.
+RELEASE_GRACE = 30.0
 
 
 def describe(exc: BaseException) -> str:
@@ -88,10 +98,14 @@ class QuiesceFailed(EngineError):
 
 
 class _Slot:
-    __slots__ = ("closed", "held_at", "quiescer", "released_at", "result", "taken_order")
+    __slots__ = ("busy", "closed", "held_at", "quiescer", "released_at", "result",
+                 "taken_order")
 
     def __init__(self, quiescer: Quiescer) -> None:
         self.quiescer = quiescer
+        # Held while a thread is inside the quiescer after it was held (check_alive, release):
+        # plugins are not thread-safe, and their calls must take turns.
+        self.busy = threading.Lock()
         self.result = InstanceResult(plugin=quiescer.engine, name=quiescer.name)
         self.held_at: float | None = None  # monotonic
         self.released_at: float | None = None
@@ -245,55 +259,97 @@ class Hold:
         return tokens
 
     def check_alive(self) -> list[InstanceResult]:
-        """Poll every held instance; those whose session died become "lost" (and aborted)."""
+        """Poll every held instance; those whose session died become "lost" (and aborted).
+
+        Safe to run in a thread of its own while ``release_all`` runs: an instance being
+        released is skipped, and one being checked is released once its check returns.
+        """
         lost = []
         for slot in self.slots:
             if slot.result.status != HELD:
                 continue
-            try:
-                slot.quiescer.check_alive()
-            except Exception as exc:
-                slot.released_at = time.monotonic()
-                slot.result.status = LOST
-                slot.result.held_seconds = slot.held_seconds()
-                kind = "session lost" if isinstance(exc, SessionLost) else "check failed"
-                slot.result.error = f"{kind} while held: {describe(exc)}"
-                self.log(f"{slot.result.plugin}/{slot.result.name}: {slot.result.error}")
-                self._abort(slot)
-                self._close(slot)
-                lost.append(slot.result)
+            with slot.busy:
+                if slot.result.status != HELD:
+                    continue  # released meanwhile
+                try:
+                    slot.quiescer.check_alive()
+                except Exception as exc:
+                    kind = "session lost" if isinstance(exc, SessionLost) else "check failed"
+                    with self._order_lock:
+                        slot.released_at = time.monotonic()
+                        slot.result.status = LOST
+                        slot.result.held_seconds = slot.held_seconds()
+                        slot.result.error = f"{kind} while held: {describe(exc)}"
+                    self.log(f"{slot.result.plugin}/{slot.result.name}: {slot.result.error}")
+                    self._abort(slot)
+                    self._close(slot)
+                    lost.append(slot.result)
         return lost
 
     # ----------------------------------------------------------------- release
     def release_all(self, status: str = RELEASED, note: str | None = None
                     ) -> list[InstanceResult]:
-        """Release every held instance in reverse order of quiescing; never skips one."""
+        """Release every held instance in reverse order of quiescing; never skips one.
+
+        Each release runs in its own thread; the next starts once the previous returned, or
+        after RELEASE_STAGGER seconds if it has not (a hung server must not keep the others
+        locked). Returns when every release has returned or given up.
+        """
         taken = sorted((s for s in self.slots if s.result.status == HELD),
                        key=lambda s: s.taken_order, reverse=True)
+        threads: list[tuple[_Slot, threading.Thread]] = []
         for slot in taken:
-            result = slot.result
+            thread = threading.Thread(target=self._release_one, args=(slot, status, note),
+                                      daemon=True,
+                                      name=f"release-{slot.result.plugin}-{slot.result.name}")
+            thread.start()
+            threads.append((slot, thread))
+            thread.join(RELEASE_STAGGER)
+        for slot, thread in threads:
+            thread.join(self.release_timeout + RELEASE_GRACE)
+            if thread.is_alive():
+                with self._order_lock:
+                    if slot.result.status == HELD:
+                        slot.released_at = time.monotonic()
+                        slot.result.held_seconds = slot.held_seconds()
+                        slot.result.status = FAILED
+                        slot.result.note = "hung"
+                        slot.result.error = (
+                            f"release did not return within "
+                            f"{self.release_timeout + RELEASE_GRACE:g} s (the plugin ignored "
+                            "its deadline); the holder's exit closes its connection")
+                self.log(f"{slot.result.plugin}/{slot.result.name}: {slot.result.error}")
+        return self.results()
+
+    def _release_one(self, slot: _Slot, status: str, note: str | None) -> None:
+        result = slot.result
+        with slot.busy:
+            if result.status != HELD:
+                return  # lost while its liveness check held the turn
             try:
                 metadata = slot.quiescer.release(Deadline(self.release_timeout))
             except SessionLost as exc:
-                result.status = LOST
-                result.error = f"session lost before release: {describe(exc)}"
+                outcome, error, metadata = LOST, f"session lost before release: {describe(exc)}", {}
                 self._abort(slot)
             except BaseException as exc:
-                result.status = FAILED
-                result.error = f"release failed: {describe(exc)}"
+                outcome, error, metadata = FAILED, f"release failed: {describe(exc)}", {}
                 self._abort(slot)
             else:
-                result.status = status
-                result.metadata = dict(metadata or {})
-                if note:
-                    result.note = note
-            finally:
+                outcome, error = status, None
+            with self._order_lock:
+                if result.status != HELD:
+                    return  # the core gave up on this release (hung) and reported it
                 slot.released_at = time.monotonic()
                 result.held_seconds = slot.held_seconds()
-                self._close(slot)
-            if result.error:
-                self.log(f"{result.plugin}/{result.name}: {result.error}")
-        return self.results()
+                result.status = outcome
+                result.error = error
+                if error is None:
+                    result.metadata = dict(metadata or {})
+                    if note:
+                        result.note = note
+            self._close(slot)
+        if result.error:
+            self.log(f"{result.plugin}/{result.name}: {result.error}")
 
     def results(self) -> list[InstanceResult]:
         now = time.monotonic()

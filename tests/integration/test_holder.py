@@ -466,3 +466,32 @@ def test_post_right_after_a_holder_sigkill_waits_for_the_guardian(q: Q) -> None:
     assert code == 1
     assert outcome["instances"][0]["status"] == "lost"
     assert not Path(str(q.lock()) + ".held").exists()
+
+
+def test_a_session_that_stops_answering_does_not_delay_post_for_the_others(q: Q) -> None:
+    """One server hanging in a liveness check must not keep the other instance locked.
+
+    "b" stalls its check_alive while a file exists (a server that stopped answering); the
+    holder must still take 'post' at once and release "a" while b's check is stuck.
+    """
+    stall = q.base / "stall"
+    q.toml(flock_section(q, "a") + flock_section(q, "b", stall_checks_while=str(stall)))
+    q.pre_json()
+    stall.touch()
+    wait_for(lambda: Path(str(stall) + ".seen").exists(), 30, "b's check to stall")
+    post = subprocess.Popen(
+        [sys.executable, "-m", "quiesce", "post", "--runtime-dir", str(q.rundir), "--json"],
+        env=q.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        wait_for(lambda: lock_is_free(q.lock("a")), 60, "a to be released while b hangs")
+        assert stall.exists() and post.poll() is None  # b's check is still stuck
+        assert not lock_is_free(q.lock("b"))
+        status = q.status_json()  # the holder still answers
+        assert status["holder_pid"]
+    finally:
+        stall.unlink()
+    out, err = post.communicate(timeout=120)
+    assert post.returncode == 0, out + err
+    assert {i["name"]: i["status"] for i in json.loads(out)["instances"]} == {
+        "a": "released", "b": "released"}
+    assert lock_is_free(q.lock("b"))

@@ -58,6 +58,9 @@ class Fake(Quiescer):
         self._step("quiesce")
 
     def check_alive(self) -> None:
+        hook = self.wait.get("check_alive")
+        if hook is not None:
+            hook()
         self.rec.add(self.name, "check_alive")
         if self.lose:
             raise SessionLost(f"{self.name}: server restarted")
@@ -240,3 +243,92 @@ def test_on_held_sees_each_instance_as_soon_as_it_is_held() -> None:
     hold.quiesce_all()
     assert sorted(seen) == ["a", "b"]
     hold.release_all()
+
+
+def _run_in_thread(target: Any) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_until(condition: Any, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_hung_liveness_check_does_not_delay_the_other_instances_release() -> None:
+    """A server that stops answering one check must not keep the other servers locked."""
+    rec = Recorder()
+    in_check = threading.Event()
+    unblock = threading.Event()
+
+    def hang() -> None:
+        in_check.set()
+        assert unblock.wait(30)
+
+    stalled = Fake("stalled", rec)
+    hold = Hold([Fake("other", rec), stalled], timeout=10)
+    hold.quiesce_all()
+    stalled.wait["check_alive"] = hang
+    checker = _run_in_thread(hold.check_alive)
+    try:
+        assert in_check.wait(10)
+        releaser = _run_in_thread(hold.release_all)
+        # "other" is released while the check of "stalled" is still blocked.
+        _wait_until(lambda: "other" in rec.steps("release"), "the other instance's release")
+        assert not unblock.is_set() and "stalled" not in rec.steps("release")
+    finally:
+        unblock.set()
+    checker.join(10)
+    releaser.join(10)
+    assert not releaser.is_alive()
+    # Once its check returned, the stalled instance was released too (never concurrently).
+    assert {r.name: r.status for r in hold.results()} == {"other": "released",
+                                                         "stalled": "released"}
+    assert rec.index("stalled", "release") > rec.index("stalled", "check_alive")
+
+
+def test_a_hung_release_does_not_hold_up_the_next_one_and_order_is_kept() -> None:
+    rec = Recorder()
+    in_release = threading.Event()
+    unblock = threading.Event()
+
+    def hang() -> None:
+        in_release.set()
+        assert unblock.wait(30)
+
+    hold = Hold([Fake("first", rec), Fake("last", rec, wait={"release": hang})], timeout=10)
+    hold.quiesce_all()
+    for order, slot in enumerate(hold.slots):  # "last" was quiesced last: released first
+        slot.taken_order = order
+    releaser = _run_in_thread(hold.release_all)
+    try:
+        assert in_release.wait(10)
+        _wait_until(lambda: "first" in rec.steps("release"), "the next release to start")
+        assert not unblock.is_set() and "last" not in rec.steps("release")
+    finally:
+        unblock.set()
+    releaser.join(10)
+    assert not releaser.is_alive()
+    assert [r.status for r in hold.results()] == ["released", "released"]
+
+
+def test_a_release_that_never_returns_is_failed_not_waited_for_forever(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lifecycle, "RELEASE_GRACE", 0.2)
+    monkeypatch.setattr(lifecycle, "RELEASE_STAGGER", 0.05)
+    rec = Recorder()
+    unblock = threading.Event()
+    hold = Hold([Fake("ok", rec), Fake("stuck", rec, wait={"release": lambda: unblock.wait(30)})],
+                timeout=10, release_timeout=0.1)
+    hold.quiesce_all()
+    try:
+        results = {r.name: r for r in hold.release_all()}
+    finally:
+        unblock.set()
+    assert results["ok"].status == "released"
+    assert results["stuck"].status == "failed"
+    assert "release did not return" in (results["stuck"].error or "")
+    assert results["stuck"].held_seconds is not None

@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
         except QuiesceError:
             state = None
         if state is not None:
-            if state.get("state") in ("holding", "quiescing", "starting"):
+            if state.get("state") in ("holding", "quiescing", "releasing", "starting"):
                 raise HoldActive(
                     f"a hold is already active (run {state.get('run_id')}, holder pid "
                     f"{state.get('holder_pid')}, state {state.get('state')}); it is left "

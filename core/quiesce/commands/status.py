@@ -26,7 +26,7 @@ def main(args: argparse.Namespace) -> int:
     rundir = proto.runtime_dir(args.runtime_dir)
     try:
         state = proto.request(rundir, "status", timeout=10.0)
-        state["held"] = state.get("state") in ("holding", "quiescing")
+        state["held"] = state.get("state") in ("holding", "quiescing", "releasing")
     except NoActiveHold:
         state = {"held": False, "state": "idle", "holder_pid": None, "instances": []}
         pending = None

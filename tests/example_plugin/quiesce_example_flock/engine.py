@@ -66,6 +66,13 @@ class FlockQuiescer(Quiescer):
                 handle.write(self.token)
 
     def check_alive(self) -> None:
+        stall = str(self.settings.options.get("stall_checks_while") or "")
+        if stall and os.path.exists(stall):
+            with open(stall + ".seen", "w", encoding="ascii"):
+                pass
+            give_up = time.monotonic() + 120
+            while os.path.exists(stall) and time.monotonic() < give_up:
+                time.sleep(0.05)
         try:
             on_disk = os.stat(self.path)
         except FileNotFoundError:

@@ -22,6 +22,9 @@ SCHEMA = Table({
     "prepare_delay": Field((int, float), default=0, minimum=0),
     "quiesce_delay": Field((int, float), default=0, minimum=0),
     "lock_wait_seconds": Field((int, float), default=5, minimum=0),
+    # check_alive stalls (up to 120 s) while this file exists, like a server that stopped
+    # answering; "<file>.seen" is created when a check starts stalling.
+    "stall_checks_while": Field(str, default=""),
 })
 
 
