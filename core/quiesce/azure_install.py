@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from quiesce.atomic import write_atomic
 from quiesce.errors import QuiesceError
 from quiesce.settings import DEFAULT_MAX_HOLD, DEFAULT_PRE_TIMEOUT
 
@@ -266,26 +267,8 @@ def _ensure_dirs(prefix: str) -> None:
 
 
 def _write(planned: PlannedFile) -> None:
-    directory = os.path.dirname(planned.path)
-    tmp = os.path.join(directory, f".{os.path.basename(planned.path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 planned.mode)
-    try:
-        if os.geteuid() == 0:
-            os.fchown(fd, 0, 0)
-        os.fchmod(fd, planned.mode)
-        view = memoryview(planned.content)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    if planned.backup:
-        os.link(planned.path, planned.backup)
-    os.replace(tmp, planned.path)
+    write_atomic(planned.path, planned.content, planned.mode, root_owned=True,
+                 backup=planned.backup or None)
 
 
 def apply(files: Sequence[PlannedFile]) -> None:

@@ -25,6 +25,7 @@ import stat
 import time
 from typing import Any
 
+from quiesce.atomic import write_atomic
 from quiesce.errors import QuiesceError
 
 DEFAULT_STATE_DIR = "/var/lib/quiesce"
@@ -82,28 +83,6 @@ def ensure_dir(path: str, mode: int = 0o700) -> None:
     os.chmod(path, mode)
 
 
-def _write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def record_path(state_dir: str, run_id: str) -> str:
@@ -124,8 +103,8 @@ def write_record(state_dir: str, record: dict[str, Any]) -> str:
     path = record_path(state_dir, run_id)
     document = {"record_version": RECORD_VERSION, **record}
     data = json.dumps(document, indent=2, sort_keys=True, default=str).encode() + b"\n"
-    _write_atomic(path, data)
-    _write_atomic(os.path.join(state_dir, LATEST), run_id.encode() + b"\n")
+    write_atomic(path, data)
+    write_atomic(os.path.join(state_dir, LATEST), run_id.encode() + b"\n")
     return path
 
 

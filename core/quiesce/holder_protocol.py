@@ -26,6 +26,7 @@ import socket
 import stat
 from typing import Any
 
+from quiesce.atomic import write_atomic
 from quiesce.errors import HolderError, NoActiveHold
 
 DEFAULT_RUNTIME_DIR = "/run/quiesce"
@@ -177,27 +178,6 @@ def consume_result(rundir: str) -> None:
 
 
 def write_json_atomic(path: str, document: Any, mode: int = 0o600) -> None:
-    """tmp + fsync + rename in the same directory: readers see the old or the new file."""
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    """Readers see the old or the new file, never half of one."""
     data = json.dumps(document, indent=2, sort_keys=True, default=str).encode() + b"\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, data, mode)
