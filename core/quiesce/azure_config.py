@@ -34,10 +34,21 @@ def _absolute(value: str) -> str | None:
     return None
 
 
-def _no_nul(values: list[Any]) -> str | None:
+#: Linux refuses to exec with any one argument longer than this (MAX_ARG_STRLEN, 32 pages,
+#: counting the terminating NUL): caught here, not as an exec failure in the middle of a run.
+MAX_ARG_BYTES = 32 * 4096 - 1
+
+
+def _argv_safe(values: list[Any]) -> str | None:
     for i, item in enumerate(values):
-        if isinstance(item, str) and "\0" in item:
+        if not isinstance(item, str):
+            continue
+        if "\0" in item:
             return f"element {i} contains a NUL character, which cannot be passed as an argument"
+        size = len(item.encode("utf-8", "surrogatepass"))
+        if size > MAX_ARG_BYTES:
+            return (f"element {i} is {size} bytes long; Linux cannot pass an argument longer "
+                    f"than {MAX_ARG_BYTES} bytes to a program")
     return None
 
 
@@ -50,8 +61,10 @@ SCHEMA = Table(
                             hint='write "pluginName": "ScriptRunner" (Azure requires it)'),
         "preScriptLocation": Field(str, required=True, check=_absolute, hint=_PATH_HINT),
         "postScriptLocation": Field(str, required=True, check=_absolute, hint=_PATH_HINT),
-        "preScriptParams": Field(list, default=[], items=str, check=_no_nul, hint=_PARAMS_HINT),
-        "postScriptParams": Field(list, default=[], items=str, check=_no_nul, hint=_PARAMS_HINT),
+        "preScriptParams": Field(list, default=[], items=str, check=_argv_safe,
+                                 hint=_PARAMS_HINT),
+        "postScriptParams": Field(list, default=[], items=str, check=_argv_safe,
+                                 hint=_PARAMS_HINT),
         "preScriptNoOfRetries": Field(int, default=0, minimum=0,
                                       hint="0 means one attempt, no retry"),
         "postScriptNoOfRetries": Field(int, default=0, minimum=0,

@@ -194,3 +194,27 @@ def test_not_utf8() -> None:
 def test_nul_in_params_is_refused() -> None:
     (problem,) = problems_of(with_(preScriptParams=["a\u0000b"]))
     assert "NUL" in problem.message
+
+
+def test_an_argument_too_long_for_exec_is_refused_when_loading() -> None:
+    # Linux's per-argument limit: a longer param would only fail at exec, mid-run.
+    from quiesce.azure_config import MAX_ARG_BYTES
+
+    parse(with_(postScriptParams=["x" * MAX_ARG_BYTES]))  # the longest that execs: accepted
+    (problem,) = problems_of(with_(postScriptParams=["ok", "é" * MAX_ARG_BYTES]))
+    assert problem.where == "postScriptParams"
+    assert "element 1" in problem.message and f"{2 * MAX_ARG_BYTES} bytes" in problem.message
+
+
+def test_the_longest_accepted_argument_really_execs() -> None:
+    import subprocess
+    import sys
+
+    from quiesce.azure_config import MAX_ARG_BYTES
+
+    code = "import sys; print(len(sys.argv[1]))"
+    done = subprocess.run([sys.executable, "-c", code, "x" * MAX_ARG_BYTES],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == str(MAX_ARG_BYTES)
+    with pytest.raises(OSError, match="too long"):
+        subprocess.run([sys.executable, "-c", code, "x" * (MAX_ARG_BYTES + 1)], check=False)
