@@ -123,6 +123,36 @@ class Prepared:
             trusted.close()
 
 
+def status_file_problems(path: str) -> list[Problem]:
+    """Whether the status file can be written where it is asked for, checked before anything
+    runs: automation waiting for that file must not find nothing after a run that otherwise
+    went fine (it is written once, at the end)."""
+    where = "--status-file"
+    target = os.path.abspath(path)
+    directory = os.path.dirname(target)
+    if os.path.isdir(target):
+        return [Problem(where, f"{path} is a directory", "name a file, e.g. "
+                        f"{os.path.join(target, 'quiesce-status.json')}")]
+    if not os.path.isdir(directory):
+        return [Problem(where, f"the directory {directory} does not exist",
+                        f"create it (mkdir -p {directory}) or choose another --status-file")]
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return [Problem(where, f"the directory {directory} is not writable by uid "
+                        f"{os.geteuid()}", "choose a directory quiesce can write to")]
+    return []
+
+
+def root_problems(command: str) -> list[Problem]:
+    """``quiesce run``/``check`` as non-root can never pass: the config and scripts must be
+    root-only files and freezing needs CAP_SYS_ADMIN. Say that, not "permission denied"."""
+    uid = os.geteuid()
+    if uid == 0:
+        return []
+    return [Problem(f"quiesce {command}", f"runs as uid {uid}, not root: the config and "
+                    "scripts are readable only by root and freezing needs root",
+                    f"run it as root, e.g. sudo quiesce {command} ...")]
+
+
 def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
     """Check everything a run needs, collecting every problem; run nothing."""
     errors: list[RunError] = []
@@ -130,6 +160,9 @@ def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
     def add(problems: Sequence[Problem], default: str = report.VALIDATION_FAILED) -> None:
         errors.extend(RunError.from_problem(p, "validate", default) for p in problems)
 
+    add(root_problems("run"))
+    if options.status_file:
+        add(status_file_problems(options.status_file))
     provider = snapshot.make_provider(options.snapshot_command)
     add(provider.problems(), report.SNAPSHOT_FAILED)
     if not options.freeze_timeout > 0 or options.freeze_timeout == float("inf"):
@@ -568,6 +601,7 @@ def check(config_path: str, freeze_mounts: Sequence[str] | None = None) -> Check
     def add(problems: Sequence[Problem], default: str = report.VALIDATION_FAILED) -> None:
         result.errors.extend(RunError.from_problem(p, "check", default) for p in problems)
 
+    add(root_problems("check"))
     script_paths: dict[str, str] = {}
     try:
         result.config = azure_config.load_azure_config(config_path)

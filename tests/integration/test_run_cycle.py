@@ -380,6 +380,19 @@ def test_unsafe_pre_script_blocks_the_run(two_mounts: Env) -> None:
     assert env.ran() == []
 
 
+def test_status_file_in_a_missing_directory_runs_nothing(two_mounts: Env) -> None:
+    env = two_mounts
+    argv = env.argv()
+    argv[argv.index("--status-file") + 1] = str(env.root / "no-such-dir" / "status.json")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    status = json.loads(proc.stdout)  # the status still reaches stdout
+    assert proc.returncode == 2 and status["snapshot_taken"] is False
+    (error,) = status["errors"]
+    assert error["message"].startswith("--status-file") and "mkdir -p" in error["hint"]
+    assert env.ran() == []
+    env.assert_thawed()
+
+
 def test_bad_freeze_mount_runs_nothing(env: Env) -> None:
     env.mounts = [str(env.root)]  # a directory on /, not a mount point: refused, not frozen
     rc, status, _ = env.run()

@@ -186,3 +186,27 @@ def test_snapshot_command_gets_run_id_and_mounts_and_output_stays_in_memory() ->
     result = cmd.take("run-1", ["/a", "/b c"], 30.0)
     assert result.taken is False and result.exit_code == 3
     assert result.output == ["stdout: run-1|/a", "stdout: /b c"]
+
+
+def test_status_file_problems(tmp_path: Path) -> None:
+    from quiesce.runner import status_file_problems
+
+    assert status_file_problems(str(tmp_path / "status.json")) == []
+    (missing,) = status_file_problems(str(tmp_path / "no" / "such" / "status.json"))
+    assert "does not exist" in missing.message and "mkdir -p" in missing.hint
+    (is_dir,) = status_file_problems(str(tmp_path))
+    assert "is a directory" in is_dir.message
+
+
+def test_validation_as_non_root_says_root_is_needed(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from quiesce import runner
+
+    config = tmp_path / "cfg.json"
+    config.write_text("{}")
+    monkeypatch.setattr(runner.os, "geteuid", lambda: 65534)
+    prepared, errors = runner.validate(runner.RunOptions(config_path=str(config)))
+    assert prepared is None
+    assert "not root" in errors[0].message and "sudo quiesce run" in errors[0].hint
+    result = runner.check(str(config), freeze_mounts=None)
+    assert "not root" in result.errors[0].message and not result.ok
