@@ -528,6 +528,24 @@ def test_check_passes_a_good_config_and_lists_mounts(two_mounts: Env) -> None:
     two_mounts.assert_thawed()
 
 
+def test_check_limited_by_freeze_mount_lists_only_those_in_freeze_order(
+        two_mounts: Env) -> None:
+    env = two_mounts
+    argv = [*env.cmd, "check", "--config", str(env.config)]
+    for m in env.mounts:
+        argv += ["--freeze-mount", m]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout
+    listed = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("    ")]
+    assert listed == [m.mount_point for m in discover_mounts(env.mounts)]  # nothing else
+    bad = subprocess.run([*env.cmd, "check", "--config", str(env.config), "--freeze-mount",
+                          str(env.root)], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert bad.returncode == 2 and "FreezeFailed" in bad.stdout and "not a mount point" in \
+        bad.stdout
+    two_mounts.assert_thawed()
+
+
 def test_check_reports_every_problem_with_code_and_fix(env: Env) -> None:
     env.write_config(timeoutInSeconds=0, preScriptLocation=str(env.root / "missing.sh"))
     os.chmod(env.root / "post.sh", 0o604)

@@ -1,6 +1,7 @@
 """``quiesce check``: validate an Azure config, its scripts and the mounts, running nothing.
 
-Prints every problem with its code and how to fix it, and the filesystems a run would freeze.
+Prints every problem with its code and how to fix it, and the filesystems a run would freeze
+(limited, like ``quiesce run``, by ``--freeze-mount``).
 Exit 0 when all is well, 2 otherwise.
 """
 
@@ -14,6 +15,10 @@ DEFAULT_CONFIG = "/etc/azure/VMSnapshotScriptPluginConfig.json"
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="PATH", default=DEFAULT_CONFIG,
                         help=f"the Azure script config (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--freeze-mount", metavar="PATH", action="append", dest="freeze_mounts",
+                        help="check only this mount point, as `quiesce run --freeze-mount` "
+                             "would freeze it (repeatable); default: every freezable local "
+                             "filesystem")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -21,6 +26,6 @@ def main(args: argparse.Namespace) -> int:
 
     from quiesce.runner import check, format_check
 
-    result = check(args.config)
+    result = check(args.config, args.freeze_mounts)
     sys.stdout.write(format_check(result))
     return 0 if result.ok else 2
