@@ -569,6 +569,7 @@ class CheckResult:
     checked: list[tuple[str, str]] = field(default_factory=list)  # (what, "ok"/"problems")
     mounts: list[Any] = field(default_factory=list)
     freeze_enabled: bool | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -623,6 +624,10 @@ def check(config_path: str, freeze_mounts: Sequence[str] | None = None) -> Check
                         AzureCode.for_phase(phase, "failed"), "check",
                         f"{path}: has no interpreter line ('#!')",
                         f"add '#!/bin/sh' (or its interpreter) as the first line of {path}"))
+                else:
+                    note = scripts.azure_shell_note(path, trusted.fd)
+                    if note:
+                        result.notes.append(note)
         except TrustedFileNotFound as exc:
             result.errors.append(RunError.azure(
                 AzureCode.for_phase(phase, "not-found"), "check", str(exc),
@@ -656,6 +661,7 @@ def format_check(result: CheckResult) -> str:
         lines.extend(f"    {m.mount_point} ({m.fstype} on {m.source})" for m in result.mounts)
     else:
         lines.append("  would freeze: nothing (no freezable filesystem found)")
+    lines.extend(f"note: {note}" for note in result.notes)
     for error in result.errors:
         number = f" ({error.number})" if error.number is not None else ""
         lines.append(f"problem {error.code}{number}: {error.message}")

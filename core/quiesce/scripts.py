@@ -113,6 +113,35 @@ def has_interpreter_line(fd: int) -> bool:
     return head.startswith(b"#!") or head == b"\x7fELF"
 
 
+def interpreter_of(fd: int) -> str | None:
+    """The program a ``#!`` line names (after ``env``, its argument), ``"ELF"`` for a binary,
+    None when there is neither."""
+    head = os.pread(fd, 256, 0)
+    if head.startswith(b"\x7fELF"):
+        return "ELF"
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
+    if not words:
+        return None
+    if os.path.basename(words[0]) == "env":
+        rest = [w for w in words[1:] if not w.startswith("-")]
+        return rest[0] if rest else words[0]
+    return words[0]
+
+
+def azure_shell_note(path: str, fd: int) -> str | None:
+    """Why the script may behave differently under Azure's extension, which ignores the
+    shebang and runs ``sh <script>``; None for a plain ``sh`` script."""
+    interpreter = interpreter_of(fd)
+    if interpreter is None or os.path.basename(interpreter) == "sh":
+        return None
+    what = "a binary" if interpreter == "ELF" else f"written for {interpreter}"
+    return (f"{path} is {what}: quiesce runs it as such, but Azure's own extension ignores the "
+            "shebang and runs `sh <script>`; under Azure it needs to work with sh too (or be "
+            "a sh wrapper that execs it)")
+
+
 class _LineSplitter:
     def __init__(self, stream: str, sink: Sink, tail: deque[str]) -> None:
         self.stream = stream

@@ -546,6 +546,19 @@ def test_check_limited_by_freeze_mount_lists_only_those_in_freeze_order(
     two_mounts.assert_thawed()
 
 
+def test_check_notes_a_script_that_azure_would_run_under_sh(env: Env) -> None:
+    path = env.root / "pre.py"
+    path.write_text(f"#!{sys.executable}\nprint('hi')\n")
+    os.chmod(path, 0o700)
+    env.write_config(preScriptLocation=str(path))
+    proc = run_check(env)
+    assert proc.returncode == 0, proc.stdout  # a note, not a problem
+    (note,) = [line for line in proc.stdout.splitlines() if line.startswith("note:")]
+    assert str(path) in note and "sh <script>" in note
+    env.write_config()  # the #!/bin/sh scripts of the fixture: no note
+    assert "note:" not in run_check(env).stdout
+
+
 def test_check_reports_every_problem_with_code_and_fix(env: Env) -> None:
     env.write_config(timeoutInSeconds=0, preScriptLocation=str(env.root / "missing.sh"))
     os.chmod(env.root / "post.sh", 0o604)

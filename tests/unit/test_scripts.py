@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections import deque
+from pathlib import Path
+
+import pytest
 
 from quiesce.errors import AzureCode
 from quiesce.scripts import MAX_LINE, Attempt, ScriptResult, _LineSplitter
@@ -46,3 +50,42 @@ def test_result_codes_and_descriptions() -> None:
     never = ScriptResult("pre", "/s", [])
     assert not never.ok and never.code is AzureCode.PRE_SCRIPT_EXECUTION_FAILED
     assert "not run" in never.describe()
+
+
+@pytest.mark.parametrize(("first_line", "interpreter"), [
+    (b"#!/bin/sh\n", "/bin/sh"),
+    (b"#! /bin/bash -e\n", "/bin/bash"),
+    (b"#!/usr/bin/env python3\n", "python3"),
+    (b"#!/usr/bin/env -S python3 -u\n", "python3"),
+    (b"\x7fELF\x02\x01", "ELF"),
+    (b"echo no shebang\n", None),
+    (b"#!\n", None),
+])
+def test_interpreter_of(tmp_path: Path, first_line: bytes, interpreter: str | None) -> None:
+    from quiesce.scripts import interpreter_of
+
+    path = tmp_path / "script"
+    path.write_bytes(first_line + b"echo hi\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert interpreter_of(fd) == interpreter
+    finally:
+        os.close(fd)
+
+
+def test_azure_shell_note_only_for_scripts_sh_would_not_run_as_written(tmp_path: Path) -> None:
+    from quiesce.scripts import azure_shell_note
+
+    def note(first_line: bytes) -> str | None:
+        path = tmp_path / "s"
+        path.write_bytes(first_line + b"\n")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return azure_shell_note(str(path), fd)
+        finally:
+            os.close(fd)
+
+    assert note(b"#!/bin/sh") is None and note(b"#!/usr/bin/env sh") is None
+    text = note(b"#!/usr/bin/python3")
+    assert text is not None and "python3" in text and "sh <script>" in text
+    assert note(b"#!/bin/bash") is not None
