@@ -271,13 +271,15 @@ class PostgresQuiescer(Quiescer):
                    CASE WHEN %s >= 150000
                         THEN pg_has_role(current_user, 'pg_checkpoint', 'MEMBER')
                         ELSE false END,
-                   has_function_privilege('pg_control_checkpoint()', 'EXECUTE')
+                   has_function_privilege('pg_control_checkpoint()', 'EXECUTE'),
+                   CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
+                        THEN (SELECT system_identifier::text FROM pg_control_system()) END
             """,
             (start, stop, version),
             what="detecting the server",
         )
         (server_version, standby, pid, wal_level, archive_mode, segment_size, user, superuser,
-         can_start, can_stop, checkpoint_role, can_read_control) = row
+         can_start, can_stop, checkpoint_role, can_read_control, system_identifier) = row
         self._pid = int(pid)
         self.info = {
             "server_version": server_version,
@@ -292,6 +294,9 @@ class PostgresQuiescer(Quiescer):
             "can_checkpoint": bool(superuser or checkpoint_role),
             "can_read_control": bool(superuser or can_read_control),
             "backend_pid": self._pid,
+            # Which cluster this is (a string: 64-bit, beyond what many JSON readers keep
+            # exact); restore-label refuses a data directory of another cluster.
+            "system_identifier": system_identifier,
         }
 
     @staticmethod
@@ -504,6 +509,7 @@ class PostgresQuiescer(Quiescer):
         return {
             "server_version": self.info.get("server_version"),
             "server_version_num": self.info.get("server_version_num"),
+            "system_identifier": self.info.get("system_identifier"),
             "standby": self.info.get("standby"),
             "backend_pid": self._pid,
             "checkpoint": self._checkpoint,

@@ -8,6 +8,13 @@ as a restore from that backup). This module does exactly that, refusing anything
 - the directory must look like a PostgreSQL data directory (``PG_VERSION``) and must not
   belong to a running postmaster (``postmaster.pid`` naming a live process whose cwd is that
   directory);
+- the directory must be a copy of the cluster the label was taken from: the system identifier
+  in its ``global/pg_control`` and the major version in ``PG_VERSION`` must match the ones
+  recorded (a label written into another cluster's directory sends recovery looking for WAL
+  that cluster never had);
+- only the label of a hold released by ``post`` is used unless told otherwise: after an
+  automatic release (``max_hold_seconds`` passed first) the snapshot may have been taken after
+  the backup ended, and the label is right only if it was not;
 - an existing ``backup_label``/``tablespace_map`` is only replaced with ``force``;
 - the recorded sha256 must match the recorded text, and the bytes written are re-read and
   checked against it;
@@ -27,6 +34,7 @@ import contextlib
 import hashlib
 import os
 import stat
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,13 +68,14 @@ class LabelInstalled:
                 "start_lsn": self.start_lsn, "stop_lsn": self.stop_lsn}
 
 
-def find_label_metadata(record: Mapping[str, Any], name: str | None = None
-                        ) -> tuple[str | None, dict[str, Any]]:
+def find_label_metadata(record: Mapping[str, Any], name: str | None = None, *,
+                        allow_auto_released: bool = False) -> tuple[str | None, dict[str, Any]]:
     """The metadata of the PostgreSQL instance that recorded a backup_label.
 
     ``record`` is a run record (``{"instances": [{"plugin": "postgresql", "name", "metadata"}
     ...]}``) or directly one instance's metadata (has ``backup_label``). With several
-    PostgreSQL instances in the record, ``name`` chooses one.
+    PostgreSQL instances in the record, ``name`` chooses one. An instance whose status is not
+    "released" is refused unless ``allow_auto_released``.
     """
     if "backup_label" in record:
         return name, dict(record)
@@ -96,6 +105,16 @@ def find_label_metadata(record: Mapping[str, Any], name: str | None = None
             hint="choose one with --name")
     chosen = candidates[0]
     metadata = chosen.get("metadata")
+    status = chosen.get("status")
+    if (isinstance(metadata, Mapping) and metadata.get("backup_label")
+            and status not in (None, "released") and not allow_auto_released):
+        raise RestoreLabelError(
+            f"PostgreSQL instance {chosen.get('name')!r} was {status!r}, not released by "
+            f"'quiesce post': backup mode ended at {metadata.get('stopped_at')}, possibly "
+            "before the snapshot was taken",
+            hint="the label is right only for a snapshot taken before that moment; if you know "
+                 "it was, pass --allow-auto-released, otherwise restore the snapshot as "
+                 "crash-consistent (without a label)")
     if not isinstance(metadata, Mapping) or not metadata.get("backup_label"):
         status = chosen.get("status", "unknown")
         mode = metadata.get("mode") if isinstance(metadata, Mapping) else None
@@ -187,6 +206,53 @@ def check_data_dir(data_dir: Path) -> None:
                  "into a live cluster would break its next crash recovery")
 
 
+def _control_system_identifier(data_dir: Path) -> str | None:
+    """The system identifier at the start of global/pg_control (native byte order)."""
+    try:
+        with open(data_dir / "global" / "pg_control", "rb") as handle:
+            raw = handle.read(8)
+    except OSError:
+        return None
+    if len(raw) != 8:
+        return None
+    return str(int.from_bytes(raw, sys.byteorder))
+
+
+def check_same_cluster(data_dir: Path, metadata: Mapping[str, Any]) -> list[str]:
+    """Refuse a data directory of another cluster or major version; return warnings."""
+    warnings: list[str] = []
+    recorded_num = metadata.get("server_version_num")
+    try:
+        on_disk = (data_dir / "PG_VERSION").read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        on_disk = ""
+    if (isinstance(recorded_num, int) and recorded_num >= 100000 and on_disk.isdigit()
+            and int(on_disk) != recorded_num // 10000):
+        raise RestoreLabelError(
+            f"{data_dir} is a PostgreSQL {on_disk} data directory, but the label was "
+            f"recorded on PostgreSQL {recorded_num // 10000}",
+            hint="give the data directory restored from this run's snapshot")
+    recorded_id = metadata.get("system_identifier")
+    if recorded_id in (None, ""):
+        warnings.append("the record has no system_identifier (older record, or "
+                        "pg_control_system() not permitted): could not check that "
+                        f"{data_dir} is a copy of the cluster the label was taken from")
+        return warnings
+    actual = _control_system_identifier(data_dir)
+    if actual is None:
+        raise RestoreLabelError(
+            f"cannot read the system identifier from {data_dir / 'global' / 'pg_control'}",
+            hint="a restored data directory has global/pg_control; restore the whole "
+                 "data disk")
+    if actual != str(recorded_id):
+        raise RestoreLabelError(
+            f"{data_dir} belongs to another cluster (system identifier {actual}); the label "
+            f"was taken from system identifier {recorded_id}",
+            hint="give the data directory restored from this run's snapshot (check "
+                 "--run-id/--record and --name)")
+    return warnings
+
+
 def _unescape(path: str) -> str:
     out, escaped = [], False
     for ch in path:
@@ -253,8 +319,10 @@ def install_label(data_dir: str | os.PathLike[str], metadata: Mapping[str, Any],
         raise RestoreLabelError("the record holds no backup_label")
     spcmap = _check_text(metadata, MAP)
     check_data_dir(directory)
+    identity_warnings = check_same_cluster(directory, metadata)
     result = LabelInstalled(data_dir=str(directory), instance=instance,
                             start_lsn=metadata.get("start_lsn"), stop_lsn=metadata.get("stop_lsn"))
+    result.warnings.extend(identity_warnings)
     if spcmap is not None:
         spcmap = remap_tablespaces(spcmap, tablespace_mapping or {}, result.warnings)
     elif tablespace_mapping:

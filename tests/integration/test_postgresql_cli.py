@@ -116,6 +116,9 @@ def test_pre_post_returns_the_backup_label_and_the_snapshot_restores(
     meta = inst["metadata"]
     assert meta["backup_label"].startswith("START WAL LOCATION: ")
     assert meta["start_lsn"] and meta["stop_lsn"]
+    # Which cluster the label belongs to; restore-label checks it against global/pg_control.
+    assert meta["system_identifier"] == str(
+        server.execute("SELECT system_identifier FROM pg_control_system()")[0][0])
     wait_for(lambda: quiesce_backends(server) == [], what="the holding session to close")
 
     # The WAL disk is copied after post: it has everything up to stop_lsn.
@@ -123,6 +126,7 @@ def test_pre_post_returns_the_backup_label_and_the_snapshot_restores(
     server.stop()
     out = cli.run("restore-label", "--state-dir", str(cli.state), str(target.data_dir))
     assert out.returncode == 0, out.stderr
+    assert "could not check" not in out.stdout  # the identity was recorded and matched
     assert (Path(target.data_dir) / "backup_label").read_text() == meta["backup_label"]
 
     from quiesce.servers.postgresql import LocalPostgres

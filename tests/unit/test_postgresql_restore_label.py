@@ -24,6 +24,7 @@ LABEL = (
     "START TIMELINE: 1\n"
 )
 SPCMAP = "16385 /srv/tablespaces/fast\n"
+SYSTEM_ID = "7712460687430259114"
 
 
 def metadata(**overrides: object) -> dict:
@@ -32,6 +33,7 @@ def metadata(**overrides: object) -> dict:
         "backup_label": LABEL, "backup_label_sha256": wal.sha256_text(LABEL),
         "tablespace_map": None, "tablespace_map_sha256": None,
         "stop_wal_file": "000000010000000000000002",
+        "server_version_num": 150020, "system_identifier": SYSTEM_ID,
     }
     meta.update(overrides)
     return meta
@@ -53,12 +55,20 @@ def data_dir(tmp_path: Path) -> Path:
     (d / "pg_wal").mkdir(parents=True)
     (d / "PG_VERSION").write_text("15\n")
     (d / "pg_wal" / "000000010000000000000002").write_bytes(b"\0" * 16)
+    write_pg_control(d, SYSTEM_ID)
     d.chmod(0o700)
     if os.geteuid() == 0:
         entry = pwd.getpwnam("postgres") if _has_user("postgres") else None
         if entry:
             os.chown(d, entry.pw_uid, entry.pw_gid)
     return d
+
+
+def write_pg_control(data_dir: Path, system_identifier: str) -> None:
+    """The start of a pg_control file: the system identifier, in the machine's byte order."""
+    (data_dir / "global").mkdir(exist_ok=True)
+    (data_dir / "global" / "pg_control").write_bytes(
+        int(system_identifier).to_bytes(8, sys.byteorder) + b"\0" * 8184)
 
 
 def _has_user(name: str) -> bool:
@@ -244,3 +254,49 @@ def test_tablespace_mapping_must_match_something(data_dir: Path) -> None:
     out = run_cli("--record", "/nonexistent.json", "--tablespace-mapping", "relative=/x",
                   str(data_dir))
     assert out.returncode == 2 and "is not OLDDIR=NEWDIR" in out.stderr
+
+
+def test_refuses_the_data_directory_of_another_cluster(tmp_path: Path, data_dir: Path) -> None:
+    """A label only fits the cluster it was taken from (same system identifier)."""
+    write_pg_control(data_dir, "7712461136917788014")
+    rec = write_record(tmp_path, record(pg_instance()))
+    out = run_cli("--record", str(rec), str(data_dir))
+    assert out.returncode == 2
+    assert "belongs to another cluster (system identifier 7712461136917788014)" in out.stderr
+    assert SYSTEM_ID in out.stderr
+    assert not (data_dir / "backup_label").exists()
+
+
+def test_refuses_another_major_version(data_dir: Path) -> None:
+    (data_dir / "PG_VERSION").write_text("16\n")
+    with pytest.raises(RestoreLabelError, match="PostgreSQL 16 data directory, but the label "
+                                                "was recorded on PostgreSQL 15"):
+        install_label(data_dir, metadata())
+    assert not (data_dir / "backup_label").exists()
+
+
+def test_missing_pg_control_is_refused_when_the_identity_was_recorded(data_dir: Path) -> None:
+    (data_dir / "global" / "pg_control").unlink()
+    with pytest.raises(RestoreLabelError, match="cannot read the system identifier"):
+        install_label(data_dir, metadata())
+
+
+def test_a_record_without_identity_still_installs_with_a_warning(data_dir: Path) -> None:
+    result = install_label(data_dir, metadata(system_identifier=None))
+    assert result.written == ["backup_label"]
+    assert any("no system_identifier" in w for w in result.warnings)
+
+
+def test_an_auto_released_hold_needs_explicit_consent(tmp_path: Path, data_dir: Path) -> None:
+    """After an automatic release the snapshot may postdate the backup's end."""
+    auto = pg_instance(status="auto-released", stopped_at="2026-11-26T12:47:00.254+00:00")
+    with pytest.raises(RestoreLabelError, match="'auto-released', not released") as info:
+        find_label_metadata(record(auto))
+    assert "--allow-auto-released" in info.value.hint
+    rec = write_record(tmp_path, record(auto))
+    out = run_cli("--record", str(rec), str(data_dir))
+    assert out.returncode == 2 and "2026-11-26T12:47:00.254" in out.stderr
+    assert not (data_dir / "backup_label").exists()
+    out = run_cli("--record", str(rec), "--allow-auto-released", str(data_dir))
+    assert out.returncode == 0, out.stderr
+    assert (data_dir / "backup_label").read_bytes() == LABEL.encode()

@@ -1,7 +1,7 @@
 """``quiesce restore-label``: write a recorded backup_label into a restored data directory.
 
     quiesce restore-label [--state-dir DIR] [--run-id ID | --record FILE] [--name NAME]
-                          [--force] [--json] DATADIR
+                          [--force] [--allow-auto-released] [--json] DATADIR
 
 The run record comes from the catalog (``--state-dir``, newest run unless ``--run-id``) or
 from a record file (``--record``, e.g. a copy kept next to the snapshot). Exit 0 when the
@@ -32,6 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="the [[postgresql]] instance, when the run has several")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing backup_label/tablespace_map")
+    parser.add_argument("--allow-auto-released", action="store_true",
+                        help="use the label of a hold that max_hold_seconds ended before "
+                             "'post' came (right only if the snapshot was taken before it "
+                             "ended)")
     parser.add_argument("--tablespace-mapping", action="append", default=[],
                         metavar="OLDDIR=NEWDIR",
                         help="put the tablespace recorded at OLDDIR at NEWDIR instead "
@@ -73,7 +77,8 @@ def main(args: argparse.Namespace) -> int:
                                     hint="both directories must be absolute paths")
         mapping[os.path.normpath(old)] = os.path.normpath(new)
     record = _load(args)
-    name, metadata = find_label_metadata(record, args.name)
+    name, metadata = find_label_metadata(record, args.name,
+                                         allow_auto_released=args.allow_auto_released)
     result = install_label(args.data_dir, metadata, force=args.force, instance=name,
                            tablespace_mapping=mapping)
     if args.json:
