@@ -8,8 +8,9 @@
 * The thaw is in a ``finally``; a watchdog process (in :mod:`quiesce.freeze`) thaws anyway if
   this process dies. Between freeze and thaw nothing is logged, opened or written: log lines
   are buffered in memory and written after the thaw; the status file is written at the end.
-* SIGTERM/SIGINT do not break the window: inside it they are deferred until after the thaw,
-  outside it they stop the cycle (the post-script still runs) and are reported.
+* SIGTERM/SIGINT/SIGHUP do not break the window: inside it they are deferred until after the
+  thaw, outside it they stop the cycle (the post-script still runs) and are reported. The
+  first one to arrive while the post-script runs lets it finish; a second one stops it.
 
 Consistency of the snapshot taken:
 ``application`` the pre-script succeeded (and the freeze, when enabled, succeeded too);
@@ -242,21 +243,38 @@ class Runner:
         self._critical = False
         self._pending_signal: int | None = None
         self._pending_phase = ""
+        self._in_post = False
+        self._stops = 0  # stop signals received so far
 
     # -- signals ------------------------------------------------------------------------------
 
     def handle_signal(self, signum: int, frame: object = None) -> None:
-        """Signal handler: defer inside the freeze window, stop the cycle outside it."""
+        """Signal handler: defer inside the freeze window, stop the cycle outside it.
+
+        The post-script releases what the pre-script took, so the first stop signal of a run
+        that arrives while it runs lets it finish (it is bounded by timeoutInSeconds) and is
+        reported after it; a second stop signal stops it like any other phase.
+        """
+        self._stops += 1
         if self._critical:
             self._pending_signal = signum
             self._pending_phase = self._current_phase()
+            return
+        if self._in_post and self._stops == 1:
+            self._pending_signal = signum
+            self._pending_phase = "post"
+            with contextlib.suppress(OSError):  # raw write: no buffered-stream re-entry
+                os.write(2, f"quiesce run: {signal.Signals(signum).name}: letting the "
+                            "post-script finish (it releases what the pre-script took); "
+                            "send it again to stop the post-script\n".encode())
             return
         raise Interrupted(signum, self._current_phase())
 
     @contextlib.contextmanager
     def signal_handlers(self) -> Iterator[None]:
+        # SIGHUP too: a dropped SSH session must not skip the post-script.
         previous = {s: signal.signal(s, self.handle_signal)
-                    for s in (signal.SIGTERM, signal.SIGINT)}
+                    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             yield
         finally:
@@ -312,9 +330,11 @@ class Runner:
         try:
             self._cycle(prepared)
         except Interrupted as exc:
+            finished = exc.phase == "post" and status.phase("post").status != "interrupted"
             status.errors.append(RunError(report.INTERRUPTED, None,
                                           exc.phase or self._current_phase(),
-                                          f"{exc}; the cycle was stopped",
+                                          f"{exc} during the post-script, which was let finish"
+                                          if finished else f"{exc}; the cycle was stopped",
                                           "run again when the interruption is resolved"))
         except Exception as exc:  # a bug must not hide the status or skip the post-script
             status.errors.append(RunError(report.INTERNAL_ERROR, None, self._current_phase(),
@@ -361,7 +381,13 @@ class Runner:
             self._snapshot_phases(prepared, pre_ok)
         finally:
             # The post-script runs whenever the pre-script was started, whatever happened.
-            self._script_phase("post", prepared)
+            self._in_post = True
+            try:
+                self._script_phase("post", prepared)
+            finally:
+                self._in_post = False
+            if sys.exc_info()[1] is None:
+                self._raise_pending()  # a stop signal that let the post-script finish
 
     def _script_phase(self, phase: str, prepared: Prepared) -> scripts.ScriptResult | None:
         spec = prepared.config.script(phase)

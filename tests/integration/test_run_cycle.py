@@ -584,7 +584,10 @@ def test_check_missing_config(env: Env) -> None:
     assert proc.returncode == 2 and "IncorrectJSONConfigFile" in proc.stdout
 
 
-def test_sigterm_during_the_pre_script_stops_the_cycle_but_runs_post(two_mounts: Env) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_during_the_pre_script_stops_the_cycle_but_runs_post(two_mounts: Env,
+                                                                     signum: int) -> None:
+    # SIGHUP too: a dropped SSH session must not skip the post-script.
     env = two_mounts
     ready = env.root / "pre.ready"
     env.script("pre.sh", f"echo pre >> {env.order}\ntouch {ready}\nexec sleep 300\n")
@@ -595,7 +598,7 @@ def test_sigterm_during_the_pre_script_stops_the_cycle_but_runs_post(two_mounts:
         while not ready.exists():
             assert time.monotonic() < end and proc.poll() is None
             time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -607,3 +610,47 @@ def test_sigterm_during_the_pre_script_stops_the_cycle_but_runs_post(two_mounts:
     assert phase(status, "pre")["status"] == "interrupted"
     assert env.ran() == ["pre", "post"]
     env.assert_thawed()
+
+
+def _signal_during_post(env: Env, signals: list[int]) -> tuple[int, dict[str, Any], str]:
+    ready = env.root / "post.ready"
+    done = env.root / "post.done"
+    env.script("post.sh", f"echo post >> {env.order}\ntouch {ready}\nsleep 2\n"
+                          f"touch {done}\n")
+    proc = subprocess.Popen(env.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        end = time.monotonic() + 60
+        while not ready.exists():
+            assert time.monotonic() < end and proc.poll() is None
+            time.sleep(0.02)
+        for signum in signals:
+            proc.send_signal(signum)
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, json.loads(out), err
+
+
+def test_a_stop_signal_during_the_post_script_lets_it_finish(two_mounts: Env) -> None:
+    # The post-script is what releases the databases: Ctrl-C must not cut it short.
+    rc, status, err = _signal_during_post(two_mounts, [signal.SIGINT])
+    assert (two_mounts.root / "post.done").exists(), "the post-script was cut short"
+    assert phase(status, "post")["status"] == "ok"
+    error = errors_by_code(status)["Interrupted"]
+    assert error["phase"] == "post" and "let finish" in error["message"]
+    assert rc == 1 and status["snapshot_taken"] is True
+    assert "send it again" in err
+
+
+def test_a_second_stop_signal_stops_the_post_script(two_mounts: Env) -> None:
+    env = two_mounts
+    env.write_config(timeoutInSeconds=30)
+    rc, status, _ = _signal_during_post(env, [signal.SIGINT, signal.SIGTERM])
+    assert not (env.root / "post.done").exists()
+    assert phase(status, "post")["status"] == "interrupted"
+    assert errors_by_code(status)["Interrupted"]["phase"] == "post"
+    assert rc == 1
