@@ -48,6 +48,7 @@ from quiesce.errors import HoldActive, HolderError, QuiesceError
 from quiesce.lifecycle import AUTO_RELEASED, RELEASED, Hold, QuiesceFailed, describe
 
 POLL_SECONDS = 1.0  # check_alive period while holding
+ANSWER_POLL_SECONDS = 0.01  # wake-up period of the thread answering status while busy
 LOCK_WAIT_SECONDS = 10.0  # how long a new holder waits for a finishing one
 REQUEST_READ_TIMEOUT = 2.0
 MIN_LINGER_SECONDS = 600.0
@@ -320,7 +321,9 @@ class Holder:
         """
         while not done.is_set():
             try:
-                ready, _, _ = select.select([self.listener], [], [], 0.1)
+                # Short: the main thread joins this thread before 'pre' gets its readiness
+                # message and before 'post' gets its answer, so this period is added to both.
+                ready, _, _ = select.select([self.listener], [], [], ANSWER_POLL_SECONDS)
                 if not ready:
                     continue
                 conn, _ = self.listener.accept()  # type: ignore[union-attr]
