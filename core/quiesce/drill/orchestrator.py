@@ -164,6 +164,17 @@ class Drill:
         stack.callback(server.stop)
         result.version = server.version
         target.setup_schema(server)
+        empty = disks_without_files(disks.roots)
+        if empty:
+            raise DrillError(
+                "the server wrote no file on the " + " and ".join(
+                    f"{name} disk ({disks.roots[name]})" for name in empty)
+                + ": it is not using the drill's disks, so freezing and copying them would "
+                "prove nothing",
+                hint="when quiesce itself runs in a container with the Docker backend, the "
+                     "loop disks it mounts must reach the host's Docker engine: bind-mount the "
+                     "work directory with ':rshared' propagation (see docker/README.md), or "
+                     "use --disks dir")
         # initdb --no-sync and friends leave files only in the page cache; a real server has
         # long since written them. Sync once so every snapshot starts from durable basics
         # and a failure can only come from how the snapshot itself was taken.
@@ -233,6 +244,27 @@ class Drill:
             os.chmod(disk.mount_point, 0o755)  # noqa: S103 - service users traverse it
         return DiskSet(roots=roots, images=images, kind=self.disks_kind,
                        fstype=self.opts.fstype if self.disks_kind == "loop" else None)
+
+
+def disks_without_files(roots: dict[str, Path]) -> list[str]:
+    """The disks on which no regular file exists (``lost+found`` aside), in ``roots`` order.
+
+    A server started on the drill's disks always leaves files on both (data files; WAL, redo
+    log or journal). None means its bind mounts missed the disks: a Docker engine resolving
+    host paths whose mounts it cannot see writes into the directories underneath.
+    """
+    empty = []
+    for name, root in roots.items():
+        found = False
+        for dirpath, dirnames, filenames in os.walk(root):
+            if Path(dirpath) == Path(root) and "lost+found" in dirnames:
+                dirnames.remove("lost+found")
+            if any(os.path.isfile(os.path.join(dirpath, f)) for f in filenames):
+                found = True
+                break
+        if not found:
+            empty.append(name)
+    return empty
 
 
 def _accounts() -> int:
