@@ -35,10 +35,14 @@ class Cli:
         self.rundir = root / "rt"
         self.state = root / "state"
 
-    def write_config(self, sections: list[dict[str, Any]], *, max_hold: int = 120) -> None:
+    def write_config(self, sections: list[dict[str, Any]], *, max_hold: int = 120,
+                     others: dict[str, dict[str, Any]] | None = None) -> None:
+        """[[mysql]] ``sections``, plus one section per other engine in ``others``."""
         lines = [f"max_hold_seconds = {max_hold}", f'state_dir = "{self.state}"']
-        for section in sections:
-            lines += ["", "[[mysql]]"]
+        tables = [("mysql", section) for section in sections]
+        tables += list((others or {}).items())
+        for engine, section in tables:
+            lines += ["", f"[[{engine}]]"]
             lines += [f"{key} = {json.dumps(value)}" for key, value in section.items()]
         self.config.write_text("\n".join(lines) + "\n")
         self.config.chmod(0o600)
@@ -80,13 +84,28 @@ def cli() -> Iterator[Cli]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def server(mysql_server_factory: Callable[..., Any]) -> Any:
-    srv = mysql_server_factory()
+def setup_schema(srv: Any) -> None:
+    srv.execute("DROP DATABASE IF EXISTS app")
     srv.execute("CREATE DATABASE app")
     srv.execute("CREATE TABLE app.inno (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB")
     srv.execute("CREATE TABLE app.myi (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=MyISAM")
     srv.execute("INSERT INTO app.myi (v) VALUES (1)")
+
+
+@pytest.fixture
+def server(mysql_server: Any) -> Any:
+    """The session's shared server (one per test cost ~2 s each) with a fresh schema, for
+    tests that neither stop nor restart it; nothing may be locked when a test starts."""
+    setup_schema(mysql_server)
+    assert unlocked(mysql_server), "an earlier test left the shared server locked"
+    return mysql_server
+
+
+@pytest.fixture
+def own_server(mysql_server_factory: Callable[..., Any]) -> Any:
+    """A server of the test's own, for tests that restart it."""
+    srv = mysql_server_factory()
+    setup_schema(srv)
     return srv
 
 
@@ -183,7 +202,8 @@ def test_holder_sigkill_leaves_no_lock(cli: Cli, server: Any) -> None:
     assert out.returncode != 0
 
 
-def test_server_restart_during_hold_is_reported_lost(cli: Cli, server: Any) -> None:
+def test_server_restart_during_hold_is_reported_lost(cli: Cli, own_server: Any) -> None:
+    server = own_server
     cli.write_config([section(server)])
     out = cli.run("pre")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -208,6 +228,39 @@ def test_second_instance_unreachable_releases_the_first_and_fails_pre(
     assert "gone" in text and "cannot reach" in text
     assert unlocked(server)
     assert not cli.status().get("holder_pid")
+
+
+def test_an_instance_failing_after_another_is_held_releases_it_and_fails_pre(
+        cli: Cli, server: Any, postgresql_server: Any) -> None:
+    """All or nothing across engines, with something really taken to unwind.
+
+    (An unreachable instance fails while connecting, before anything is locked, so it cannot
+    show this.) PostgreSQL enters backup mode while MariaDB's lock times out behind a long
+    statement: 'pre' must end that backup before it exits 1.
+    """
+    blocker = BackgroundStatement(server, "UPDATE app.myi SET v = v + SLEEP(60)").start()
+    try:
+        blocker.wait_state(("User sleep",))
+        cli.write_config([section(server, lock_wait_seconds=1)],
+                         others={"postgresql": {"name": "pg",
+                                                "conninfo": postgresql_server.conninfo}})
+        out = cli.run("pre", "--json")
+        assert out.returncode == 1, out.stdout + out.stderr
+        ready = json.loads(out.stdout)
+        by_name = {i["name"]: i for i in ready["instances"]}
+        assert by_name["main"]["status"] == "failed"
+        assert f"id {blocker.id}" in by_name["main"]["error"]
+        pg = by_name["pg"]
+        assert pg["status"] == "released", pg  # it was held: pg_backup_start had returned
+        assert pg["held_seconds"] is not None
+        assert "another instance failed" in pg["note"]
+        wait_for(lambda: postgresql_server.backends("quiesce") == [], 60,
+                 "the backup session to end (the server aborts its backup)")
+        assert not blocker.finished.is_set()
+        assert unlocked(server)
+        assert not cli.status().get("holder_pid")
+    finally:
+        blocker.close()
 
 
 def test_long_running_statement_fails_pre_with_its_name_and_leaves_nothing_locked(

@@ -93,8 +93,25 @@ def nothing_locked(server: Any) -> None:
         conn.close()
 
 
+def reset_shared(server: Any) -> None:
+    """A fresh schema and no test account on a server earlier tests used; nothing locked."""
+    server.execute("DROP DATABASE IF EXISTS app")
+    server.execute("DROP USER IF EXISTS 'quiesce'@'%', 'quiesce'@'localhost'")
+    setup_schema(server)
+    nothing_locked(server)
+
+
 @pytest.fixture
-def server(mysql_server_factory: Callable[..., Any]) -> Any:
+def server(mysql_server: Any) -> Any:
+    """The session's shared server (starting one per test cost ~2 s each): for tests that
+    neither stop nor restart it; each starts from a fresh schema, with nothing locked."""
+    reset_shared(mysql_server)
+    return mysql_server
+
+
+@pytest.fixture
+def own_server(mysql_server_factory: Callable[..., Any]) -> Any:
+    """A server of the test's own, for tests that restart it."""
     srv = mysql_server_factory()
     setup_schema(srv)
     return srv
@@ -335,7 +352,8 @@ def test_holder_killed_with_sigkill_leaves_no_lock(server: Any) -> None:
     nothing_locked(server)
 
 
-def test_server_restart_during_hold_is_session_lost(server: Any) -> None:
+def test_server_restart_during_hold_is_session_lost(own_server: Any) -> None:
+    server = own_server
     q = make_quiescer(server)
     try:
         q.prepare(Deadline(30))
