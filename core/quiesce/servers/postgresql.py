@@ -107,14 +107,6 @@ def find_bindir(bindir: str | os.PathLike[str] | None = None) -> Path:
     return found
 
 
-
-
-
-
-
-
-
-
 def live_postmaster(data_dir: Path) -> int | None:
     """The pid of a postmaster running on ``data_dir`` right now, or None.
 
