@@ -90,6 +90,71 @@ def quiesce_command() -> list[str]:
     return [os.path.abspath(sys.executable), "-m", "quiesce"]
 
 
+def _interpreter(path: str) -> str | None:
+    """The absolute interpreter of a ``#!`` script, or None."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(4096)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    parts = first[2:].decode("utf-8", "replace").split()
+    return parts[0] if parts and os.path.isabs(parts[0]) else None
+
+
+def _chain_problems(path: str) -> list[str]:
+    """Every component of ``path`` (as given and resolved) that someone but root may replace."""
+    problems: list[str] = []
+    trusted = {0, os.geteuid()}
+    seen: set[str] = set()
+    for candidate in (os.path.abspath(path), os.path.realpath(path)):
+        parts = candidate.split("/")
+        for end in range(1, len(parts) + 1):
+            component = "/".join(parts[:end]) or "/"
+            if component in seen:
+                continue
+            seen.add(component)
+            try:
+                st = os.lstat(component)
+            except OSError as exc:
+                problems.append(f"{component}: {exc.strerror}")
+                break
+            if stat.S_ISLNK(st.st_mode):
+                continue  # its target is checked on the resolved path
+            writable = st.st_mode & 0o022
+            sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+            if st.st_uid not in trusted:
+                problems.append(f"{component} is owned by uid {st.st_uid}")
+            elif writable and not sticky_dir:
+                problems.append(f"{component} is writable by group/other "
+                                f"(mode {stat.S_IMODE(st.st_mode):04o})")
+    return problems
+
+
+def command_problems(command: Sequence[str]) -> list[str]:
+    """Why the wrappers' command is not safe to run as root at every backup (empty: safe).
+
+    The Azure extension insists that the scripts are root-owned and not writable by others;
+    a wrapper that execs a program (or an interpreter, or the quiesce package) that another
+    user can replace would hand that user root. Checked: the executable, the interpreter of a
+    ``#!`` script, the quiesce package directory, and every directory above them.
+    """
+    import quiesce
+
+    targets = [command[0]]
+    interpreter = _interpreter(command[0])
+    if interpreter:
+        targets.append(interpreter)
+    targets.append(os.path.dirname(os.path.abspath(quiesce.__file__)))
+    problems: list[str] = []
+    for target in targets:
+        for problem in _chain_problems(target):
+            if problem not in problems:
+                problems.append(problem)
+    return problems
+
+
 def wrapper_script(phase: str, toml_path: str, command: Sequence[str]) -> bytes:
     argv = " ".join(shlex.quote(part) for part in [*command, phase, "--config", toml_path])
     return (

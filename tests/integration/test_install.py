@@ -188,3 +188,54 @@ def test_timeout_is_sized_from_max_hold() -> None:
 def test_wrapper_quotes_every_argument() -> None:
     text = wrapper_script("pre", "/etc/odd dir/q.toml", ["/opt/my venv/bin/quiesce"]).decode()
     assert "exec '/opt/my venv/bin/quiesce' pre --config '/etc/odd dir/q.toml' \"$@\"" in text
+
+
+def _launcher(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "quiesce"
+    script.write_text(f"#!{sys.executable}\nimport quiesce.cli\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_a_command_others_can_replace_is_reported(base: Path) -> None:
+    """The wrappers run as root: what they exec must be replaceable by root only."""
+    from quiesce.azure_install import command_problems
+
+    safe = _launcher(base / "safe" / "bin")
+    assert command_problems([str(safe)]) == []
+
+    open_dir = base / "open" / "bin"
+    unsafe = _launcher(open_dir)
+    open_dir.chmod(0o777)
+    problems = command_problems([str(unsafe)])
+    assert problems == [f"{open_dir} is writable by group/other (mode 0777)"]
+
+    foreign = _launcher(base / "foreign" / "bin")
+    os.chown(foreign, 65534, 65534)
+    assert command_problems([str(foreign)]) == [f"{foreign} is owned by uid 65534"]
+
+    # Through a symlink, the target's directories count too.
+    link = base / "safe" / "bin" / "linked"
+    link.symlink_to(unsafe)
+    assert f"{open_dir} is writable by group/other (mode 0777)" in command_problems([str(link)])
+
+
+def test_install_refuses_to_wire_a_replaceable_command(base: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from quiesce import azure_install
+    from quiesce.commands import install as install_command
+    from quiesce.errors import QuiesceError
+
+    open_dir = base / "open" / "bin"
+    unsafe = _launcher(open_dir)
+    open_dir.chmod(0o777)
+    monkeypatch.setattr(azure_install, "quiesce_command", lambda: [str(unsafe)])
+    args = argparse.Namespace(prefix=str(base / "prefix"), plugins="postgresql", force=False,
+                              dry_run=False, max_hold_seconds=None)
+    with pytest.raises(QuiesceError, match="users other than root can replace") as caught:
+        install_command.main(args)
+    assert str(open_dir) in str(caught.value)
+    assert not (base / "prefix").exists()  # nothing written

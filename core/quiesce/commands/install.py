@@ -37,6 +37,16 @@ def main(args: argparse.Namespace) -> int:
                            hint=f"use 1..{MAX_HOLD_LIMIT}")
     files = inst.plan(args.prefix, parse_plugin_list(args.plugins), force=args.force,
                       max_hold=max_hold)
+    command = inst.quiesce_command()
+    unsafe = inst.command_problems(command)
+    if unsafe:
+        # The wrappers run as root at every backup: whoever can replace what they exec owns
+        # the machine. Refused like the Azure extension refuses a script others can write.
+        raise QuiesceError(
+            f"the wrappers would run {command[0]}, which users other than root can replace: "
+            + "; ".join(unsafe),
+            hint="install quiesce where only root can write (e.g. a root-owned venv under "
+                 "/opt with mode 755 directories), then run 'quiesce install azure' from it")
     if args.dry_run:
         for planned in files:
             print(f"== {planned.path} (mode {planned.display_mode}): would "
