@@ -201,6 +201,20 @@ def test_mysql_maps_to_local_mariadb_and_says_so(drill_base: Path) -> None:
     assert any("MariaDB" in note for note in doc["notes"]), doc["notes"]
 
 
+@pytest.mark.parametrize("cycles", ["0", "-1"])
+def test_bad_cycles_is_a_usage_error(drill_base: Path, cycles: str) -> None:
+    done = run_drill(drill_base, "--cycles", cycles, timeout=120)
+    assert done.returncode == 2 and "--cycles" in done.stderr and done.stdout == ""
+
+
+def test_crash_mode_on_dir_disks_is_refused(drill_base: Path) -> None:
+    # No freeze on plain directories: "crash" would copy a live server unprotected and could
+    # report a lucky restore as verified.
+    done = run_drill(drill_base, "--disks", "dir", "--mode", "crash", timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--mode crash" in done.stderr and "--disks loop" in done.stderr
+
+
 def test_mongodb_unavailable_exits_3_with_one_line_reason(drill_base: Path) -> None:
     from quiesce.servers.docker import docker_available
 

@@ -92,6 +92,13 @@ class Drill:
         self.disks_kind = opts.disks or ("loop" if os.geteuid() == 0 else "dir")
         if self.disks_kind not in ("loop", "dir"):
             raise DrillError(f"unknown disks {self.disks_kind!r}", hint="use loop or dir")
+        if opts.mode == "crash" and self.disks_kind == "dir":
+            # Nothing can be frozen on plain directories: "crash" would be an unprotected
+            # copy of a live server, and a lucky restore would be reported as verified.
+            raise DrillError("--mode crash freezes the disks, and --disks dir cannot be "
+                             "frozen: it would copy a live server with no protection at all",
+                             hint="use --disks loop (as root), or --mode unsafe-staggered for "
+                                  "a copy that must fail")
         if self.disks_kind == "loop" and os.geteuid() != 0:
             raise DrillError("--disks loop needs root (loop devices, mount, FIFREEZE)",
                              hint="run as root, or use --disks dir")
