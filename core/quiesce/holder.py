@@ -165,7 +165,7 @@ class GuardianLink:
 
 def start_guardian(rundir: str, lock_fd: int, log: MemoryLog) -> GuardianLink:
     read_fd, write_fd = os.pipe()
-    argv = [sys.executable, "-m", "quiesce.guardian", "--pipe-fd", str(read_fd),
+    argv = [sys.executable, "-B", "-m", "quiesce.guardian", "--pipe-fd", str(read_fd),
             "--lock-fd", str(lock_fd), "--holder-pid", str(os.getpid()),
             "--runtime-dir", rundir]
     try:
@@ -669,6 +669,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plugins", default=None)
     parser.add_argument("--ready-fd", type=int, required=True)
     args = parser.parse_args(argv)
+    # A module imported for the first time while holding (a plugin's lazy import at release)
+    # must not write its .pyc: that directory may be on a frozen filesystem, and the write
+    # would block the holder uninterruptibly until the thaw. Reading is safe (atime updates
+    # are skipped on a frozen filesystem). pre also starts us with -B.
+    sys.dont_write_bytecode = True
     ready_fd = args.ready_fd
     os.set_inheritable(ready_fd, False)
     os.chdir("/")

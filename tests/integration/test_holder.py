@@ -495,3 +495,17 @@ def test_a_session_that_stops_answering_does_not_delay_post_for_the_others(q: Q)
     assert {i["name"]: i["status"] for i in json.loads(out)["instances"]} == {
         "a": "released", "b": "released"}
     assert lock_is_free(q.lock("b"))
+
+
+def test_a_module_first_imported_while_holding_writes_no_bytecode(q: Q) -> None:
+    """Its .pyc would go next to it, maybe on a frozen filesystem: the write would block the
+    holder until the thaw. The holder must never write bytecode."""
+    late = q.base / "late"
+    late.mkdir()
+    (late / "quiesce_late_import.py").write_text("VALUE = 1\n")
+    q.env.pop("PYTHONDONTWRITEBYTECODE", None)
+    q.toml(flock_section(q, release_imports_from=str(late)))
+    q.pre_json()
+    code, outcome = q.post_json()
+    assert code == 0, outcome  # the module was imported (release would have failed)
+    assert not (late / "__pycache__").exists()

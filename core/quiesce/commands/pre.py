@@ -62,7 +62,8 @@ def main(args: argparse.Namespace) -> int:
                 proto.request(rundir, "retire", timeout=5.0)
 
     read_fd, write_fd = os.pipe()
-    argv = [sys.executable, "-m", "quiesce.holder", "--config", settings.path,
+    # -B: the holder writes no .pyc (see quiesce.holder.main: frozen filesystems).
+    argv = [sys.executable, "-B", "-m", "quiesce.holder", "--config", settings.path,
             "--runtime-dir", rundir, "--ready-fd", str(write_fd)]
     if plugins is not None:
         argv += ["--plugins", ",".join(plugins)]
@@ -90,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         code = holder.poll()
         raise HolderError(
             f"the holder (pid {holder.pid}) exited without reporting (exit status {code})",
-            hint=f"run {' '.join(argv[:3])} by hand to see why") from None
+            hint=f"run {' '.join(argv[:4])} by hand to see why") from None
     ready.setdefault("runtime_dir", rundir)
     if ready.get("ok"):
         _print_held(ready, args.json)

