@@ -300,3 +300,27 @@ def test_an_auto_released_hold_needs_explicit_consent(tmp_path: Path, data_dir: 
     out = run_cli("--record", str(rec), "--allow-auto-released", str(data_dir))
     assert out.returncode == 0, out.stderr
     assert (data_dir / "backup_label").read_bytes() == LABEL.encode()
+
+
+def test_state_dir_comes_from_quiesce_toml(data_dir: Path, require_root: None) -> None:
+    """A DBA who moved state_dir should not have to repeat it to restore."""
+    import shutil
+    import tempfile
+
+    from quiesce.catalog import write_record as store
+
+    base = Path(tempfile.mkdtemp(prefix="qrl-", dir="/run"))
+    try:
+        state = base / "elsewhere"
+        store(str(state), record(pg_instance()))
+        config = base / "quiesce.toml"
+        config.write_text(f'state_dir = "{state}"\n[[postgresql]]\nconninfo = "host=/x"\n')
+        config.chmod(0o600)
+        out = run_cli("--config", str(config), str(data_dir))
+        assert out.returncode == 0, out.stderr
+        assert (data_dir / "backup_label").read_bytes() == LABEL.encode()
+        config.chmod(0o644)  # checked like pre checks it
+        out = run_cli("--config", str(config), "--force", str(data_dir))
+        assert out.returncode == 2 and str(config) in out.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

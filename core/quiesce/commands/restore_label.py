@@ -1,11 +1,12 @@
 """``quiesce restore-label``: write a recorded backup_label into a restored data directory.
 
-    quiesce restore-label [--state-dir DIR] [--run-id ID | --record FILE] [--name NAME]
-                          [--force] [--allow-auto-released] [--json] DATADIR
+    quiesce restore-label [--state-dir DIR | --config TOML] [--run-id ID | --record FILE]
+                          [--name NAME] [--force] [--allow-auto-released] [--json] DATADIR
 
-The run record comes from the catalog (``--state-dir``, newest run unless ``--run-id``) or
-from a record file (``--record``, e.g. a copy kept next to the snapshot). Exit 0 when the
-label was written, 2 when refused (with the reason and the fix).
+The run record comes from the catalog (``--state-dir``, else ``QUIESCE_STATE_DIR``, else the
+``state_dir`` of quiesce.toml; newest run unless ``--run-id``) or from a record file
+(``--record``, e.g. a copy kept next to the snapshot). Exit 0 when the label was written, 2
+when refused (with the reason and the fix).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from typing import Any
 
 DEFAULT_STATE_DIR = "/var/lib/quiesce"
+DEFAULT_CONFIG = "/etc/quiesce/quiesce.toml"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +29,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="read the run record (or one instance's metadata) from this JSON "
                              "file instead of the state directory")
     parser.add_argument("--state-dir", default=None,
-                        help=f"where run records are kept (default {DEFAULT_STATE_DIR}, or "
-                             "QUIESCE_STATE_DIR)")
+                        help="where run records are kept (default: QUIESCE_STATE_DIR, else "
+                             f"state_dir of --config, else {DEFAULT_STATE_DIR})")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="the quiesce.toml whose state_dir to use (default %(default)s, "
+                             "when it exists)")
     parser.add_argument("--name", help="the [[postgresql]] instance, when the run has several")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing backup_label/tablespace_map")
@@ -57,13 +62,42 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(record, dict):
             raise RestoreLabelError(f"{args.record} does not hold a JSON object")
         return record
-    state_dir = args.state_dir or os.environ.get("QUIESCE_STATE_DIR") or DEFAULT_STATE_DIR
+    state_dir = (args.state_dir or os.environ.get("QUIESCE_STATE_DIR")
+                 or _configured_state_dir(args.config) or DEFAULT_STATE_DIR)
     try:
         from quiesce.catalog import load_record
     except ImportError as exc:
         raise RestoreLabelError("this build has no run catalog",
                                 hint="pass the record file with --record") from exc
     return load_record(state_dir, run_id=args.run_id)
+
+
+def _configured_state_dir(config: str) -> str | None:
+    """``state_dir`` of quiesce.toml (checked like every config), or None without one.
+
+    Only that key is read: restoring must not depend on the databases being reachable or the
+    plugins of the other engines being installed.
+    """
+    import tomllib
+
+    from quiesce.security import TrustedFileNotFound, open_trusted
+
+    try:
+        with open_trusted(config, "secret") as trusted:  # as pre reads it
+            raw = trusted.read_bytes()
+    except TrustedFileNotFound:
+        if config != DEFAULT_CONFIG:
+            raise
+        return None
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        from quiesce_postgresql.restore import RestoreLabelError
+
+        raise RestoreLabelError(f"{config} cannot be read as TOML: {exc}",
+                                hint="fix it, or pass --state-dir") from exc
+    value = document.get("state_dir")
+    return value if isinstance(value, str) and os.path.isabs(value) else None
 
 
 def main(args: argparse.Namespace) -> int:
