@@ -215,6 +215,21 @@ def test_crash_mode_on_dir_disks_is_refused(drill_base: Path) -> None:
     assert "--mode crash" in done.stderr and "--disks loop" in done.stderr
 
 
+def test_image_is_never_silently_replaced_by_local_binaries(drill_base: Path) -> None:
+    # A drill of "postgres:16" that ran the local PostgreSQL would verify the wrong version.
+    done = run_drill(drill_base, "--backend", "local", "--image", "postgres:16", timeout=120)
+    assert done.returncode == 2 and "--image" in done.stderr and done.stdout == ""
+    from quiesce.servers.docker import docker_available
+
+    ok, why = docker_available()
+    if ok:
+        pytest.skip(f"a Docker engine answers ({why}): --backend auto would use the image")
+    done = run_drill(drill_base, "--image", "postgres:16", timeout=120)
+    assert done.returncode == 3, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "--image postgres:16 needs the Docker backend" in line
+
+
 def test_mongodb_unavailable_exits_3_with_one_line_reason(drill_base: Path) -> None:
     from quiesce.servers.docker import docker_available
 

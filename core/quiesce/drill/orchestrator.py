@@ -62,8 +62,15 @@ def resolve_backend(opts: DrillOptions) -> tuple[Backend, Target]:
         if opts.backend == "docker":
             raise EngineUnavailable(f"--backend docker: {reason}",
                                     hint="start a Docker engine or use --backend local")
+        if opts.image:  # the local binaries are not the version asked for
+            raise EngineUnavailable(f"--image {opts.image} needs the Docker backend: {reason}",
+                                    hint="start a Docker engine, or leave out --image to use "
+                                         "the server binaries installed here")
     else:
         reason = ""
+        if opts.image:
+            raise DrillError(f"--image {opts.image} applies to the Docker backend only",
+                             hint="leave out --image, or use --backend docker")
     backend = Backend("local", None)
     target = target_for(opts.engine, backend)
     try:
