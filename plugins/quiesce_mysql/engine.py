@@ -426,7 +426,8 @@ class MySQLQuiescer(Quiescer):
                 **self._lock_report,
             },
             # With LOCK INSTANCE FOR BACKUP alone DML keeps committing during the hold: the
-            # binlog position is where the hold began, not exactly the snapshot's.
+            # binlog position (read at release) is where the hold ended, later than the
+            # snapshot's; the restored server's own InnoDB recovery knows the exact one.
             "binlog_position_exact": self.plan.blocks_writes,
             "nontransactional_tables": self._nontransactional,
         }
