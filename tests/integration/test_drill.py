@@ -230,6 +230,20 @@ def test_image_is_never_silently_replaced_by_local_binaries(drill_base: Path) ->
     assert "--image postgres:16 needs the Docker backend" in line
 
 
+def test_a_work_dir_quiesce_run_would_refuse_fails_before_any_setup(tmp_path: Path) -> None:
+    # A group-writable parent: `quiesce run` refuses a config below it, so the drill must
+    # say so at once instead of after starting a server.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o775)
+    base = shared / "drill"
+    done = run_drill(base, "--cycles", "1", timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "QUIESCE_DRILL_DIR" in done.stderr and "writable by group/other" in done.stderr
+    assert "starting the throwaway server" not in done.stderr
+    assert not base.exists() or not any(base.iterdir())
+
+
 def test_mongodb_unavailable_exits_3_with_one_line_reason(drill_base: Path) -> None:
     from quiesce.servers.docker import docker_available
 

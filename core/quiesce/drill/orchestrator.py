@@ -171,6 +171,8 @@ class Drill:
             stack.callback(_raise_problems, ws.remove)
         self.progress(f"{opts.engine} on {target.backend.name} backend, {self.disks_kind} "
                       f"disks, mode {opts.mode}, {opts.cycles} cycle(s); work dir {ws.root}")
+        if opts.mode != "unsafe-staggered":
+            _check_config_dir_trusted(ws.cfg)
         disks = self._make_disks(stack, ws)
         layout = target.layout(disks.roots["data"], disks.roots["log"], ws.srv / "live")
         self.progress("starting the throwaway server (data on disk 1, log on disk 2)")
@@ -258,6 +260,26 @@ class Drill:
             os.chmod(disk.mount_point, 0o755)  # noqa: S103 - service users traverse it
         return DiskSet(roots=roots, images=images, kind=self.disks_kind,
                        fstype=self.opts.fstype if self.disks_kind == "loop" else None)
+
+
+def _check_config_dir_trusted(cfg: Path) -> None:
+    """``quiesce run`` refuses a config in a directory someone else could write to, which
+    would fail every cycle after the server, disks and workload were set up: say so first."""
+    from quiesce.security import check_trusted
+
+    probe = cfg / "probe.json"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    try:
+        problems = check_trusted(probe, "config")
+    finally:
+        probe.unlink()
+    if problems:
+        raise DrillError(
+            f"the drill's config dir {cfg} would be refused by `quiesce run`: "
+            + "; ".join(f"{p.where}: {p.message}" for p in problems),
+            hint="point QUIESCE_DRILL_DIR at a directory whose parents are all root-owned and "
+                 "not writable by group/other (the default is /var/lib/quiesce-drill)")
 
 
 def disks_without_files(roots: dict[str, Path]) -> list[str]:
