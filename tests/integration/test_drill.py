@@ -126,7 +126,7 @@ def test_postgresql_quiesced_loop_verifies_with_json_contract(drill_base: Path) 
 
 @needs_pg
 def test_postgresql_unsafe_staggered_is_never_verified(drill_base: Path) -> None:
-    done = run_drill(drill_base, "--engine", "postgresql", "--cycles", "3",
+    done = run_drill(drill_base, "--engine", "postgresql", "--cycles", "2",
                      "--mode", "unsafe-staggered", "--json")
     doc = _json(done)
     assert done.returncode == 1
@@ -177,7 +177,7 @@ def test_mariadb_quiesced_loop_verifies(drill_base: Path) -> None:
 
 @needs_mariadb
 def test_mariadb_unsafe_staggered_is_never_verified(drill_base: Path) -> None:
-    done = run_drill(drill_base, "--engine", "mariadb", "--cycles", "3",
+    done = run_drill(drill_base, "--engine", "mariadb", "--cycles", "2",
                      "--mode", "unsafe-staggered", "--json")
     doc = _json(done)
     assert done.returncode == 1
