@@ -195,12 +195,10 @@ def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
         except PermissionProblem as exc:
             add(exc.problems)
             continue
-        if not scripts.has_interpreter_line(trusted.fd):
+        unrunnable = scripts.interpreter_problem(trusted.fd, spec.path)
+        if unrunnable is not None:
             code = AzureCode.for_phase(phase, "failed")
-            errors.append(RunError.azure(code, "validate",
-                                         f"{spec.path}: has no interpreter line ('#!')",
-                                         f"add '#!/bin/sh' (or the interpreter it is written "
-                                         f"for) as the first line of {spec.path}"))
+            errors.append(RunError.azure(code, "validate", *unrunnable))
             trusted.close()
             continue
         opened[phase] = trusted
@@ -645,11 +643,10 @@ def check(config_path: str, freeze_mounts: Sequence[str] | None = None) -> Check
         try:
             with open_trusted(path, "script",
                               code=AzureCode.for_phase(phase, "permission")) as trusted:
-                if not scripts.has_interpreter_line(trusted.fd):
+                unrunnable = scripts.interpreter_problem(trusted.fd, path)
+                if unrunnable is not None:
                     result.errors.append(RunError.azure(
-                        AzureCode.for_phase(phase, "failed"), "check",
-                        f"{path}: has no interpreter line ('#!')",
-                        f"add '#!/bin/sh' (or its interpreter) as the first line of {path}"))
+                        AzureCode.for_phase(phase, "failed"), "check", *unrunnable))
                 else:
                     note = scripts.azure_shell_note(path, trusted.fd)
                     if note:

@@ -25,6 +25,7 @@ import contextlib
 import errno
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import time
@@ -42,6 +43,8 @@ DRAIN_IDLE = 0.05  # after the main process exits: stop when nothing arrives for
 DRAIN_MAX = 0.5  # ... and in any case after this long
 MAX_LINE = 64 * 1024  # a longer line is passed on in pieces of this size
 TAIL_LINES = 20
+#: PATH for scripts when the runner has none
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -113,21 +116,59 @@ def has_interpreter_line(fd: int) -> bool:
     return head.startswith(b"#!") or head == b"\x7fELF"
 
 
+def _shebang_words(fd: int) -> list[str]:
+    head = os.pread(fd, 256, 0)
+    if not head.startswith(b"#!"):
+        return []
+    return head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
+
+
 def interpreter_of(fd: int) -> str | None:
     """The program a ``#!`` line names (after ``env``, its argument), ``"ELF"`` for a binary,
     None when there is neither."""
-    head = os.pread(fd, 256, 0)
-    if head.startswith(b"\x7fELF"):
+    if os.pread(fd, 4, 0) == b"\x7fELF":
         return "ELF"
-    if not head.startswith(b"#!"):
-        return None
-    words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
+    words = _shebang_words(fd)
     if not words:
         return None
     if os.path.basename(words[0]) == "env":
         rest = [w for w in words[1:] if not w.startswith("-")]
         return rest[0] if rest else words[0]
     return words[0]
+
+
+def interpreter_problem(fd: int, path: str,
+                        search_path: str | None = None) -> tuple[str, str] | None:
+    """Why execve could not start this script, as (message, hint); None when it can.
+
+    Found while validating, so that a typo in the ``#!`` line stops the run before anything
+    runs instead of failing the phase. ``search_path`` is the PATH ``env`` will search
+    (default: this process's, as the scripts inherit it).
+    """
+    if not has_interpreter_line(fd):
+        return (f"{path}: has no interpreter line ('#!')",
+                f"add '#!/bin/sh' (or the interpreter it is written for) as the first line of "
+                f"{path}")
+    if os.pread(fd, 4, 0) == b"\x7fELF":
+        return None
+    words = _shebang_words(fd)
+    if not words:
+        return (f"{path}: its '#!' line names no interpreter", f"write e.g. '#!/bin/sh' as the "
+                f"first line of {path}")
+    program = words[0]
+    if not os.path.isabs(program):
+        return (f"{path}: interpreter {program!r} is not an absolute path",
+                f"write its full path, e.g. '#!/usr/bin/{os.path.basename(program)}'")
+    if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+        return (f"{path}: interpreter {program} does not exist or is not executable",
+                f"install it, or fix the '#!' line of {path}")
+    if os.path.basename(program) == "env":
+        rest = [w for w in words[1:] if not w.startswith("-")]
+        search = search_path or os.environ.get("PATH") or DEFAULT_PATH
+        if rest and "/" not in rest[0] and shutil.which(rest[0], path=search) is None:
+            return (f"{path}: '#!{' '.join(words)}' needs {rest[0]} on PATH, and it is not in "
+                    f"{search}", f"install {rest[0]}, or write its full path in the '#!' line")
+    return None
 
 
 def azure_shell_note(path: str, fd: int) -> str | None:
@@ -306,7 +347,7 @@ def run_script(
     deadline = deadline or Deadline(timeout)
     sink = sink or (lambda stream, line: None)
     run_env = dict(os.environ if env is None else env)
-    run_env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    run_env.setdefault("PATH", DEFAULT_PATH)
     exe = f"/proc/self/fd/{fd}" if fd is not None else path
     argv = [exe, *params]
     tail: deque[str] = deque(maxlen=TAIL_LINES)

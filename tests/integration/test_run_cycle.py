@@ -578,6 +578,18 @@ def test_check_refuses_a_script_without_interpreter_line(env: Env) -> None:
     assert proc.returncode == 2 and "#!/bin/sh" in proc.stdout
 
 
+def test_a_misspelt_interpreter_is_found_before_anything_runs(two_mounts: Env) -> None:
+    env = two_mounts
+    env.script("post.sh", "")
+    (env.root / "post.sh").write_text("#!/bin/shh\necho post\n")  # the classic typo
+    proc = run_check(env)
+    assert proc.returncode == 2 and "interpreter /bin/shh does not exist" in proc.stdout
+    rc, status, _ = env.run()
+    assert rc == 2 and env.ran() == []  # not even the pre-script: post could never run
+    error = errors_by_code(status)["Post-ScriptExecutionFailed"]
+    assert error["phase"] == "validate" and "/bin/shh" in error["message"]
+
+
 def test_check_missing_config(env: Env) -> None:
     env.config.unlink()
     proc = run_check(env)

@@ -89,3 +89,37 @@ def test_azure_shell_note_only_for_scripts_sh_would_not_run_as_written(tmp_path:
     text = note(b"#!/usr/bin/python3")
     assert text is not None and "python3" in text and "sh <script>" in text
     assert note(b"#!/bin/bash") is not None
+
+
+@pytest.mark.parametrize(("first_line", "fragment"), [
+    (b"echo no shebang", "no interpreter line"),
+    (b"#!", "names no interpreter"),
+    (b"#!sh", "not an absolute path"),
+    (b"#!/usr/bin/pyhton3-quiesce-typo", "does not exist"),
+    (b"#!/usr/bin/env no-such-program-quiesce-typo", "needs no-such-program-quiesce-typo on PATH"),
+])
+def test_interpreter_problem_finds_what_execve_would_refuse(tmp_path: Path, first_line: bytes,
+                                                            fragment: str) -> None:
+    from quiesce.scripts import interpreter_problem
+
+    path = tmp_path / "script"
+    path.write_bytes(first_line + b"\necho hi\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        problem = interpreter_problem(fd, str(path), "/usr/bin:/bin")
+    finally:
+        os.close(fd)
+    assert problem is not None and fragment in problem[0] and problem[1]
+
+
+@pytest.mark.parametrize("first_line", [b"#!/bin/sh", b"#!/usr/bin/env sh", b"#! /bin/sh -e"])
+def test_interpreter_problem_accepts_runnable_scripts(tmp_path: Path, first_line: bytes) -> None:
+    from quiesce.scripts import interpreter_problem
+
+    path = tmp_path / "script"
+    path.write_bytes(first_line + b"\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert interpreter_problem(fd, str(path), "/usr/bin:/bin") is None
+    finally:
+        os.close(fd)
