@@ -652,14 +652,19 @@ class Holder:
             self.lock_fd = -1
 
 
-def _write_ready(fd: int, message: dict[str, Any]) -> None:
+def _write_ready(fd: int, message: dict[str, Any]) -> bool:
+    """Send the readiness message to 'pre'; False when 'pre' is gone (killed, timed out)."""
     data = json.dumps(message, default=str).encode() + b"\n"
-    with contextlib.suppress(OSError):
+    delivered = True
+    try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+    except OSError:
+        delivered = False
     with contextlib.suppress(OSError):
         os.close(fd)
+    return delivered
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -701,9 +706,15 @@ def main(argv: list[str] | None = None) -> int:
                      "kind": type(exc).__name__, "instances": []}
             if holder.hold is not None:
                 holder.hold.release_all(AUTO_RELEASED, note="internal error")
-        _write_ready(ready_fd, ready)
+        delivered = _write_ready(ready_fd, ready)
         if not ready.get("ok"):
             return 1
+        if not delivered:
+            # 'pre' died before it could report the hold (an orchestrator's timeout killed
+            # it): its caller saw a failed pre, so nobody relies on this hold. Keeping the
+            # locks until post or max_hold_seconds would only stall the applications.
+            holder._auto_release("'pre' exited before the hold was ready, so nobody relies "
+                                 "on it")
         holder.serve()
         return 0
     except Exception as exc:

@@ -509,3 +509,24 @@ def test_a_module_first_imported_while_holding_writes_no_bytecode(q: Q) -> None:
     code, outcome = q.post_json()
     assert code == 0, outcome  # the module was imported (release would have failed)
     assert not (late / "__pycache__").exists()
+
+
+def test_a_pre_killed_while_quiescing_leaves_nothing_held(q: Q) -> None:
+    """An orchestrator that times out kills 'pre': its caller saw a failure, so the holder
+    must not keep the locks until max_hold_seconds (writers would stall for nothing)."""
+    q.toml("max_hold_seconds = 300\n" + flock_section(q, quiesce_delay=2))
+    pre = subprocess.Popen(
+        [sys.executable, "-m", "quiesce", "pre", "--config", str(q.config), "--runtime-dir",
+         str(q.rundir)], env=q.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd="/")
+    wait_for(lambda: q.status_json().get("state") == "quiescing", 60, "the hold to start")
+    pre.kill()
+    pre.wait(30)
+    wait_for(lambda: q.status_json().get("state") == "auto-released", 60,
+             "the holder to notice that pre is gone and release")
+    assert lock_is_free(q.lock())
+    code, outcome = q.post_json()
+    assert code == 1
+    [inst] = outcome["instances"]
+    assert inst["status"] == "auto-released"
+    assert "'pre' exited before the hold was ready" in inst["note"]
