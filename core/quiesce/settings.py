@@ -184,6 +184,10 @@ def load_settings(
     if plugins is not None:
         selected = list(dict.fromkeys(plugins))
         where_selected = "--plugins"
+        if not selected:
+            problems.append(Problem("--plugins", "names no engine",
+                                    "e.g. --plugins postgresql,mysql, or leave it out to use "
+                                    "every engine the file has a section for"))
     elif "plugins" in core:
         selected = list(dict.fromkeys(core["plugins"]))
         where_selected = "plugins"

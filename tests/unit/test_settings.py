@@ -169,3 +169,10 @@ def test_cross_key_rules_of_engines_are_reported_with_the_rest(tmp_path: Path) -
 def test_mongodb_needs_a_uri_or_a_uri_file(tmp_path: Path) -> None:
     found = problems_of(tmp_path, "[[mongodb]]\nallow_locked = true\n")
     assert any("neither uri nor uri_file" in p for p in found)
+
+
+def test_an_empty_plugins_option_says_so(tmp_path: Path) -> None:
+    """``--plugins ,`` must not be reported as a file without sections."""
+    problems = problems_of(tmp_path, '[[flock]]\npath = "/run/x.lock"\n', plugins=[])
+    assert problems == ["--plugins: names no engine (e.g. --plugins postgresql,mysql, or "
+                        "leave it out to use every engine the file has a section for)"]
