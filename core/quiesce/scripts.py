@@ -162,12 +162,25 @@ def interpreter_problem(fd: int, path: str,
     if not (os.path.isfile(program) and os.access(program, os.X_OK)):
         return (f"{path}: interpreter {program} does not exist or is not executable",
                 f"install it, or fix the '#!' line of {path}")
+    programs = [program]
     if os.path.basename(program) == "env":
         rest = [w for w in words[1:] if not w.startswith("-")]
         search = search_path or os.environ.get("PATH") or DEFAULT_PATH
-        if rest and "/" not in rest[0] and shutil.which(rest[0], path=search) is None:
-            return (f"{path}: '#!{' '.join(words)}' needs {rest[0]} on PATH, and it is not in "
-                    f"{search}", f"install {rest[0]}, or write its full path in the '#!' line")
+        if rest:
+            found = rest[0] if "/" in rest[0] else shutil.which(rest[0], path=search)
+            if found is None:
+                return (f"{path}: '#!{' '.join(words)}' needs {rest[0]} on PATH, and it is "
+                        f"not in {search}", f"install {rest[0]}, or write its full path in the "
+                        "'#!' line")
+            programs.append(found)
+    from quiesce.security import executable_problems
+
+    for candidate in programs:
+        unsafe = executable_problems(candidate)
+        if unsafe:
+            first = unsafe[0]
+            return (f"{path}: its interpreter is not safe to run as root: {first.where}: "
+                    f"{first.message}", first.hint)
     return None
 
 

@@ -315,6 +315,51 @@ def open_trusted(path: str | os.PathLike[str], kind: Kind, *,
     return TrustedFile(fd=fd, path=path, kind=kind, stat=st)
 
 
+def executable_problems(path: str, code: AzureCode | None = None) -> list[Problem]:
+    """Whether root may run the program at ``path`` that a trusted script names in its ``#!``
+    line: honouring the shebang makes the interpreter part of what root executes.
+
+    The program (symlinks followed) must be a regular file owned by uid 0 and not writable by
+    group/other; every directory on the way to it, and to the link that names it, must be
+    root-owned and not group/other-writable. Read and execute bits for others are fine
+    (``/usr/bin/python3`` is 0755). Everything on that chain is root's, so nobody else can
+    swap a component between this check and the exec.
+    """
+    problems: list[Problem] = []
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        return [Problem(path, f"cannot be examined: {exc.strerror}",
+                        "install it, or fix the '#!' line", code)]
+    if not stat.S_ISREG(st.st_mode):
+        return [Problem(real, f"is {file_type_name(st.st_mode)}, not a program file",
+                        "fix the '#!' line", code)]
+    shown = real if real == path else f"{real} (from {path})"
+    if st.st_uid != 0:
+        problems.append(Problem(shown, f"interpreter is owned by {owner_name(st.st_uid)}, not "
+                                "root: its owner could make root run anything",
+                                f"use a root-owned interpreter, or chown root {real}", code))
+    if stat.S_IMODE(st.st_mode) & 0o022:
+        problems.append(Problem(shown, f"interpreter mode {stat.S_IMODE(st.st_mode):04o} is "
+                                "writable by group/other", f"chmod go-w {real}", code))
+    seen: set[str] = set()
+    for start in (os.path.dirname(os.path.abspath(path)), os.path.dirname(real)):
+        directory = start
+        while directory not in seen:
+            seen.add(directory)
+            try:
+                problems.extend(directory_problems(directory, os.stat(directory), code))
+            except OSError as exc:
+                problems.append(Problem(directory, f"cannot be examined: {exc.strerror}",
+                                        "check the path", code))
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                break
+            directory = parent
+    return problems
+
+
 def check_trusted(path: str | os.PathLike[str], kind: Kind, *,
                   code: AzureCode | None = None) -> list[Problem]:
     """Every problem that would stop :func:`open_trusted`; an empty list when the file is fine."""

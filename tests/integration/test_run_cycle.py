@@ -590,6 +590,38 @@ def test_a_misspelt_interpreter_is_found_before_anything_runs(two_mounts: Env) -
     assert error["phase"] == "validate" and "/bin/shh" in error["message"]
 
 
+@pytest.mark.parametrize("how", ["directory owned by a user", "group-writable file",
+                                 "found by env on PATH"])
+def test_an_interpreter_someone_else_could_replace_is_refused(env: Env, how: str) -> None:
+    # Honouring the shebang makes the interpreter part of what root runs: a copy of sh that
+    # another user could rewrite would let that user run anything as root.
+    userbin = env.root / "userbin"
+    userbin.mkdir()
+    os.chmod(userbin, 0o755)
+    interpreter = userbin / "mysh"
+    shutil.copy("/bin/sh", interpreter)
+    os.chmod(interpreter, 0o755)
+    extra_env = {}
+    shebang = f"#!{interpreter}"
+    if how == "directory owned by a user":
+        os.chown(userbin, 65534, 65534)
+    elif how == "group-writable file":
+        os.chmod(interpreter, 0o775)
+    else:
+        os.chown(userbin, 65534, 65534)
+        shebang = "#!/usr/bin/env mysh"
+        extra_env["PATH"] = f"{userbin}:/usr/bin:/bin"
+    (env.root / "pre.sh").write_text(f"{shebang}\necho pre >> {env.order}\n")
+    proc = subprocess.run([*env.cmd, "check", "--config", str(env.config)], capture_output=True,
+                          text=True, timeout=60, check=False, env={**os.environ, **extra_env})
+    assert proc.returncode == 2 and "not safe to run as root" in proc.stdout, proc.stdout
+    env.mounts = [str(env.root)]  # never reached: validation stops first
+    done = subprocess.run(env.argv(), capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, **extra_env})
+    assert done.returncode == 2 and env.ran() == []
+    assert "not safe to run as root" in done.stdout
+
+
 def test_check_missing_config(env: Env) -> None:
     env.config.unlink()
     proc = run_check(env)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,15 @@ def test_directory_rules(mode: int, uid: int, count: int) -> None:
     assert len(problems) == count, problems
     if mode & 0o1000:
         assert "sticky" in problems[0].message
+
+
+def test_executable_problems_accepts_the_system_shell_and_refuses_tmp(tmp_path: Path) -> None:
+    from quiesce.security import executable_problems
+
+    assert executable_problems("/bin/sh") == []  # a symlink on merged-/usr systems: followed
+    program = tmp_path / "python3"
+    program.write_bytes(b"")
+    os.chmod(program, 0o755)
+    problems = executable_problems(str(program))
+    assert any("writable by group/other" in p.message for p in problems)  # /tmp is 1777
+    assert executable_problems(str(tmp_path / "missing"))[0].message.startswith("cannot be")
