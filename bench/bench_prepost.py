@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -558,6 +559,10 @@ def run_engine(name: str, root: Path, server_base: Path, *, counts: list[int], r
         fleet.stop()
 
 
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engines", default="postgresql,mariadb",
@@ -573,6 +578,12 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_prepost: needs root (quiesce pre/post run as root)", file=sys.stderr)
         return 2
+    # Ctrl-C, SIGTERM and SIGHUP all unwind through the finally blocks below, so every holder
+    # and server is still released and stopped (SIGINT too when started in the background,
+    # where the shell would have it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = [e for e in engines if e not in FLEETS]
     if unknown:
@@ -625,4 +636,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:
+        print(f"bench_prepost: interrupted ({exc or 'SIGINT'}); servers and holders were "
+              "cleaned up, no results written", file=sys.stderr)
+        sys.exit(130)
