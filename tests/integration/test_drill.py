@@ -285,8 +285,12 @@ def test_failing_restore_leaves_nothing_behind(drill_base: Path) -> None:
 
 
 @needs_pg
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_in_the_middle_cleans_up(drill_base: Path, signum: int) -> None:
+@pytest.mark.parametrize(("signum", "when"), [
+    (signal.SIGINT, "cycle 2/3: snapshot"),  # inside `quiesce run`: held, frozen or copying
+    (signal.SIGTERM, "cycle 2/3: snapshot"),
+    (signal.SIGINT, "cycle 1/3: recovery"),  # restored disks mounted, a second server starting
+])
+def test_interrupt_in_the_middle_cleans_up(drill_base: Path, signum: int, when: str) -> None:
     env = {**os.environ, "QUIESCE_DRILL_DIR": str(drill_base)}
     proc = subprocess.Popen([sys.executable, "-m", "quiesce", "drill", "--cycles", "3"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -296,13 +300,13 @@ def test_interrupt_in_the_middle_cleans_up(drill_base: Path, signum: int) -> Non
         deadline = time.monotonic() + 300
         for line in proc.stderr:
             seen.append(line)
-            if "cycle 2/3: snapshot" in line:
-                time.sleep(0.2)  # inside `quiesce run`: held, frozen or copying
+            if when in line:
+                time.sleep(0.2)
                 proc.send_signal(signum)
                 break
             assert time.monotonic() < deadline, seen
         else:
-            pytest.fail(f"the drill ended before cycle 2: {''.join(seen)[-3000:]}")
+            pytest.fail(f"the drill ended before {when!r}: {''.join(seen)[-3000:]}")
         rest = proc.stderr.read()
         proc.wait(timeout=300)
     finally:
