@@ -336,11 +336,12 @@ def syscalls(trace: Path, pid_filter: str | None = None) -> list[tuple[str, str]
     """(name, full line) of each syscall in an ``strace -f`` output file.
 
     A call interrupted by another process's output is split into ``name(... <unfinished ...>``
-    and ``<... name resumed>...``: the first line counts, the second is skipped.
+    and ``<... name resumed>...``: the first line counts, the second is skipped. strace pads
+    the pid column (``9110  ioctl(...)`` but ``12345 ioctl(...)``): split on any whitespace.
     """
     calls = []
     for line in trace.read_text().splitlines():
-        parts = line.split(" ", 1)
+        parts = line.split(None, 1)
         if len(parts) < 2 or "(" not in parts[1] or parts[1].startswith(("+++", "---", "<...")):
             continue
         if pid_filter is not None and parts[0] != pid_filter:
@@ -417,7 +418,7 @@ def test_session_makes_only_ioctls_between_first_freeze_and_last_thaw(loop_disk_
                            OWNER_TRACED, str(one.mount_point), str(two.mount_point)],
                           capture_output=True, text=True, timeout=WAIT, check=False)
     assert done.returncode == 0, done.stderr
-    owner_pid = trace.read_text().split(" ", 1)[0]  # the first traced process is the owner
+    owner_pid = trace.read_text().split(None, 1)[0]  # the first traced process is the owner
     calls = syscalls(trace, owner_pid)
     window = [i for i, (name, line) in enumerate(calls)
               if name == "ioctl" and ("FIFREEZE" in line or "FITHAW" in line)]
