@@ -52,6 +52,26 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def error_document(exc: BaseException) -> dict[str, object]:
+    """A QuiesceError as JSON: type, message, fix, Azure code and every problem found."""
+    from quiesce.errors import ValidationError
+
+    code = getattr(exc, "code", None)
+    doc: dict[str, object] = {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "hint": getattr(exc, "hint", "") or None,
+        "code": code.text if code is not None else None,
+        "number": code.number if code is not None else None,
+    }
+    if isinstance(exc, ValidationError):
+        doc["problems"] = [
+            {"where": p.where, "message": p.message, "hint": p.hint or None}
+            for p in exc.problems
+        ]
+    return doc
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Only the chosen subcommand's module is imported: start-up time matters for 'post'.
@@ -72,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quiesce {args.command}: {exc}", file=sys.stderr)
         if exc.hint:
             print(f"  fix: {exc.hint}", file=sys.stderr)
+        if getattr(args, "json", False):
+            # Automation that asked for JSON gets JSON on stdout for failures too.
+            import json
+
+            print(json.dumps({"command": args.command, "error": error_document(exc)}, indent=2))
         return 2
     except KeyboardInterrupt:
         print(f"quiesce {args.command}: interrupted", file=sys.stderr)
