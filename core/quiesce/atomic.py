@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *,
                  root_owned: bool = False, backup: str | None = None) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, rename it over ``path``.
 
-    The temp file is created with O_NOFOLLOW and ``mode`` before any byte is written, so a
-    secret is never briefly readable by others. ``root_owned`` chowns it to root when we are
-    root; ``backup`` hard-links the current file there before it is replaced. The directory is
-    fsynced so the rename survives a crash.
+    The temp file is created exclusively under a random name, mode 0600 then ``mode`` before
+    any byte is written, so a secret is never briefly readable by others. ``root_owned``
+    chowns it to root when we are root; ``backup`` hard-links the current file there before it
+    is replaced. The directory is fsynced so the rename survives a crash.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 mode)
+    # mkstemp: a random name created with O_EXCL|O_NOFOLLOW, mode 0600, so nothing planted in
+    # the directory (a symlink, a FIFO) can redirect or block the write.
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=directory)
     try:
         if root_owned and os.geteuid() == 0:
             os.fchown(fd, 0, 0)

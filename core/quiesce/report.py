@@ -11,14 +11,13 @@ directory fsynced.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from quiesce.atomic import write_atomic
 from quiesce.errors import AzureCode, Problem
 
 CONSISTENCY_LEVELS = ("application", "filesystem", "crash", "none")
@@ -81,9 +80,9 @@ class PhaseRecord:
         out: dict[str, Any] = {
             "name": self.name,
             "status": self.status,
+            "start": iso(self.start),
             # ``duration`` (seconds) is what issue 2 names; ``duration_ms`` came first and stays.
             "duration": None if self.duration_ms is None else round(self.duration_ms / 1000, 6),
-            "start": iso(self.start),
             "duration_ms": None if self.duration_ms is None else round(self.duration_ms, 3),
             "attempts": self.attempts,
             "detail": self.detail,
@@ -144,26 +143,9 @@ class RunStatus:
 
 def write_atomically(path: str | os.PathLike[str], text: str, mode: int = 0o600) -> None:
     """Replace ``path`` with ``text`` so a reader sees the old or the new file, never half."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if not isinstance(text, str):
+        raise TypeError(f"status text must be str, not {type(text).__name__}")
+    write_atomic(path, text.encode("utf-8"), mode)
 
 
 _STATUS_WORD = {"ok": "ok", "failed": "FAILED", "timeout": "TIMEOUT", "skipped": "skipped",

@@ -37,11 +37,15 @@ def test_backup_is_a_link_to_the_replaced_file(tmp_path: Path) -> None:
     assert target.read_text() == "new"
 
 
-def test_a_symlink_at_the_temp_name_is_not_followed(tmp_path: Path) -> None:
+def test_things_planted_in_the_directory_are_neither_followed_nor_opened(
+        tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("keep")
     target = tmp_path / "f"
     os.symlink(victim, tmp_path / f".f.{os.getpid()}.tmp")
-    with pytest.raises(OSError):
-        write_atomic(target, b"x")
+    os.mkfifo(tmp_path / ".f.fifo.tmp")
+    write_atomic(target, b"x")  # a FIFO opened for writing would block here forever
     assert victim.read_text() == "keep"
+    assert target.read_bytes() == b"x"
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["victim", "f", f".f.{os.getpid()}.tmp", ".f.fifo.tmp"])
