@@ -15,6 +15,8 @@ Keys (``name`` is added by the core)::
     lock_wait_seconds = 10     # bounded wait for the lock behind running statements
     kill_blockers_after = 5    # optional: KILL QUERY what still blocks after this many seconds
     connect_timeout = 5
+    tls = "auto"               # "auto" | "disabled" | "preferred" | "required"
+    tls_ca = "/etc/quiesce/mysql-ca.pem"       # optional CA file for tls = "required"
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ DEFAULT_PORT = 3306
 DEFAULT_USER = "root"
 DEFAULT_LOCK_WAIT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
+# auto: no TLS over a Unix socket (it protects nothing there, and the driver's opportunistic
+# TLS costs ~50 ms of CPU per connection, serialised across instances); the driver's
+# opportunistic TLS over TCP. required: verified certificate and host name.
+TLS_MODES = ("auto", "disabled", "preferred", "required")
 
 
 def _absolute(value: Any) -> str | None:
@@ -65,6 +71,12 @@ SCHEMA = Table({
     "kill_blockers_after": Field((int, float), minimum=0, maximum=600,
                                  hint="seconds after which statements still blocking the lock "
                                       "get KILL QUERY; leave it out to never kill"),
+    "tls": Field(str, default="auto", choices=TLS_MODES,
+                 hint='"auto" uses no TLS over unix_socket and opportunistic TLS over TCP; '
+                      '"required" verifies the server certificate and host name'),
+    "tls_ca": Field(str, check=_absolute,
+                    hint="CA certificate file to verify the server with (tls = \"required\"); "
+                         "default: the system's CA store"),
     "connect_timeout": Field((int, float), default=DEFAULT_CONNECT_TIMEOUT, minimum=0.1,
                              maximum=120),
 })
@@ -81,6 +93,9 @@ def section_problems(section: Mapping[str, Any], where: str = "mysql") -> list[P
             f"{kill:g} is not below lock_wait_seconds ({wait:g}), so it could never act",
             "set kill_blockers_after lower than lock_wait_seconds, or leave it out",
         ))
+    if section.get("tls_ca") is not None and section.get("tls", "auto") != "required":
+        problems.append(Problem(f"{where}.tls_ca", "is only used with tls = \"required\"",
+                                'set tls = "required", or remove tls_ca'))
     return problems
 
 
@@ -97,6 +112,8 @@ class MySQLOptions:
     lock_wait_seconds: float = DEFAULT_LOCK_WAIT
     kill_blockers_after: float | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    tls: str = "auto"
+    tls_ca: str | None = None
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any], where: str = "mysql") -> MySQLOptions:
@@ -114,6 +131,7 @@ class MySQLOptions:
             kill_blockers_after=(float(data["kill_blockers_after"])
                                  if data.get("kill_blockers_after") is not None else None),
             connect_timeout=float(data["connect_timeout"]),
+            tls=data["tls"], tls_ca=data.get("tls_ca"),
         )
 
     @property

@@ -89,6 +89,22 @@ class Endpoint:
         return self.options.address
 
 
+def tls_arguments(options: MySQLOptions) -> dict[str, Any]:
+    """PyMySQL's TLS arguments for the section's ``tls`` mode."""
+    mode = options.tls
+    if mode == "auto":
+        mode = "disabled" if options.unix_socket else "preferred"
+    if mode == "disabled":
+        return {"ssl_disabled": True}
+    if mode == "required":
+        # An SSLContext makes TLS mandatory; create_default_context verifies the certificate
+        # chain and the host name (against tls_ca, or the system's CA store).
+        import ssl
+
+        return {"ssl": ssl.create_default_context(cafile=options.tls_ca)}
+    return {}  # preferred: the driver's opportunistic TLS
+
+
 def connect(endpoint: Endpoint, deadline: Deadline, *, purpose: str) -> Any:
     """A new autocommit connection, bounded by ``connect_timeout`` and the deadline.
 
@@ -119,6 +135,7 @@ def connect(endpoint: Endpoint, deadline: Deadline, *, purpose: str) -> Any:
     else:
         kwargs["host"] = options.host
         kwargs["port"] = options.port
+    kwargs.update(tls_arguments(options))
     try:
         conn = pymysql.connect(**kwargs)
     except pymysql.err.MySQLError as exc:

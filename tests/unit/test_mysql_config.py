@@ -78,3 +78,25 @@ def test_plugin_registers_without_importing_the_driver() -> None:
                          timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_tls_defaults_to_none_over_a_socket_and_opportunistic_over_tcp() -> None:
+    import ssl
+
+    from quiesce_mysql.session import tls_arguments
+
+    socket = MySQLOptions.from_mapping({"unix_socket": "/run/mysqld/mysqld.sock"})
+    assert tls_arguments(socket) == {"ssl_disabled": True}
+    assert tls_arguments(MySQLOptions.from_mapping({"host": "db1"})) == {}
+    required = tls_arguments(MySQLOptions.from_mapping({"host": "db1", "tls": "required"}))
+    context = required["ssl"]
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    forced = MySQLOptions.from_mapping({"unix_socket": "/s", "tls": "preferred"})
+    assert tls_arguments(forced) == {}
+
+
+def test_tls_ca_without_required_is_refused() -> None:
+    with pytest.raises(ConfigError, match="tls_ca"):
+        MySQLOptions.from_mapping({"tls_ca": "/etc/quiesce/ca.pem"})
+    with pytest.raises(ConfigError, match="tls"):
+        MySQLOptions.from_mapping({"tls": "on"})
