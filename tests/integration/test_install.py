@@ -91,12 +91,34 @@ def test_installs_root_owned_files_that_pass_check(base: Path) -> None:
     assert exec_line.startswith("exec /") and f" pre --config {prefix / TOML} " in exec_line
     assert " post --config " in (prefix / POST).read_text()
     toml = (prefix / TOML).read_text()
-    assert 'plugins = ["postgresql", "mysql"]' in toml
+    # The selection stays commented: selecting an engine that has no section is an error.
+    assert '# plugins = ["postgresql", "mysql"]' in toml
     assert "# [[postgresql]]" in toml and "# [[mysql]]" in toml and "[[mongodb]]" not in toml
 
+    # The Azure side is valid; the skeleton is not a configuration yet, and check says so
+    # instead of letting the first backup's 'quiesce pre' find out.
+    check = quiesce("check", "--config", str(prefix / AZURE))
+    assert check.returncode == 2, check.stdout + check.stderr
+    for line in ("config: ok", f"pre-script {prefix / PRE}: ok",
+                 f"post-script {prefix / POST}: ok",
+                 f"quiesce.toml {prefix / TOML} (used by the pre-script): problems",
+                 f"problem IncorrectQuiesceConfigFile: {prefix / TOML}: has no database "
+                 "instance section", "1 problem(s)"):
+        assert line in check.stdout, check.stdout
+    assert "uncomment and fill in the example section ([[postgresql]], [[mysql]])" \
+        in check.stdout
+
+    # Uncommenting the example PostgreSQL section (with a conninfo) makes it pass.
+    lines = toml.splitlines()
+    start = lines.index("# [[postgresql]]")
+    section = ["[[postgresql]]", 'conninfo = "host=/var/run/postgresql dbname=postgres"']
+    filled = "\n".join(lines[:start] + section + lines[start + 1:]) + "\n"
+    (prefix / TOML).write_text(filled)
     check = quiesce("check", "--config", str(prefix / AZURE))
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "config: ok" in check.stdout
+    assert (f"quiesce.toml {prefix / TOML} (used by the pre-script): ok "
+            "(postgresql/postgresql)") in check.stdout
+    assert check.stdout.endswith("all good\n")
 
 
 def test_rerun_is_idempotent(base: Path) -> None:

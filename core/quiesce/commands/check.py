@@ -1,8 +1,9 @@
 """``quiesce check``: validate an Azure config, its scripts and the mounts, running nothing.
 
 Prints every problem with its code and how to fix it, and the filesystems a run would freeze
-(limited, like ``quiesce run``, by ``--freeze-mount``).
-Exit 0 when all is well, 2 otherwise.
+(limited, like ``quiesce run``, by ``--freeze-mount``). When the scripts are quiesce wrappers
+(``quiesce install azure``), the quiesce.toml that ``quiesce pre`` would load is validated too
+(see :mod:`quiesce.check_hold`). Exit 0 when all is well, 2 otherwise.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import sys
 
+    from quiesce.check_hold import check_hold, merge_into
     from quiesce.runner import check, format_check
 
     result = check(args.config, args.freeze_mounts)
+    merge_into(result, check_hold(result.config, args.config))
     sys.stdout.write(format_check(result))
     return 0 if result.ok else 2

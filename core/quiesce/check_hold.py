@@ -1,0 +1,395 @@
+"""The part of ``quiesce check`` behind the Azure scripts: the quiesce.toml ``pre`` will use.
+
+``quiesce check`` validates the Azure config and its two scripts. When those scripts are
+quiesce wrappers (what ``quiesce install azure`` writes: a ``sh`` script whose command is
+``exec <quiesce> pre|post --config <toml> "$@"``), the first backup also depends on the
+quiesce.toml the wrapper names: a skeleton without an instance section, an unknown key or a
+group-readable file all make ``quiesce pre`` fail at snapshot time. This module finds each
+wrapper's ``quiesce`` call, parses its arguments with the real command's own parser (the Azure
+params appended where the wrapper says ``"$@"``), and validates the quiesce.toml ``pre`` would
+load with :func:`quiesce.settings.load_settings`: permissions, schema, engines, secret files.
+
+Problems with quiesce.toml are reported with the code :data:`QUIESCE_CONFIG_CODE`
+(``IncorrectQuiesceConfigFile``, no Azure number). Azure's own 304 (IncorrectPluginhostFile)
+names the extension's plugin-host file, and 305 the Azure JSON config; neither is the file to
+fix here. Under Azure, the failure these problems predict shows up as
+Pre-ScriptExecutionFailed (300), because ``quiesce pre`` exits non-zero. A wrapper whose
+arguments would make ``quiesce pre``/``post`` fail before reading anything (an unknown option,
+a relative ``--config``, the pre-script calling ``quiesce post``) is reported with the phase's
+ExecutionFailed code, like any script that cannot work.
+
+Nothing connects to a database: an engine's ``prepare`` flushes (PostgreSQL CHECKPOINT,
+MySQL FLUSH TABLES), which is not something a check may do to a production server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from quiesce.errors import AzureCode, Problem, QuiesceError
+from quiesce.report import RunError
+
+if TYPE_CHECKING:
+    from quiesce.settings import Settings
+
+QUIESCE_CONFIG_CODE = "IncorrectQuiesceConfigFile"
+PHASES = ("pre", "post")
+#: A wrapper is a few lines; anything bigger is not one of ours and is not parsed.
+MAX_WRAPPER_BYTES = 64 * 1024
+# Seconds ``quiesce pre`` waits for its holder beyond pre_timeout_seconds (start-up, imports);
+# mirrors quiesce.commands.pre.STARTUP_MARGIN.
+PRE_STARTUP_MARGIN = 30.0
+
+_PYTHON_RE = re.compile(r"^python[0-9.]*$")
+
+
+class WrapperArgumentError(QuiesceError):
+    """The wrapper passes arguments the quiesce command would refuse."""
+
+
+@dataclass(frozen=True)
+class WrapperCall:
+    """The ``quiesce pre``/``post`` call found in an Azure script."""
+
+    script: str  # the Azure script's path
+    line: int  # 1-based line of the call in the script
+    command: str  # the quiesce subcommand the script runs: "pre" or "post"
+    argv: tuple[str, ...]  # its arguments, with "$@" replaced by the Azure params
+    expanded: bool = False  # the script's own arguments use shell expansion ($VAR, `...`)
+
+
+@dataclass
+class HoldCheck:
+    """What :func:`check_hold` found, to be merged into the runner's check result."""
+
+    checked: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[RunError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # quiesce.toml path -> the validated instances ("engine/name"), for the ones that passed.
+    instances: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+# --- finding the wrapper's call ------------------------------------------------------------
+
+
+def _quiesce_args(tokens: list[str]) -> list[str] | None:
+    """The arguments after ``quiesce`` when ``tokens`` runs quiesce, else None.
+
+    Accepted forms: ``[exec] /path/quiesce ARGS`` and ``[exec] /path/python [-FLAGS] -m
+    quiesce ARGS`` (what :func:`quiesce.azure_install.quiesce_command` produces).
+    """
+    if tokens and tokens[0] == "exec":
+        tokens = tokens[1:]
+    if not tokens:
+        return None
+    program = os.path.basename(tokens[0])
+    if program == "quiesce":
+        return tokens[1:]
+    if _PYTHON_RE.match(program):
+        i = 1
+        while i < len(tokens) and tokens[i].startswith("-") and tokens[i] != "-m":
+            i += 1
+        if tokens[i:i + 2] == ["-m", "quiesce"]:
+            return tokens[i + 2:]
+    return None
+
+
+def find_wrapper_call(text: str, script: str, params: Sequence[str]) -> WrapperCall | None:
+    """The first line of a shell script that runs ``quiesce pre`` or ``quiesce post``.
+
+    ``params`` (the Azure config's params for this script) replace a ``"$@"`` argument, as the
+    shell would. Returns None when the script runs no quiesce pre/post: it is not a wrapper.
+    """
+    text = text.replace("\\\n", "")  # line continuations
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            tokens = shlex.split(stripped, comments=True)
+        except ValueError:  # unbalanced quotes: not a line we can read
+            continue
+        rest = _quiesce_args(tokens)
+        if not rest or rest[0] not in PHASES:
+            continue
+        argv: list[str] = []
+        expanded = False
+        for token in rest[1:]:
+            if token in ("$@", "$*"):
+                argv.extend(params)
+                continue
+            if "$" in token or "`" in token:
+                expanded = True
+            argv.append(token)
+        return WrapperCall(script, number, rest[0], tuple(argv), expanded)
+    return None
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would print usage and exit
+        raise WrapperArgumentError(message)
+
+
+def parse_call(call: WrapperCall) -> argparse.Namespace:
+    """The call's arguments parsed by the quiesce command's own ``configure``.
+
+    Raises WrapperArgumentError for arguments the command would refuse.
+    """
+    module = importlib.import_module(f"quiesce.commands.{call.command}")
+    parser = _RaisingParser(prog=f"quiesce {call.command}", add_help=False)
+    module.configure(parser)
+    return parser.parse_args(list(call.argv))
+
+
+# --- reading the Azure side leniently --------------------------------------------------------
+
+
+def _scripts(config: Any, config_path: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(phase, script path, params) from a valid config, or read leniently from an invalid
+    one so its wrappers are still checked. A config that cannot be trusted gives nothing."""
+    if config is not None:
+        return [(p, config.script(p).path, tuple(config.script(p).params)) for p in PHASES]
+    from quiesce.azure_config import MAX_CONFIG_BYTES
+    from quiesce.security import open_trusted
+
+    try:
+        with open_trusted(config_path, "config") as trusted:
+            document = json.loads(trusted.read_bytes(MAX_CONFIG_BYTES))
+    except (QuiesceError, ValueError, OSError):
+        return []
+    if not isinstance(document, dict):
+        return []
+    out = []
+    for phase in PHASES:
+        path = document.get(f"{phase}ScriptLocation")
+        params = document.get(f"{phase}ScriptParams", [])
+        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+            params = []
+        if isinstance(path, str) and path.startswith("/"):
+            out.append((phase, path, tuple(params)))
+    return out
+
+
+def _read_script(path: str) -> str | None:
+    """The script's text through a checked descriptor; None when it cannot be trusted (the
+    runner's check reports why) or is too big to be a wrapper."""
+    from quiesce.security import open_trusted
+
+    try:
+        with open_trusted(path, "script") as trusted:
+            data = trusted.read_bytes(MAX_WRAPPER_BYTES)
+    except (QuiesceError, OSError):
+        return None
+    return data.decode("utf-8", "replace")
+
+
+# --- validating quiesce.toml -----------------------------------------------------------------
+
+
+_EXAMPLE_SECTION_RE = re.compile(r"^#\s*\[\[([A-Za-z0-9_.-]+)\]\]\s*$", re.MULTILINE)
+
+
+def _read_document(path: str) -> tuple[str, dict[str, Any]] | None:
+    """The TOML text and document, read without trusting them (only to word a problem);
+    None if the file cannot be read or parsed (load_settings reports why)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            text = handle.read(16 * 1024 * 1024).decode("utf-8")
+        return text, tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+
+
+def _has_instance_section(document: dict[str, Any]) -> bool:
+    from quiesce.settings import CORE_FIELDS
+
+    return any(key not in CORE_FIELDS and (
+        isinstance(value, dict) or (isinstance(value, list) and bool(value)
+                                    and all(isinstance(v, dict) for v in value)))
+        for key, value in document.items())
+
+
+def _is_missing_section(problem: Problem, path: str) -> bool:
+    """load_settings' complaints that the selection has no section to go with it."""
+    return ("has no [[" in problem.message
+            or (problem.where == path and problem.message == "selects no database instance"))
+
+
+def toml_problems(path: str, plugins: Sequence[str] | None = None,
+                  ) -> tuple[list[Problem], Settings | None]:
+    """(problems, settings) of the quiesce.toml at ``path`` as ``quiesce pre`` would load it.
+
+    ``settings`` is the validated file when there is no problem. A file with no instance
+    section at all (the skeleton ``install azure`` writes) is one problem saying to add one,
+    instead of one complaint per selected engine.
+    """
+    from quiesce.errors import ValidationError
+    from quiesce.settings import installed_engine_names, load_settings
+
+    try:
+        return [], load_settings(path, plugins=plugins)
+    except ValidationError as exc:
+        problems = list(exc.problems)
+    except QuiesceError as exc:
+        return [Problem(path, str(exc), exc.hint)], None
+
+    read = _read_document(path)
+    if read is not None and not _has_instance_section(read[1]):
+        text, document = read
+        kept = [p for p in problems if not _is_missing_section(p, path)]
+        commented = list(dict.fromkeys(_EXAMPLE_SECTION_RE.findall(text)))
+        selected = document.get("plugins")
+        if plugins:
+            engines = list(plugins)
+        elif isinstance(selected, list) and selected and all(isinstance(n, str)
+                                                             for n in selected):
+            engines = list(selected)
+        else:
+            engines = commented or installed_engine_names()
+        examples = ", ".join(f"[[{name}]]" for name in engines) or "[[postgresql]]"
+        if commented:
+            fix = (f"uncomment and fill in the example section ({examples}) of each database "
+                   "to quiesce")
+        else:
+            fix = f"add a section ({examples}) for each database to quiesce"
+        kept.insert(0, Problem(
+            path, "has no database instance section, so 'quiesce pre' would fail at the "
+            "first backup",
+            f"{fix}; see docs/configuration.md, then run 'quiesce check' again"))
+        problems = kept
+    return problems, None
+
+
+def _resolve_config(value: str) -> str:
+    return os.path.normpath(value)
+
+
+def _run_error(problem: Problem, toml_path: str) -> RunError:
+    where = problem.where
+    if where and where != toml_path and not where.startswith("/"):
+        where = f"{toml_path}: {where}"  # a key path: say which file it is in
+    return RunError(QUIESCE_CONFIG_CODE, None, "check",
+                    f"{where}: {problem.message}" if where else problem.message, problem.hint)
+
+
+def check_hold(config: Any, config_path: str) -> HoldCheck:
+    """Check the quiesce wrappers among the Azure scripts and the quiesce.toml they use.
+
+    ``config`` is the validated :class:`quiesce.azure_config.AzureConfig`, or None when it
+    failed validation (its script locations are then read leniently). Scripts that are not
+    quiesce wrappers are left alone: the result is empty for them.
+    """
+    result = HoldCheck()
+    calls: dict[str, tuple[WrapperCall, argparse.Namespace]] = {}
+    for phase, path, params in _scripts(config, config_path):
+        text = _read_script(path)
+        if text is None:
+            continue
+        call = find_wrapper_call(text, path, params)
+        if call is None:
+            continue
+        failed = AzureCode.for_phase(phase, "failed")
+        if call.command != phase:
+            result.errors.append(RunError.azure(
+                failed, "check",
+                f"{path}:{call.line}: the {phase}-script runs 'quiesce {call.command}'",
+                f"the {phase}-script must run 'quiesce {phase}': swap preScriptLocation and "
+                "postScriptLocation, or rerun 'quiesce install azure --force'"))
+            continue
+        if call.expanded:
+            result.notes.append(
+                f"{path}:{call.line}: the quiesce {phase} call uses shell expansion; its "
+                "quiesce.toml was not checked (run 'quiesce check' on a wrapper with literal "
+                "arguments, or validate the file with 'quiesce pre' by hand)")
+            continue
+        try:
+            args = parse_call(call)
+        except WrapperArgumentError as exc:
+            result.errors.append(RunError.azure(
+                failed, "check", f"{path}:{call.line}: 'quiesce {phase}' would refuse its "
+                f"arguments: {exc}",
+                f"fix the arguments in {path} or {phase}ScriptParams (see 'quiesce {phase} "
+                "--help'), or rerun 'quiesce install azure --force'"))
+            continue
+        if not os.path.isabs(args.config):
+            result.errors.append(RunError.azure(
+                failed, "check", f"{path}:{call.line}: --config {args.config!r} is a "
+                "relative path; it would be looked up in whatever directory the backup agent "
+                "runs the script from",
+                "give the absolute path of quiesce.toml, e.g. --config "
+                "/etc/quiesce/quiesce.toml"))
+            continue
+        calls[phase] = (call, args)
+
+    if "pre" in calls:
+        call, args = calls["pre"]
+        toml_path = _resolve_config(args.config)
+        from quiesce.settings import parse_plugin_list
+
+        plugins = parse_plugin_list(getattr(args, "plugins", None))
+        problems, settings = toml_problems(toml_path, plugins)
+        what = f"quiesce.toml {toml_path} (used by the pre-script)"
+        if settings is None:
+            result.errors.extend(_run_error(p, toml_path) for p in problems)
+            result.checked.append((what, "problems"))
+        else:
+            instances = [f"{i.engine}/{i.name}" for i in settings.instances]
+            result.instances[toml_path] = instances
+            result.checked.append((what, f"ok ({', '.join(instances)})"))
+            if config is not None:
+                _timeout_note(result, settings, config)
+        if "post" in calls:
+            post_config = _resolve_config(calls["post"][1].config)
+            if post_config != toml_path:
+                result.notes.append(
+                    f"the post-script names --config {post_config} but the pre-script "
+                    f"{toml_path}; 'quiesce post' releases what 'pre' holds and reads no "
+                    "configuration, so only the pre-script's file is checked")
+    elif "post" in calls:
+        result.notes.append(
+            f"{calls['post'][0].script} is a 'quiesce post' wrapper but the pre-script is not "
+            "'quiesce pre': nothing will be held for it to release")
+    return result
+
+
+def _timeout_note(result: HoldCheck, settings: Settings, config: Any) -> None:
+    """A note when Azure may give up on ``pre`` before ``pre`` gives up by itself."""
+    longest = settings.pre_timeout_seconds + PRE_STARTUP_MARGIN
+    if config.timeout_seconds < longest:
+        result.notes.append(
+            f"timeoutInSeconds is {config.timeout_seconds} but 'quiesce pre' may take up to "
+            f"{longest:g} s (pre_timeout_seconds {settings.pre_timeout_seconds:g} + "
+            f"{PRE_STARTUP_MARGIN:g} s start-up) before it gives up by itself; raise "
+            f"timeoutInSeconds to at least {math.ceil(longest)} (quiesce install azure "
+            "sizes it so) or lower pre_timeout_seconds")
+
+
+def merge_into(check_result: Any, hold: HoldCheck) -> None:
+    """Add ``hold``'s findings to a :class:`quiesce.runner.CheckResult` in place."""
+    check_result.checked.extend(hold.checked)
+    check_result.errors.extend(hold.errors)
+    check_result.notes.extend(hold.notes)
+
+
+__all__ = [
+    "QUIESCE_CONFIG_CODE", "HoldCheck", "WrapperArgumentError", "WrapperCall", "check_hold",
+    "find_wrapper_call", "merge_into", "parse_call", "toml_problems",
+]
