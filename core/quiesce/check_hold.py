@@ -233,19 +233,20 @@ def _is_missing_section(problem: Problem, path: str) -> bool:
             or (problem.where == path and problem.message == "selects no database instance"))
 
 
-def toml_problems(path: str, plugins: Sequence[str] | None = None,
-                  ) -> tuple[list[Problem], Settings | None]:
+def toml_problems(path: str, plugins: Sequence[str] | None = None, *,
+                  check_permissions: bool = True) -> tuple[list[Problem], Settings | None]:
     """(problems, settings) of the quiesce.toml at ``path`` as ``quiesce pre`` would load it.
 
     ``settings`` is the validated file when there is no problem. A file with no instance
     section at all (the skeleton ``install azure`` writes) is one problem saying to add one,
-    instead of one complaint per selected engine.
+    instead of one complaint per selected engine. ``check_permissions`` is passed to
+    load_settings (False only in tests).
     """
     from quiesce.errors import ValidationError
     from quiesce.settings import installed_engine_names, load_settings
 
     try:
-        return [], load_settings(path, plugins=plugins)
+        return [], load_settings(path, plugins=plugins, check_permissions=check_permissions)
     except ValidationError as exc:
         problems = list(exc.problems)
     except QuiesceError as exc:
@@ -323,11 +324,14 @@ def check_hold(config: Any, config_path: str) -> HoldCheck:
         try:
             args = parse_call(call)
         except WrapperArgumentError as exc:
-            result.errors.append(RunError.azure(
-                failed, "check", f"{path}:{call.line}: 'quiesce {phase}' would refuse its "
-                f"arguments: {exc}",
-                f"fix the arguments in {path} or {phase}ScriptParams (see 'quiesce {phase} "
-                "--help'), or rerun 'quiesce install azure --force'"))
+            message = f"{path}:{call.line}: 'quiesce {phase}' would refuse its arguments: {exc}"
+            hint = (f"fix the arguments in {path} or {phase}ScriptParams (see 'quiesce {phase} "
+                    "--help'), or rerun 'quiesce install azure --force'")
+            if "" in params:
+                message += (f" ({phase}ScriptParams holds empty strings, as in Azure's sample "
+                            "config; the wrapper passes them on as arguments)")
+                hint = f'set "{phase}ScriptParams": [] in {config_path}'
+            result.errors.append(RunError.azure(failed, "check", message, hint))
             continue
         if not os.path.isabs(args.config):
             result.errors.append(RunError.azure(
