@@ -1,13 +1,17 @@
-"""Decide whether a file is safe to trust as root, on the file descriptor that will be used.
+"""Decide whether a file is safe to trust, on the file descriptor that will be used.
 
-quiesce runs as root and reads configs, secrets and scripts that decide what root executes.
-A file is trusted only if nobody but root could have written it:
+quiesce reads configs, secrets and scripts that decide what it executes, with the privileges of
+the process that reads them. A file is trusted only if nobody but a *trusted owner* could have
+written it. The trusted owners (:func:`trusted_uids`) are root, and the effective uid of the
+process that acts on the file: a non-root user's own files are exactly as trustworthy as that
+user, who could run anything as themselves anyway. Running as root, only uid 0 is trusted (a
+file owned by any other user would let that user make root run anything). So:
 
-* the file itself is a regular file owned by uid 0 with no group/other permission bits
-  (configs must not be owner-executable, scripts must be owner-executable);
-* every directory on its *resolved* path, from ``/`` down, is owned by uid 0 and not writable
-  by group or other (a sticky world-writable directory such as ``/tmp`` is refused too: anyone
-  can create names in it, and a rename race is one ``mv`` away).
+* the file itself is a regular file owned by a trusted owner with no group/other permission
+  bits (configs must not be owner-executable, scripts must be owner-executable);
+* every directory on its *resolved* path, from ``/`` down, is owned by a trusted owner and not
+  writable by group or other (a sticky world-writable directory such as ``/tmp`` is refused
+  too: anyone can create names in it, and a rename race is one ``mv`` away).
 
 The path is walked one component at a time from ``/`` with ``O_PATH|O_DIRECTORY|O_NOFOLLOW``
 directory descriptors, each opened relative to the previous one, so a symlinked directory
@@ -115,6 +119,37 @@ def owner_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+def user_name(uid: int) -> str:
+    """What ``chown`` accepts for ``uid``: the login name, or the number."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def trusted_uids(euid: int | None = None) -> frozenset[int]:
+    """The owners whose files and directories quiesce trusts when it acts as ``euid``
+    (default: this process's effective uid): root always, and ``euid`` itself.
+
+    As root that is ``{0}`` and nothing else. As a non-root user it is ``{0, euid}``: the
+    user's own files are as trustworthy as the user, and root's files are beyond the user's
+    reach. Another non-root user's files are never trusted.
+    """
+    uid = os.geteuid() if euid is None else euid
+    return frozenset({0, uid})
+
+
+def _acting_uid(euid: int | None) -> int:
+    return os.geteuid() if euid is None else euid
+
+
+def _not_trusted(uid: int, euid: int) -> str:
+    """The ownership complaint: ", not root" as root; ", not root or <user>" otherwise."""
+    if euid == 0:
+        return f"is owned by {owner_name(uid)}, not root"
+    return f"is owned by {owner_name(uid)}, not root or {owner_name(euid)} (quiesce's user)"
+
+
 def file_type_name(mode: int) -> str:
     for test, name in (
         (stat.S_ISDIR, "a directory"),
@@ -130,20 +165,33 @@ def file_type_name(mode: int) -> str:
 
 
 def file_mode_problems(path: str, st: os.stat_result, kind: str,
-                       code: AzureCode | None = None) -> list[Problem]:
-    """The rules for the file itself, on a stat result (pure: unit-testable)."""
+                       code: AzureCode | None = None, *,
+                       euid: int | None = None) -> list[Problem]:
+    """The rules for the file itself, on a stat result (pure: unit-testable).
+
+    ``euid`` is the effective uid of the process that will act on the file (default: this
+    one); see :func:`trusted_uids`.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    me = _acting_uid(euid)
     want = _WANTED_MODE[kind]
     if not stat.S_ISREG(st.st_mode):
+        owner = "root" if me == 0 else f"you ({user_name(me)}) or root"
         return [Problem(path, f"is {file_type_name(st.st_mode)}, not a regular file",
-                        f"point the setting at a regular file (a {kind} owned by root, "
+                        f"point the setting at a regular file (a {kind} owned by {owner}, "
                         f"mode {want})", code)]
     problems: list[Problem] = []
     mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid != 0:
-        problems.append(Problem(path, f"is owned by {owner_name(st.st_uid)}, not root",
-                                f"chown root:root {path}", code))
+    if st.st_uid not in trusted_uids(me):
+        if me == 0:
+            hint = f"chown root:root {path}"
+        else:
+            hint = (f"use a copy you own (cp {path} <your file> && chmod {want} <your file>), "
+                    f"or have root run chown {user_name(me)} {path}")
+        problems.append(Problem(path, _not_trusted(st.st_uid, me)
+                                + ("" if me == 0 else ": its owner could change it"),
+                                hint, code))
     if mode & 0o077:
         problems.append(Problem(path, f"mode {mode:04o} gives permissions to group/other",
                                 f"chmod {want} {path}", code))
@@ -157,21 +205,38 @@ def file_mode_problems(path: str, st: os.stat_result, kind: str,
 
 
 def directory_problems(path: str, st: os.stat_result,
-                       code: AzureCode | None = None) -> list[Problem]:
-    """The rules for one directory on the way to a trusted file (pure: unit-testable)."""
+                       code: AzureCode | None = None, *,
+                       euid: int | None = None) -> list[Problem]:
+    """The rules for one directory on the way to a trusted file (pure: unit-testable).
+
+    ``euid`` as in :func:`file_mode_problems`.
+    """
+    me = _acting_uid(euid)
     problems: list[Problem] = []
     mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid != 0:
-        problems.append(Problem(path, f"directory is owned by {owner_name(st.st_uid)}, not "
-                                "root: its owner could replace the file",
-                                f"chown root:root {path} (or move the file to a root-owned "
-                                "directory)", code))
+    if st.st_uid not in trusted_uids(me):
+        if me == 0:
+            problems.append(Problem(path, f"directory is owned by {owner_name(st.st_uid)}, "
+                                    "not root: its owner could replace the file",
+                                    f"chown root:root {path} (or move the file to a "
+                                    "root-owned directory)", code))
+        else:
+            problems.append(Problem(path, "directory " + _not_trusted(st.st_uid, me)
+                                    + ": its owner could replace the file",
+                                    "move the file to a directory of your own (e.g. under "
+                                    "your home directory), not writable by group/other",
+                                    code))
     if mode & 0o022:
         sticky = " (sticky, but anyone can still create names in it)" if mode & 0o1000 else ""
+        if me == 0:
+            who = "someone other than root"
+            elsewhere = "a root-owned directory such as /etc/azure"
+        else:
+            who = f"someone other than root and {user_name(me)}"
+            elsewhere = "a directory of your own, e.g. under your home directory"
         problems.append(Problem(path, f"directory mode {mode:04o} is writable by group/other"
-                                f"{sticky}: someone other than root could replace the file",
-                                f"chmod go-w {path} (or move the file to a root-owned "
-                                "directory such as /etc/azure)", code))
+                                f"{sticky}: {who} could replace the file",
+                                f"chmod go-w {path} (or move the file to {elsewhere})", code))
     return problems
 
 
@@ -239,6 +304,12 @@ class _Walk:
                 raise self.not_found(where) from None
             except NotADirectoryError:
                 raise self.not_found(cur_path, f"{cur_path} is not a directory") from None
+            except PermissionError as exc:  # only as non-root: a directory we cannot search
+                self.problems.append(Problem(
+                    cur_path, f"directory cannot be searched by uid {os.geteuid()} "
+                    f"({exc.strerror}), so {where} cannot be checked",
+                    "move the file to a directory of your own", self.code))
+                raise PermissionProblem(self.path, self.problems, code=self.code) from exc
             if stat.S_ISLNK(st.st_mode):
                 links += 1
                 if links > _MAX_SYMLINKS:
@@ -295,6 +366,11 @@ def open_trusted(path: str | os.PathLike[str], kind: Kind, *,
                 walk.problems.append(Problem(where, "is not a regular file",
                                              f"point the setting at a regular {kind} file",
                                              code))
+            elif exc.errno == errno.EACCES and (unreadable := _unreadable_problems(
+                    parent_fd, name, where, kind, code)):
+                # Not root and not allowed to read it: say whose file it is and why it
+                # would not be trusted even if it were readable, not just "permission denied".
+                walk.problems.extend(unreadable)
             else:
                 walk.problems.append(Problem(where, f"cannot be opened: {exc.strerror}",
                                              "check the path and its permissions", code))
@@ -315,16 +391,33 @@ def open_trusted(path: str | os.PathLike[str], kind: Kind, *,
     return TrustedFile(fd=fd, path=path, kind=kind, stat=st)
 
 
-def executable_problems(path: str, code: AzureCode | None = None) -> list[Problem]:
-    """Whether root may run the program at ``path`` that a trusted script names in its ``#!``
-    line: honouring the shebang makes the interpreter part of what root executes.
+def _unreadable_problems(parent_fd: int, name: str, where: str, kind: str,
+                         code: AzureCode | None) -> list[Problem]:
+    """Why a file this (non-root) process may not open would be refused anyway."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except OSError:
+        return []
+    problems = file_mode_problems(where, st, kind, code)
+    if problems:
+        problems.insert(0, Problem(where, f"cannot be opened: permission denied (uid "
+                                   f"{os.geteuid()})", problems[0].hint, code))
+    return problems
 
-    The program (symlinks followed) must be a regular file owned by uid 0 and not writable by
-    group/other; every directory on the way to it, and to the link that names it, must be
-    root-owned and not group/other-writable. Read and execute bits for others are fine
-    (``/usr/bin/python3`` is 0755). Everything on that chain is root's, so nobody else can
-    swap a component between this check and the exec.
+
+def executable_problems(path: str, code: AzureCode | None = None, *,
+                        euid: int | None = None) -> list[Problem]:
+    """Whether quiesce may run the program at ``path`` that a trusted script names in its
+    ``#!`` line: honouring the shebang makes the interpreter part of what quiesce executes.
+
+    The program (symlinks followed) must be a regular file owned by a trusted owner (root; as
+    a non-root user also that user, see :func:`trusted_uids`) and not writable by group/other;
+    every directory on the way to it, and to the link that names it, must be owned by a
+    trusted owner and not group/other-writable. Read and execute bits for others are fine
+    (``/usr/bin/python3`` is 0755). Everything on that chain belongs to a trusted owner, so
+    nobody else can swap a component between this check and the exec.
     """
+    me = _acting_uid(euid)
     problems: list[Problem] = []
     real = os.path.realpath(path)
     try:
@@ -336,10 +429,15 @@ def executable_problems(path: str, code: AzureCode | None = None) -> list[Proble
         return [Problem(real, f"is {file_type_name(st.st_mode)}, not a program file",
                         "fix the '#!' line", code)]
     shown = real if real == path else f"{real} (from {path})"
-    if st.st_uid != 0:
-        problems.append(Problem(shown, f"interpreter is owned by {owner_name(st.st_uid)}, not "
-                                "root: its owner could make root run anything",
-                                f"use a root-owned interpreter, or chown root {real}", code))
+    if st.st_uid not in trusted_uids(me):
+        if me == 0:
+            problems.append(Problem(shown, f"interpreter is owned by {owner_name(st.st_uid)}, "
+                                    "not root: its owner could make root run anything",
+                                    f"use a root-owned interpreter, or chown root {real}", code))
+        else:
+            problems.append(Problem(shown, "interpreter " + _not_trusted(st.st_uid, me)
+                                    + ": its owner could make you run anything",
+                                    "use an interpreter owned by root or by you", code))
     if stat.S_IMODE(st.st_mode) & 0o022:
         problems.append(Problem(shown, f"interpreter mode {stat.S_IMODE(st.st_mode):04o} is "
                                 "writable by group/other", f"chmod go-w {real}", code))
@@ -349,7 +447,8 @@ def executable_problems(path: str, code: AzureCode | None = None) -> list[Proble
         while directory not in seen:
             seen.add(directory)
             try:
-                problems.extend(directory_problems(directory, os.stat(directory), code))
+                problems.extend(directory_problems(directory, os.stat(directory), code,
+                                                   euid=me))
             except OSError as exc:
                 problems.append(Problem(directory, f"cannot be examined: {exc.strerror}",
                                         "check the path", code))
