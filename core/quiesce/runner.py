@@ -4,6 +4,10 @@
 * Validation first, and nothing runs when it fails: the config, both scripts (opened through
   :func:`quiesce.security.open_trusted`; the descriptors checked here are the ones executed
   later), the snapshot command and the mounts to freeze.
+* Without root: the config and scripts may be owned by root or by the user running quiesce
+  (:func:`quiesce.security.trusted_uids`), and the cycle runs with ``fsFreezeEnabled`` false;
+  with it true validation refuses the run (FIFREEZE needs CAP_SYS_ADMIN), see
+  :func:`freeze_privilege_problems`.
 * The post-script runs whenever the pre-script was started, whatever happened after it.
 * The thaw is in a ``finally``; a watchdog process (in :mod:`quiesce.freeze`) thaws anyway if
   this process dies. Between freeze and thaw nothing is logged, opened or written: log lines
@@ -143,15 +147,51 @@ def status_file_problems(path: str) -> list[Problem]:
     return []
 
 
-def root_problems(command: str) -> list[Problem]:
-    """``quiesce run``/``check`` as non-root can never pass: the config and scripts must be
-    root-only files and freezing needs CAP_SYS_ADMIN. Say that, not "permission denied"."""
+CAP_SYS_ADMIN = 21  # linux/capability.h
+
+
+def has_cap_sys_admin(status_path: str = "/proc/self/status") -> bool:
+    """Whether this process's effective capabilities include CAP_SYS_ADMIN (FIFREEZE needs
+    it); read from ``CapEff`` in /proc/self/status, False when that cannot be read."""
+    try:
+        with open(status_path, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
+def freeze_privilege_problems(command: str, fs_freeze: bool) -> list[Problem]:
+    """A non-root run with fsFreezeEnabled true cannot freeze (FIFREEZE needs CAP_SYS_ADMIN):
+    say so before anything runs, instead of failing the freeze in the middle of the cycle.
+
+    As root nothing changes (a root without CAP_SYS_ADMIN, e.g. in an unprivileged container,
+    still learns it from the freeze step, as before). Everything else works without root: the
+    config and scripts need only be owned by root or by the user running quiesce.
+    """
+    uid = os.geteuid()
+    if uid == 0 or not fs_freeze or has_cap_sys_admin():
+        return []
+    from quiesce.security import owner_name
+
+    return [Problem("fsFreezeEnabled", f"is true, but quiesce {command} runs as "
+                    f"{owner_name(uid)}, not root: freezing a filesystem (FIFREEZE) needs "
+                    "root (CAP_SYS_ADMIN)",
+                    f"run it as root (e.g. sudo quiesce {command} ...), or set "
+                    '"fsFreezeEnabled": false in the config to run the cycle without freezing '
+                    "(the pre/post-scripts still bracket the snapshot)")]
+
+
+def _owner_word() -> str:
+    """Who must own the files quiesce trusts, in words: "root", or "you or root"."""
     uid = os.geteuid()
     if uid == 0:
-        return []
-    return [Problem(f"quiesce {command}", f"runs as uid {uid}, not root: the config and "
-                    "scripts are readable only by root and freezing needs root",
-                    f"run it as root, e.g. sudo quiesce {command} ...")]
+        return "root"
+    from quiesce.security import user_name
+
+    return f"{user_name(uid)} or root"
 
 
 def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
@@ -161,7 +201,6 @@ def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
     def add(problems: Sequence[Problem], default: str = report.VALIDATION_FAILED) -> None:
         errors.extend(RunError.from_problem(p, "validate", default) for p in problems)
 
-    add(root_problems("run"))
     if options.status_file:
         add(status_file_problems(options.status_file))
     provider = snapshot.make_provider(options.snapshot_command)
@@ -180,6 +219,7 @@ def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
                                      str(exc), exc.hint))
         return None, errors
 
+    add(freeze_privilege_problems("run", config.fs_freeze))
     opened: dict[str, TrustedFile] = {}
     for phase in ("pre", "post"):
         spec = config.script(phase)
@@ -190,7 +230,8 @@ def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
             missing = AzureCode.for_phase(phase, "not-found")
             errors.append(RunError.azure(missing, "validate", str(exc),
                                          f"create the {phase}-script at {spec.path} (mode 700, "
-                                         f"owned by root) or fix {phase}ScriptLocation"))
+                                         f"owned by {_owner_word()}) or fix "
+                                         f"{phase}ScriptLocation"))
             continue
         except PermissionProblem as exc:
             add(exc.problems)
@@ -439,7 +480,7 @@ class Runner:
             hint = (f"make the {phase}-script finish within timeoutInSeconds "
                     f"({spec.timeout}s), or raise timeoutInSeconds (at most 1800)")
         else:
-            hint = f"run {spec.path} by hand as root to see why it fails"
+            hint = f"run {spec.path} by hand as {_owner_word()} to see why it fails"
         self.status.errors.append(RunError.azure(code, phase, result.describe() + tail, hint))
         self.log(f"{phase}: {result.describe()}")
         return result
@@ -626,12 +667,12 @@ def check(config_path: str, freeze_mounts: Sequence[str] | None = None) -> Check
     def add(problems: Sequence[Problem], default: str = report.VALIDATION_FAILED) -> None:
         result.errors.extend(RunError.from_problem(p, "check", default) for p in problems)
 
-    add(root_problems("check"))
     script_paths: dict[str, str] = {}
     try:
         result.config = azure_config.load_azure_config(config_path)
         script_paths = {p: result.config.script(p).path for p in ("pre", "post")}
         result.checked.append(("config", "ok"))
+        add(freeze_privilege_problems("check", result.config.fs_freeze))
     except (ValidationError, TrustedFileNotFound) as exc:
         add(exc.problems)
         result.checked.append(("config", "problems"))
@@ -654,8 +695,8 @@ def check(config_path: str, freeze_mounts: Sequence[str] | None = None) -> Check
         except TrustedFileNotFound as exc:
             result.errors.append(RunError.azure(
                 AzureCode.for_phase(phase, "not-found"), "check", str(exc),
-                f"create the {phase}-script at {path} (mode 700, owned by root) or fix "
-                f"{phase}ScriptLocation"))
+                f"create the {phase}-script at {path} (mode 700, owned by {_owner_word()}) "
+                f"or fix {phase}ScriptLocation"))
         except PermissionProblem as exc:
             add(exc.problems)
         result.checked.append((f"{phase}-script {path}",

@@ -198,15 +198,40 @@ def test_status_file_problems(tmp_path: Path) -> None:
     assert "is a directory" in is_dir.message
 
 
-def test_validation_as_non_root_says_root_is_needed(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_freezing_without_root_is_refused_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Non-root may run the cycle, but not freeze: FIFREEZE needs CAP_SYS_ADMIN."""
     from quiesce import runner
 
-    config = tmp_path / "cfg.json"
-    config.write_text("{}")
     monkeypatch.setattr(runner.os, "geteuid", lambda: 65534)
-    prepared, errors = runner.validate(runner.RunOptions(config_path=str(config)))
-    assert prepared is None
-    assert "not root" in errors[0].message and "sudo quiesce run" in errors[0].hint
-    result = runner.check(str(config), freeze_mounts=None)
-    assert "not root" in result.errors[0].message and not result.ok
+    monkeypatch.setattr(runner, "has_cap_sys_admin", lambda: False)
+    (problem,) = runner.freeze_privilege_problems("run", True)
+    assert problem.where == "fsFreezeEnabled"
+    assert "not root" in problem.message and "CAP_SYS_ADMIN" in problem.message
+    assert "sudo quiesce run" in problem.hint and '"fsFreezeEnabled": false' in problem.hint
+    assert runner.freeze_privilege_problems("run", False) == []
+    monkeypatch.setattr(runner, "has_cap_sys_admin", lambda: True)  # e.g. a capable container
+    assert runner.freeze_privilege_problems("run", True) == []
+
+
+def test_root_is_never_refused_freezing_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quiesce import runner
+
+    monkeypatch.setattr(runner.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(runner, "has_cap_sys_admin", lambda: False)
+    assert runner.freeze_privilege_problems("run", True) == []
+
+
+@pytest.mark.parametrize(("capeff", "expected"), [
+    ("000001ffffffffff", True),    # root's full set
+    ("0000000000200000", True),    # CAP_SYS_ADMIN (bit 21) alone
+    ("00000000001fffff", False),   # everything below it
+    ("0000000000000000", False),   # a plain user
+])
+def test_cap_sys_admin_is_read_from_capeff(tmp_path: Path, capeff: str, expected: bool) -> None:
+    from quiesce.runner import has_cap_sys_admin
+
+    status = tmp_path / "status"
+    status.write_text(f"Name:\tpython\nCapInh:\t0000000000000000\nCapPrm:\t{capeff}\n"
+                      f"CapEff:\t{capeff}\n")
+    assert has_cap_sys_admin(str(status)) is expected
+    assert has_cap_sys_admin(str(tmp_path / "missing")) is False
