@@ -1,6 +1,8 @@
 """Run records: one JSON file per hold under the state dir, written after the release.
 
-Layout (``state_dir`` defaults to /var/lib/quiesce, created root-owned 0700)::
+Layout (``state_dir`` defaults to /var/lib/quiesce as root and to ``$XDG_STATE_HOME/quiesce``
+or ``~/.local/state/quiesce`` as any other user, see :func:`default_state_dir`; created 0700,
+owned by the user quiesce runs as)::
 
     <state_dir>/runs/<run_id>.json   one record per hold
     <state_dir>/latest               the run id of the newest record (one line)
@@ -23,6 +25,7 @@ import re
 import secrets
 import stat
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from quiesce.atomic import write_atomic
@@ -44,6 +47,33 @@ class RecordNotFound(CatalogError):
     """No run record matches."""
 
 
+def default_state_dir(euid: int | None = None,
+                      environ: Mapping[str, str] | None = None) -> str:
+    """Where run records go when quiesce.toml sets no ``state_dir``.
+
+    /var/lib/quiesce as root. A non-root user cannot write there, so as any other user it is
+    the XDG base directory for state: ``$XDG_STATE_HOME/quiesce`` when that is an absolute
+    path, else ``~/.local/state/quiesce`` (``~`` from $HOME, else the password database).
+    """
+    uid = os.geteuid() if euid is None else euid
+    if uid == 0:
+        return DEFAULT_STATE_DIR
+    env = os.environ if environ is None else environ
+    xdg = env.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg):  # the XDG spec: a relative value is invalid and ignored
+        return os.path.join(xdg, "quiesce")
+    home = env.get("HOME", "")
+    if not os.path.isabs(home):
+        import pwd
+
+        try:
+            home = pwd.getpwuid(uid).pw_dir
+        except KeyError:
+            raise CatalogError(f"uid {uid} has no home directory to keep run records in",
+                               hint="set state_dir in quiesce.toml") from None
+    return os.path.join(home, ".local", "state", "quiesce")
+
+
 def new_run_id(now: float | None = None) -> str:
     """A unique id that sorts by time: ``20260131T235959Z-1a2b3c``."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
@@ -63,10 +93,11 @@ def iso(timestamp: float | None) -> str | None:
 
 
 def ensure_dir(path: str, mode: int = 0o700) -> None:
-    """Create ``path`` (and parents, 0755) owned by us with ``mode``; refuse an unsafe one."""
+    """Create ``path`` (and parents: 0755 as root, 0700 as another user, as the XDG base
+    directory spec asks) owned by us with ``mode``; refuse an unsafe one."""
     parent = os.path.dirname(path.rstrip("/"))
     if parent and not os.path.isdir(parent):
-        os.makedirs(parent, mode=0o755, exist_ok=True)
+        os.makedirs(parent, mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, mode)
     st = os.stat(path, follow_symlinks=False)
@@ -74,8 +105,12 @@ def ensure_dir(path: str, mode: int = 0o700) -> None:
         raise CatalogError(f"{path} exists and is not a directory",
                            hint=f"remove {path} or choose another state_dir")
     if st.st_uid not in (0, os.geteuid()):
-        raise CatalogError(f"{path} is owned by uid {st.st_uid}, not root",
-                           hint=f"chown root:root {path} && chmod {mode:o} {path}")
+        if os.geteuid() == 0:
+            raise CatalogError(f"{path} is owned by uid {st.st_uid}, not root",
+                               hint=f"chown root:root {path} && chmod {mode:o} {path}")
+        raise CatalogError(f"{path} is owned by uid {st.st_uid}, not root or uid "
+                           f"{os.geteuid()} (quiesce's user)",
+                           hint="set state_dir in quiesce.toml to a directory of your own")
     if stat.S_IMODE(st.st_mode) & 0o022:
         raise CatalogError(f"{path} is writable by group/other "
                            f"(mode {stat.S_IMODE(st.st_mode):04o})",
@@ -169,6 +204,9 @@ def _check_state_dir(state_dir: str) -> None:
         raise RecordNotFound(f"state dir {state_dir} does not exist",
                              hint="no hold was ever released with this state_dir") from None
     if st.st_uid not in (0, os.geteuid()) or stat.S_IMODE(st.st_mode) & 0o022:
+        fix = (f"chown root:root {state_dir} && chmod 700 {state_dir}" if os.geteuid() == 0
+               else f"use a state dir owned by you or root, mode 700 (chmod 700 {state_dir} "
+                    "if it is yours)")
         raise CatalogError(f"state dir {state_dir} is not safe (owner uid {st.st_uid}, mode "
                            f"{stat.S_IMODE(st.st_mode):04o}); its records cannot be trusted",
-                           hint=f"chown root:root {state_dir} && chmod 700 {state_dir}")
+                           hint=fix)

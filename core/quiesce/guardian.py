@@ -189,11 +189,13 @@ class Guardian:
                 if etype.recover is None:
                     outcome.append("the engine has no recover function")
                     return
+                from quiesce.catalog import default_state_dir
+
                 settings = InstanceSettings(
                     engine=message["plugin"], name=message["name"],
                     options=message.get("options") or {},
                     max_hold_seconds=float(self.start.get("max_hold_seconds") or 300),
-                    state_dir=str(self.start.get("state_dir") or "/var/lib/quiesce"))
+                    state_dir=str(self.start.get("state_dir") or default_state_dir()))
                 etype.recover(settings, message["token"])
                 outcome.append(None)
             except BaseException as exc:

@@ -92,7 +92,8 @@ def runtime_fs_type(path: str) -> str | None:
 
 
 def prepare_runtime_dir(rundir: str) -> list[str]:
-    """Create the runtime dir root-owned 0700; return warnings (e.g. not on tmpfs)."""
+    """Create the runtime dir 0700, owned by the user we run as (root in production); return
+    warnings (e.g. not on tmpfs)."""
     parent = os.path.dirname(rundir.rstrip("/"))
     if parent and not os.path.isdir(parent):
         os.makedirs(parent, mode=0o755, exist_ok=True)
@@ -105,8 +106,10 @@ def prepare_runtime_dir(rundir: str) -> list[str]:
         raise HolderError(f"runtime dir {rundir} is not a directory",
                           hint="remove it or choose another --runtime-dir")
     if st.st_uid != os.geteuid():
-        raise HolderError(f"runtime dir {rundir} is owned by uid {st.st_uid}, not by us",
-                          hint=f"chown root:root {rundir} && chmod 700 {rundir}")
+        fix = (f"chown root:root {rundir} && chmod 700 {rundir}" if os.geteuid() == 0 else
+               "choose a runtime dir of your own with --runtime-dir (or QUIESCE_RUNTIME_DIR)")
+        raise HolderError(f"runtime dir {rundir} is owned by uid {st.st_uid}, not by us "
+                          f"(uid {os.geteuid()})", hint=fix)
     if _stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(rundir, 0o700)
     warnings = []
@@ -189,7 +192,8 @@ def peer_uid(conn: socket.socket) -> int:
 
 
 def peer_allowed(uid: int) -> bool:
-    """Root, or the uid the holder itself runs as (tests as a plain user)."""
+    """Root, or the uid the holder itself runs as: a holder started by root answers root only;
+    one started by a non-root user (quiesce without root) answers that user and root."""
     return uid in (0, os.geteuid())
 
 

@@ -3,8 +3,9 @@
 ``quiesce post`` and ``quiesce status`` import only this module (and the standard library) so
 they reach the holder fast: no plugin, no driver, no config parsing before the request is sent.
 
-Layout of the runtime dir (``/run/quiesce`` by default, ``QUIESCE_RUNTIME_DIR``,
-``--runtime-dir``), root-owned, mode 0700, meant to be on tmpfs (never frozen):
+Layout of the runtime dir (``--runtime-dir``, else ``QUIESCE_RUNTIME_DIR``, else
+``/run/quiesce`` as root and ``$XDG_RUNTIME_DIR/quiesce`` as any other user), owned by the user
+quiesce runs as, mode 0700, meant to be on tmpfs (never frozen):
 
 - ``holder.sock``: the holder's Unix socket (0600). Protocol: the client sends one JSON object
   on one line (``{"op": "status"}`` or ``{"op": "release"}``), the holder answers with one JSON
@@ -24,6 +25,7 @@ import json
 import os
 import socket
 import stat
+from collections.abc import Mapping
 from typing import Any
 
 from quiesce.atomic import write_atomic
@@ -31,6 +33,7 @@ from quiesce.errors import HolderError, NoActiveHold
 
 DEFAULT_RUNTIME_DIR = "/run/quiesce"
 RUNTIME_DIR_ENV = "QUIESCE_RUNTIME_DIR"
+XDG_RUNTIME_DIR_ENV = "XDG_RUNTIME_DIR"
 SOCKET_NAME = "holder.sock"
 LOCK_NAME = "holder.lock"
 RESULT_NAME = "result.json"
@@ -44,9 +47,37 @@ LOST = "lost"
 FAILED = "failed"
 
 
+def default_runtime_dir(euid: int | None = None,
+                        environ: Mapping[str, str] | None = None) -> str:
+    """The runtime dir when none is given: /run/quiesce as root; as any other user
+    ``$XDG_RUNTIME_DIR/quiesce`` (the per-user tmpfs a login session gets, e.g.
+    /run/user/1000), because /run itself is writable only by root.
+
+    Raises HolderError naming the settings to use when a non-root user has no
+    XDG_RUNTIME_DIR (e.g. under su or cron, which start no login session).
+    """
+    uid = os.geteuid() if euid is None else euid
+    if uid == 0:
+        return DEFAULT_RUNTIME_DIR
+    env = os.environ if environ is None else environ
+    base = env.get(XDG_RUNTIME_DIR_ENV, "")
+    if not base:
+        raise HolderError(
+            f"quiesce runs as uid {uid}, not root, so it cannot use {DEFAULT_RUNTIME_DIR}, and "
+            f"{XDG_RUNTIME_DIR_ENV} is not set to give a per-user runtime dir",
+            hint=f"pass --runtime-dir DIR or set {RUNTIME_DIR_ENV}=DIR (a directory of yours, "
+                 "ideally on tmpfs; the same one for pre, status and post)")
+    if not os.path.isabs(base):
+        raise HolderError(f"{XDG_RUNTIME_DIR_ENV}={base!r} is not an absolute path",
+                          hint=f"fix {XDG_RUNTIME_DIR_ENV}, or pass --runtime-dir DIR or set "
+                               f"{RUNTIME_DIR_ENV}=DIR")
+    return os.path.join(base, "quiesce")
+
+
 def runtime_dir(explicit: str | None = None) -> str:
-    """The runtime dir: ``--runtime-dir``, else ``$QUIESCE_RUNTIME_DIR``, else /run/quiesce."""
-    chosen = explicit or os.environ.get(RUNTIME_DIR_ENV) or DEFAULT_RUNTIME_DIR
+    """The runtime dir: ``--runtime-dir``, else ``$QUIESCE_RUNTIME_DIR``, else
+    :func:`default_runtime_dir`."""
+    chosen = explicit or os.environ.get(RUNTIME_DIR_ENV) or default_runtime_dir()
     return os.path.abspath(chosen)
 
 
@@ -66,11 +97,16 @@ def check_runtime_dir(rundir: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise HolderError(f"runtime dir {rundir} is not a directory",
                           hint=f"remove {rundir} or choose another --runtime-dir")
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o077:
+    uid = os.geteuid()
+    if st.st_uid not in (0, uid) or st.st_mode & 0o077:
+        whose = "root's" if uid == 0 else f"root's or uid {uid}'s (yours)"
+        fix = (f"chown root:root {rundir} && chmod 700 {rundir}" if uid == 0 else
+               f"use a runtime dir of your own (--runtime-dir), or chmod 700 {rundir} if it "
+               "is yours")
         raise HolderError(
             f"runtime dir {rundir} is owned by uid {st.st_uid} with mode "
-            f"{stat.S_IMODE(st.st_mode):04o}; it must be root's and not accessible to others",
-            hint=f"chown root:root {rundir} && chmod 700 {rundir}",
+            f"{stat.S_IMODE(st.st_mode):04o}; it must be {whose} and not accessible to others",
+            hint=fix,
         )
 
 

@@ -1,13 +1,17 @@
 """quiesce.toml: the database instances ``quiesce pre`` quiesces, validated all at once.
 
 The file (``/etc/quiesce/quiesce.toml`` by default) must be root-owned and not readable by
-group/other: it names the secret files that hold passwords. Top-level keys:
+group/other: it names the secret files that hold passwords. Run by a non-root user, quiesce
+also trusts that user's own files (the config and the secret files it names), never another
+user's (:func:`quiesce.security.trusted_uids`). Top-level keys:
 
 - ``plugins``: optional list of engine names to quiesce (default: every engine with a section);
 - ``max_hold_seconds``: the dead-man deadline of a hold (default 300);
 - ``pre_timeout_seconds``: the deadline for connecting, flushing and locking every instance
   (default 60);
-- ``state_dir``: where run records are kept (default /var/lib/quiesce);
+- ``state_dir``: where run records are kept (default /var/lib/quiesce as root; as another user
+  ``$XDG_STATE_HOME/quiesce`` or ``~/.local/state/quiesce``, see
+  :func:`quiesce.catalog.default_state_dir`);
 - one array of tables per engine, named by the engine (``[[postgresql]]``, ``[[mysql]]``,
   ``[[mongodb]]``, or a third-party engine), validated against the engine plugin's schema plus
   the core's ``name`` key.
@@ -62,7 +66,8 @@ CORE_FIELDS: dict[str, Field] = {
     "pre_timeout_seconds": Field((int, float), default=DEFAULT_PRE_TIMEOUT, minimum=1,
                                  maximum=PRE_TIMEOUT_LIMIT,
                                  hint="seconds 'pre' may spend connecting, flushing and locking"),
-    "state_dir": Field(str, default=DEFAULT_STATE_DIR, check=_absolute,
+    # No schema default: it depends on who runs quiesce (default_state_dir, at load time).
+    "state_dir": Field(str, check=_absolute,
                        hint="an absolute directory such as /var/lib/quiesce"),
 }
 
@@ -246,7 +251,7 @@ def load_settings(
     # Validate each selected engine's instances.
     max_hold = float(core.get("max_hold_seconds", DEFAULT_MAX_HOLD))
     pre_timeout = float(core.get("pre_timeout_seconds", DEFAULT_PRE_TIMEOUT))
-    state_dir = core.get("state_dir", DEFAULT_STATE_DIR)
+    state_dir = core.get("state_dir") or _default_state_dir(problems)
     instances: list[InstanceSettings] = []
     for name in selected:
         if name not in sections:
@@ -281,6 +286,17 @@ def load_settings(
         state_dir=state_dir,
         selected=tuple(selected),
     )
+
+
+def _default_state_dir(problems: list[Problem]) -> str:
+    from quiesce.catalog import default_state_dir
+    from quiesce.errors import QuiesceError
+
+    try:
+        return default_state_dir()
+    except QuiesceError as exc:
+        problems.append(Problem("state_dir", str(exc), exc.hint))
+        return DEFAULT_STATE_DIR
 
 
 def _looks_like_section(value: Any) -> bool:

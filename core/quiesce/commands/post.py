@@ -26,8 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="/etc/quiesce/quiesce.toml",
                         help="accepted for symmetry with 'pre'; the holder already knows it")
     parser.add_argument("--runtime-dir", metavar="DIR",
-                        help="where the holder's socket lives (default: $QUIESCE_RUNTIME_DIR "
-                             "or /run/quiesce)")
+                        help="where the holder's socket lives (default: $QUIESCE_RUNTIME_DIR, "
+                             "else /run/quiesce as root, $XDG_RUNTIME_DIR/quiesce otherwise)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

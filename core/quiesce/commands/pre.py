@@ -28,8 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugins", metavar="NAME,...",
                         help="quiesce only these engines (overrides 'plugins' in the config)")
     parser.add_argument("--runtime-dir", metavar="DIR",
-                        help="where the holder's socket lives (default: $QUIESCE_RUNTIME_DIR "
-                             "or /run/quiesce)")
+                        help="where the holder's socket lives (default: $QUIESCE_RUNTIME_DIR, "
+                             "else /run/quiesce as root, $XDG_RUNTIME_DIR/quiesce otherwise)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
