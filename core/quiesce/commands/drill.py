@@ -4,6 +4,9 @@
                   [--disks loop|dir] [--cycles N] [--mode quiesced|crash|unsafe-staggered]
                   [--image IMAGE] [--json] [--keep]
 
+Without root: ``--disks dir`` (the default then) with ``--mode quiesced`` or
+``unsafe-staggered``; loop disks and ``--mode crash`` need root (losetup, mount, FIFREEZE).
+
 Exit 0 when every cycle's restore verified, 1 when any did not, 3 with a one-line reason when
 the engine cannot be started here (naming what to install), 2 for bad usage or a drill that
 could not run. Progress goes to stderr; the table (or, with --json, exactly the JSON
@@ -25,7 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=("auto", "docker", "local"),
                         help="auto: Docker when an engine answers, else local binaries")
     parser.add_argument("--disks", choices=("loop", "dir"), default=None,
-                        help="loop-mounted filesystems (default as root) or plain directories")
+                        help="loop-mounted filesystems (default as root; root only) or plain "
+                             "directories (default otherwise)")
     parser.add_argument("--fstype", choices=("ext4", "xfs"), default="ext4",
                         help="filesystem of the loop disks (default ext4)")
     parser.add_argument("--cycles", type=int, default=3, help="snapshot/restore cycles (3)")

@@ -1,5 +1,11 @@
 """The drill from start to end: pick a backend, build disks and a server, run the cycles.
 
+Without root the drill runs ``--disks dir`` (the default then) in ``quiesced`` or
+``unsafe-staggered`` mode: the local servers run as the invoking user, and ``quiesce run``
+runs the cycle as that user with ``fsFreezeEnabled`` false and the drill's own user-owned
+config, scripts and quiesce.toml. Loop disks (losetup, mount, FIFREEZE) and therefore
+``crash`` mode need root.
+
 Every resource (work dir, disks, servers, the workload, a running ``quiesce run``, a hold left
 by an interrupted cycle) is registered on one ExitStack the moment it exists, and released in
 reverse order - each release in its own try, so one failing teardown never skips another -
@@ -99,20 +105,21 @@ class Drill:
         self.disks_kind = opts.disks or ("loop" if os.geteuid() == 0 else "dir")
         if self.disks_kind not in ("loop", "dir"):
             raise DrillError(f"unknown disks {self.disks_kind!r}", hint="use loop or dir")
+        root = os.geteuid() == 0
         if opts.mode == "crash" and self.disks_kind == "dir":
             # Nothing can be frozen on plain directories: "crash" would be an unprotected
             # copy of a live server, and a lucky restore would be reported as verified.
             raise DrillError("--mode crash freezes the disks, and --disks dir cannot be "
                              "frozen: it would copy a live server with no protection at all",
                              hint="use --disks loop (as root), or --mode unsafe-staggered for "
-                                  "a copy that must fail")
-        if self.disks_kind == "loop" and os.geteuid() != 0:
+                                  "a copy that must fail" + ("" if root else
+                                  "; without root, --mode quiesced --disks dir is the drill "
+                                  "that can verify"))
+        if self.disks_kind == "loop" and not root:
+            # Without root: the quiesced mode on plain directories (no freeze; the databases'
+            # own backup bracketing, with the cycle run by `quiesce run` as this user).
             raise DrillError("--disks loop needs root (loop devices, mount, FIFREEZE)",
-                             hint="run as root, or use --disks dir")
-        if opts.mode != "unsafe-staggered" and os.geteuid() != 0:
-            raise DrillError(f"--mode {opts.mode} runs the real `quiesce run` cycle, whose "
-                             "configs and scripts must be root-owned: it needs root",
-                             hint="run as root, or use --mode unsafe-staggered")
+                             hint="run as root, or use --disks dir (the default without root)")
         self._cleaning = False
         self._pending_signal: int | None = None
         self._cycle: Cycle | None = None
@@ -279,7 +286,10 @@ def _check_config_dir_trusted(cfg: Path) -> None:
             f"the drill's config dir {cfg} would be refused by `quiesce run`: "
             + "; ".join(f"{p.where}: {p.message}" for p in problems),
             hint="point QUIESCE_DRILL_DIR at a directory whose parents are all root-owned and "
-                 "not writable by group/other (the default is /var/lib/quiesce-drill)")
+                 "not writable by group/other (the default is /var/lib/quiesce-drill)"
+            if os.geteuid() == 0 else
+            "point QUIESCE_DRILL_DIR at a directory whose parents are all owned by you or root "
+            "and not writable by group/other (the default is ~/.cache/quiesce-drill)")
 
 
 def disks_without_files(roots: dict[str, Path]) -> list[str]:

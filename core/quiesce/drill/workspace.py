@@ -1,7 +1,9 @@
 """The drill's own files and disks: a private work directory, the two disks, restored copies.
 
-Layout of one drill (``base`` is /var/lib/quiesce-drill as root, the temp dir otherwise;
-``QUIESCE_DRILL_DIR`` overrides it)::
+Layout of one drill (``base`` is /var/lib/quiesce-drill as root, ``$XDG_CACHE_HOME/quiesce-drill``
+or ``~/.cache/quiesce-drill`` otherwise: ``quiesce run`` trusts the drill's config and scripts
+only when every directory above them is owned by root or the drill's user and not writable by
+others, which rules out /tmp; ``QUIESCE_DRILL_DIR`` overrides it)::
 
     base/run-XXXX/            0711 root: servers' service users must traverse it
         images/               disk image files (never on a disk that gets frozen)
@@ -10,7 +12,8 @@ Layout of one drill (``base`` is /var/lib/quiesce-drill as root, the temp dir ot
         srv/<name>/           servers' sockets, pid and log files
         snap/cycle-N/         the snapshot: one copy per disk
         restore/cycle-N/      copies of the snapshot attached as new disks
-    /run/quiesce-drill-XXXX   the holder's runtime dir (0700)
+    /run/quiesce-drill-XXXX   the holder's runtime dir (0700); without root
+                              $XDG_RUNTIME_DIR/quiesce-drill-XXXX, else base/run-XXXX/...
 
 Everything the drill writes is outside the disks it freezes, so nothing it does can block on
 a frozen filesystem.
@@ -21,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from quiesce.disks import LoopDisk, snapshot_copy
@@ -31,11 +36,23 @@ from quiesce.errors import DrillError
 DISK_SIZE_MB = {"data": 160, "log": 192}
 
 
-def default_base() -> Path:
-    env = os.environ.get("QUIESCE_DRILL_DIR")
-    if env:
-        return Path(env)
-    return Path("/var/lib/quiesce-drill") if os.geteuid() == 0 else Path(tempfile.gettempdir())
+def default_base(euid: int | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """``QUIESCE_DRILL_DIR``; else /var/lib/quiesce-drill as root; else the user's XDG cache
+    dir (``$XDG_CACHE_HOME`` or ``~/.cache``) + ``quiesce-drill``, falling back to the temp dir
+    only when the user has no home (the config-dir check then says what to do)."""
+    env = os.environ if environ is None else environ
+    chosen = env.get("QUIESCE_DRILL_DIR")
+    if chosen:
+        return Path(chosen)
+    if (os.geteuid() if euid is None else euid) == 0:
+        return Path("/var/lib/quiesce-drill")
+    cache = env.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(cache):
+        return Path(cache) / "quiesce-drill"
+    home = env.get("HOME", "")
+    if os.path.isabs(home) and home != "/":
+        return Path(home) / ".cache" / "quiesce-drill"
+    return Path(tempfile.gettempdir())
 
 
 class Workspace:
@@ -44,6 +61,8 @@ class Workspace:
     def __init__(self, base: Path | None = None) -> None:
         self.base = Path(base or default_base())
         self.created_base = not self.base.exists()
+        if not self.base.parent.exists():  # e.g. ~/.cache: private, whatever the umask
+            self.base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.base.mkdir(mode=0o711, parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="run-", dir=self.base))
         os.chmod(self.root, 0o711)  # noqa: S103 - traverse only, for service users
@@ -62,10 +81,11 @@ class Workspace:
         return path
 
     def runtime_dir(self) -> Path:
-        """The holder's runtime dir, on /run when it exists (tmpfs on most systems)."""
+        """The holder's runtime dir, on tmpfs when there is one for us: /run as root,
+        $XDG_RUNTIME_DIR (e.g. /run/user/1000) as another user; else inside the work dir."""
         if self.runtime is None:
-            parent = Path("/run") if os.geteuid() == 0 and Path("/run").is_dir() else self.root
-            self.runtime = Path(tempfile.mkdtemp(prefix="quiesce-drill-", dir=parent))
+            self.runtime = Path(tempfile.mkdtemp(prefix="quiesce-drill-",
+                                                 dir=_runtime_parent(self.root)))
             os.chmod(self.runtime, 0o700)
         return self.runtime
 
@@ -90,6 +110,19 @@ class Workspace:
             with contextlib.suppress(OSError):
                 self.base.rmdir()
         return problems
+
+
+def _runtime_parent(fallback: Path) -> Path:
+    uid = os.geteuid()
+    if uid == 0:
+        return Path("/run") if Path("/run").is_dir() else fallback
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(xdg):
+        with contextlib.suppress(OSError):
+            st = os.stat(xdg)
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022:
+                return Path(xdg)
+    return fallback
 
 
 def _has_mount_below(path: Path) -> bool:
