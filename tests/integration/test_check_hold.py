@@ -1,0 +1,224 @@
+"""`quiesce check` on a tree written by `quiesce install azure --prefix`: the quiesce.toml the
+pre-script wrapper makes `quiesce pre` load is validated with everything else (root-owned files
+under /run, since /tmp is group/other writable and would fail the trust checks first)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from quiesce.azure_install import apply, plan, quiesce_command, wrapper_script
+
+pytestmark = pytest.mark.timeout(180)
+
+AZURE = "etc/azure/VMSnapshotScriptPluginConfig.json"
+PRE = "etc/azure/quiesce-pre.sh"
+POST = "etc/azure/quiesce-post.sh"
+TOML = "etc/quiesce/quiesce.toml"
+VALID = '[[postgresql]]\nconninfo = "host=/var/run/postgresql dbname=postgres"\n'
+
+
+@dataclass
+class Tree:
+    prefix: Path
+
+    def __truediv__(self, relative: str) -> Path:
+        return self.prefix / relative
+
+    def write(self, relative: str, text: str, mode: int = 0o600) -> Path:
+        path = self.prefix / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        os.chmod(path, mode)
+        return path
+
+    def azure(self, **changes: object) -> None:
+        document = json.loads((self / AZURE).read_text())
+        document.update(changes)
+        self.write(AZURE, json.dumps(document, indent=4))
+
+    def wrapper(self, relative: str, phase: str, toml: str, *extra: str) -> Path:
+        """A wrapper like install's, with ``extra`` options after --config."""
+        text = wrapper_script(phase, toml, quiesce_command()).decode()
+        if extra:
+            text = text.replace(' "$@"', " " + " ".join(map(shlex.quote, extra)) + ' "$@"')
+        return self.write(relative, text, 0o700)
+
+    def check(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "quiesce", "check", "--config",
+                               str(self / AZURE)], capture_output=True, text=True,
+                              timeout=120, cwd="/", check=False)
+
+
+@pytest.fixture
+def tree(require_root: None) -> Iterator[Tree]:
+    base = Path(tempfile.mkdtemp(prefix="qch-", dir="/run"))
+    try:
+        apply(plan(str(base / "root"), ["postgresql", "mysql"]))
+        yield Tree(base / "root")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def problems(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in proc.stdout.splitlines() if line.startswith("problem ")]
+
+
+def test_fresh_install_reports_the_skeleton_then_passes_once_filled(tree: Tree) -> None:
+    proc = tree.check()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert problems(proc) == [
+        f"problem IncorrectQuiesceConfigFile: {tree / TOML}: has no database instance "
+        "section, so 'quiesce pre' would fail at the first backup"]
+    assert f"quiesce.toml {tree / TOML} (used by the pre-script): problems" in proc.stdout
+
+    tree.write(TOML, (tree / TOML).read_text() + VALID)
+    proc = tree.check()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"quiesce.toml {tree / TOML} (used by the pre-script): ok (postgresql/postgresql)" \
+        in proc.stdout
+
+
+def test_a_wrapper_with_another_config_is_checked_against_that_file(tree: Tree) -> None:
+    other = tree.write("srv/q/other.toml", VALID)
+    tree.wrapper(PRE, "pre", str(other))
+    proc = tree.check()  # the skeleton at the default path is not used, so not a problem
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"quiesce.toml {other} (used by the pre-script): ok" in proc.stdout
+    assert str(tree / TOML) not in proc.stdout.replace(f"--config {tree / TOML}", "")
+    # The post wrapper still names the default file: harmless ('post' reads no config).
+    assert f"note: the post-script names --config {tree / TOML} but the pre-script {other}" \
+        in proc.stdout
+
+    tree.write("srv/q/other.toml", VALID + 'mode = "fast"\n')
+    proc = tree.check()
+    assert proc.returncode == 2
+    assert problems(proc) == [
+        f"problem IncorrectQuiesceConfigFile: {other}: postgresql[0].mode: 'fast' is not one "
+        "of 'backup', 'checkpoint'"]
+
+
+def test_a_config_given_in_the_azure_params_wins(tree: Tree) -> None:
+    other = tree.write("srv/q/params.toml", VALID)
+    tree.azure(preScriptParams=["--config", str(other)])
+    proc = tree.check()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"quiesce.toml {other} (used by the pre-script): ok" in proc.stdout
+
+
+def test_a_bad_quiesce_toml_is_reported_whole_with_key_paths(tree: Tree) -> None:
+    passfile = tree.write("etc/quiesce/pgpass", "*:*:*:quiesce:secret\n", 0o640)
+    toml = tree.write(TOML, (
+        "max_hold_secs = 30\n"
+        "[[postgresql]]\n"
+        'conninfo = "host=/var/run/postgresql password=hunter2"\n'
+        f'passfile = "{passfile}"\n'
+        "[[mysql]]\n"
+        'port = "3306"\n'), 0o644)
+    os.chown(toml, 65534, 0)
+    proc = tree.check()
+    assert proc.returncode == 2
+    found = "\n".join(problems(proc))
+    head = f"problem IncorrectQuiesceConfigFile: {toml}"
+    for expected in (
+        f"{head}: is owned by uid 65534",
+        f"{head}: mode 0644",
+        f"{head}: max_hold_secs: unknown key",
+        f"{head}: postgresql[0].conninfo: contains a password",
+        f"{head}: postgresql[0].passfile: {passfile}: mode 0640",
+        f"{head}: mysql[0].port: expected an integer, found the string '3306'",
+    ):
+        assert expected in found, (expected, proc.stdout)
+    assert "fix: did you mean 'max_hold_seconds'?" in proc.stdout
+    assert "fix: write 3306 without quotes" in proc.stdout
+    # The Azure side is fine, and says so.
+    assert "config: ok" in proc.stdout and f"pre-script {tree / PRE}: ok" in proc.stdout
+
+
+def test_scripts_that_are_not_quiesce_wrappers_are_left_alone(tree: Tree) -> None:
+    pre = tree.write("etc/azure/pre.sh", "#!/bin/sh\n# not quiesce pre\necho pre\n", 0o700)
+    post = tree.write("etc/azure/post.sh", "#!/bin/sh\necho post\n", 0o700)
+    tree.azure(preScriptLocation=str(pre), postScriptLocation=str(post),
+               preScriptParams=["", ""])
+    proc = tree.check()  # the skeleton quiesce.toml is still there, unused
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "quiesce.toml" not in proc.stdout and "IncorrectQuiesce" not in proc.stdout
+
+
+def test_the_pre_script_running_quiesce_post_is_a_problem(tree: Tree) -> None:
+    tree.write(TOML, VALID)
+    tree.azure(preScriptLocation=str(tree / POST), postScriptLocation=str(tree / PRE))
+    proc = tree.check()
+    assert proc.returncode == 2
+    assert problems(proc) == [
+        f"problem Pre-ScriptExecutionFailed (300): {tree / POST}:4: the pre-script runs "
+        "'quiesce post'",
+        f"problem Post-ScriptExecutionFailed (301): {tree / PRE}:4: the post-script runs "
+        "'quiesce pre'"]
+
+
+def test_azures_sample_params_would_make_pre_refuse_to_run(tree: Tree) -> None:
+    tree.write(TOML, VALID)
+    tree.azure(preScriptParams=["", ""])
+    proc = tree.check()
+    assert proc.returncode == 2
+    [problem] = problems(proc)
+    assert problem.startswith(f"problem Pre-ScriptExecutionFailed (300): {tree / PRE}:4: "
+                              "'quiesce pre' would refuse its arguments")
+    assert "preScriptParams holds empty strings" in problem
+    assert f'fix: set "preScriptParams": [] in {tree / AZURE}' in proc.stdout
+
+
+def test_wrapper_arguments_that_pre_refuses(tree: Tree) -> None:
+    tree.write(TOML, VALID)
+    tree.wrapper(PRE, "pre", "etc/quiesce/quiesce.toml")  # relative
+    proc = tree.check()
+    assert proc.returncode == 2
+    [problem] = problems(proc)
+    assert "--config 'etc/quiesce/quiesce.toml' is a relative path" in problem
+
+    tree.wrapper(PRE, "pre", str(tree / TOML), "--verbose")
+    [problem] = problems(tree.check())
+    assert "would refuse its arguments: unrecognized arguments: --verbose" in problem
+
+
+def test_the_wrappers_plugins_selection_is_applied(tree: Tree) -> None:
+    tree.write(TOML, VALID)
+    tree.wrapper(PRE, "pre", str(tree / TOML), "--plugins", "mysql")
+    proc = tree.check()
+    assert proc.returncode == 2
+    assert problems(proc) == [
+        f"problem IncorrectQuiesceConfigFile: {tree / TOML}: --plugins: selects 'mysql' but "
+        "the file has no [[mysql]] section"]
+
+
+def test_an_invalid_azure_config_does_not_hide_the_toml_problems(tree: Tree) -> None:
+    tree.azure(timeoutInSecond=30)
+    proc = tree.check()
+    assert proc.returncode == 2
+    found = problems(proc)
+    assert any(p.startswith("problem IncorrectJSONConfigFile (305): timeoutInSecond: unknown")
+               for p in found), proc.stdout
+    assert any("IncorrectQuiesceConfigFile" in p and "has no database instance section" in p
+               for p in found), proc.stdout
+
+
+def test_an_azure_timeout_shorter_than_pre_may_take_is_noted(tree: Tree) -> None:
+    tree.write(TOML, "pre_timeout_seconds = 45\n" + VALID)
+    tree.azure(timeoutInSeconds=30)
+    proc = tree.check()
+    assert proc.returncode == 0, proc.stdout
+    assert ("note: timeoutInSeconds is 30 but 'quiesce pre' may take up to 75 s "
+            "(pre_timeout_seconds 45 + 30 s start-up)") in proc.stdout
+    tree.azure(timeoutInSeconds=75)
+    assert "note: timeoutInSeconds" not in tree.check().stdout
