@@ -170,3 +170,20 @@ def test_missing_binary_is_an_actionable_error(tmp_path: Path) -> None:
     with pytest.raises(EngineUnavailable) as info:
         find_server_binary(tmp_path / "mariadbd")
     assert "apt-get install mariadb-server" in info.value.hint
+
+
+def test_a_server_that_exits_while_starting_is_reported_with_its_log(
+        mysql_server_factory: Callable[..., Any], mysql_layout_factory: Callable[[], Any]
+        ) -> None:
+    from quiesce.servers.mysql import LocalMySQL, live_server
+
+    layout = mysql_layout_factory()
+    mysql_server_factory(layout=layout).stop()  # an initialised data directory
+    server = LocalMySQL(layout, settings={"no-such-option": "1"})
+    with pytest.raises(DrillError) as caught:
+        server.start()
+    text = str(caught.value)
+    assert f"the {server.flavour} server exited with status" in text
+    assert "no-such-option" in text.split("log tail:", 1)[1]  # the server's own complaint
+    assert server.proc is None and not server.running
+    assert live_server(server.data_dir) is None

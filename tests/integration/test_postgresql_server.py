@@ -109,3 +109,17 @@ def test_unreachable_directories_are_refused_up_front(require_root) -> None:
         assert not server.running
     finally:
         shutil.rmtree(root)
+
+
+def test_a_server_that_exits_while_starting_is_reported_with_its_log(
+        postgresql_server_factory, postgresql_layout_factory) -> None:
+    layout = postgresql_layout_factory()
+    postgresql_server_factory(layout=layout).stop()  # an initialised data directory
+    server = LocalPostgres(layout, settings={"shared_buffers": "nonsense"})
+    with pytest.raises(DrillError) as caught:
+        server.start()
+    text = str(caught.value)
+    assert "postgres exited with status" in text
+    assert "shared_buffers" in text.split("log tail:", 1)[1]  # the server's own complaint
+    assert server.proc is None and not server.running
+    assert live_postmaster(server.data_dir) is None

@@ -176,6 +176,14 @@ def chown_tree(path: Path, ids: tuple[int, int] | None) -> None:
             os.lchown(os.path.join(root, name), uid, gid)
 
 
+def read_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a server's log, or "(no log)" when it cannot be read."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -33,6 +33,7 @@ from quiesce.servers.base import (
     ServerLayout,
     find_binary,
     free_port,
+    read_tail,
     stop_process_group,
     wait_for_port,
 )
@@ -233,11 +234,7 @@ class LocalMongod(Server):
         self.start()
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_file.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(text[-lines:])
+        return read_tail(self.log_file, lines)
 
     # -- drivers ---------------------------------------------------------------------------
 

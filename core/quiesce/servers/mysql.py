@@ -28,28 +28,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import re
-import signal
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from quiesce.deadline import Deadline
 from quiesce.errors import DrillError, EngineUnavailable
 from quiesce.servers.base import (
     ConnectionInfo,
-    Server,
     ServerLayout,
     check_reachable,
     chown_tree,
     find_binary,
     free_port,
-    service_account,
-    stop_process_group,
 )
+from quiesce.servers.process import ServiceProcess
 
 SERVICE_USER = "mysql"
 ACCOUNT_HINT = ("install the mariadb-server or mysql-server package (it creates the user) "
@@ -102,14 +96,6 @@ def server_flavour(binary: str) -> tuple[str, str]:
     return ("mariadb" if "mariadb" in text.lower() else "mysql"), match.group(1)
 
 
-
-
-
-
-
-
-
-
 def live_server(data_dir: Path) -> int | None:
     """The pid of a mariadbd/mysqld whose working directory is ``data_dir``, or None.
 
@@ -131,29 +117,25 @@ def live_server(data_dir: Path) -> int | None:
     return None
 
 
-class LocalMySQL(Server):
+class LocalMySQL(ServiceProcess):
     """One throwaway MariaDB (or MySQL) server owned by a test or the drill."""
 
     engine = "mysql"
     backend = "local"
+    service_user = SERVICE_USER
+    account_hint = ACCOUNT_HINT
+    tools_own_session = True
 
     def __init__(self, layout: ServerLayout, *, port: int | None = None,
                  binary: str | os.PathLike[str] | None = None,
                  settings: Mapping[str, str] | None = None,
                  plugins: Sequence[str] = (), start_timeout: float = 180.0) -> None:
-        self.layout = layout
-        self.data_dir = Path(layout.data_dir)
-        self.log_dir = Path(layout.log_dir) if layout.log_dir else None
-        self.run_dir = Path(layout.run_dir) if layout.run_dir else self.data_dir.parent / "run"
         self.binary = find_server_binary(binary)
         self.flavour, self._version = server_flavour(self.binary)
         self.port = port or free_port()
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self.plugins = list(plugins)
-        self.start_timeout = start_timeout
-        self.ids = service_account(SERVICE_USER, install_hint=ACCOUNT_HINT)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.recovery_seconds: float | None = None
+        super().__init__(layout, start_timeout=start_timeout)
 
     # ------------------------------------------------------------------ info
     @property
@@ -183,8 +165,8 @@ class LocalMySQL(Server):
                               extra={"flavour": self.flavour})
 
     @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def what(self) -> str:
+        return f"the {self.flavour} server"
 
     @property
     def pid(self) -> int | None:
@@ -194,18 +176,8 @@ class LocalMySQL(Server):
         return (self.data_dir / "mysql").is_dir()
 
     # ------------------------------------------------------------------ processes
-    def _as_service_user(self) -> dict[str, Any]:
-        if self.ids is None:
-            return {}
-        uid, gid = self.ids
-        return {"user": uid, "group": gid, "extra_groups": []}
-
-    def _env(self) -> dict[str, str]:
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "LANG": "C",
-               "TZ": "UTC"}
-        if self.ids is not None:
-            env["HOME"] = pwd.getpwuid(self.ids[0]).pw_dir
-        return env
+    def search_path(self) -> str:
+        return "/usr/sbin:/usr/bin:/sbin:/bin"
 
     def _prepare_dirs(self) -> None:
         if len(str(self.socket)) > MAX_SOCKET_PATH:
@@ -221,18 +193,6 @@ class LocalMySQL(Server):
         chown_tree(self.data_dir, self.ids)
         if self.log_dir is not None:
             chown_tree(self.log_dir, self.ids)
-
-    def _run(self, argv: list[str], *, timeout: float, what: str) -> str:
-        try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                 check=False, cwd="/", env=self._env(),
-                                 start_new_session=True, **self._as_service_user())
-        except subprocess.TimeoutExpired as exc:
-            raise DrillError(f"{what} did not finish in {timeout:g}s: {' '.join(argv)}") from exc
-        if out.returncode != 0:
-            raise DrillError(f"{what} failed (exit {out.returncode}): "
-                             f"{(out.stderr or out.stdout).strip()[-2000:]}")
-        return out.stdout
 
     def _layout_args(self) -> list[str]:
         args = [f"--datadir={self.data_dir}"]
@@ -288,88 +248,33 @@ class LocalMySQL(Server):
         for stale in (self.pid_file, self.socket, Path(f"{self.socket}.lock")):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
-        with open(self.run_dir / "mysqld.stdout", "ab") as out:
-            started = time.monotonic()
-            self.proc = subprocess.Popen(self.server_args(), stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, cwd="/",
-                                         env=self._env(), start_new_session=True,
-                                         **self._as_service_user())
-        try:
-            self.wait_ready(Deadline(self.start_timeout))
-        except BaseException:
-            self.stop()
-            raise
-        self.recovery_seconds = round(time.monotonic() - started, 3)
+        self._spawn(self.server_args(), self.run_dir / "mysqld.stdout")
 
-    def wait_ready(self, deadline: Deadline) -> None:
-        """Until a query works (crash recovery done), the server dies, or the deadline."""
+    def probe(self) -> str | None:
+        """None once ``SELECT 1`` works over the socket (crash recovery done)."""
         import pymysql
 
-        last = ""
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise DrillError(f"the {self.flavour} server exited with status {code} while "
-                                 f"starting; log tail:\n{self.log_tail()}")
-            if self.socket.exists():
-                try:
-                    conn = self.connect(connect_timeout=2)
-                    try:
-                        with conn.cursor() as cur:
-                            cur.execute("SELECT 1")
-                        return
-                    finally:
-                        conn.close()
-                except pymysql.err.MySQLError as exc:
-                    last = str(exc)
-            if deadline.expired():
-                raise DrillError(f"the {self.flavour} server did not accept connections within "
-                                 f"{deadline.seconds:g}s ({last}); log tail:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def log_tail(self, lines: int = 30) -> str:
+        if not self.socket.exists():
+            return ""
         try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        """Clean shutdown (SIGTERM), then SIGKILL of the group. Idempotent; never raises."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(Exception):
-            stop_process_group(proc, term=signal.SIGTERM, grace=60.0)
-
-    def kill(self) -> None:
-        """SIGKILL the server (a crash): the next start runs InnoDB crash recovery."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(Exception):
-            stop_process_group(proc, term=signal.SIGKILL, grace=10.0)
-
-    def restart(self) -> None:
-        """Stop and start on the same port and directories (sessions are lost)."""
-        self.stop()
-        self.start()
+            conn = self.connect(connect_timeout=2)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                return None
+            finally:
+                conn.close()
+        except pymysql.err.MySQLError as exc:
+            return str(exc)
 
     # ------------------------------------------------------------------ restore
-    @classmethod
-    def open_existing(cls, layout: ServerLayout, **kwargs: Any) -> LocalMySQL:
-        """Start a server on an existing (e.g. restored, copied) data directory.
+    def adopt(self) -> None:
+        """Make a copied data directory startable here (see :meth:`open_existing`).
 
         The redo log directory comes from ``layout.log_dir`` (passed on the command line, so a
-        copy at another path just works), stale pid/socket files are removed and ownership is
-        fixed. ``recovery_seconds`` holds the time to the first query.
+        copy at another path just works), stale pid files are removed (the socket's at each
+        start) and ownership is fixed.
         """
-        server = cls(layout, **kwargs)
-        server.adopt()
-        server.start()
-        return server
-
-    def adopt(self) -> None:
-        """Make a copied data directory startable here (see :meth:`open_existing`)."""
         if not self.initialized():
             raise DrillError(f"{self.data_dir} is not a MySQL/MariaDB data directory "
                              "(no mysql/ system schema)")

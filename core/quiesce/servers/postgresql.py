@@ -20,30 +20,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quiesce.deadline import Deadline
 from quiesce.errors import DrillError, EngineUnavailable
 from quiesce.servers.base import (
     ConnectionInfo,
-    Server,
     ServerLayout,
     check_reachable,
     chown_tree,
     find_binary,
     free_port,
     pid_alive,
-    service_account,
-    stop_process_group,
 )
+from quiesce.servers.process import ServiceProcess
 
 if TYPE_CHECKING:
     import psycopg
@@ -128,29 +123,25 @@ def live_postmaster(data_dir: Path) -> int | None:
     return pid if os.path.realpath(cwd) == os.path.realpath(data_dir) else None
 
 
-class LocalPostgres(Server):
+class LocalPostgres(ServiceProcess):
     """One throwaway PostgreSQL server owned by a test or the drill."""
 
     engine = "postgresql"
     backend = "local"
+    service_user = SERVICE_USER
+    account_hint = ACCOUNT_HINT
+    stop_signal = signal.SIGINT  # fast shutdown
 
     def __init__(self, layout: ServerLayout, *, port: int | None = None,
                  bindir: str | os.PathLike[str] | None = None,
                  settings: Mapping[str, str] | None = None,
                  start_timeout: float = 120.0, initdb_args: Sequence[str] = ()) -> None:
-        self.layout = layout
-        self.data_dir = Path(layout.data_dir)
-        self.log_dir = Path(layout.log_dir) if layout.log_dir else None
-        self.run_dir = Path(layout.run_dir) if layout.run_dir else self.data_dir.parent / "run"
         self.bindir = find_bindir(bindir)
         self.port = port or free_port()
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
-        self.start_timeout = start_timeout
         self.initdb_args = list(initdb_args)
-        self.ids = service_account(SERVICE_USER, install_hint=ACCOUNT_HINT)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.recovery_seconds: float | None = None
         self._version: str | None = None
+        super().__init__(layout, start_timeout=start_timeout)
 
     # ------------------------------------------------------------------ info
     @property
@@ -196,35 +187,12 @@ class LocalPostgres(Server):
         return f"host={host} port={self.port} user={user} dbname={dbname}"
 
     @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def what(self) -> str:
+        return "postgres"
 
     # ------------------------------------------------------------------ processes
-    def _run(self, argv: list[str], *, timeout: float, what: str) -> str:
-        """Run a PostgreSQL tool as the service user; its output is the error on failure."""
-        try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                 check=False, cwd="/", env=self._env(),
-                                 **self._as_service_user())
-        except subprocess.TimeoutExpired as exc:
-            raise DrillError(f"{what} did not finish in {timeout:g}s: {' '.join(argv)}") from exc
-        if out.returncode != 0:
-            raise DrillError(f"{what} failed (exit {out.returncode}): "
-                             f"{(out.stderr or out.stdout).strip()[-2000:]}")
-        return out.stdout
-
-    def _as_service_user(self) -> dict[str, Any]:
-        if self.ids is None:
-            return {}
-        uid, gid = self.ids
-        return {"user": uid, "group": gid, "extra_groups": []}
-
-    def _env(self) -> dict[str, str]:
-        env = {"PATH": f"{self.bindir}:/usr/bin:/bin", "LC_ALL": "C", "LANG": "C",
-               "TZ": "UTC"}
-        if self.ids is not None:
-            env["HOME"] = pwd.getpwuid(self.ids[0]).pw_dir
-        return env
+    def search_path(self) -> str:
+        return f"{self.bindir}:/usr/bin:/bin"
 
     def _prepare_dirs(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -271,84 +239,28 @@ class LocalPostgres(Server):
                 "-c", f"unix_socket_directories={self.run_dir}"]
         for key, value in self.settings.items():
             argv += ["-c", f"{key}={value}"]
-        with open(self.log_file, "ab") as log:
-            if self.ids is not None:
-                os.fchown(log.fileno(), *self.ids)
-            started = time.monotonic()
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd="/", env=self._env(),
-                                         start_new_session=True, **self._as_service_user())
-        try:
-            self.wait_ready(Deadline(self.start_timeout))
-        except BaseException:
-            self.stop()
-            raise
-        self.recovery_seconds = round(time.monotonic() - started, 3)
+        self._spawn(argv, self.log_file)
 
-    def wait_ready(self, deadline: Deadline) -> None:
-        """Until a query works (WAL replay done), the postmaster dies, or the deadline."""
+    def probe(self) -> str | None:
+        """None once ``SELECT 1`` works over the socket (WAL replay done)."""
         import psycopg
 
-        last = ""
-        while True:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise DrillError(f"postgres exited with status {code} while starting; "
-                                 f"log tail:\n{self.log_tail()}")
-            try:
-                with psycopg.connect(self.socket_conninfo, connect_timeout=2,
-                                     autocommit=True) as conn:
-                    conn.execute("SELECT 1")
-                    return
-            except psycopg.Error as exc:
-                last = str(exc).strip()
-            if deadline.expired():
-                raise DrillError(f"postgres did not accept connections within "
-                                 f"{deadline.seconds:g}s ({last}); log tail:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def log_tail(self, lines: int = 30) -> str:
         try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT), then SIGKILL of the group. Idempotent; never raises."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(Exception):
-            stop_process_group(proc, term=signal.SIGINT, grace=60.0)
-
-    def kill(self) -> None:
-        """SIGKILL the whole server (a crash): the next start runs crash recovery."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(Exception):
-            stop_process_group(proc, term=signal.SIGKILL, grace=10.0)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+            with psycopg.connect(self.socket_conninfo, connect_timeout=2,
+                                 autocommit=True) as conn:
+                conn.execute("SELECT 1")
+                return None
+        except psycopg.Error as exc:
+            return str(exc).strip()
 
     # ------------------------------------------------------------------ restore
-    @classmethod
-    def open_existing(cls, layout: ServerLayout, **kwargs: Any) -> LocalPostgres:
-        """Start a server on an existing (e.g. restored, copied) data directory.
+    def adopt(self) -> None:
+        """Make a copied data directory startable here (see :meth:`open_existing`).
 
         The pg_wal symlink is repointed at ``layout.log_dir`` when the layout has one, a
         ``postmaster.pid`` that is not a live server of this directory is removed, ownership
-        and modes are fixed. ``recovery_seconds`` holds the time to the first query.
+        and modes are fixed.
         """
-        server = cls(layout, **kwargs)
-        server.adopt()
-        server.start()
-        return server
-
-    def adopt(self) -> None:
-        """Make a copied data directory startable here (see :meth:`open_existing`)."""
         data = self.data_dir
         if not (data / "PG_VERSION").is_file():
             raise DrillError(f"{data} is not a PostgreSQL data directory (no PG_VERSION)")
