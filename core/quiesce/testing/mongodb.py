@@ -15,14 +15,13 @@ Importing this module imports neither pymongo nor docker.
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
+import functools
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from quiesce.testing.workspace import ServerWorkspace
 
 if TYPE_CHECKING:
     from quiesce.servers.base import Server, ServerLayout
@@ -53,50 +52,22 @@ def mongodb_unavailable_reason() -> tuple[str | None, str]:
     return None, f"no mongod on PATH (looked in {looked}) and {reason}"
 
 
-def start_mongodb(backend: str, layout: ServerLayout, *, replset: str | None = None,
-                  **kwargs: Any) -> Server:
-    """A started MongoDB server of ``backend`` on ``layout``."""
+def make_mongodb(backend: str, layout: ServerLayout, *, replset: str | None = None,
+                 **kwargs: Any) -> Server:
+    """An unstarted MongoDB server of ``backend`` on ``layout``."""
     if backend == "local":
         from quiesce.servers.mongodb import LocalMongod
 
-        server: Server = LocalMongod(layout, replset=replset, **kwargs)
-    else:
-        from quiesce.servers.docker import DockerServer
+        return LocalMongod(layout, replset=replset, **kwargs)
+    from quiesce.servers.docker import DockerServer
 
-        server = DockerServer("mongodb", layout, replset=replset, **kwargs)
-    try:
-        server.start()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return DockerServer("mongodb", layout, replset=replset, **kwargs)
 
 
-class _Workspace:
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
-        self.roots: list[Path] = []
-        self.servers: list[Server] = []
-
-    def layout(self) -> ServerLayout:
-        from quiesce.servers.base import ServerLayout
-
-        root = Path(tempfile.mkdtemp(prefix="quiesce-mongo-"))
-        self.roots.append(root)
-        return ServerLayout(data_dir=root / "data", log_dir=root / "journal",
-                            run_dir=root / "run")
-
-    def server(self, layout: ServerLayout | None = None, **kwargs: Any) -> Server:
-        server = start_mongodb(self.backend, layout or self.layout(), **kwargs)
-        self.servers.append(server)
-        return server
-
-    def close(self) -> None:
-        for server in reversed(self.servers):
-            server.stop()
-        for root in self.roots:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(root)
+def _workspace(backend: str | None) -> ServerWorkspace[Server]:
+    """Directories under /tmp, removed at the end; servers of ``backend`` (None: none)."""
+    make = None if backend is None else functools.partial(make_mongodb, backend)
+    return ServerWorkspace(make, prefix="quiesce-mongo-", log_name="journal", mode=None)
 
 
 @pytest.fixture(scope="session")
@@ -109,24 +80,17 @@ def mongodb_backend() -> str:
 
 @pytest.fixture
 def mongodb_layout_factory() -> Iterator[Callable[[], ServerLayout]]:
-    workspace = _Workspace("none")
-    yield workspace.layout
-    workspace.close()
+    with _workspace(None) as workspace:
+        yield workspace.layout
 
 
 @pytest.fixture
 def mongodb_server_factory(mongodb_backend: str) -> Iterator[Callable[..., Server]]:
-    workspace = _Workspace(mongodb_backend)
-    try:
+    with _workspace(mongodb_backend) as workspace:
         yield workspace.server
-    finally:
-        workspace.close()
 
 
 @pytest.fixture(scope="session")
 def mongodb_server(mongodb_backend: str) -> Iterator[Server]:
-    workspace = _Workspace(mongodb_backend)
-    try:
+    with _workspace(mongodb_backend) as workspace:
         yield workspace.server(replset="rs0")
-    finally:
-        workspace.close()

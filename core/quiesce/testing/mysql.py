@@ -21,15 +21,14 @@ in a given state - proof that it is blocked by a lock, without sleeping and gues
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from quiesce.testing.workspace import ServerWorkspace
 
 if TYPE_CHECKING:
     from quiesce.servers.base import ServerLayout
@@ -64,64 +63,35 @@ def _require_mysql() -> None:
         pytest.skip(reason)
 
 
-class _Workspace:
-    """Temp directories under /tmp (traversable by the mysql user), removed at the end."""
+def _make(layout: ServerLayout, **kwargs: Any) -> LocalMySQL:
+    from quiesce.servers.mysql import LocalMySQL
 
-    def __init__(self) -> None:
-        self.roots: list[Path] = []
-        self.servers: list[LocalMySQL] = []
+    return LocalMySQL(layout, **kwargs)
 
-    def layout(self) -> ServerLayout:
-        from quiesce.servers.base import ServerLayout
 
-        root = Path(tempfile.mkdtemp(prefix="quiesce-my-"))
-        root.chmod(0o755)
-        self.roots.append(root)
-        return ServerLayout(data_dir=root / "data", log_dir=root / "redo", run_dir=root / "run")
-
-    def server(self, layout: ServerLayout | None = None, **kwargs: Any) -> LocalMySQL:
-        from quiesce.servers.mysql import LocalMySQL
-
-        server = LocalMySQL(layout or self.layout(), **kwargs)
-        self.servers.append(server)
-        server.start()
-        return server
-
-    def close(self) -> None:
-        for server in reversed(self.servers):
-            server.stop()
-        for root in self.roots:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(root)
+def _workspace() -> ServerWorkspace[LocalMySQL]:
+    """Directories under /tmp (the mysql user can reach them), removed at the end."""
+    return ServerWorkspace(_make, prefix="quiesce-my-", log_name="redo")
 
 
 @pytest.fixture
 def mysql_layout_factory() -> Iterator[Callable[[], ServerLayout]]:
-    workspace = _Workspace()
-    try:
+    with _workspace() as workspace:
         yield workspace.layout
-    finally:
-        workspace.close()
 
 
 @pytest.fixture
 def mysql_server_factory() -> Iterator[Callable[..., LocalMySQL]]:
     _require_mysql()
-    workspace = _Workspace()
-    try:
+    with _workspace() as workspace:
         yield workspace.server
-    finally:
-        workspace.close()
 
 
 @pytest.fixture(scope="session")
 def mysql_server() -> Iterator[LocalMySQL]:
     _require_mysql()
-    workspace = _Workspace()
-    try:
+    with _workspace() as workspace:
         yield workspace.server()
-    finally:
-        workspace.close()
 
 
 class BackgroundStatement:
@@ -133,6 +103,7 @@ class BackgroundStatement:
         self.conn = server.connect(read_timeout=read_timeout)
         self.id = int(self.conn.thread_id())
         self.error: BaseException | None = None
+        self.done_at: float | None = None  # time.time() when the statement returned
         self.finished = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -140,6 +111,7 @@ class BackgroundStatement:
         try:
             with self.conn.cursor() as cur:
                 cur.execute(self.sql)
+            self.done_at = time.time()
         except BaseException as exc:
             self.error = exc
         finally:

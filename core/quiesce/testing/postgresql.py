@@ -16,14 +16,12 @@ Importing this module imports neither psycopg nor the server module.
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from quiesce.testing.workspace import ServerWorkspace
 
 if TYPE_CHECKING:
     from quiesce.servers.base import ServerLayout
@@ -46,61 +44,32 @@ def _require_postgres() -> None:
         pytest.skip(f"no PostgreSQL server binaries: {exc}")
 
 
-class _Workspace:
-    """Temp directories under /tmp (traversable by the postgres user), removed at the end."""
+def _make(layout: ServerLayout, **kwargs: Any) -> LocalPostgres:
+    from quiesce.servers.postgresql import LocalPostgres
 
-    def __init__(self) -> None:
-        self.roots: list[Path] = []
-        self.servers: list[LocalPostgres] = []
+    return LocalPostgres(layout, **kwargs)
 
-    def layout(self) -> ServerLayout:
-        from quiesce.servers.base import ServerLayout
 
-        root = Path(tempfile.mkdtemp(prefix="quiesce-pg-"))
-        root.chmod(0o755)
-        self.roots.append(root)
-        return ServerLayout(data_dir=root / "data", log_dir=root / "wal", run_dir=root / "run")
-
-    def server(self, layout: ServerLayout | None = None, **kwargs: Any) -> LocalPostgres:
-        from quiesce.servers.postgresql import LocalPostgres
-
-        server = LocalPostgres(layout or self.layout(), **kwargs)
-        self.servers.append(server)
-        server.start()
-        return server
-
-    def close(self) -> None:
-        for server in reversed(self.servers):
-            server.stop()
-        for root in self.roots:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(root)
+def _workspace() -> ServerWorkspace[LocalPostgres]:
+    """Directories under /tmp (the postgres user can reach them), removed at the end."""
+    return ServerWorkspace(_make, prefix="quiesce-pg-", log_name="wal")
 
 
 @pytest.fixture
 def postgresql_layout_factory() -> Iterator[Callable[[], ServerLayout]]:
-    workspace = _Workspace()
-    try:
+    with _workspace() as workspace:
         yield workspace.layout
-    finally:
-        workspace.close()
 
 
 @pytest.fixture
 def postgresql_server_factory() -> Iterator[Callable[..., LocalPostgres]]:
     _require_postgres()
-    workspace = _Workspace()
-    try:
+    with _workspace() as workspace:
         yield workspace.server
-    finally:
-        workspace.close()
 
 
 @pytest.fixture(scope="session")
 def postgresql_server() -> Iterator[LocalPostgres]:
     _require_postgres()
-    workspace = _Workspace()
-    try:
+    with _workspace() as workspace:
         yield workspace.server()
-    finally:
-        workspace.close()
