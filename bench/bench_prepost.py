@@ -42,19 +42,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from quiesce.testing.mysql import BackgroundStatement
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "prepost.json"
 RATIO_GOAL = 2.0
 COMMAND_TIMEOUT = 180.0
 HOLDER_EXIT_TIMEOUT = 30.0
-MARIADB_WAIT_STATES = ("Waiting for backup lock", "Waiting for global read lock",
-                       "Waiting for commit lock")
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -66,14 +66,10 @@ def parse_iso(text: str | None) -> float | None:
 
 
 def pid_alive(pid: int | None) -> bool:
-    if not pid:
+    from quiesce.servers.base import pid_alive as process_exists
+
+    if not pid or not process_exists(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     # A zombie no one reaps is gone for our purposes.
     with contextlib.suppress(OSError):
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -118,8 +114,12 @@ class Fleet:
     label = ""
 
     def __init__(self, base: Path) -> None:
+        from quiesce.testing.workspace import ServerWorkspace
+
         self.base = base
         self.servers: list[Any] = []
+        self.dirs: ServerWorkspace[Any] = ServerWorkspace(None, prefix=f"{self.engine}-",
+                                                          log_name="wal", base=base)
 
     def start(self, count: int) -> None:
         raise NotImplementedError
@@ -130,7 +130,7 @@ class Fleet:
     def version(self) -> str:
         return str(self.servers[0].version) if self.servers else "?"
 
-    def block_writes(self, count: int) -> list[BlockedWrite]:
+    def block_writes(self, count: int) -> list[BackgroundStatement]:
         """Writers blocked by the hold right now (one per instance), or [] if none apply."""
         return []
 
@@ -142,13 +142,7 @@ class Fleet:
         for server in reversed(self.servers):
             with contextlib.suppress(Exception):
                 server.stop()
-
-    def _layout(self, prefix: str) -> Any:
-        from quiesce.servers.base import ServerLayout
-
-        root = Path(tempfile.mkdtemp(prefix=prefix, dir=self.base))
-        root.chmod(0o755)
-        return ServerLayout(data_dir=root / "data", log_dir=root / "wal", run_dir=root / "run")
+        self.dirs.close()
 
 
 def start_with_retry(make: Callable[[], Any], servers: list[Any]) -> Any:
@@ -179,7 +173,7 @@ class PostgresFleet(Fleet):
         from quiesce.servers.postgresql import LocalPostgres
 
         for _ in range(count):
-            start_with_retry(lambda: LocalPostgres(self._layout("pg-"),
+            start_with_retry(lambda: LocalPostgres(self.dirs.layout(),
                                                    settings={"max_connections": "20"}),
                              self.servers)
 
@@ -203,7 +197,7 @@ class MariaDBFleet(Fleet):
         from quiesce.servers.mysql import LocalMySQL
 
         for _ in range(count):
-            server = start_with_retry(lambda: LocalMySQL(self._layout("my-")), self.servers)
+            server = start_with_retry(lambda: LocalMySQL(self.dirs.layout()), self.servers)
             if not server.is_mariadb:
                 raise SystemExit(f"bench_prepost: {server.binary} is {server.flavour}, "
                                  "not MariaDB; this benchmark only covers MariaDB")
@@ -216,63 +210,20 @@ class MariaDBFleet(Fleet):
         return {"name": f"maria{index + 1}", "unix_socket": str(server.socket),
                 "user": "root"}
 
-    def block_writes(self, count: int) -> list[BlockedWrite]:
-        writers = [BlockedWrite(server) for server in self.servers[:count]]
+    def block_writes(self, count: int) -> list[BackgroundStatement]:
+        """One INSERT per instance on its own connection, each seen waiting for the hold's
+        lock; ``done_at`` is when it returned."""
+        from quiesce.testing.mysql import LOCK_WAIT_STATES, BackgroundStatement
+
+        writers = [BackgroundStatement(server, "INSERT INTO bench.w (at) VALUES "
+                                       "(UNIX_TIMESTAMP(NOW(6)))",
+                                       read_timeout=int(COMMAND_TIMEOUT))
+                   for server in self.servers[:count]]
         for writer in writers:
             writer.start()
         for writer in writers:
-            writer.wait_blocked()
+            writer.wait_state(LOCK_WAIT_STATES, timeout=30.0)
         return writers
-
-
-class BlockedWrite:
-    """One INSERT on its own connection that the hold blocks; remembers when it returned."""
-
-    def __init__(self, server: Any) -> None:
-        self.server = server
-        self.conn = server.connect(read_timeout=COMMAND_TIMEOUT)
-        self.thread_id = int(self.conn.thread_id())
-        self.done_at: float | None = None
-        self.error: BaseException | None = None
-        self.finished = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            with self.conn.cursor() as cur:
-                cur.execute("INSERT INTO bench.w (at) VALUES (UNIX_TIMESTAMP(NOW(6)))")
-            self.done_at = time.time()
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.finished.set()
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def wait_blocked(self, timeout: float = 30.0) -> None:
-        give_up = time.monotonic() + timeout
-        while True:
-            rows = self.server.execute("SELECT STATE FROM information_schema.PROCESSLIST "
-                                       "WHERE ID = %s", (self.thread_id,))
-            state = rows[0][0] if rows else None
-            if state in MARIADB_WAIT_STATES:
-                return
-            if self.finished.is_set():
-                raise RuntimeError(f"the INSERT went through while held (error: {self.error!r})"
-                                   " - the hold does not block writes")
-            if time.monotonic() > give_up:
-                raise RuntimeError(f"the INSERT is in state {state!r}, not blocked, after "
-                                   f"{timeout:g}s")
-            time.sleep(0.02)
-
-    def close(self) -> None:
-        if not self.finished.is_set():
-            with contextlib.suppress(Exception):
-                self.server.execute(f"KILL {int(self.thread_id)}")
-            self.finished.wait(30)
-        with contextlib.suppress(Exception):
-            self.conn.close()
 
 
 FLEETS: dict[str, Callable[[Path], Fleet]] = {"postgresql": PostgresFleet,
@@ -361,7 +312,7 @@ def trial(fleet: Fleet, ws: Workspace, hold: float) -> dict[str, Any]:
     held = [i for i in ready.get("instances") or [] if i.get("status") == "held"]
     if not ready.get("ok") or len(held) != ws.count:
         raise RuntimeError(f"pre did not hold {ws.count} instances: {ready}")
-    writers: list[BlockedWrite] = []
+    writers: list[BackgroundStatement] = []
     try:
         time.sleep(hold)  # the snapshot
         writers = fleet.block_writes(ws.count)
@@ -504,20 +455,15 @@ def print_table(engine: str, result: dict[str, Any], counts: list[int]) -> None:
         ratio = ratios.get(key)
         print(title.ljust(34) + " ".join(f"{c:>23}" for c in cells)
               + (f"{ratio:>8.2f}" if ratio else ""))
-    print("pre phases (median ms):")
-    for phase in PHASES:
-        cells = []
-        for count in counts:
-            s = result["by_instances"][str(count)]["pre_phases_ms"][phase]
-            cells.append(f"{s['median']:>10.1f}" if s else f"{'-':>10}")
-        print(f"  {phase}".ljust(34) + " ".join(f"{c:>23}" for c in cells))
-    print("post phases (median ms):")
-    for phase in POST_PHASES:
-        cells = []
-        for count in counts:
-            s = result["by_instances"][str(count)]["post_phases_ms"][phase]
-            cells.append(f"{s['median']:>10.1f}" if s else f"{'-':>10}")
-        print(f"  {phase}".ljust(34) + " ".join(f"{c:>23}" for c in cells))
+    for command, key, phases in (("pre", "pre_phases_ms", PHASES),
+                                 ("post", "post_phases_ms", POST_PHASES)):
+        print(f"{command} phases (median ms):")
+        for phase in phases:
+            cells = []
+            for count in counts:
+                s = result["by_instances"][str(count)][key][phase]
+                cells.append(f"{s['median']:>10.1f}" if s else f"{'-':>10}")
+            print(f"  {phase}".ljust(34) + " ".join(f"{c:>23}" for c in cells))
     floor = result.get("python_floor_ms")
     if floor:
         print(f"python -m quiesce --version (floor): median {floor['median']:.1f} ms")
