@@ -30,7 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "file instead of the state directory")
     parser.add_argument("--state-dir", default=None,
                         help="where run records are kept (default: QUIESCE_STATE_DIR, else "
-                             f"state_dir of --config, else {DEFAULT_STATE_DIR})")
+                             f"state_dir of --config, else {DEFAULT_STATE_DIR} as root and "
+                             "~/.local/state/quiesce otherwise, as pre/post use)")
     parser.add_argument("--config", default=DEFAULT_CONFIG,
                         help="the quiesce.toml whose state_dir to use (default %(default)s, "
                              "when it exists)")
@@ -63,13 +64,21 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
             raise RestoreLabelError(f"{args.record} does not hold a JSON object")
         return record
     state_dir = (args.state_dir or os.environ.get("QUIESCE_STATE_DIR")
-                 or _configured_state_dir(args.config) or DEFAULT_STATE_DIR)
+                 or _configured_state_dir(args.config) or _default_state_dir())
     try:
         from quiesce.catalog import load_record
     except ImportError as exc:
         raise RestoreLabelError("this build has no run catalog",
                                 hint="pass the record file with --record") from exc
     return load_record(state_dir, run_id=args.run_id)
+
+
+def _default_state_dir() -> str:
+    """Where the holder wrote the records when quiesce.toml names no state_dir (it depends on
+    who runs quiesce: see quiesce.catalog.default_state_dir)."""
+    from quiesce.catalog import default_state_dir
+
+    return default_state_dir()
 
 
 def _configured_state_dir(config: str) -> str | None:
