@@ -66,6 +66,7 @@ class WrapperCall:
     command: str  # the quiesce subcommand the script runs: "pre" or "post"
     argv: tuple[str, ...]  # its arguments, with "$@" replaced by the Azure params
     expanded: bool = False  # the script's own arguments use shell expansion ($VAR, `...`)
+    program: tuple[str, ...] = ()  # what runs quiesce: ("/x/quiesce",) or (python, "-m", ...)
 
 
 @dataclass
@@ -86,8 +87,8 @@ class HoldCheck:
 # --- finding the wrapper's call ------------------------------------------------------------
 
 
-def _quiesce_args(tokens: list[str]) -> list[str] | None:
-    """The arguments after ``quiesce`` when ``tokens`` runs quiesce, else None.
+def _split_quiesce(tokens: list[str]) -> tuple[list[str], list[str]] | None:
+    """(program argv, arguments after ``quiesce``) when ``tokens`` runs quiesce, else None.
 
     Accepted forms: ``[exec] /path/quiesce ARGS`` and ``[exec] /path/python [-FLAGS] -m
     quiesce ARGS`` (what :func:`quiesce.azure_install.quiesce_command` produces).
@@ -98,13 +99,13 @@ def _quiesce_args(tokens: list[str]) -> list[str] | None:
         return None
     program = os.path.basename(tokens[0])
     if program == "quiesce":
-        return tokens[1:]
+        return tokens[:1], tokens[1:]
     if _PYTHON_RE.match(program):
         i = 1
         while i < len(tokens) and tokens[i].startswith("-") and tokens[i] != "-m":
             i += 1
         if tokens[i:i + 2] == ["-m", "quiesce"]:
-            return tokens[i + 2:]
+            return tokens[:i + 2], tokens[i + 2:]
     return None
 
 
@@ -123,7 +124,10 @@ def find_wrapper_call(text: str, script: str, params: Sequence[str]) -> WrapperC
             tokens = shlex.split(stripped, comments=True)
         except ValueError:  # unbalanced quotes: not a line we can read
             continue
-        rest = _quiesce_args(tokens)
+        split = _split_quiesce(tokens)
+        if split is None:
+            continue
+        program, rest = split
         if not rest or rest[0] not in PHASES:
             continue
         argv: list[str] = []
@@ -135,7 +139,7 @@ def find_wrapper_call(text: str, script: str, params: Sequence[str]) -> WrapperC
             if "$" in token or "`" in token:
                 expanded = True
             argv.append(token)
-        return WrapperCall(script, number, rest[0], tuple(argv), expanded)
+        return WrapperCall(script, number, rest[0], tuple(argv), expanded, tuple(program))
     return None
 
 
@@ -315,6 +319,10 @@ def check_hold(config: Any, config_path: str) -> HoldCheck:
                 f"the {phase}-script must run 'quiesce {phase}': swap preScriptLocation and "
                 "postScriptLocation, or rerun 'quiesce install azure --force'"))
             continue
+        unusable = _program_problem(call, phase)
+        if unusable is not None:
+            result.errors.append(unusable)
+            continue
         if call.expanded:
             result.notes.append(
                 f"{path}:{call.line}: the quiesce {phase} call uses shell expansion; its "
@@ -372,6 +380,40 @@ def check_hold(config: Any, config_path: str) -> HoldCheck:
             f"{calls['post'][0].script} is a 'quiesce post' wrapper but the pre-script is not "
             "'quiesce pre': nothing will be held for it to release")
     return result
+
+
+def _program_problem(call: WrapperCall, phase: str) -> RunError | None:
+    """Why the program the wrapper execs cannot run ``quiesce`` safely as root, or None."""
+    if not call.program:
+        return None
+    program = call.program[0]
+    where = f"{call.script}:{call.line}"
+    reinstall = ("rerun 'quiesce install azure --force' with the quiesce the wrappers should "
+                 "run")
+    if "$" in program or "`" in program:
+        return None  # shell expansion: nothing to look at (noted with the arguments)
+    if not os.path.isabs(program):
+        return RunError.azure(
+            AzureCode.for_phase(phase, "failed"), "check",
+            f"{where}: runs {program!r} by name; the backup agent's PATH decides what that is",
+            f"name the program by its absolute path, or {reinstall}")
+    if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+        return RunError.azure(
+            AzureCode.for_phase(phase, "failed"), "check",
+            f"{where}: {program} does not exist or is not executable, so 'quiesce {phase}' "
+            "cannot start (was quiesce moved or uninstalled?)", reinstall)
+    from quiesce.azure_install import command_problems
+
+    unsafe = command_problems(list(call.program))
+    if unsafe:
+        return RunError.azure(
+            AzureCode.for_phase(phase, "permission"), "check",
+            f"{where}: the wrapper runs {program} as root, but users other than root can "
+            f"replace it: {'; '.join(unsafe)}",
+            "make those files and directories root-owned and not group/other-writable (e.g. "
+            f"install quiesce in a root-owned venv under /opt), then {reinstall[0].lower()}"
+            f"{reinstall[1:]}")
+    return None
 
 
 def _timeout_note(result: HoldCheck, settings: Settings, config: Any) -> None:

@@ -222,3 +222,35 @@ def test_an_azure_timeout_shorter_than_pre_may_take_is_noted(tree: Tree) -> None
             "(pre_timeout_seconds 45 + 30 s start-up)") in proc.stdout
     tree.azure(timeoutInSeconds=75)
     assert "note: timeoutInSeconds" not in tree.check().stdout
+
+
+def test_a_wrapper_whose_program_is_gone_or_replaceable(tree: Tree) -> None:
+    tree.write(TOML, VALID)
+    pre = (tree / PRE).read_text()
+    program = quiesce_command()[0]
+    gone = str(tree.prefix.parent / "old-venv" / "bin" / "quiesce")
+    tree.write(PRE, pre.replace(program, gone), 0o700)
+    proc = tree.check()
+    assert proc.returncode == 2
+    assert problems(proc) == [
+        f"problem Pre-ScriptExecutionFailed (300): {tree / PRE}:4: {gone} does not exist or "
+        "is not executable, so 'quiesce pre' cannot start (was quiesce moved or uninstalled?)"]
+
+    # A launcher in a directory anyone can write: whoever writes there gets root at backup.
+    open_dir = tree.prefix.parent / "open" / "bin"
+    open_dir.mkdir(parents=True)
+    launcher = open_dir / "quiesce"
+    launcher.write_text(f"#!{sys.executable}\nimport sys\nfrom quiesce.cli import main\n"
+                        "sys.exit(main())\n")
+    launcher.chmod(0o755)
+    open_dir.chmod(0o777)
+    tree.write(PRE, pre.replace(program, str(launcher)), 0o700)
+    [problem] = problems(tree.check())
+    assert problem.startswith(
+        f"problem InsufficientPermissionforPre-Script (306): {tree / PRE}:4: the wrapper runs "
+        f"{launcher} as root, but users other than root can replace it: {open_dir} is "
+        "writable by group/other (mode 0777)"), problem
+
+    tree.write(PRE, pre.replace(program, "quiesce"), 0o700)
+    [problem] = problems(tree.check())
+    assert "runs 'quiesce' by name; the backup agent's PATH decides what that is" in problem

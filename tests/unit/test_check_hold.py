@@ -42,7 +42,8 @@ def wrapper(phase: str, toml: str = "/etc/quiesce/quiesce.toml",
 @pytest.mark.parametrize("phase", ["pre", "post"])
 def test_the_installed_wrapper_is_recognised(phase: str) -> None:
     call = find_wrapper_call(wrapper(phase, "/srv/q.toml"), "/etc/azure/w.sh", [])
-    assert call == WrapperCall("/etc/azure/w.sh", 4, phase, ("--config", "/srv/q.toml"))
+    assert call == WrapperCall("/etc/azure/w.sh", 4, phase, ("--config", "/srv/q.toml"),
+                               program=(QUIESCE,))
 
 
 def test_python_dash_m_quiesce_and_quoted_paths_are_recognised() -> None:
@@ -50,6 +51,7 @@ def test_python_dash_m_quiesce_and_quoted_paths_are_recognised() -> None:
     call = find_wrapper_call(text, "/w", [])
     assert call is not None
     assert (call.command, call.argv) == ("pre", ("--config", "/etc/odd dir/q.toml"))
+    assert call.program == ("/opt/my venv/bin/python3.11", "-m", "quiesce")
     # Interpreter flags before -m are skipped, as python itself does.
     text = f'#!/bin/sh\nexec {sys.executable} -B -I -m quiesce pre "$@"\n'
     assert find_wrapper_call(text, "/w", ["--config", "/x.toml"]).argv == ("--config", "/x.toml")
