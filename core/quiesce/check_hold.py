@@ -31,6 +31,7 @@ import math
 import os
 import re
 import shlex
+import stat
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -216,6 +217,8 @@ def _read_document(path: str) -> tuple[str, dict[str, Any]] | None:
         return None
     try:
         with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None
             text = handle.read(16 * 1024 * 1024).decode("utf-8")
         return text, tomllib.loads(text)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):

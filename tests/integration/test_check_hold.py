@@ -254,3 +254,21 @@ def test_a_wrapper_whose_program_is_gone_or_replaceable(tree: Tree) -> None:
     tree.write(PRE, pre.replace(program, "quiesce"), 0o700)
     [problem] = problems(tree.check())
     assert "runs 'quiesce' by name; the backup agent's PATH decides what that is" in problem
+
+
+def test_a_missing_or_fifo_quiesce_toml_is_reported_without_hanging(tree: Tree) -> None:
+    missing = tree.prefix / "etc/quiesce/missing.toml"
+    tree.wrapper(PRE, "pre", str(missing))
+    proc = tree.check()
+    assert proc.returncode == 2
+    assert problems(proc) == [
+        f"problem IncorrectQuiesceConfigFile: {missing}: no such file"], proc.stdout
+
+    fifo = tree.prefix / "etc/quiesce/fifo.toml"
+    os.mkfifo(fifo, 0o600)
+    tree.wrapper(PRE, "pre", str(fifo))
+    proc = tree.check()  # subprocess timeout 120 s: a blocking open would fail the test
+    assert proc.returncode == 2
+    [problem] = problems(proc)
+    assert problem == (f"problem IncorrectQuiesceConfigFile: {fifo}: is a named pipe (FIFO), "
+                       "not a regular file"), problem
