@@ -145,7 +145,10 @@ class Cycle:
     def run(self) -> CycleResult:
         r = self.result
         try:
-            self.say("snapshot" + {"quiesced": " (quiesce run: pre, freeze, copy, thaw, post)",
+            quiesced = (" (quiesce run: pre, freeze, copy, thaw, post)"
+                        if self.disks.kind == "loop" else
+                        " (quiesce run: pre, copy, post; dir disks cannot be frozen)")
+            self.say("snapshot" + {"quiesced": quiesced,
                                    "crash": " (quiesce run: freeze, copy, thaw; no plugin)",
                                    "unsafe-staggered": " (negative control: log disk, "
                                    "checkpoint, data disk)"}[self.mode])
