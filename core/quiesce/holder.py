@@ -95,11 +95,16 @@ def prepare_runtime_dir(rundir: str) -> list[str]:
     """Create the runtime dir 0700, owned by the user we run as (root in production); return
     warnings (e.g. not on tmpfs)."""
     parent = os.path.dirname(rundir.rstrip("/"))
-    if parent and not os.path.isdir(parent):
-        os.makedirs(parent, mode=0o755, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(rundir, 0o700)
-    st = os.stat(rundir, follow_symlinks=False)
+    try:
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(rundir, 0o700)
+        st = os.stat(rundir, follow_symlinks=False)
+    except OSError as exc:  # e.g. not root and the directory above is not ours
+        raise HolderError(f"cannot create the runtime dir {rundir}: {exc.strerror}",
+                          hint="pass --runtime-dir DIR (or set QUIESCE_RUNTIME_DIR) to a "
+                               "directory you may create, ideally on tmpfs") from exc
     import stat as _stat
 
     if not _stat.S_ISDIR(st.st_mode):

@@ -375,6 +375,27 @@ def test_run_refuses_the_users_config_in_another_users_directory(user: User,
     assert not any("group/other" in e["message"] for e in status["errors"])
 
 
+def test_run_refuses_a_config_behind_another_users_private_directory(user: User,
+                                                                     other: User) -> None:
+    config, marker = azure_setup(user)
+    private = user.mkdir(user.home / "private", 0o700)
+    moved = user.mkdir(private / "sub") / config.name
+    os.rename(config, moved)
+    os.chown(private, other.uid, other.gid)  # the user cannot even look inside
+    code, status, _ = run_json(user, moved)
+    assert code == 2
+    text = " | ".join(e["message"] for e in status["errors"])
+    assert f"{private}: directory is owned by uid {other.uid}" in text, text
+    assert f"{private}: directory cannot be searched by uid {user.uid}" in text, text
+    assert not marker.exists()
+    os.rename(moved, private / config.name)  # the file right inside it: cannot be opened
+    code, status, _ = run_json(user, private / config.name)
+    assert code == 2
+    text = " | ".join(e["message"] for e in status["errors"])
+    assert f"{private}: directory is owned by uid {other.uid}" in text, text
+    assert "cannot be opened: Permission denied" in text, text
+
+
 # -- quiesce pre / status / post ------------------------------------------------------------
 
 
@@ -442,6 +463,17 @@ def test_no_runtime_dir_is_a_clear_error(user: User) -> None:
     assert user.quiesce("pre", "--config", str(config), env=env).returncode == 0
     assert (explicit / "holder.sock").exists()
     assert user.quiesce("post", env=env).returncode == 0
+
+
+def test_a_runtime_dir_the_user_cannot_create_is_a_clear_error(user: User) -> None:
+    config, lock = flock_config(user)
+    rundir = f"/run/quiesce-not-yours-{secrets.token_hex(4)}/rt"  # /run is root's
+    proc = user.quiesce("pre", "--config", str(config), "--runtime-dir", rundir)
+    assert proc.returncode == 2
+    assert f"cannot create the runtime dir {rundir}: Permission denied" in proc.stderr
+    assert "--runtime-dir" in proc.stderr
+    assert not Path(str(lock) + ".held").exists()
+    assert not Path(rundir).parent.exists()
 
 
 def test_pre_refuses_a_toml_owned_by_another_user(user: User, other: User) -> None:
