@@ -380,8 +380,9 @@ def check_hold(config: Any, config_path: str) -> HoldCheck:
                     "configuration, so only the pre-script's file is checked")
     elif "post" in calls:
         result.notes.append(
-            f"{calls['post'][0].script} is a 'quiesce post' wrapper but the pre-script is not "
-            "'quiesce pre': nothing will be held for it to release")
+            f"{calls['post'][0].script} runs 'quiesce post' but the pre-script does not run "
+            "'quiesce pre' in a way check recognises: if nothing is held, 'quiesce post' exits "
+            "2 and the post-script fails at every backup")
     return result
 
 

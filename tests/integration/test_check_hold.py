@@ -272,3 +272,13 @@ def test_a_missing_or_fifo_quiesce_toml_is_reported_without_hanging(tree: Tree) 
     [problem] = problems(proc)
     assert problem == (f"problem IncorrectQuiesceConfigFile: {fifo}: is a named pipe (FIFO), "
                        "not a regular file"), problem
+
+
+def test_a_post_wrapper_without_a_pre_wrapper_is_noted(tree: Tree) -> None:
+    pre = tree.write("etc/azure/pre.sh", "#!/bin/sh\necho my own pre\n", 0o700)
+    tree.azure(preScriptLocation=str(pre))
+    proc = tree.check()
+    assert proc.returncode == 0, proc.stdout
+    assert (f"note: {tree / POST} runs 'quiesce post' but the pre-script does not run "
+            "'quiesce pre'") in proc.stdout
+    assert "quiesce.toml" not in proc.stdout
