@@ -15,8 +15,10 @@ names the extension's plugin-host file, and 305 the Azure JSON config; neither i
 fix here. Under Azure, the failure these problems predict shows up as
 Pre-ScriptExecutionFailed (300), because ``quiesce pre`` exits non-zero. A wrapper whose
 arguments would make ``quiesce pre``/``post`` fail before reading anything (an unknown option,
-a relative ``--config``, the pre-script calling ``quiesce post``) is reported with the phase's
-ExecutionFailed code, like any script that cannot work.
+a relative ``--config``, the pre-script calling ``quiesce post``, a quiesce executable that is
+gone or named without a path) is reported with the phase's ExecutionFailed code, like any
+script that cannot work; an executable that users other than root could replace (the rule of
+:func:`quiesce.azure_install.command_problems`) with the phase's InsufficientPermission code.
 
 Nothing connects to a database: an engine's ``prepare`` flushes (PostgreSQL CHECKPOINT,
 MySQL FLUSH TABLES), which is not something a check may do to a production server.
