@@ -1,5 +1,6 @@
-"""`quiesce install azure`: files, modes, idempotence, --force backups, --dry-run, and the
-result passes `quiesce check` and really runs `quiesce pre`/`post` through its wrappers."""
+"""`quiesce install azure`: files, modes, idempotence, --force backups, --dry-run; its Azure
+side passes `quiesce check`, which asks for an instance section in the quiesce.toml skeleton
+until one is filled in; and it really runs `quiesce pre`/`post` through its wrappers."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def snapshot(prefix: Path) -> dict[str, tuple[bytes, int, int]]:
     return out
 
 
-def test_installs_root_owned_files_that_pass_check(base: Path) -> None:
+def test_installs_root_owned_files_and_check_wants_a_section(base: Path) -> None:
     prefix = base / "root"
     proc = install(prefix)
     assert proc.returncode == 0, proc.stderr
