@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-FIFREEZE = 0xC0045877
-FITHAW = 0xC0045878
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "runner.json"
 OVERHEAD_GOAL_MS = 200.0
@@ -93,6 +91,8 @@ def floor_window(mount_points: list[str]) -> tuple[float, float]:
     """Bare FIFREEZE of the mounts in freeze order, one fork/exec of /bin/true, FITHAW.
 
     Returns (window ms, ms of the fork/exec/wait of /bin/true alone)."""
+    from quiesce.watchdog import FIFREEZE, FITHAW
+
     fds = [os.open(m, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for m in mount_points]
     frozen: list[int] = []
     try:
