@@ -1,0 +1,45 @@
+"""Helpers the test modules share (importable as ``helpers``: pyproject's pytest ``pythonpath``).
+
+- :func:`wait_for`: poll a condition until it holds, or fail the test saying what never came.
+- :func:`private_dir`: a root-owned 0700 directory under /run, removed at the end. quiesce
+  trusts configs, scripts and secrets only in directories no one but root can write, every
+  parent included; pytest's tmp_path is under the world-writable /tmp, which that refuses.
+- ``helpers.cli``: the real quiesce CLI driven from a test's own directory.
+- ``helpers.mongodb``: probing and unlocking a MongoDB server a test locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "",
+             *, interval: float = 0.05) -> Any:
+    """The first truthy value of ``condition()``; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for "
+                                 f"{what or condition}")
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def private_dir(prefix: str = "quiesce-test-") -> Iterator[Path]:
+    """A root-owned 0700 directory under /run (a root-only path), removed at the end."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/run"))
+    os.chmod(path, 0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
