@@ -12,11 +12,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
+from helpers import wait_for
 from quiesce.errors import FreezeError
 from quiesce.freeze import FreezeSession, discover_mounts, freeze_path, is_frozen, thaw_path
 
@@ -24,14 +24,6 @@ pytestmark = pytest.mark.usefixtures("require_root")
 
 # Generous: the machine is shared and slow at times. These bound waits; they assert no speed.
 WAIT = 60.0
-
-
-def wait_for(condition, timeout: float = WAIT, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def process_gone(pid: int) -> bool:

@@ -11,32 +11,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import private_dir, wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "tests" / "example_plugin"
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(0.05)
 
 
 def lock_is_free(path: Path) -> bool:
@@ -117,15 +108,14 @@ class Q:
 
 @pytest.fixture
 def q(require_root: None) -> Iterator[Q]:
-    base = Path(tempfile.mkdtemp(prefix="qt-", dir="/run"))
-    try:
-        yield Q(base)
-    finally:
-        for pid in processes_mentioning(str(base)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(base, ignore_errors=True)
+    with private_dir("qt-") as base:
+        try:
+            yield Q(base)
+        finally:
+            for pid in processes_mentioning(str(base)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
 
 
 def flock_section(q: Q, name: str = "a", **options: Any) -> str:
@@ -168,8 +158,8 @@ def test_pre_holds_the_lock_until_post_releases_it(q: Q) -> None:
     assert record["instances"][0]["status"] == "released"
     assert record["instances"][0]["metadata"] == inst["metadata"]
     assert any("released by 'post'" in line for line in record["log"])
-    wait_for(lambda: not alive(ready["holder_pid"]), what="the holder to exit")
-    wait_for(lambda: not alive(ready["guardian_pid"]), what="the guardian to exit")
+    wait_for(lambda: not alive(ready["holder_pid"]), 30, "the holder to exit")
+    wait_for(lambda: not alive(ready["guardian_pid"]), 30, "the guardian to exit")
 
     again = q.post()
     assert again.returncode == 2
@@ -213,7 +203,7 @@ def test_post_after_the_holder_exited_still_reports_auto_released(q: Q) -> None:
     ready = q.pre_json()
     wait_for(lambda: q.status_json()["state"] == "auto-released", 60, "the auto-release")
     os.kill(ready["holder_pid"], signal.SIGTERM)  # e.g. a reboot before post came
-    wait_for(lambda: not alive(ready["holder_pid"]), what="the holder to exit")
+    wait_for(lambda: not alive(ready["holder_pid"]), 30, "the holder to exit")
     code, outcome = q.post_json()
     assert code == 1
     assert outcome["collected_from"] == "result-file"
@@ -228,7 +218,7 @@ def test_holder_sigkill_releases_and_guardian_recovers(q: Q) -> None:
     marker = Path(str(q.lock()) + ".held")
     assert marker.exists() and not lock_is_free(q.lock())
     os.kill(ready["holder_pid"], signal.SIGKILL)
-    wait_for(lambda: lock_is_free(q.lock()), what="the kernel to drop the flock")
+    wait_for(lambda: lock_is_free(q.lock()), 30, "the kernel to drop the flock")
     wait_for(lambda: not marker.exists(), 60, "the guardian to undo the sticky marker")
     wait_for(lambda: not alive(ready["guardian_pid"]), 60, "the guardian to exit")
     code, outcome = q.post_json()
@@ -389,7 +379,7 @@ def test_sigterm_while_holding_releases_and_post_reports_it(q: Q) -> None:
     q.toml(flock_section(q))
     ready = q.pre_json()
     os.kill(ready["holder_pid"], signal.SIGTERM)  # e.g. a shutdown before post came
-    wait_for(lambda: not alive(ready["holder_pid"]), what="the holder to exit")
+    wait_for(lambda: not alive(ready["holder_pid"]), 30, "the holder to exit")
     assert lock_is_free(q.lock())
     code, outcome = q.post_json()
     assert code == 1
@@ -406,8 +396,8 @@ def test_runtime_dir_on_tmpfs_gives_no_warning(q: Q) -> None:
         ready = q.pre_json()
         assert ready["warnings"] == []
         assert q.post().returncode == 0
-        wait_for(lambda: not alive(ready["holder_pid"]), what="the holder to exit")
-        wait_for(lambda: not alive(ready["guardian_pid"]), what="the guardian to exit")
+        wait_for(lambda: not alive(ready["holder_pid"]), 30, "the holder to exit")
+        wait_for(lambda: not alive(ready["guardian_pid"]), 30, "the guardian to exit")
     finally:
         subprocess.run(["umount", str(q.rundir)], check=False, timeout=30)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from helpers.mongodb import client_of, force_unlock, is_locked, write_blocked
 from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings
 from quiesce.errors import EngineError, SessionLost
@@ -29,14 +30,6 @@ def uri_of(server: Server) -> str:
     return str(server.connection.extra["uri"])
 
 
-def client_of(server: Server) -> Any:
-    import pymongo
-
-    info = server.connection
-    return pymongo.MongoClient(info.host, info.port, directConnection=True,
-                               serverSelectionTimeoutMS=10000)
-
-
 def settings_for(server: Server, **options: Any) -> InstanceSettings:
     return InstanceSettings(engine="mongodb", name="it",
                             options={"uri": uri_of(server), "connect_timeout": 5, **options})
@@ -46,39 +39,6 @@ def quiescer_for(server: Server, **options: Any) -> Any:
     from quiesce_mongodb.engine import MongoQuiescer
 
     return MongoQuiescer(settings_for(server, **options))
-
-
-def is_locked(client: Any) -> bool:
-    return bool(client.admin.command({"currentOp": 1, "$ownOps": True}).get("fsyncLock"))
-
-
-def force_unlock(server: Server) -> None:
-    """Test cleanup: unlock until the count is zero (never leave a server locked)."""
-    from pymongo import errors
-
-    with client_of(server) as client:
-        for _ in range(10):
-            if not is_locked(client):
-                return
-            try:
-                client.admin.command("fsyncUnlock")
-            except errors.OperationFailure:
-                return
-
-
-def write_blocked(client: Any, seconds: float = 1.5) -> bool:
-    """True when an insert cannot complete within ``seconds`` (the server is write-locked)."""
-    import pymongo
-    from pymongo import errors
-
-    try:
-        with pymongo.timeout(seconds):
-            client.quiesce_it.t.insert_one({"probe": True})
-    except errors.PyMongoError as exc:
-        if exc.timeout:
-            return True
-        raise
-    return False
 
 
 def test_lock_blocks_writes_until_release(mongodb_server: Server) -> None:

@@ -8,80 +8,32 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import wait_for
+from helpers.cli import QuiesceCli, cli_workspace
 from quiesce.testing.mysql import LOCK_WAIT_STATES, BackgroundStatement
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("require_root")]
 
 
-class Cli:
-    """A root-only workspace in /run (a trusted path) with quiesce.toml and runtime dirs."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.config = root / "quiesce.toml"
-        self.rundir = root / "rt"
-        self.state = root / "state"
-
+class Cli(QuiesceCli):
     def write_config(self, sections: list[dict[str, Any]], *, max_hold: int = 120,
                      others: dict[str, dict[str, Any]] | None = None) -> None:
         """[[mysql]] ``sections``, plus one section per other engine in ``others``."""
-        lines = [f"max_hold_seconds = {max_hold}", f'state_dir = "{self.state}"']
-        tables = [("mysql", section) for section in sections]
-        tables += list((others or {}).items())
-        for engine, section in tables:
-            lines += ["", f"[[{engine}]]"]
-            lines += [f"{key} = {json.dumps(value)}" for key, value in section.items()]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.config.chmod(0o600)
-
-    def secret(self, name: str, text: str, mode: int = 0o600) -> str:
-        path = self.root / name
-        path.write_text(text)
-        path.chmod(mode)
-        return str(path)
-
-    def run(self, command: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        argv = [sys.executable, "-m", "quiesce", command]
-        if command in ("pre", "post"):
-            argv += ["--config", str(self.config)]
-        argv += ["--runtime-dir", str(self.rundir), *extra]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-
-    def post_json(self) -> dict[str, Any]:
-        out = self.run("post", "--json")
-        assert out.returncode in (0, 1), out.stdout + out.stderr
-        return json.loads(out.stdout)
-
-    def status(self) -> dict[str, Any]:
-        out = self.run("status", "--json")
-        return json.loads(out.stdout) if out.stdout.strip() else {}
+        self.write_sections([("mysql", section) for section in sections]
+                            + list((others or {}).items()), max_hold=max_hold)
 
 
 @pytest.fixture
 def cli() -> Iterator[Cli]:
-    root = Path(tempfile.mkdtemp(prefix="quiesce-my-cli-", dir="/run"))
-    root.chmod(0o700)
-    workspace = Cli(root)
-    try:
+    with cli_workspace(Cli, "quiesce-my-cli-") as workspace:
         yield workspace
-    finally:
-        if workspace.rundir.exists() and workspace.status().get("holder_pid"):
-            workspace.run("post", "--json")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def setup_schema(srv: Any) -> None:
@@ -111,14 +63,6 @@ def own_server(mysql_server_factory: Callable[..., Any]) -> Any:
 
 def section(server: Any, name: str = "main", **options: Any) -> dict[str, Any]:
     return {"name": name, "unix_socket": str(server.socket), "user": "root", **options}
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def unlocked(server: Any) -> bool:

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import wait_for
 from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings
 from quiesce.errors import EngineError, LockWaitTimeout, PermissionProblem, SessionLost
@@ -51,17 +50,6 @@ def setup_schema(server: Any) -> None:
     server.execute("CREATE TABLE IF NOT EXISTS app.myi (id INT AUTO_INCREMENT PRIMARY KEY, "
                    "v INT) ENGINE=MyISAM")
     server.execute("INSERT INTO app.myi (v) VALUES (1)")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def assert_blocked_then_released(server: Any, quiescer: Any, sql: str) -> dict[str, Any]:
@@ -115,17 +103,6 @@ def own_server(mysql_server_factory: Callable[..., Any]) -> Any:
     srv = mysql_server_factory()
     setup_schema(srv)
     return srv
-
-
-@pytest.fixture
-def root_dir(require_root: None) -> Iterator[Path]:
-    """A root-owned 0700 directory for password files (the rules refuse anything under /tmp)."""
-    path = Path(tempfile.mkdtemp(prefix="quiesce-my-test-", dir="/run"))
-    os.chmod(path, 0o700)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def write_secret(path: Path, text: str, mode: int = 0o600) -> Path:

@@ -7,87 +7,35 @@ with the recorded backup_label.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from quiesce.deadline import Deadline
+from helpers import wait_for
+from helpers.cli import QuiesceCli, cli_workspace
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("require_root")]
 
 
-class Cli:
-    """A root-only workspace in /run (trusted path) with quiesce.toml, runtime and state dirs."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.config = root / "quiesce.toml"
-        self.rundir = root / "rt"
-        self.state = root / "state"
-
+class Cli(QuiesceCli):
     def write_config(self, conninfo: str, *, max_hold: int = 120, **options: object) -> None:
-        lines = [f"max_hold_seconds = {max_hold}", f'state_dir = "{self.state}"', "",
-                 "[[postgresql]]", 'name = "main"', f"conninfo = {json.dumps(conninfo)}"]
-        lines += [f"{key} = {json.dumps(value)}" for key, value in options.items()]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.config.chmod(0o600)
-
-    def run(self, command: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        argv = [sys.executable, "-m", "quiesce", command]
-        if command in ("pre", "post"):
-            argv += ["--config", str(self.config)]
-        if command != "restore-label":
-            argv += ["--runtime-dir", str(self.rundir)]
-        argv += extra
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-
-    def post_json(self) -> dict:
-        out = self.run("post", "--json")
-        assert out.returncode in (0, 1), out.stderr
-        return json.loads(out.stdout)
-
-    def status(self) -> dict:
-        out = self.run("status", "--json")
-        return json.loads(out.stdout) if out.stdout.strip() else {}
+        self.write_sections([("postgresql", {"name": "main", "conninfo": conninfo, **options})],
+                            max_hold=max_hold)
 
 
 @pytest.fixture
 def cli() -> Iterator[Cli]:
-    root = Path(tempfile.mkdtemp(prefix="quiesce-pg-cli-", dir="/run"))
-    workspace = Cli(root)
-    try:
+    with cli_workspace(Cli, "quiesce-pg-cli-") as workspace:
         yield workspace
-    finally:
-        # Never leave a holder behind: release whatever may still be held.
-        if workspace.rundir.exists():
-            with_status = workspace.status()
-            if with_status.get("holder_pid"):
-                workspace.run("post", "--json")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def quiesce_backends(server) -> list[int]:
     return server.backends("quiesce")
-
-
-def wait_for(condition, timeout: float = 90, what: str = "condition") -> None:
-    import time
-
-    deadline = Deadline(timeout)
-    while not condition():
-        if deadline.expired():
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_pre_post_returns_the_backup_label_and_the_snapshot_restores(
@@ -119,7 +67,7 @@ def test_pre_post_returns_the_backup_label_and_the_snapshot_restores(
     # Which cluster the label belongs to; restore-label checks it against global/pg_control.
     assert meta["system_identifier"] == str(
         server.execute("SELECT system_identifier FROM pg_control_system()")[0][0])
-    wait_for(lambda: quiesce_backends(server) == [], what="the holding session to close")
+    wait_for(lambda: quiesce_backends(server) == [], 90, "the holding session to close")
 
     # The WAL disk is copied after post: it has everything up to stop_lsn.
     shutil.copytree(server.log_dir, target.log_dir, symlinks=True)
@@ -150,8 +98,8 @@ def test_deadline_auto_releases_and_post_says_so(cli: Cli, postgresql_server) ->
     cli.write_config(postgresql_server.conninfo, max_hold=2)
     out = cli.run("pre")
     assert out.returncode == 0, out.stderr
-    wait_for(lambda: quiesce_backends(postgresql_server) == [],
-             what="the holder to release at max_hold_seconds")
+    wait_for(lambda: quiesce_backends(postgresql_server) == [], 90,
+             "the holder to release at max_hold_seconds")
     result = cli.post_json()
     (inst,) = result["instances"]
     assert inst["status"] == "auto-released"
@@ -167,12 +115,12 @@ def test_holder_sigkill_leaves_no_backup_running(cli: Cli, postgresql_server) ->
     holder = cli.status().get("holder_pid")
     assert isinstance(holder, int), cli.status()
     os.kill(holder, signal.SIGKILL)
-    wait_for(lambda: quiesce_backends(postgresql_server) == [],
-             what="the server to end the dead holder's session")
+    wait_for(lambda: quiesce_backends(postgresql_server) == [], 90,
+             "the server to end the dead holder's session")
     pattern = re.compile(rf"\[{backend}\] .*aborting backup due to backend exiting before "
                          r"pg_backup_stop was called")
-    wait_for(lambda: pattern.search(postgresql_server.log_file.read_text()) is not None,
-             what="the server to log the aborted backup")
+    wait_for(lambda: pattern.search(postgresql_server.log_file.read_text()) is not None, 90,
+             "the server to log the aborted backup")
     out = cli.run("post", "--json")
     assert out.returncode != 0
 

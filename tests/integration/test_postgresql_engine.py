@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from helpers import wait_for
 from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings
 from quiesce.errors import EngineError, SessionLost
@@ -39,14 +40,6 @@ def quiescer(conninfo: str, name: str = "main", **options: Any) -> PostgresQuies
 def hold(q: PostgresQuiescer, seconds: float = 60) -> None:
     q.prepare(Deadline(seconds))
     q.quiesce(Deadline(seconds))
-
-
-def wait_for(condition, timeout: float = 60, what: str = "condition") -> None:
-    deadline = Deadline(timeout)
-    while not condition():
-        if deadline.expired():
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_backup_mode_returns_the_real_backup_label(postgresql_server) -> None:
@@ -381,23 +374,12 @@ def test_backup_mode_on_a_standby(postgresql_server_factory, postgresql_layout_f
     assert meta["timeline"] == 1
 
 
-@pytest.fixture
-def trusted_dir(require_root):
-    """Root-owned 0700 dir on a root-only path (/tmp is world-writable: refused for secrets)."""
-    import shutil
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="quiesce-pg-secret-", dir="/run"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_password_comes_from_the_passfile(postgresql_server_factory, trusted_dir) -> None:
+def test_password_comes_from_the_passfile(postgresql_server_factory, root_dir) -> None:
     """TCP needs a password (scram); only the passfile supplies it, and it must be private."""
     server = postgresql_server_factory(initdb_args=["--auth-host=scram-sha-256"])
     server.execute("CREATE ROLE quiesce_pw LOGIN SUPERUSER PASSWORD 's3cret-pw'")
     conninfo = server.dsn(user="quiesce_pw", tcp=True)
-    passfile = trusted_dir / "pgpass"
+    passfile = root_dir / "pgpass"
     passfile.write_text(f"127.0.0.1:{server.port}:*:quiesce_pw:s3cret-pw\n")
     passfile.chmod(0o600)
 

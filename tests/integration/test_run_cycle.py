@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -125,16 +124,6 @@ class Env:
     def assert_thawed(self) -> None:
         for m in self.mounts:
             assert not is_frozen(m), f"{m} was left frozen"
-
-
-@pytest.fixture
-def root_dir(require_root: None) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="quiesce-test-", dir="/run"))
-    os.chmod(path, 0o700)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,17 +17,6 @@ from quiesce.scripts import has_interpreter_line, run_script
 from quiesce.security import open_trusted
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def root_dir(require_root: None) -> Iterator[Path]:
-    """Root-owned 0700 dir (tmp_path is under world-writable /tmp, which security refuses)."""
-    path = Path(tempfile.mkdtemp(prefix="quiesce-test-", dir="/run"))
-    os.chmod(path, 0o700)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

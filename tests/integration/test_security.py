@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,20 +16,6 @@ from quiesce.security import TrustedFileNotFound, check_trusted, open_trusted
 NOBODY = 65534
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def root_dir(require_root: None) -> Iterator[Path]:
-    """A root-owned 0700 directory whose every parent is root-owned and not group/other-writable.
-
-    pytest's tmp_path lives under the world-writable /tmp, which the rules refuse by design.
-    """
-    path = Path(tempfile.mkdtemp(prefix="quiesce-test-", dir="/run"))
-    os.chmod(path, 0o700)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def write(path: Path, text: str, mode: int, uid: int = 0) -> Path:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -93,39 +89,29 @@ def test_redact_uri_hides_only_the_password() -> None:
     assert redact_uri("mongodb://db1:27017/") == "mongodb://db1:27017/"
 
 
-@pytest.fixture
-def trusted_dir() -> Iterator[Path]:
-    """A root-owned 0700 directory on a root-only path (/tmp is world-writable: refused)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: a trusted secret file must be owned by uid 0")
-    path = Path(tempfile.mkdtemp(prefix="quiesce-test-", dir="/run"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def _write(path: Path, text: str, mode: int = 0o600) -> Path:
     path.write_text(text)
     path.chmod(mode)
     return path
 
 
-def test_uri_file_with_password_is_read(trusted_dir: Path) -> None:
-    secret = _write(trusted_dir / "mongo.uri",
+def test_uri_file_with_password_is_read(root_dir: Path) -> None:
+    secret = _write(root_dir / "mongo.uri",
                     "# the backup user\nmongodb://backup:s3cret@127.0.0.1:27017/\n")
     assert resolve_uri({"uri_file": str(secret)}) == "mongodb://backup:s3cret@127.0.0.1:27017/"
 
 
-def test_group_readable_uri_file_is_refused(trusted_dir: Path) -> None:
-    secret = _write(trusted_dir / "mongo.uri", "mongodb://backup:s3cret@h/\n", 0o640)
+def test_group_readable_uri_file_is_refused(root_dir: Path) -> None:
+    secret = _write(root_dir / "mongo.uri", "mongodb://backup:s3cret@h/\n", 0o640)
     with pytest.raises(PermissionProblem) as info:
         resolve_uri({"uri_file": str(secret)})
     assert any("chmod 600" in p.hint for p in info.value.problems)
 
 
-def test_uri_file_must_hold_one_single_host_uri(trusted_dir: Path) -> None:
-    two = _write(trusted_dir / "two.uri", "mongodb://a/\nmongodb://b/\n")
+def test_uri_file_must_hold_one_single_host_uri(root_dir: Path) -> None:
+    two = _write(root_dir / "two.uri", "mongodb://a/\nmongodb://b/\n")
     with pytest.raises(ConfigError, match="exactly one URI line, found 2"):
         resolve_uri({"uri_file": str(two)})
-    multi = _write(trusted_dir / "multi.uri", "mongodb://u:p@a:1,b:2/\n")
+    multi = _write(root_dir / "multi.uri", "mongodb://u:p@a:1,b:2/\n")
     with pytest.raises(ConfigError, match="2 hosts"):
         resolve_uri({"uri_file": str(multi)})

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import private_dir
 from quiesce_postgresql import wal
 from quiesce_postgresql.restore import RestoreLabelError, find_label_metadata, install_label
 
@@ -304,13 +305,9 @@ def test_an_auto_released_hold_needs_explicit_consent(tmp_path: Path, data_dir: 
 
 def test_state_dir_comes_from_quiesce_toml(data_dir: Path, require_root: None) -> None:
     """A DBA who moved state_dir should not have to repeat it to restore."""
-    import shutil
-    import tempfile
-
     from quiesce.catalog import write_record as store
 
-    base = Path(tempfile.mkdtemp(prefix="qrl-", dir="/run"))
-    try:
+    with private_dir("qrl-") as base:
         state = base / "elsewhere"
         store(str(state), record(pg_instance()))
         config = base / "quiesce.toml"
@@ -322,5 +319,4 @@ def test_state_dir_comes_from_quiesce_toml(data_dir: Path, require_root: None) -
         config.chmod(0o644)  # checked like pre checks it
         out = run_cli("--config", str(config), "--force", str(data_dir))
         assert out.returncode == 2 and str(config) in out.stderr
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+
