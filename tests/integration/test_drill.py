@@ -263,25 +263,20 @@ def test_mongodb_unavailable_exits_3_with_one_line_reason(drill_base: Path) -> N
 
 
 @needs_pg
-def test_failing_snapshot_cycle_leaves_nothing_behind(drill_base: Path) -> None:
-    # The snapshot command fails after copying one disk, in the middle of the freeze.
+@pytest.mark.parametrize(("fail_at", "error"), [
+    ("snapshot", "took no snapshot"),  # fails after copying one disk, in the middle of the freeze
+    ("restore", "failure injected at restore"),
+], ids=["snapshot", "restore"])
+def test_a_failing_cycle_leaves_nothing_behind(drill_base: Path, fail_at: str,
+                                               error: str) -> None:
     done = run_drill(drill_base, "--engine", "postgresql", "--cycles", "1", "--json",
-                     env={"QUIESCE_DRILL_FAIL_AT": "snapshot"})
+                     env={"QUIESCE_DRILL_FAIL_AT": fail_at})
     doc = _json(done)
     assert done.returncode == 1
     (cycle,) = doc["cycles"]
     assert not cycle["verified"]
-    assert "took no snapshot" in cycle["error"]
+    assert error in cycle["error"]
     # The drill_base fixture asserts: no mount, loop device, process or directory left.
-
-
-@needs_pg
-def test_failing_restore_leaves_nothing_behind(drill_base: Path) -> None:
-    done = run_drill(drill_base, "--engine", "postgresql", "--cycles", "1", "--json",
-                     env={"QUIESCE_DRILL_FAIL_AT": "restore"})
-    doc = _json(done)
-    assert done.returncode == 1
-    assert "failure injected at restore" in doc["cycles"][0]["error"]
 
 
 @needs_pg

@@ -67,6 +67,17 @@ def assert_blocked_then_released(server: Any, quiescer: Any, sql: str) -> dict[s
         writer.close()
 
 
+def hold_and_release(server: Any, quiescer: Any, sql: str) -> dict[str, Any]:
+    """Prepare and quiesce, then :func:`assert_blocked_then_released`; aborted whatever
+    happens."""
+    try:
+        quiescer.prepare(Deadline(30))
+        quiescer.quiesce(Deadline(30))
+        return assert_blocked_then_released(server, quiescer, sql)
+    finally:
+        quiescer.abort()
+
+
 def nothing_locked(server: Any) -> None:
     """No backup stage and no global read lock is held by anyone on ``server``."""
     conn = server.connect()
@@ -146,12 +157,7 @@ def test_auto_on_mariadb_takes_backup_stage_blocking_innodb_and_myisam(server: A
 
 def test_ftwrl_blocks_writes_and_is_proven_by_a_ddl_probe(server: Any) -> None:
     q = make_quiescer(server, lock="ftwrl")
-    try:
-        q.prepare(Deadline(30))
-        q.quiesce(Deadline(30))
-        metadata = assert_blocked_then_released(server, q, "INSERT INTO app.myi (v) VALUES (8)")
-    finally:
-        q.abort()
+    metadata = hold_and_release(server, q, "INSERT INTO app.myi (v) VALUES (8)")
     assert metadata["lock"]["taken"] == ["ftwrl"]
     assert metadata["lock"]["verified_by"] == ["ftwrl: probe: DDL"]
     assert metadata["release_confirmed_by"] == "probe: DDL"
@@ -164,12 +170,7 @@ def test_lock_is_proven_from_metadata_lock_info_when_the_plugin_is_loaded(
     srv = mysql_server_factory(plugins=["metadata_lock_info"])
     setup_schema(srv)
     q = make_quiescer(srv, lock=lock)
-    try:
-        q.prepare(Deadline(30))
-        q.quiesce(Deadline(30))
-        metadata = assert_blocked_then_released(srv, q, "INSERT INTO app.inno (v) VALUES (9)")
-    finally:
-        q.abort()
+    metadata = hold_and_release(srv, q, "INSERT INTO app.inno (v) VALUES (9)")
     assert metadata["lock"]["verified_by"] == [f"{lock}: METADATA_LOCK_INFO"]
     assert metadata["release_confirmed_by"] == "METADATA_LOCK_INFO"
 
@@ -423,12 +424,7 @@ def test_least_privileged_account_holds_backup_stage(server: Any, root_dir: Path
                                              "ON *.*"])
     secret = write_secret(root_dir / "mysql.pw", "s3cret\n")
     q = make_quiescer(server, user="quiesce", password_file=str(secret))
-    try:
-        q.prepare(Deadline(30))
-        q.quiesce(Deadline(30))
-        metadata = assert_blocked_then_released(server, q, "INSERT INTO app.myi (v) VALUES (14)")
-    finally:
-        q.abort()
+    metadata = hold_and_release(server, q, "INSERT INTO app.myi (v) VALUES (14)")
     assert metadata["lock"]["verified_by"] == ["backup-stage: probe: BACKUP STAGE START"]
     assert metadata["binlog"]["file"]
     nothing_locked(server)

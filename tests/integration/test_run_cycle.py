@@ -617,39 +617,10 @@ def test_check_missing_config(env: Env) -> None:
     assert proc.returncode == 2 and "IncorrectJSONConfigFile" in proc.stdout
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_during_the_pre_script_stops_the_cycle_but_runs_post(two_mounts: Env,
-                                                                     signum: int) -> None:
-    # SIGHUP too: a dropped SSH session must not skip the post-script.
-    env = two_mounts
-    ready = env.root / "pre.ready"
-    env.script("pre.sh", f"echo pre >> {env.order}\ntouch {ready}\nexec sleep 300\n")
-    proc = subprocess.Popen(env.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        end = time.monotonic() + 60
-        while not ready.exists():
-            assert time.monotonic() < end and proc.poll() is None
-            time.sleep(0.02)
-        proc.send_signal(signum)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    status = json.loads(out)
-    assert proc.returncode == 2 and status["snapshot_taken"] is False
-    assert errors_by_code(status)["Interrupted"]["phase"] == "pre"
-    assert phase(status, "pre")["status"] == "interrupted"
-    assert env.ran() == ["pre", "post"]
-    env.assert_thawed()
-
-
-def _signal_during_post(env: Env, signals: list[int]) -> tuple[int, dict[str, Any], str]:
-    ready = env.root / "post.ready"
-    done = env.root / "post.done"
-    env.script("post.sh", f"echo post >> {env.order}\ntouch {ready}\nsleep 2\n"
-                          f"touch {done}\n")
+def _signal_once_ready(env: Env, ready: Path,
+                      signals: list[int]) -> tuple[int, dict[str, Any], str]:
+    """Start the cycle, send ``signals`` (0.2 s apart) once a script has made ``ready``;
+    (exit code, status JSON, stderr)."""
     proc = subprocess.Popen(env.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -666,6 +637,29 @@ def _signal_during_post(env: Env, signals: list[int]) -> tuple[int, dict[str, An
             proc.kill()
             proc.wait()
     return proc.returncode, json.loads(out), err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_during_the_pre_script_stops_the_cycle_but_runs_post(two_mounts: Env,
+                                                                     signum: int) -> None:
+    # SIGHUP too: a dropped SSH session must not skip the post-script.
+    env = two_mounts
+    ready = env.root / "pre.ready"
+    env.script("pre.sh", f"echo pre >> {env.order}\ntouch {ready}\nexec sleep 300\n")
+    rc, status, _ = _signal_once_ready(env, ready, [signum])
+    assert rc == 2 and status["snapshot_taken"] is False
+    assert errors_by_code(status)["Interrupted"]["phase"] == "pre"
+    assert phase(status, "pre")["status"] == "interrupted"
+    assert env.ran() == ["pre", "post"]
+    env.assert_thawed()
+
+
+def _signal_during_post(env: Env, signals: list[int]) -> tuple[int, dict[str, Any], str]:
+    ready = env.root / "post.ready"
+    done = env.root / "post.done"
+    env.script("post.sh", f"echo post >> {env.order}\ntouch {ready}\nsleep 2\n"
+                          f"touch {done}\n")
+    return _signal_once_ready(env, ready, signals)
 
 
 def test_a_stop_signal_during_the_post_script_lets_it_finish(two_mounts: Env) -> None:
