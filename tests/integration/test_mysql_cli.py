@@ -17,6 +17,7 @@ import pytest
 
 from helpers import wait_for
 from helpers.cli import QuiesceCli, cli_workspace
+from helpers.mysql import setup_schema, unlocked
 from quiesce.testing.mysql import LOCK_WAIT_STATES, BackgroundStatement
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("require_root")]
@@ -34,14 +35,6 @@ class Cli(QuiesceCli):
 def cli() -> Iterator[Cli]:
     with cli_workspace(Cli, "quiesce-my-cli-") as workspace:
         yield workspace
-
-
-def setup_schema(srv: Any) -> None:
-    srv.execute("DROP DATABASE IF EXISTS app")
-    srv.execute("CREATE DATABASE app")
-    srv.execute("CREATE TABLE app.inno (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB")
-    srv.execute("CREATE TABLE app.myi (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=MyISAM")
-    srv.execute("INSERT INTO app.myi (v) VALUES (1)")
 
 
 @pytest.fixture
@@ -63,23 +56,6 @@ def own_server(mysql_server_factory: Callable[..., Any]) -> Any:
 
 def section(server: Any, name: str = "main", **options: Any) -> dict[str, Any]:
     return {"name": name, "unix_socket": str(server.socket), "user": "root", **options}
-
-
-def unlocked(server: Any) -> bool:
-    """True when neither a backup stage nor a global read lock is held on ``server``."""
-    conn = server.connect(read_timeout=20)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION lock_wait_timeout = 0")
-            try:
-                cur.execute("BACKUP STAGE START")
-                cur.execute("BACKUP STAGE END")
-                cur.execute("INSERT INTO app.inno (v) VALUES (0)")
-            except Exception:
-                return False
-            return True
-    finally:
-        conn.close()
 
 
 def test_pre_blocks_writes_until_post_which_returns_binlog_coordinates(
@@ -201,7 +177,7 @@ def test_an_instance_failing_after_another_is_held_releases_it_and_fails_pre(
         wait_for(lambda: postgresql_server.backends("quiesce") == [], 60,
                  "the backup session to end (the server aborts its backup)")
         assert not blocker.finished.is_set()
-        assert unlocked(server)
+        assert unlocked(server, myisam=False)  # the blocker holds app.myi
         assert not cli.status().get("holder_pid")
     finally:
         blocker.close()
@@ -219,7 +195,7 @@ def test_long_running_statement_fails_pre_with_its_name_and_leaves_nothing_locke
         assert f"id {blocker.id}" in text
         assert "UPDATE app.myi SET v = v + SLEEP(60)" in text
         assert not blocker.finished.is_set()
-        assert unlocked(server)
+        assert unlocked(server, myisam=False)  # the blocker holds app.myi
     finally:
         blocker.close()
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from helpers import wait_for
+from helpers.mysql import nothing_locked, setup_schema
 from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings
 from quiesce.errors import EngineError, LockWaitTimeout, PermissionProblem, SessionLost
@@ -41,15 +42,6 @@ def make_quiescer(server: Any, name: str = "db", **options: Any) -> Any:
     opts.update(options)
     return MySQLQuiescer(InstanceSettings(engine="mysql", name=name, options=opts,
                                           max_hold_seconds=120))
-
-
-def setup_schema(server: Any) -> None:
-    server.execute("CREATE DATABASE IF NOT EXISTS app")
-    server.execute("CREATE TABLE IF NOT EXISTS app.inno (id INT AUTO_INCREMENT PRIMARY KEY, "
-                   "v INT) ENGINE=InnoDB")
-    server.execute("CREATE TABLE IF NOT EXISTS app.myi (id INT AUTO_INCREMENT PRIMARY KEY, "
-                   "v INT) ENGINE=MyISAM")
-    server.execute("INSERT INTO app.myi (v) VALUES (1)")
 
 
 def assert_blocked_then_released(server: Any, quiescer: Any, sql: str) -> dict[str, Any]:
@@ -78,23 +70,8 @@ def hold_and_release(server: Any, quiescer: Any, sql: str) -> dict[str, Any]:
         quiescer.abort()
 
 
-def nothing_locked(server: Any) -> None:
-    """No backup stage and no global read lock is held by anyone on ``server``."""
-    conn = server.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION lock_wait_timeout = 0")
-            cur.execute("BACKUP STAGE START")  # fails with 1205 if a backup stage is active
-            cur.execute("BACKUP STAGE END")
-            cur.execute("INSERT INTO app.inno (v) VALUES (42)")  # blocked by FTWRL
-            cur.execute("INSERT INTO app.myi (v) VALUES (42)")
-    finally:
-        conn.close()
-
-
 def reset_shared(server: Any) -> None:
     """A fresh schema and no test account on a server earlier tests used; nothing locked."""
-    server.execute("DROP DATABASE IF EXISTS app")
     server.execute("DROP USER IF EXISTS 'quiesce'@'%', 'quiesce'@'localhost'")
     setup_schema(server)
     nothing_locked(server)
