@@ -468,16 +468,19 @@ class Holder:
         conn.settimeout(REQUEST_READ_TIMEOUT)
         try:
             uid = peer_uid(conn)
-            if not peer_allowed(uid):
-                self.log(f"refused a request from uid {uid}")
-                self._send(conn, {"ok": False, "error": "permission denied"})
-                return None
+            # Read the request line even from a peer about to be refused (never parsed): a
+            # socket closed with unread data resets the connection, and the peer would get
+            # ECONNRESET/EPIPE instead of the refusal.
             data = b""
             while not data.endswith(b"\n") and len(data) < 65536:
                 chunk = conn.recv(4096)
                 if not chunk:
                     break
                 data += chunk
+            if not peer_allowed(uid):
+                self.log(f"refused a request from uid {uid}")
+                self._send(conn, {"ok": False, "error": "permission denied"})
+                return None
             request = json.loads(data or b"{}")
         except (OSError, ValueError) as exc:
             self.log(f"bad request: {exc}")

@@ -504,10 +504,11 @@ def test_holder_answers_its_user_and_root_and_refuses_others(user: User, other: 
                 "print(s.makefile().readline())\n")
         argv = [plain_python, "-c", code, str(sock)]  # needs nothing but the stdlib
         if as_user is None:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
         else:
             done = subprocess.run(as_user.argv(*argv), env=as_user.env(), capture_output=True,
-                                  text=True, timeout=30, check=True)
+                                  text=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
     assert ask(user)["state"] == "holding"
