@@ -194,6 +194,16 @@ def _owner_word() -> str:
     return f"{user_name(uid)} or root"
 
 
+def _runner_word() -> str:
+    """Who the scripts run as, in words: "root", or the user's name."""
+    uid = os.geteuid()
+    if uid == 0:
+        return "root"
+    from quiesce.security import user_name
+
+    return user_name(uid)
+
+
 def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
     """Check everything a run needs, collecting every problem; run nothing."""
     errors: list[RunError] = []
@@ -219,7 +229,8 @@ def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
                                      str(exc), exc.hint))
         return None, errors
 
-    add(freeze_privilege_problems("run", config.fs_freeze))
+    cannot_freeze = freeze_privilege_problems("run", config.fs_freeze)
+    add(cannot_freeze)
     opened: dict[str, TrustedFile] = {}
     for phase in ("pre", "post"):
         spec = config.script(phase)
@@ -246,7 +257,7 @@ def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
 
     mounts: list[Any] = []
     notes: list[str] = []
-    if config.fs_freeze:
+    if config.fs_freeze and not cannot_freeze:
         from quiesce.freeze import discover_mounts
 
         try:
@@ -480,7 +491,7 @@ class Runner:
             hint = (f"make the {phase}-script finish within timeoutInSeconds "
                     f"({spec.timeout}s), or raise timeoutInSeconds (at most 1800)")
         else:
-            hint = f"run {spec.path} by hand as {_owner_word()} to see why it fails"
+            hint = f"run {spec.path} by hand as {_runner_word()} to see why it fails"
         self.status.errors.append(RunError.azure(code, phase, result.describe() + tail, hint))
         self.log(f"{phase}: {result.describe()}")
         return result
@@ -634,6 +645,7 @@ class CheckResult:
     checked: list[tuple[str, str]] = field(default_factory=list)  # (what, "ok"/"problems")
     mounts: list[Any] = field(default_factory=list)
     freeze_enabled: bool | None = None
+    freeze_refused: bool = False  # fsFreezeEnabled true, but freezing needs root
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -663,6 +675,7 @@ def _lenient_script_paths(path: str) -> dict[str, str]:
 def check(config_path: str, freeze_mounts: Sequence[str] | None = None) -> CheckResult:
     """Everything ``quiesce run`` would validate, reported in full; nothing is run or frozen."""
     result = CheckResult(config_path)
+    cannot_freeze: list[Problem] = []
 
     def add(problems: Sequence[Problem], default: str = report.VALIDATION_FAILED) -> None:
         result.errors.extend(RunError.from_problem(p, "check", default) for p in problems)
@@ -672,7 +685,9 @@ def check(config_path: str, freeze_mounts: Sequence[str] | None = None) -> Check
         result.config = azure_config.load_azure_config(config_path)
         script_paths = {p: result.config.script(p).path for p in ("pre", "post")}
         result.checked.append(("config", "ok"))
-        add(freeze_privilege_problems("check", result.config.fs_freeze))
+        cannot_freeze = freeze_privilege_problems("check", result.config.fs_freeze)
+        add(cannot_freeze)
+        result.freeze_refused = bool(cannot_freeze)
     except (ValidationError, TrustedFileNotFound) as exc:
         add(exc.problems)
         result.checked.append(("config", "problems"))
@@ -703,7 +718,7 @@ def check(config_path: str, freeze_mounts: Sequence[str] | None = None) -> Check
                                "ok" if len(result.errors) == before else "problems"))
 
     result.freeze_enabled = result.config.fs_freeze if result.config else None
-    if result.freeze_enabled is not False:
+    if result.freeze_enabled is not False and not cannot_freeze:
         from quiesce.freeze import discover_mounts
 
         try:
@@ -720,6 +735,8 @@ def format_check(result: CheckResult) -> str:
         lines.append(f"  {what}: {verdict}")
     if result.freeze_enabled is False:
         lines.append("  freeze: off (fsFreezeEnabled is false)")
+    elif result.freeze_refused:
+        lines.append("  freeze: refused (it needs root; see the problem below)")
     elif result.mounts:
         lines.append("  would freeze, in this order:")
         lines.extend(f"    {m.mount_point} ({m.fstype} on {m.source})" for m in result.mounts)

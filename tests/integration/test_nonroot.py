@@ -316,6 +316,9 @@ def test_run_with_the_users_own_config_and_scripts(user: User) -> None:
     assert phases["freeze"]["status"] == "disabled"
     assert status["freeze"]["enabled"] is False and status["freeze"]["mounts"] == []
     assert marker.read_text().splitlines() == [f"pre {user.uid} a b", f"post {user.uid} c"]
+    checked = user.quiesce("check", "--config", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "freeze: off (fsFreezeEnabled is false)" in checked.stdout
 
 
 def test_run_refuses_freezing_without_root_before_anything_runs(user: User) -> None:
@@ -328,6 +331,8 @@ def test_run_refuses_freezing_without_root_before_anything_runs(user: User) -> N
     assert not marker.exists()  # validation failed: no script ran
     checked = user.quiesce("check", "--config", str(config))
     assert checked.returncode == 2 and "CAP_SYS_ADMIN" in checked.stdout
+    assert "freeze: refused (it needs root" in checked.stdout
+    assert "would freeze" not in checked.stdout
 
 
 def test_run_refuses_a_config_owned_by_another_user(user: User, other: User) -> None:
