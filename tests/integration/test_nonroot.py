@@ -10,7 +10,8 @@ What is proved, as that user:
 - ``quiesce pre``/``status``/``post`` with the example plugin, using the non-root defaults
   ($XDG_RUNTIME_DIR/quiesce, ~/.local/state/quiesce) and a clear error without
   XDG_RUNTIME_DIR; the holder answers its own user and root and refuses anyone else;
-- ``quiesce drill --disks dir`` in quiesced mode verifies a PostgreSQL (and MariaDB) restore,
+- ``quiesce drill --disks dir`` in quiesced mode verifies a PostgreSQL (and MariaDB) restore, the
+  unsafe-staggered negative control in the same setting does not,
   and the drills that need root (loop disks, crash mode) say so.
 
 The user's processes are found by uid and killed at the end; the users are removed with
@@ -574,6 +575,23 @@ def test_drill_postgresql_dir_quiesced_as_non_root(user: User) -> None:
     assert cycle["consistency"] == "application"
     assert cycle["backup_label_installed"] is True
     assert f"work dir {user.home}/.cache/quiesce-drill/run-" in proc.stderr
+    assert _drill_leftovers(user) == []
+
+
+@pytest.mark.timeout(DRILL_TIMEOUT + 60)
+@pytest.mark.skipif(not _have_postgres(),
+                    reason="no PostgreSQL server binaries (apt-get install postgresql)")
+def test_drill_negative_control_still_fails_as_non_root(user: User) -> None:
+    """The same harness as the quiesced dir drill above, minus quiesce: it must NOT verify,
+    or that drill's success would prove nothing."""
+    proc = drill(user, "--engine", "postgresql", "--mode", "unsafe-staggered", "--cycles", "2",
+                 "--json")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["disks"] == "dir" and report["summary"]["cycles_verified"] == 0
+    for cycle in report["cycles"]:
+        started = cycle["checks"]["server_started"]
+        assert not started["ok"] and "checkpoint record" in started["detail"], started
     assert _drill_leftovers(user) == []
 
 
