@@ -539,8 +539,9 @@ def test_holder_answers_its_user_and_root_and_refuses_others(user: User, other: 
 # -- quiesce drill --------------------------------------------------------------------------
 
 
-def drill(user: User, *args: str) -> subprocess.CompletedProcess[str]:
-    return user.quiesce("drill", "--backend", "local", *args, timeout=DRILL_TIMEOUT)
+def drill(user: User, *args: str, env: dict[str, str] | None = None,
+          ) -> subprocess.CompletedProcess[str]:
+    return user.quiesce("drill", "--backend", "local", *args, env=env, timeout=DRILL_TIMEOUT)
 
 
 def _cmdline(pid: int) -> str:
@@ -565,8 +566,13 @@ def _drill_leftovers(user: User) -> list[str]:
 @pytest.mark.timeout(DRILL_TIMEOUT + 60)
 @pytest.mark.skipif(not _have_postgres(),
                     reason="no PostgreSQL server binaries (apt-get install postgresql)")
-def test_drill_postgresql_dir_quiesced_as_non_root(user: User) -> None:
-    proc = drill(user, "--engine", "postgresql", "--disks", "dir", "--cycles", "1", "--json")
+@pytest.mark.parametrize("xdg_runtime_dir", [True, False],
+                         ids=["xdg-runtime-dir", "no-xdg-runtime-dir"])
+def test_drill_postgresql_dir_quiesced_as_non_root(user: User, xdg_runtime_dir: bool) -> None:
+    # Without XDG_RUNTIME_DIR (su, cron) the holder's runtime dir goes inside the work dir.
+    env = user.env() if xdg_runtime_dir else user.env(XDG_RUNTIME_DIR=None)
+    proc = drill(user, "--engine", "postgresql", "--disks", "dir", "--cycles", "1", "--json",
+                 env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert (report["disks"], report["mode"], report["backend"]) == ("dir", "quiesced", "local")
