@@ -179,7 +179,10 @@ def interpreter_problem(fd: int, path: str,
         unsafe = executable_problems(candidate)
         if unsafe:
             first = unsafe[0]
-            return (f"{path}: its interpreter is not safe to run as root: {first.where}: "
+            from quiesce.security import user_name
+
+            actor = "root" if os.geteuid() == 0 else user_name(os.geteuid())
+            return (f"{path}: its interpreter is not safe to run as {actor}: {first.where}: "
                     f"{first.message}", first.hint)
     return None
 
