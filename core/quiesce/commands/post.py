@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from quiesce import holder_protocol as proto
+from quiesce.commands import add_runtime_dir_option
 
 GUARDIAN_WAIT_SECONDS = 90.0
 
@@ -25,9 +26,7 @@ GUARDIAN_WAIT_SECONDS = 90.0
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="/etc/quiesce/quiesce.toml",
                         help="accepted for symmetry with 'pre'; the holder already knows it")
-    parser.add_argument("--runtime-dir", metavar="DIR",
-                        help="where the holder's socket lives (default: $QUIESCE_RUNTIME_DIR, "
-                             "else /run/quiesce as root, $XDG_RUNTIME_DIR/quiesce otherwise)")
+    add_runtime_dir_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any
 
+from quiesce.commands import add_runtime_dir_option
+
 # Extra seconds 'pre' waits for the holder past pre_timeout_seconds (interpreter start-up,
 # plugin imports) before it gives up and kills it.
 STARTUP_MARGIN = 30.0
@@ -27,9 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="quiesce.toml to use (default: %(default)s)")
     parser.add_argument("--plugins", metavar="NAME,...",
                         help="quiesce only these engines (overrides 'plugins' in the config)")
-    parser.add_argument("--runtime-dir", metavar="DIR",
-                        help="where the holder's socket lives (default: $QUIESCE_RUNTIME_DIR, "
-                             "else /run/quiesce as root, $XDG_RUNTIME_DIR/quiesce otherwise)")
+    add_runtime_dir_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

@@ -11,12 +11,11 @@ import json
 from typing import Any
 
 from quiesce import holder_protocol as proto
+from quiesce.commands import add_runtime_dir_option
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runtime-dir", metavar="DIR",
-                        help="where the holder's socket lives (default: $QUIESCE_RUNTIME_DIR, "
-                             "else /run/quiesce as root, $XDG_RUNTIME_DIR/quiesce otherwise)")
+    add_runtime_dir_option(parser)
     parser.add_argument("--json", action="store_true", help="print the state as JSON")
 
 
