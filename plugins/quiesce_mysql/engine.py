@@ -57,6 +57,7 @@ from quiesce_mysql.flavour import (
 from quiesce_mysql.processlist import (
     Statement,
     candidate_blockers,
+    column_text,
     describe_blockers,
     parse_rows,
     processlist_query,
@@ -132,7 +133,7 @@ class MySQLQuiescer(Quiescer):
                               f"handshake said {self.thread_id}",
                               hint="connect to the server directly, not through a proxy or "
                                    "pooler: locks are bound to one server session")
-        self.info = parse_server(_text(row[1]), _text(row[2]))
+        self.info = parse_server(column_text(row[1]), column_text(row[2]))
         self._server_id = int(row[3])
         self._log_bin = bool(int(row[4]))
         self._read_only = bool(int(row[5]))
@@ -140,7 +141,7 @@ class MySQLQuiescer(Quiescer):
         self._run("SET SESSION wait_timeout = %s", (hold,), deadline=deadline)
         if self.options.lock == "auto" and not self.info.is_mariadb \
                 and self.info.at_least(8, 0, 0):
-            grants = [_text(r[0]) for r in self._run("SHOW GRANTS", deadline=deadline)]
+            grants = [column_text(r[0]) for r in self._run("SHOW GRANTS", deadline=deadline)]
             if not sees_every_table(grants):
                 raise EngineError(
                     f"{self.name}: lock = \"auto\" on {self.info.describe()} must count the "
@@ -442,12 +443,12 @@ class MySQLQuiescer(Quiescer):
                 row = rows[0]
                 out["binlog"] = {
                     "statement": sql,
-                    "file": _text(row.get("File")),
+                    "file": column_text(row.get("File")),
                     "position": int(row.get("Position") or 0),
                 }
                 gtid_set = row.get("Executed_Gtid_Set")
                 if gtid_set:
-                    out["binlog"]["executed_gtid_set"] = _text(gtid_set)
+                    out["binlog"]["executed_gtid_set"] = column_text(gtid_set)
             else:
                 out["binlog"] = {"statement": sql, "enabled": True, "file": None}
         else:
@@ -456,7 +457,7 @@ class MySQLQuiescer(Quiescer):
         if variables:
             select = ", ".join(f"@@global.{name}" for name in variables)
             row_values = self._run(f"SELECT {select}", deadline=deadline)[0]
-            out["gtid"] = {name: _text(value) for name, value in zip(variables, row_values,
+            out["gtid"] = {name: column_text(value) for name, value in zip(variables, row_values,
                                                                      strict=True)}
         replica_sql = replica_status_statement(self.info)
         replicas = self._dicts(replica_sql, deadline)
@@ -591,14 +592,6 @@ def _status_grant_hint(info: ServerInfo) -> str:
             return "GRANT BINLOG MONITOR, REPLICATION SLAVE ADMIN ON *.* TO the quiesce account"
         return "GRANT REPLICATION CLIENT ON *.* TO the quiesce account"
     return "GRANT REPLICATION CLIENT ON *.* TO the quiesce account"
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
 
 
 def _thread_id(conn: Any) -> int:

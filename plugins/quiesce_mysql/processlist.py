@@ -63,14 +63,15 @@ def parse_rows(rows: Iterable[Sequence[Any]]) -> list[Statement]:
     for row in rows:
         ident, user, host, db, command, seconds, state, info = row
         out.append(Statement(
-            id=int(ident), user=_text(user), host=_text(host), db=_text(db) or None,
-            command=_text(command), seconds=float(seconds or 0), state=_text(state),
-            info=_text(info),
+            id=int(ident), user=column_text(user), host=column_text(host),
+            db=column_text(db) or None, command=column_text(command),
+            seconds=float(seconds or 0), state=column_text(state), info=column_text(info),
         ))
     return out
 
 
-def _text(value: Any) -> str:
+def column_text(value: Any) -> str:
+    """A column value as text: PyMySQL returns bytes for some server columns."""
     if value is None:
         return ""
     if isinstance(value, bytes | bytearray):
