@@ -10,16 +10,44 @@ from the providers in ``quiesce.servers``; nothing here owns a process of its ow
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from quiesce.drill.verify import Check, RestoredState
-from quiesce.drill.workload import WorkloadSession
+from quiesce.drill.workload import OutcomeUnknown, Transfer, WorkloadSession
 from quiesce.servers.base import Server, ServerLayout
 
 ACCOUNTS = 20
 INITIAL_BALANCE = 1000
 DATABASE = "drill"
+
+
+def sql_transfer(conn: Any, error: type[BaseException], t: Transfer) -> None:
+    """One transfer as one DB-API transaction: both balances and the ledger row, or nothing.
+
+    Accounts are updated in id order (one lock order: no deadlocks between workers). A failed
+    COMMIT raises OutcomeUnknown: the write may or may not be durable, so the workload does
+    not count it as acknowledged, nor as absent.
+    """
+    first, second = sorted((t.src, t.dst))
+    delta = {t.src: -t.amount, t.dst: t.amount}
+    try:
+        with conn.cursor() as cur:
+            for account in (first, second):
+                cur.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
+                            (delta[account], account))
+            cur.execute("INSERT INTO ledger (id, src, dst, amount) VALUES (%s, %s, %s, %s)",
+                        (t.id, t.src, t.dst, t.amount))
+    except error:
+        with contextlib.suppress(error):
+            conn.rollback()
+        raise
+    try:
+        conn.commit()
+    except error as exc:
+        raise OutcomeUnknown(str(exc)) from exc
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quiesce.drill.targets.base import ACCOUNTS, DATABASE, INITIAL_BALANCE, Target
+from quiesce.drill.targets.base import (
+    ACCOUNTS,
+    DATABASE,
+    INITIAL_BALANCE,
+    Target,
+    sql_transfer,
+)
 from quiesce.drill.verify import Check, RestoredState
-from quiesce.drill.workload import OutcomeUnknown, Transfer
+from quiesce.drill.workload import Transfer
 from quiesce.errors import DrillError, EngineUnavailable
 from quiesce.servers.base import Server, ServerLayout
 
@@ -56,24 +62,7 @@ class MySession:
         self.conn = _connect(server, autocommit=False)
 
     def transfer(self, t: Transfer) -> None:
-        pymysql = self._pymysql
-        first, second = sorted((t.src, t.dst))
-        delta = {t.src: -t.amount, t.dst: t.amount}
-        try:
-            with self.conn.cursor() as cur:
-                for account in (first, second):
-                    cur.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
-                                (delta[account], account))
-                cur.execute("INSERT INTO ledger (id, src, dst, amount) VALUES (%s, %s, %s, %s)",
-                            (t.id, t.src, t.dst, t.amount))
-        except pymysql.Error:
-            with contextlib.suppress(pymysql.Error):
-                self.conn.rollback()
-            raise
-        try:
-            self.conn.commit()
-        except pymysql.Error as exc:
-            raise OutcomeUnknown(str(exc)) from exc
+        sql_transfer(self.conn, self._pymysql.Error, t)
         # Acknowledged. The MyISAM side follows, one statement each (autocommit semantics).
         with self.conn.cursor() as cur:
             cur.execute("INSERT INTO ledger_mirror (id) VALUES (%s)", (t.id,))

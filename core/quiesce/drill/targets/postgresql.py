@@ -12,16 +12,21 @@ simultaneous: the data directory is copied while backup mode is held, the WAL di
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quiesce.drill.targets.base import ACCOUNTS, DATABASE, INITIAL_BALANCE, Target
+from quiesce.drill.targets.base import (
+    ACCOUNTS,
+    DATABASE,
+    INITIAL_BALANCE,
+    Target,
+    sql_transfer,
+)
 from quiesce.drill.verify import Check, RestoredState
-from quiesce.drill.workload import OutcomeUnknown, Transfer
+from quiesce.drill.workload import Transfer
 from quiesce.errors import DrillError, EngineUnavailable
 from quiesce.servers.base import Server, ServerLayout
 
@@ -56,24 +61,7 @@ class PgSession:
                                     application_name="quiesce-drill-workload")
 
     def transfer(self, t: Transfer) -> None:
-        psycopg = self._psycopg
-        first, second = sorted((t.src, t.dst))  # one lock order: no deadlocks between workers
-        delta = {t.src: -t.amount, t.dst: t.amount}
-        try:
-            with self.conn.cursor() as cur:
-                for account in (first, second):
-                    cur.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
-                                (delta[account], account))
-                cur.execute("INSERT INTO ledger (id, src, dst, amount) VALUES (%s, %s, %s, %s)",
-                            (t.id, t.src, t.dst, t.amount))
-        except psycopg.Error:
-            with contextlib.suppress(psycopg.Error):
-                self.conn.rollback()
-            raise
-        try:
-            self.conn.commit()
-        except psycopg.Error as exc:
-            raise OutcomeUnknown(str(exc)) from exc
+        sql_transfer(self.conn, self._psycopg.Error, t)
 
     def close(self) -> None:
         self.conn.close()
