@@ -4,6 +4,7 @@
 - :func:`private_dir`: a root-owned 0700 directory under /run, removed at the end. quiesce
   trusts configs, scripts and secrets only in directories no one but root can write, every
   parent included; pytest's tmp_path is under the world-writable /tmp, which that refuses.
+- :func:`trusted_python`: a Python interpreter quiesce will accept in a script's ``#!`` line.
 - ``helpers.cli``: the real quiesce CLI driven from a test's own directory.
 - ``helpers.mongodb``: probing and unlocking a MongoDB server a test locked.
 """
@@ -43,3 +44,24 @@ def private_dir(prefix: str = "quiesce-test-") -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def trusted_python() -> str:
+    """A Python interpreter that passes quiesce's trust check for a script's ``#!`` line.
+
+    The test run's own interpreter is used when it qualifies; a checkout under a world-writable
+    directory (CI may clone into /tmp) makes its .venv interpreter untrusted, exactly as it
+    should, so the system's /usr/bin/python3 stands in for scripts that need only the stdlib.
+    """
+    import sys
+
+    import pytest
+
+    from quiesce.security import executable_problems
+
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        if os.path.exists(candidate) and not executable_problems(candidate):
+            return candidate
+    pytest.skip(f"no Python interpreter that quiesce trusts as root: {sys.executable} sits in "
+                "a directory others can write, and there is no root-owned /usr/bin/python3")
+    raise AssertionError("unreachable")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from helpers import trusted_python
 from quiesce.freeze import discover_mounts, freeze_path, is_frozen, thaw_path
 
 pytestmark = pytest.mark.timeout(240)
@@ -287,7 +288,7 @@ def test_params_reach_the_scripts_verbatim(two_mounts: Env) -> None:
     env = two_mounts
     out = env.root / "argv.json"
     path = env.root / "pre.py"
-    path.write_text(f"#!{sys.executable}\nimport json, sys\n"
+    path.write_text(f"#!{trusted_python()}\nimport json, sys\n"
                     f"open({str(out)!r}, 'w').write(json.dumps(sys.argv[1:]))\n")
     os.chmod(path, 0o700)
     params = ["a b", "", "'q'", '"d"', "$(touch /run/quiesce-pwned)", "`id`", "*", ""]
@@ -537,7 +538,7 @@ def test_check_limited_by_freeze_mount_lists_only_those_in_freeze_order(
 
 def test_check_notes_a_script_that_azure_would_run_under_sh(env: Env) -> None:
     path = env.root / "pre.py"
-    path.write_text(f"#!{sys.executable}\nprint('hi')\n")
+    path.write_text(f"#!{trusted_python()}\nprint('hi')\n")
     os.chmod(path, 0o700)
     env.write_config(preScriptLocation=str(path))
     proc = run_check(env)
