@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import private_dir
+from quiesce import catalog
 from quiesce_postgresql import wal
 from quiesce_postgresql.restore import RestoreLabelError, find_label_metadata, install_label
 
@@ -214,8 +215,6 @@ def test_a_lost_hold_has_no_label_and_says_why() -> None:
 
 
 def test_reads_the_catalog(tmp_path: Path, data_dir: Path) -> None:
-    catalog = pytest.importorskip("quiesce.catalog",
-                                  reason="quiesce.catalog (run records) is not in this build")
     state = tmp_path / "state"
     catalog.write_record(str(state), record(pg_instance()))
     out = run_cli("--state-dir", str(state), str(data_dir))
@@ -225,6 +224,7 @@ def test_reads_the_catalog(tmp_path: Path, data_dir: Path) -> None:
     out = run_cli("--state-dir", str(state), "--run-id", "20990101T000000Z-ffffff", "--force",
                   str(data_dir))
     assert out.returncode == 2
+    assert "no run record at" in out.stderr and "20990101T000000Z-ffffff" in out.stderr
 
 
 def test_tablespace_mapping_rewrites_only_the_named_paths(tmp_path: Path, data_dir: Path) -> None:
