@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -87,6 +89,23 @@ def test_result_file_open_to_others_is_refused(tmp_path: Path) -> None:
     os.chmod(path, 0o644)
     with pytest.raises(HolderError, match="not a file the holder wrote"):
         proto.read_result(str(tmp_path))
+
+
+@pytest.mark.parametrize(("text", "mode", "says"), [
+    ('{"run_id": "forged"}', 0o644, "not a file the holder wrote"),
+    ("not json", 0o600, "is not valid JSON"),
+])
+def test_status_reports_a_result_file_the_holder_did_not_write(
+        root_dir: Path, text: str, mode: int, says: str) -> None:
+    """'post' refuses such a file; 'status' must say so too, not answer "nothing is held"."""
+    path = root_dir / proto.RESULT_NAME
+    path.write_text(text)
+    os.chmod(path, mode)
+    done = subprocess.run([sys.executable, "-m", "quiesce", "status", "--runtime-dir",
+                           str(root_dir)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert says in done.stderr and f"remove {path}" in done.stderr
 
 
 def test_lock_held_tracks_a_live_flock(tmp_path: Path) -> None:

@@ -28,11 +28,9 @@ def main(args: argparse.Namespace) -> int:
         state["held"] = state.get("state") in ("holding", "quiescing", "releasing")
     except NoActiveHold:
         state = {"held": False, "state": "idle", "holder_pid": None, "instances": []}
-        pending = None
-        try:
-            pending = proto.read_result(rundir)
-        except Exception:
-            pending = None
+        # A result file the holder did not write is reported (exit 2, as 'post' would), not
+        # hidden behind "nothing is held".
+        pending = proto.read_result(rundir)
         if pending is not None:
             state["uncollected"] = {k: pending.get(k) for k in
                                     ("run_id", "state", "message", "released_at", "instances")}
