@@ -117,9 +117,6 @@ class Target(abc.ABC):
         """Errors the restored server logged from byte ``since`` of its log (if it has one)."""
         return []
 
-    def log_position(self, server: Server) -> int:
-        return 0
-
     def install_label(self, state_dir: Path, data_dir: Path) -> str | None:
         """Write the recorded backup_label into a restored data dir (PostgreSQL only)."""
         return None

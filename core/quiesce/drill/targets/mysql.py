@@ -209,13 +209,6 @@ class MySQLTarget(Target):
         path = getattr(server, "log_file", None) or getattr(server, "error_log", None)
         return Path(path) if path else None
 
-    def log_position(self, server: Server) -> int:
-        path = self._log_file(server)
-        try:
-            return path.stat().st_size if path else 0
-        except OSError:
-            return 0
-
     def log_checks(self, server: Server, since: int) -> list[Check]:
         """InnoDB/MyISAM errors the restored server logged (LSN in the future, crashed tables)."""
         path = self._log_file(server)

@@ -195,13 +195,6 @@ class PostgresTarget(Target):
                       f"relations of database {DATABASE}" if not problems else
                       f"{len(problems)} problem(s): " + "; ".join(problems[:3]))]
 
-    def log_position(self, server: Server) -> int:
-        path = getattr(server, "log_file", None)
-        try:
-            return Path(path).stat().st_size if path else 0
-        except OSError:
-            return 0
-
     def log_checks(self, server: Server, since: int) -> list[Check]:
         """PANIC/FATAL/ERROR lines the restored server wrote while recovering."""
         path = getattr(server, "log_file", None)
