@@ -315,10 +315,6 @@ class FreezeSession:
     def watchdog_pid(self) -> int | None:
         return self._watchdog.pid if self._watchdog is not None else None
 
-    @property
-    def is_active(self) -> bool:
-        return self._state == "frozen"
-
     # -- set-up ---------------------------------------------------------------------------
 
     def _open_descriptors(self) -> None:

@@ -69,7 +69,6 @@ class InstanceResult:
     metadata: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     note: str | None = None
-    quiesced_at: float | None = None  # wall clock (time.time) when its quiesce returned
 
     def to_dict(self) -> dict[str, Any]:
         held = None if self.held_seconds is None else round(self.held_seconds, 6)
@@ -178,7 +177,6 @@ class Hold:
                     late = False
                     if step == "quiesce":
                         slot.held_at = time.monotonic()
-                        slot.result.quiesced_at = time.time()
                         slot.result.status = HELD
                         slot.taken_order = self._order
                         self._order += 1
@@ -242,21 +240,6 @@ class Hold:
         """Monotonic time at which the first instance became held."""
         times = [s.held_at for s in self.slots if s.held_at is not None]
         return min(times) if times else None
-
-    def recovery_tokens(self) -> list[tuple[InstanceResult, dict[str, Any]]]:
-        tokens = []
-        for slot in self.slots:
-            if slot.result.status != HELD:
-                continue
-            try:
-                token = slot.quiescer.recovery_token()
-            except Exception as exc:
-                self.log(f"{slot.result.plugin}/{slot.result.name}: recovery_token failed: "
-                         f"{describe(exc)}")
-                continue
-            if token is not None:
-                tokens.append((slot.result, token))
-        return tokens
 
     def check_alive(self) -> list[InstanceResult]:
         """Poll every held instance; those whose session died become "lost" (and aborted).

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from quiesce.errors import FreezeError
@@ -299,17 +299,3 @@ def mount_id_of_fd(fd: int) -> int:
             if line.startswith("mnt_id:"):
                 return int(line.split()[1])
     raise FreezeError(f"/proc/self/fdinfo/{fd} has no mnt_id (kernel older than 3.15?)")
-
-
-def device_of_fd(fd: int, reader: Callable[[], str] | None = None) -> str | None:
-    """``major:minor`` of the filesystem holding ``fd`` (None if its mount is gone)."""
-    mount_id = mount_id_of_fd(fd)
-    if reader is None:
-        with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as fh:
-            text = fh.read()
-    else:
-        text = reader()
-    for entry in parse_mountinfo(text):
-        if entry.mount_id == mount_id:
-            return entry.device
-    return None

@@ -20,7 +20,6 @@ from typing import Any
 from quiesce.atomic import write_atomic
 from quiesce.errors import AzureCode, Problem
 
-CONSISTENCY_LEVELS = ("application", "filesystem", "crash", "none")
 SCHEMA_VERSION = 1
 
 # Codes for errors that Azure has no string for (number null in the JSON).

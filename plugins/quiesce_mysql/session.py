@@ -12,7 +12,7 @@ operation, which is what lets one long-lived connection use a different bound pe
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +30,6 @@ ER_TABLEACCESS_DENIED = 1142
 ER_NO_SUCH_TABLE = 1146
 ER_LOCK_WAIT_TIMEOUT = 1205
 ER_SPECIFIC_ACCESS_DENIED = 1227
-ER_QUERY_INTERRUPTED = 1317
-ER_UNKNOWN_TABLE_INFORMATION_SCHEMA = 1109
 CR_CONNECTION_ERROR = 2002
 CR_CONN_HOST_ERROR = 2003
 CR_SERVER_GONE = 2006
@@ -209,12 +207,3 @@ def close_quietly(conn: Any, *, graceful: bool = True) -> None:
         pass
     with contextlib.suppress(Exception):
         conn._force_close()
-
-
-def suppress_errors(action: Callable[[], Any]) -> BaseException | None:
-    """Run ``action``; return the exception instead of raising it (for best-effort paths)."""
-    try:
-        action()
-    except Exception as exc:
-        return exc
-    return None

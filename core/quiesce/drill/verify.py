@@ -8,7 +8,6 @@ read into checks, so the same rules apply to every engine.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,8 +110,3 @@ def check_mirror(state: RestoredState) -> list[Check]:
             f"all {len(state.pairs)} two-row MyISAM statements are whole" if not torn else
             f"{len(torn)} MyISAM statements are torn (ids {_sample(torn)})"))
     return checks
-
-
-def all_ok(checks: Mapping[str, Check] | list[Check]) -> bool:
-    values = checks.values() if isinstance(checks, Mapping) else checks
-    return bool(values) and all(c.ok for c in values)
