@@ -99,6 +99,10 @@ class MongoQuiescer(Quiescer):
             raise EngineError(f"{self.what}: not connected (prepare was not run)")
         return self.session
 
+    @property
+    def is_mongos(self) -> bool:
+        return self.role is not None and self.role.is_mongos
+
     def _is_locked(self, deadline: Deadline) -> bool:
         reply = self._session().command(deadline, locking.CURRENT_OP, doing="currentOp")
         return locking.reported_locked(reply)
@@ -152,7 +156,10 @@ class MongoQuiescer(Quiescer):
                                   f"{REFUSED_STORAGE_ENGINES[self.storage_engine]}",
                                   hint="remove this instance from quiesce.toml")
 
-        self.ledger.locked_before = self._is_locked(deadline)
+        # A mongos's currentOp never reports fsyncLock (and needs inprog): through a mongos a
+        # lock someone else holds shows only in the counts our own lock returns, where
+        # quiesce() refuses it (someone_else_locked) unless allow_locked.
+        self.ledger.locked_before = False if role.is_mongos else self._is_locked(deadline)
         if self.ledger.locked_before and not self.allow_locked:
             raise EngineError(
                 f"{self.what}: {self.host} is already fsync-locked (lockCount > 0) by someone "
@@ -190,15 +197,21 @@ class MongoQuiescer(Quiescer):
         self.lock_state = "uncertain"
         reply = session.command(deadline.sooner(self.lock_wait_seconds + self.connect_timeout),
                                 command, doing="fsync lock", lock_wait=True)
-        count = locking.reply_lock_count(reply, "fsync lock")
+        count = locking.reply_lock_count(reply, "fsync lock", mongos=self.is_mongos)
         self.ledger.record_lock(count)
         self.lock_state = "held"
+        if self.is_mongos:
+            shards = locking.shard_lock_counts(reply)
+            unlocked = sorted(name for name, n in shards.items() if n < 1)
+            if unlocked:
+                raise EngineError(f"{self.what}: fsync lock through mongos left "
+                                  f"{', '.join(unlocked)} unlocked; not trusting this lock")
         if self.ledger.someone_else_locked and not self.allow_locked:
             raise EngineError(
                 f"{self.what}: another client fsync-locked {self.host} between quiesce's check "
                 f"and its lock (lockCount {count})",
                 hint="find out who locks this server during backups, or set allow_locked")
-        if not self._is_locked(deadline):
+        if not self.is_mongos and not self._is_locked(deadline):
             raise EngineError(f"{self.what}: fsync returned lockCount {count} but currentOp "
                               "does not report the server locked; not trusting this lock")
         if self.role is not None and self.role.is_replica_member:
@@ -227,10 +240,15 @@ class MongoQuiescer(Quiescer):
         session = self._session()
         try:
             hello = session.hello(deadline)
-            locked = self._is_locked(deadline)
+            # Through a mongos nothing tells whether the shards are still locked (no fsyncLock
+            # in its currentOp), and a restarted mongos does not drop the shards' locks: only
+            # reachability is checked; a foreign unlock shows in the counts at release.
+            locked = True if self.is_mongos else self._is_locked(deadline)
         except EngineError as exc:
             raise SessionLost(f"{self.what}: cannot reach {self.host} while holding the lock: "
                               f"{exc}") from exc
+        if self.is_mongos:
+            return
         now = detect_role(hello)
         expected = self.role.process_id if self.role else None
         if expected and now.process_id and now.process_id != expected:
@@ -263,7 +281,8 @@ class MongoQuiescer(Quiescer):
             # checks the count and unlocks only if our lock is provably still there.
             raise session.translate(exc, "fsyncUnlock") from exc
         self.lock_state = "released"
-        self.ledger.record_unlock(locking.reply_lock_count(reply, "fsyncUnlock"))
+        self.ledger.record_unlock(locking.reply_lock_count(reply, "fsyncUnlock",
+                                                           mongos=self.is_mongos))
         self.notes.extend(self.ledger.release_findings())
         if self.balancer_was not in (None, "off"):
             try:
@@ -319,7 +338,8 @@ class MongoQuiescer(Quiescer):
                                 "already locked; not unlocking anything (check db.currentOp())",
                                 self.what)
                 else:
-                    outcome = unlock_if_ours(self._session(), expected, deadline)
+                    outcome = unlock_if_ours(self._session(), expected, deadline,
+                                             mongos=self.is_mongos)
                     log.warning("%s: abort: %s", self.what, outcome)
                     self.lock_state = "released"
         except QuiesceError as exc:
@@ -337,35 +357,41 @@ class MongoQuiescer(Quiescer):
             self.session = None
 
 
-def probe_lock_count(session: MongoSession, deadline: Deadline) -> int:
+def probe_lock_count(session: MongoSession, deadline: Deadline, *,
+                     mongos: bool = False) -> int:
     """The current lock count of a server that currentOp reports locked.
 
     MongoDB has no read-only way to ask for the count, so take one more lock (its reply says
-    the count with it) and give it straight back. Only ever called on a server that is already
-    locked: the extra lock blocks nothing that was not already blocked.
+    the count with it) and give it straight back. On a mongod only ever called on a server
+    that is already locked: the extra lock blocks nothing that was not already blocked.
+    Through a mongos (whose currentOp cannot tell) the cluster may be unlocked: the probe then
+    blocks writes for the length of one lock and unlock, and reads 0.
     """
     reply = session.command(deadline, {"fsync": 1, "lock": True}, doing="fsync lock (count)")
-    with_probe = locking.reply_lock_count(reply, "fsync lock")
+    with_probe = locking.reply_lock_count(reply, "fsync lock", mongos=mongos)
     back = session.command(deadline, locking.UNLOCK, doing="fsyncUnlock (count)")
-    after = locking.reply_lock_count(back, "fsyncUnlock")
+    after = locking.reply_lock_count(back, "fsyncUnlock", mongos=mongos)
     if after != with_probe - 1:
         raise EngineError(f"lock count moved while being read ({with_probe - 1} -> {after}); "
                           "another client is locking or unlocking right now")
     return after
 
 
-def unlock_if_ours(session: MongoSession, left: int, deadline: Deadline) -> str:
+def unlock_if_ours(session: MongoSession, left: int, deadline: Deadline, *,
+                   mongos: bool = False) -> str:
     """Unlock once if the server's lock count is exactly ``left``; say what was done.
 
     Raises EngineError when the count says the remaining lock may not be ours.
     """
-    if not locking.reported_locked(session.command(deadline, locking.CURRENT_OP,
-                                                   doing="currentOp")):
+    if not mongos and not locking.reported_locked(session.command(
+            deadline, locking.CURRENT_OP, doing="currentOp")):
         return "the server is not fsync-locked: nothing to undo"
-    current = probe_lock_count(session, deadline)
+    current = probe_lock_count(session, deadline, mongos=mongos)
+    if current == 0:
+        return "the cluster is not fsync-locked: nothing to undo"
     decision = locking.decide_recovery_unlock(True, current, left)
     if not decision.unlock:
         raise EngineError(f"{session.what}: {decision.reason}")
     reply = session.command(deadline, locking.UNLOCK, doing="fsyncUnlock")
-    after = locking.reply_lock_count(reply, "fsyncUnlock")
+    after = locking.reply_lock_count(reply, "fsyncUnlock", mongos=mongos)
     return f"{decision.reason}; lockCount now {after}"

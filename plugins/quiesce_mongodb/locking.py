@@ -26,6 +26,11 @@ UNLOCK = {"fsyncUnlock": 1}
 # $ownOps keeps the reply tiny (only our own currentOp) and needs no inprog privilege; the
 # server appends the top-level fsyncLock flag whatever the filter.
 CURRENT_OP = {"currentOp": 1, "$ownOps": True}
+# Checked in MongoDB's source (src/mongo/db/commands/current_op.cpp): mongod's currentOp appends
+# ``fsyncLock: true`` whenever lockedForWriting(), and accepts ``$ownOps`` from any
+# authenticated user without the ``inprog`` privilege. mongos's currentOp
+# (src/mongo/s/commands/cluster_current_op.cpp) appends no fsyncLock flag and requires
+# ``inprog`` - so on a mongos currentOp can never say whether the cluster is locked.
 
 # fsyncUnlock on a server that is not locked fails with IllegalOperation (20).
 NOT_LOCKED_CODES = (20,)
@@ -45,8 +50,41 @@ def reported_locked(current_op: Mapping[str, Any]) -> bool:
     return bool(current_op.get("fsyncLock", False))
 
 
-def reply_lock_count(reply: Mapping[str, Any], command: str) -> int:
-    """The ``lockCount`` of an fsync/fsyncUnlock reply; an error if it is missing."""
+def shard_lock_counts(reply: Mapping[str, Any]) -> dict[str, int]:
+    """The per-shard ``lockCount`` values of a mongos fsync/fsyncUnlock reply.
+
+    mongos forwards the command to the config server and every shard and returns their
+    replies, not a count of its own (src/mongo/s/commands/cluster_fsync_cmd.cpp: ``{numFiles,
+    all: {raw: {<shard>: reply}}}``; cluster_fsync_unlock_cmd.cpp: ``{raw: {<shard>: reply}}``,
+    both built by appendRawResponses). Replies without a lockCount are left out.
+    """
+    raw: Any = reply.get("raw")
+    everything = reply.get("all")
+    if raw is None and isinstance(everything, Mapping):
+        raw = everything.get("raw", everything)
+    counts: dict[str, int] = {}
+    if isinstance(raw, Mapping):
+        for shard, shard_reply in raw.items():
+            if isinstance(shard_reply, Mapping):
+                count = shard_reply.get("lockCount")
+                if isinstance(count, int) and not isinstance(count, bool):
+                    counts[str(shard)] = int(count)
+    return counts
+
+
+def reply_lock_count(reply: Mapping[str, Any], command: str, *, mongos: bool = False) -> int:
+    """The ``lockCount`` of an fsync/fsyncUnlock reply; an error if it is missing.
+
+    Through a mongos it is the highest per-shard count (see :func:`shard_lock_counts`): a
+    count above the one quiesce expects on any shard means a lock quiesce does not own.
+    """
+    if mongos and "lockCount" not in reply:
+        counts = shard_lock_counts(reply)
+        if not counts:
+            raise EngineError(f"{command} through mongos replied without any shard's lockCount "
+                              f"({dict(reply)!r})",
+                              hint="check db.currentOp() on each shard's primary")
+        return max(counts.values())
     count = reply.get("lockCount")
     if isinstance(count, bool) or not isinstance(count, int):
         raise EngineError(

@@ -51,13 +51,16 @@ def recover(settings: InstanceSettings, token: dict[str, Any]) -> str:
     deadline = Deadline(CLEANUP_SECONDS + float(options.get("connect_timeout", 5)))
     try:
         hello = session.hello(deadline)
-        now = detect_role(hello).process_id
+        role = detect_role(hello)
+        now = role.process_id
         then = token.get("process_id")
-        if then and now and now != then:
+        # A restarted mongod dropped its lock; a restarted mongos did not drop the shards'.
+        if then and now and now != then and not role.is_mongos:
             outcome = (f"{what}: the server restarted since quiesce locked it, which dropped "
                        "the lock; nothing to undo")
         else:
-            outcome = f"{what}: {unlock_if_ours(session, int(left), deadline)}"
+            outcome = f"{what}: " + unlock_if_ours(session, int(left), deadline,
+                                                   mongos=role.is_mongos)
         balancer = token.get("balancer_was")
         if balancer not in (None, "off"):
             session.command(deadline, {"balancerStart": 1}, doing="balancerStart")

@@ -46,6 +46,10 @@ class ModelServer:
         self.lock_count = 0
         self.process_id = ObjectId()
 
+    @staticmethod
+    def raw(shard: dict[str, Any]) -> dict[str, Any]:
+        return {f"{name}/{name}-a:27018": dict(shard) for name in ("config", "shard0", "shard1")}
+
     def hello(self) -> dict[str, Any]:
         reply: dict[str, Any] = {"topologyVersion": {"processId": self.process_id,
                                                      "counter": 0}, "ok": 1.0}
@@ -72,7 +76,9 @@ class ModelServer:
                 return {"ok": 1.0}
             return {"storageEngine": {"name": self.storage}, "ok": 1.0}
         if name == "currentOp":
-            return {"inprog": [], **({"fsyncLock": True} if self.lock_count else {}), "ok": 1.0}
+            # mongos's currentOp carries no fsyncLock flag (cluster_current_op.cpp).
+            locked = self.lock_count and self.role != "mongos"
+            return {"inprog": [], **({"fsyncLock": True} if locked else {}), "ok": 1.0}
         if name == "fsync":
             if not doc.get("lock"):
                 return {"numFiles": 1, "ok": 1.0}
@@ -80,12 +86,20 @@ class ModelServer:
             if self.lose_lock_reply:
                 self.lose_lock_reply = False
                 raise errors.AutoReconnect("connection closed")
-            return {"info": "now locked against writes", "lockCount": self.lock_count, "ok": 1}
+            shard = {"info": "now locked against writes", "lockCount": self.lock_count,
+                     "ok": 1.0}
+            if self.role == "mongos":
+                # cluster_fsync_cmd.cpp: the shards' replies under all.raw, no own lockCount.
+                return {"numFiles": 1, "all": {"raw": self.raw(shard)}, "ok": 1.0}
+            return shard
         if name == "fsyncUnlock":
             if not self.lock_count:
                 raise errors.OperationFailure("fsyncUnlock called when not locked", code=20)
             self.lock_count -= 1
-            return {"info": "fsyncUnlock completed", "lockCount": self.lock_count, "ok": 1.0}
+            shard = {"info": "fsyncUnlock completed", "lockCount": self.lock_count, "ok": 1.0}
+            if self.role == "mongos":
+                return {"raw": self.raw(shard), "ok": 1.0}  # cluster_fsync_unlock_cmd.cpp
+            return shard
         if name == "balancerStatus":
             return {"mode": self.balancer, "inBalancerRound": False, "ok": 1.0}
         if name == "balancerStop":
@@ -353,3 +367,66 @@ def test_recovery_leaves_a_restarted_server_alone(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(recovery, "MongoSession", lambda uri, **kw: ModelSession(server))
     outcome = recovery.recover(q.settings, token)
     assert "restarted" in outcome and server.lock_count == 1
+
+
+def test_mongos_lock_counts_come_from_the_shards_replies() -> None:
+    server = ModelServer(role="mongos", version="7.0.14")
+    q = quiescer(server, allow_mongos=True)
+    meta = cycle(q)
+    assert meta["lock_count_after_lock"] == 1 and meta["lock_count_after_unlock"] == 0
+    assert server.lock_count == 0 and "warnings" not in meta
+    # mongos's currentOp cannot tell whether the cluster is locked: it is never asked
+    assert "currentOp" not in server.history
+
+
+def test_a_failure_after_the_mongos_lock_unlocks_the_cluster() -> None:
+    server = ModelServer(role="mongos", version="7.1.0")
+    server.lock_count = 1  # someone else's cluster lock, visible only in the counts
+    q = quiescer(server, allow_mongos=True)
+    q.prepare(Deadline(10))
+    with pytest.raises(EngineError, match="between quiesce's check and its lock"):
+        q.quiesce(Deadline(10))
+    q.abort()
+    assert server.lock_count == 1 and server.balancer == "full"  # ours undone, theirs kept
+
+
+def test_a_lost_mongos_lock_reply_is_undone_by_abort() -> None:
+    server = ModelServer(role="mongos", version="7.1.0")
+    q = quiescer(server, allow_mongos=True)
+    q.prepare(Deadline(10))
+    server.lose_lock_reply = True
+    with pytest.raises(EngineError):
+        q.quiesce(Deadline(10))
+    q.abort()
+    assert server.lock_count == 0
+
+
+def test_recovery_through_a_restarted_mongos_still_unlocks_the_shards(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from quiesce_mongodb import recovery
+
+    server = ModelServer(role="mongos", version="7.1.0")
+    q = quiescer(server, allow_mongos=True)
+    q.prepare(Deadline(10))
+    q.quiesce(Deadline(10))
+    token = q.recovery_token()
+    server.process_id = ObjectId()  # the mongos restarted; the shards kept their locks
+    monkeypatch.setattr(recovery, "MongoSession", lambda uri, **kw: ModelSession(server))
+    outcome = recovery.recover(q.settings, token)
+    assert "unlocking once" in outcome and server.lock_count == 0
+    assert server.balancer == "full"
+
+
+def test_shard_lock_counts_parse_both_mongos_reply_shapes() -> None:
+    from quiesce_mongodb import locking
+
+    lock = {"numFiles": 1, "all": {"raw": {"s0/h:1": {"lockCount": 2}, "s1/h:2":
+                                           {"lockCount": 1}}}, "ok": 1.0}
+    assert locking.shard_lock_counts(lock) == {"s0/h:1": 2, "s1/h:2": 1}
+    assert locking.reply_lock_count(lock, "fsync lock", mongos=True) == 2
+    unlock = {"raw": {"s0/h:1": {"lockCount": 0}}, "ok": 1.0}
+    assert locking.reply_lock_count(unlock, "fsyncUnlock", mongos=True) == 0
+    with pytest.raises(EngineError, match="without any shard's lockCount"):
+        locking.reply_lock_count({"numFiles": 1, "ok": 1.0}, "fsync lock", mongos=True)
+    with pytest.raises(EngineError, match="without a lockCount"):
+        locking.reply_lock_count(lock, "fsync lock")  # a mongod reply must carry its own
