@@ -37,11 +37,27 @@ NOT_LOCKED_CODES = (20,)
 NOT_LOCKED_TEXT = "not locked"
 
 
+# fsync.idl (MongoDB 8.x) types the timeout as IDL ``int``: a BSON int64 is refused with
+# TypeMismatch, and the Python driver sends an int above 2**31-1 as int64.
+INT32_MAX = 2**31 - 1
+
+
 def lock_command(version: tuple[int, int, int], wait_seconds: float) -> dict[str, Any]:
-    """``{fsync: 1, lock: true}``, bounded where the server supports a lock-acquisition timeout."""
+    """``{fsync: 1, lock: true}``, with a lock-acquisition timeout where the server knows one.
+
+    Uncertain, checked against MongoDB's source: the 7.x fsync command
+    (src/mongo/db/commands/fsync.cpp) applies ``fsyncLockAcquisitionTimeoutMillis`` only when
+    the internal ``forBackup`` flag is set, which mongos adds when it forwards a cluster lock;
+    sent straight to a mongod the field is ignored and the lock waits without a server-side
+    bound (the manual documents no such restriction). Releases before the option ignore the
+    unknown field. So the field is sent (it bounds the wait through mongos and wherever a
+    mongod honours it) but never relied on: the client-side operation timeout bounds quiesce's
+    own wait, and a lock whose outcome is unknown stays 'uncertain' for abort and recovery.
+    """
     command: dict[str, Any] = {"fsync": 1, "lock": True}
     if lock_timeout_supported(version):
-        command["fsyncLockAcquisitionTimeoutMillis"] = max(1, int(wait_seconds * 1000))
+        command["fsyncLockAcquisitionTimeoutMillis"] = min(INT32_MAX,
+                                                           max(1, int(wait_seconds * 1000)))
     return command
 
 

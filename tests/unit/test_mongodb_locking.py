@@ -24,6 +24,9 @@ def test_lock_command_bounds_the_wait_where_supported() -> None:
     # Older servers would reject an unknown field: leave it out there.
     assert lock_command((6, 0, 20), 2.5) == {"fsync": 1, "lock": True}
     assert next(iter(lock_command((8, 0, 0), 1))) == "fsync"  # command name first
+    # fsync.idl types the timeout as a 32-bit int: a huge wait must not become an int64
+    huge = lock_command((8, 0, 0), 10**9)["fsyncLockAcquisitionTimeoutMillis"]
+    assert huge == 2**31 - 1
 
 
 def test_other_commands() -> None:
