@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+
+import pytest
 
 
 def test_disks_without_files_finds_a_disk_the_server_never_wrote(tmp_path: Path) -> None:
@@ -19,3 +22,20 @@ def test_disks_without_files_finds_a_disk_the_server_never_wrote(tmp_path: Path)
     (log / "pg_wal" / "000000010000000000000001").write_bytes(b"\0")
     (data / "pgdata" / "PG_VERSION").write_text("15\n")
     assert disks_without_files({"data": data, "log": log}) == []
+
+
+def test_a_leftover_hold_that_cannot_be_released_is_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 'post' that hangs after an interrupted cycle must be said, not swallowed."""
+    from quiesce.drill import cycle
+
+    files = object.__new__(cycle.CycleFiles)
+    files.mode, files.runtime, files.toml = "quiesced", tmp_path, tmp_path / "quiesce.toml"
+
+    def hung(argv: list[str], **kw: object) -> None:
+        raise subprocess.TimeoutExpired(argv, kw.get("timeout") or 0)
+
+    monkeypatch.setattr(cycle.subprocess, "run", hung)
+    note = files.release_leftover_hold()
+    assert note is not None and "could not release a hold" in note
+    assert "max_hold_seconds" in note

@@ -100,11 +100,15 @@ class CycleFiles:
             return None
         argv = [sys.executable, "-m", "quiesce", "post", "--config", str(self.toml),
                 "--runtime-dir", str(self.runtime), "--json"]
-        with contextlib.suppress(Exception):
+        try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60,
                                   stdin=subprocess.DEVNULL, check=False)
-            if done.returncode == 0:
-                return "released a hold left by an interrupted cycle"
+        except (OSError, subprocess.SubprocessError) as exc:
+            # Say so: the databases stay locked until max_hold_seconds.
+            return (f"could not release a hold left by an interrupted cycle ({exc}); it "
+                    f"ends by itself within max_hold_seconds = {MAX_HOLD_SECONDS}")
+        if done.returncode == 0:
+            return "released a hold left by an interrupted cycle"
         return None
 
 
