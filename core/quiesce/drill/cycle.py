@@ -337,7 +337,7 @@ class Cycle:
             r.checks += self.target.integrity_checks(restored)
         except Exception as exc:
             r.checks.append(Check("integrity_check", False, f"{type(exc).__name__}: {exc}"))
-        r.checks += self.target.log_checks(restored, 0)
+        r.checks += self.target.log_checks(restored)
 
 
 def _startup_failure(exc: BaseException) -> str:

@@ -113,9 +113,30 @@ class Target(abc.ABC):
     def integrity_checks(self, server: Server) -> list[Check]:
         """The engine's own integrity check (amcheck, CHECK TABLE, validate)."""
 
-    def log_checks(self, server: Server, since: int) -> list[Check]:
-        """Errors the restored server logged from byte ``since`` of its log (if it has one)."""
+    #: (what a clean log means, how a bad one is described) for the server_log_clean check.
+    log_clean_text: str = "no error while recovering and verifying"
+
+    def log_path(self, server: Server) -> Path | None:
+        """The restored server's log file, if it has one."""
+        path = getattr(server, "log_file", None)
+        return Path(path) if path else None
+
+    def bad_log_lines(self, text: str) -> list[str]:
+        """The lines of the restored server's log that mean it did not come back clean."""
         return []
+
+    def log_checks(self, server: Server) -> list[Check]:
+        """Errors the restored server logged while recovering and being verified."""
+        path = self.log_path(server)
+        if path is None:
+            return []
+        try:
+            text = path.read_bytes().decode(errors="replace")
+        except OSError as exc:
+            return [Check("server_log_clean", False, f"cannot read {path}: {exc}")]
+        bad = self.bad_log_lines(text)
+        return [Check("server_log_clean", not bad, self.log_clean_text if not bad else
+                      f"{len(bad)} error line(s), first: {bad[0][:300]}")]
 
     def install_label(self, state_dir: Path, data_dir: Path) -> str | None:
         """Write the recorded backup_label into a restored data dir (PostgreSQL only)."""

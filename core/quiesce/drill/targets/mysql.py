@@ -205,28 +205,17 @@ class MySQLTarget(Target):
                       f"({', '.join(tables)})" if not problems else
                       f"{len(problems)} problem(s): " + "; ".join(problems[:3]))]
 
-    def _log_file(self, server: Server) -> Path | None:
+    log_clean_text = "no [ERROR] and no MyISAM table repair while recovering and verifying"
+
+    def log_path(self, server: Server) -> Path | None:
         path = getattr(server, "log_file", None) or getattr(server, "error_log", None)
         return Path(path) if path else None
 
-    def log_checks(self, server: Server, since: int) -> list[Check]:
-        """InnoDB/MyISAM errors the restored server logged (LSN in the future, crashed tables)."""
-        path = self._log_file(server)
-        if path is None:
-            return []
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(since)
-                text = fh.read().decode(errors="replace")
-        except OSError as exc:
-            return [Check("server_log_clean", False, f"cannot read {path}: {exc}")]
-        bad = [line.strip() for line in text.splitlines()
-               if re.search(r"\[ERROR\]|is marked as crashed|Checking table|Recovering table",
-                            line)]
-        return [Check("server_log_clean", not bad,
-                      "no [ERROR] and no MyISAM table repair while recovering and verifying"
-                      if not bad else f"{len(bad)} line(s), first: {bad[0][:300]}")]
-
+    def bad_log_lines(self, text: str) -> list[str]:
+        """InnoDB/MyISAM errors (LSN in the future, crashed or repaired tables)."""
+        return [line.strip() for line in text.splitlines()
+                if re.search(r"\[ERROR\]|is marked as crashed|Checking table|Recovering table",
+                             line)]
 
 def _status(cur: Any, name: str) -> int | None:
     cur.execute("SHOW GLOBAL STATUS LIKE %s", (name,))
