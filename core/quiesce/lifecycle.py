@@ -10,7 +10,12 @@
 - Every call is bounded by a :class:`Deadline`; a call that does not return in time is a
   failure of that instance.
 - All or nothing: if one instance fails, every instance already quiesced is aborted in reverse
-  order (LIFO), all are closed, and :class:`QuiesceFailed` names each failing instance and why.
+  order (LIFO, status "aborted"), all are closed, and :class:`QuiesceFailed` names each
+  failing instance and why.
+- A hard cutoff (``cutoff``, monotonic): the moment by which the caller needs the hold
+  complete. The core stops waiting for calls at the cutoff, or as soon as the hold is
+  abandoned (``abandon``: ``post`` came early, ``pre`` gave up or died). A lock that is
+  acquired after either is released at once and recorded "late"; it never becomes a hold.
 - ``release_all`` goes in reverse order of quiescing; each release has its own ``try`` so one
   failure never skips another's release. Each release runs in its own thread: the next one
   starts when the previous one returns, or after RELEASE_STAGGER seconds if it has not, so a
@@ -39,9 +44,14 @@ AUTO_RELEASED = "auto-released"
 LOST = "lost"
 FAILED = "failed"
 SKIPPED = "skipped"  # never quiesced because another instance failed first
+LATE = "late"  # acquired after the cutoff or after the hold was abandoned; released at once
+ABORTED = "aborted"  # was held, released again because the hold as a whole never completed
 
-# Extra seconds a thread gets past its deadline before the call counts as hung.
+# Extra seconds a thread gets past its deadline before the call counts as hung (only without a
+# cutoff: with one, the cutoff is final).
 JOIN_GRACE = 5.0
+# Period at which a join re-checks whether the hold was abandoned.
+ABANDON_POLL = 0.02
 # How long a release that has not returned holds up the next instance's release.
 RELEASE_STAGGER = 1.0
 # Extra seconds a release gets past release_timeout (plugins may first wait out a liveness
@@ -86,10 +96,17 @@ class InstanceResult:
 class QuiesceFailed(EngineError):
     """``pre`` could not quiesce every instance; everything taken was released again."""
 
-    def __init__(self, results: list[InstanceResult]) -> None:
+    def __init__(self, results: list[InstanceResult], abandoned: str | None = None) -> None:
         self.results = results
-        failed = [r for r in results if r.status == FAILED]
+        self.abandoned = abandoned
+        failed = [r for r in results if r.status in (FAILED, LATE)]
         lines = "; ".join(f"{r.plugin}/{r.name}: {r.error}" for r in failed)
+        if abandoned is not None:
+            message = f"the hold was abandoned before it was complete: {abandoned}"
+            if lines:
+                message += f" ({lines})"
+            super().__init__(message, hint="nothing is held")
+            return
         super().__init__(
             f"could not quiesce {len(failed)} of {len(results)} instance(s): {lines}",
             hint="fix the instance(s) named above; nothing is held",
@@ -130,9 +147,11 @@ class Hold:
 
     def __init__(self, quiescers: Sequence[Quiescer], *, timeout: float,
                  release_timeout: float = 30.0, log: Log | None = None,
-                 on_held: Callable[[Quiescer], None] | None = None) -> None:
+                 on_held: Callable[[Quiescer], None] | None = None,
+                 cutoff: float | None = None) -> None:
         """``on_held`` is called (from a worker thread) the moment an instance is held, e.g.
-        to hand its recovery token to a guardian before anything else can go wrong."""
+        to hand its recovery token to a guardian before anything else can go wrong.
+        ``cutoff`` (monotonic) is the hard deadline of the whole hold: see the module doc."""
         if not quiescers:
             raise ValueError("a hold needs at least one instance")
         self.slots = [_Slot(q) for q in quiescers]
@@ -142,19 +161,54 @@ class Hold:
         self.on_held = on_held
         self._order = 0
         self._order_lock = threading.Lock()
+        self.cutoff = cutoff
+        self.abandoned: str | None = None  # why, once abandoned
+        self._abandon_event = threading.Event()
+        self._workers: list[threading.Thread] = []
+
+    def abandon(self, why: str) -> bool:
+        """Stop waiting for the calls in flight: whatever they acquire from now on is released
+        at once and recorded "late". False when the hold was already complete or abandoned."""
+        with self._order_lock:
+            if self.abandoned is not None:
+                return False
+            self.abandoned = why
+        self._abandon_event.set()
+        return True
+
+    def _late_reason(self, now: float) -> str | None:
+        """Why an acquisition completing at ``now`` is late, or None (caller holds the lock)."""
+        if self.abandoned is not None:
+            return self.abandoned
+        if self.cutoff is not None and now > self.cutoff:
+            return f"{now - self.cutoff:.3f} s after the deadline"
+        return None
+
+    def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for every prepare/quiesce call still in flight (they undo
+        what they took by themselves); True when none is left."""
+        give_up = time.monotonic() + timeout
+        for thread in self._workers:
+            thread.join(max(0.0, give_up - time.monotonic()))
+        return not any(t.is_alive() for t in self._workers)
 
     # ----------------------------------------------------------------- quiesce
     def quiesce_all(self) -> list[InstanceResult]:
         """Prepare, then quiesce, every instance in parallel. Raises QuiesceFailed."""
         deadline = Deadline(self.timeout)
+        if self.cutoff is not None:
+            deadline.at = min(deadline.at, self.cutoff)
         failures = self._parallel("prepare", deadline, self.slots)
         if failures:
             self._unwind()
-            raise QuiesceFailed(self.results())
-        failures = self._parallel("quiesce", deadline, self.slots)
-        if failures:
+            raise QuiesceFailed(self.results(), self.abandoned)
+        if self.abandoned is not None:
             self._unwind()
-            raise QuiesceFailed(self.results())
+            raise QuiesceFailed(self.results(), self.abandoned)
+        failures = self._parallel("quiesce", deadline, self.slots)
+        if failures or self.abandoned is not None:
+            self._unwind()
+            raise QuiesceFailed(self.results(), self.abandoned)
         return self.results()
 
     def _parallel(self, step: str, deadline: Deadline, slots: list[_Slot]) -> list[_Slot]:
@@ -169,19 +223,32 @@ class Hold:
                         slot.result.error = f"{step} failed: {describe(exc)}"
                 return
             with self._order_lock:
-                if slot.result.note == "hung":
-                    # The core gave up on this call and unwound without it: whatever it took
-                    # now is nobody else's to release, so undo it here.
+                now = time.monotonic()
+                given_up = slot.result.note == "hung"
+                late_reason = self._late_reason(now) if step == "quiesce" else None
+                if given_up or late_reason is not None:
+                    # The core gave up on this call (or the hold's time is over): whatever it
+                    # took now is nobody else's to release, so undo it here, at once.
                     late = True
+                    if step == "quiesce":
+                        slot.held_at = now
+                        slot.result.status = LATE
+                        slot.result.error = (
+                            f"acquired too late ({late_reason or 'after the core gave up'}); "
+                            "released at once, never part of a hold")
+                        slot.result.note = None
                 else:
                     late = False
                     if step == "quiesce":
-                        slot.held_at = time.monotonic()
+                        slot.held_at = now
                         slot.result.status = HELD
                         slot.taken_order = self._order
                         self._order += 1
             if late:
                 self._abort(slot)
+                if step == "quiesce":
+                    slot.released_at = time.monotonic()
+                    slot.result.held_seconds = slot.held_seconds()
                 self._close(slot)
                 return
             if step == "quiesce" and self.on_held is not None:
@@ -196,16 +263,32 @@ class Hold:
                                       name=f"{step}-{slot.result.plugin}-{slot.result.name}")
             thread.start()
             threads.append((slot, thread))
+            self._workers.append(thread)
         failed: list[_Slot] = []
+        give_up = (self.cutoff if self.cutoff is not None
+                   else deadline.at + JOIN_GRACE)
         for slot, thread in threads:
-            thread.join(deadline.remaining() + JOIN_GRACE)
+            while thread.is_alive() and not self._abandon_event.is_set():
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    break
+                thread.join(min(left, ABANDON_POLL))
             with self._order_lock:
                 if thread.is_alive():
                     slot.result.status = FAILED
-                    slot.result.error = (f"{step} did not return within {deadline.seconds:g} s "
-                                         "(the plugin ignored its deadline)")
+                    if self.abandoned is not None:
+                        slot.result.error = f"{step} abandoned: {self.abandoned}"
+                    elif self.cutoff is not None:
+                        slot.result.error = (f"{step} had not returned at the deadline "
+                                             f"({deadline.seconds:g} s)")
+                    else:
+                        slot.result.error = (f"{step} did not return within "
+                                             f"{deadline.seconds:g} s (the plugin ignored its "
+                                             "deadline)")
                     slot.result.note = "hung"
-            if slot.result.status == FAILED:
+                elif slot.result.status == LATE:
+                    pass  # counted below
+            if slot.result.status in (FAILED, LATE):
                 failed.append(slot)
                 self.log(f"{slot.result.plugin}/{slot.result.name}: {slot.result.error}")
         return failed
@@ -214,16 +297,20 @@ class Hold:
         """Abort what was taken (LIFO), then the failed ones, then close everything."""
         taken = sorted((s for s in self.slots if s.result.status == HELD),
                        key=lambda s: s.taken_order, reverse=True)
+        why = (f"released again: {self.abandoned}" if self.abandoned is not None
+               else "released again because another instance failed")
         for slot in taken:
             self._abort(slot)
             slot.released_at = time.monotonic()
             slot.result.held_seconds = slot.held_seconds()
-            slot.result.status = RELEASED
-            slot.result.note = "released again because another instance failed"
+            slot.result.status = ABORTED
+            slot.result.note = why
         for slot in self.slots:
             if slot.result.status == PENDING:
                 slot.result.status = SKIPPED
-                slot.result.note = "not quiesced because another instance failed"
+                slot.result.note = ("not quiesced: " + self.abandoned if self.abandoned
+                                    is not None else "not quiesced because another instance "
+                                    "failed")
             if slot.result.note == "hung":
                 # Another thread may still be inside the plugin: touching the object now could
                 # corrupt its connection. The holder exits next, which closes its sockets.

@@ -157,7 +157,7 @@ def test_one_failing_quiesce_releases_the_others_and_names_the_failure() -> None
     assert sorted(rec.steps("close")) == ["a", "b", "c"]
     assert rec.steps("release") == []
     statuses = {r.name: r.status for r in caught.value.results}
-    assert statuses == {"a": "released", "b": "failed", "c": "released"}
+    assert statuses == {"a": "aborted", "b": "failed", "c": "aborted"}
 
 
 def test_failing_prepare_locks_nothing() -> None:
@@ -184,15 +184,101 @@ def test_a_plugin_ignoring_its_deadline_fails_the_hold(monkeypatch: pytest.Monke
     result = {r.name: r for r in caught.value.results}
     assert result["stuck"].status == "failed"
     assert "did not return within" in (result["stuck"].error or "")
-    assert result["a"].status == "released"
+    assert result["a"].status == "aborted"
     assert "a" in rec.steps("abort")
     # The late call finally returns with its lock taken: nobody else will release it, so the
-    # worker undoes it by itself, and the result stays "failed".
+    # worker undoes it by itself, and the result says it was acquired late.
     deadline = time.monotonic() + 10
     while "stuck" not in rec.steps("close") and time.monotonic() < deadline:
         time.sleep(0.01)
     assert "stuck" in rec.steps("abort") and "stuck" in rec.steps("close")
-    assert result["stuck"].status == "failed"
+    assert hold.settle(5)
+    assert result["stuck"].status == "late"
+    assert "released at once" in (result["stuck"].error or "")
+
+
+def test_an_acquisition_after_the_cutoff_is_late_and_released_at_once() -> None:
+    """The plugin honours its own (longer) budget, but the caller's cutoff has passed when its
+    lock is granted: it must never count as held."""
+    rec = Recorder()
+    hold = Hold([Fake("quick", rec),
+                 Fake("slow", rec, wait={"quiesce": lambda: time.sleep(0.5)})],
+                timeout=30, cutoff=time.monotonic() + 0.2)
+    with pytest.raises(QuiesceFailed) as caught:
+        hold.quiesce_all()
+    assert hold.settle(5)
+    statuses = {r.name: r.status for r in caught.value.results}
+    assert statuses == {"quick": "aborted", "slow": "late"}
+    # Both locks were undone: the quick one by the unwind, the late one by its own worker.
+    assert sorted(rec.steps("abort")) == ["quick", "slow"]
+    assert hold.held() == []
+    assert "nothing is held" in (caught.value.hint or "")
+
+
+def test_the_cutoff_bounds_the_wait_even_without_grace() -> None:
+    """quiesce_all returns at the cutoff, not JOIN_GRACE later: pre must answer its caller in
+    time."""
+    rec = Recorder()
+    release = threading.Event()
+    hold = Hold([Fake("stuck", rec, wait={"quiesce": lambda: release.wait(10)})],
+                timeout=30, cutoff=time.monotonic() + 0.3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(QuiesceFailed):
+            hold.quiesce_all()
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+    assert waited < lifecycle.JOIN_GRACE  # generous bound: the cutoff, not the grace, ended it
+    assert hold.settle(5)
+    assert [r.status for r in hold.results()] == ["late"]
+
+
+def test_abandon_stops_the_wait_and_makes_a_later_grant_late() -> None:
+    """'post' came (or pre died) while one lock was still waiting: the core stops waiting at
+    once; the held instance is aborted; the late grant is released by its worker."""
+    rec = Recorder()
+    grant = threading.Event()
+    hold = Hold([Fake("a", rec), Fake("b", rec, wait={"quiesce": lambda: grant.wait(10)})],
+                timeout=30)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            hold.quiesce_all()
+        except QuiesceFailed as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while "a" not in rec.steps("quiesce") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert hold.abandon("'post' came while 'pre' was still acquiring")
+    assert not hold.abandon("twice")
+    worker.join(5)
+    assert not worker.is_alive()
+    assert outcome and "abandoned" in str(outcome[0])
+    grant.set()
+    assert hold.settle(5)
+    statuses = {r.name: r.status for r in hold.results()}
+    assert statuses == {"a": "aborted", "b": "late"}
+    assert "post" in (hold.results()[1].error or "")
+    assert sorted(rec.steps("abort")) == ["a", "b"]
+
+
+def test_abandon_between_prepare_and_quiesce_takes_no_lock() -> None:
+    rec = Recorder()
+    hold = Hold([Fake("a", rec)], timeout=30)
+
+    def prepare_then_abandon() -> None:
+        hold.abandon("'pre' exited")
+
+    hold.slots[0].quiescer.wait["prepare"] = prepare_then_abandon  # type: ignore[attr-defined]
+    with pytest.raises(QuiesceFailed):
+        hold.quiesce_all()
+    assert rec.steps("quiesce") == []
+    assert [r.status for r in hold.results()] == ["skipped"]
 
 
 def test_release_failure_never_skips_another_release() -> None:
