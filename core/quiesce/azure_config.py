@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quiesce.errors import AzureCode, ConfigError, Problem
-from quiesce.schema import Field, Table, validate
+from quiesce.schema import Field, Table, huge_integer_problem, too_deep_problem, validate
 
 DEFAULT_PATH = "/etc/azure/VMSnapshotScriptPluginConfig.json"
 CODE = AzureCode.INCORRECT_JSON_CONFIG_FILE
@@ -157,10 +157,12 @@ def parse_azure_config(data: bytes, source: str = DEFAULT_PATH) -> AzureConfig:
             f"{source}:{exc.lineno}:{exc.colno}", f"malformed JSON: {exc.msg}",
             "fix the JSON syntax (quotes around keys and strings, commas between items, "
             "no trailing comma)")]), code=CODE) from exc
-    except ValueError as exc:
-        raise ConfigError(source, _with_code([Problem(source, str(exc),
-                                                      "use a number or a string")]),
-                          code=CODE) from exc
+    except RecursionError as exc:  # the parser gives up on nesting about 1000 levels deep
+        raise ConfigError(source, _with_code([too_deep_problem(source)]), code=CODE) from exc
+    except ValueError as exc:  # NaN/Infinity (parse_constant), an integer of 4300+ digits
+        problem = huge_integer_problem(source, exc) or Problem(source, str(exc),
+                                                               "use a number or a string")
+        raise ConfigError(source, _with_code([problem]), code=CODE) from exc
     problems = [Problem(key, "key appears more than once", "keep exactly one of them")
                 for key in dict.fromkeys(hook.duplicates)]
     result = validate(SCHEMA, document)

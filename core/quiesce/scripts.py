@@ -7,8 +7,11 @@ What the Azure extension gets wrong and this module does instead:
   as listed: empty strings kept, nothing shell-interpreted;
 * stdin is /dev/null, cwd is ``/``, the script leads a new session (so its process group holds
   everything it starts that does not deliberately leave);
-* stdout and stderr are read as they come and handed line by line to a sink, so any amount of
-  output is safe;
+* stdout and stderr are read as they come, in large reads at pipe speed, so any amount of
+  output is safe: per stream and attempt only a bounded head (:data:`HEAD_BYTES`, handed line
+  by line to a sink as it arrives), a bounded tail (:data:`TAIL_BYTES`, handed to the sink when
+  the attempt ends, after a line saying how many bytes were left out) and the byte count are
+  kept; past the head a read costs no per-line work and no memory;
 * ``timeout`` is the deadline of the whole phase, covering every attempt; at the deadline the
   process group gets SIGTERM, then SIGKILL after a short grace, and is reaped;
 * a failed attempt is really run again, up to ``retries`` times, while the deadline allows.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import selectors
 import shutil
@@ -32,19 +36,45 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from quiesce.deadline import Deadline
 from quiesce.errors import AzureCode, ScriptError
 
-Sink = Callable[[str, str], None]  # (stream: "stdout" | "stderr", line without newline)
+#: Called with (stream: "stdout" | "stderr", one line without its newline): the head's lines as
+#: they arrive, then, when the attempt ends, a note on any bytes left out and the tail's lines.
+Sink = Callable[[str, str], None]
 
 DEFAULT_GRACE = 3.0  # seconds between SIGTERM and SIGKILL at the deadline
 DRAIN_IDLE = 0.05  # after the main process exits: stop when nothing arrives for this long
 DRAIN_MAX = 0.5  # ... and in any case after this long
 MAX_LINE = 64 * 1024  # a longer line is passed on in pieces of this size
 TAIL_LINES = 20
+#: Per stream and attempt: the first bytes, kept and handed to the sink line by line as they come
+HEAD_BYTES = 64 * 1024
+#: Per stream and attempt: the last bytes after the head, handed to the sink when the attempt ends
+TAIL_BYTES = 64 * 1024
+#: One read takes whatever the pipe holds, up to this much
+READ_SIZE = 1024 * 1024
+#: Pipe capacity asked for (F_SETPIPE_SZ): fewer wake-ups for a chatty script; best effort
+PIPE_SIZE = 1024 * 1024
 #: PATH for scripts when the runner has none
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class StreamOutput:
+    """What one attempt wrote to one stream: its size and the bounded part kept of it."""
+
+    stream: str  # "stdout" | "stderr"
+    bytes: int  # everything the script wrote, kept or not
+    head: str  # the first HEAD_BYTES (UTF-8, invalid bytes replaced)
+    tail: str  # the last TAIL_BYTES after the head
+    omitted_bytes: int  # bytes between head and tail that were counted, not kept
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bytes": self.bytes, "head": self.head, "tail": self.tail,
+                "omitted_bytes": self.omitted_bytes}
 
 
 @dataclass(frozen=True)
@@ -57,10 +87,15 @@ class Attempt:
     exit_code: int | None  # None when killed by a signal
     signal: int | None = None
     timed_out: bool = False
+    output: tuple[StreamOutput, ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
+
+    def output_bytes(self) -> dict[str, int]:
+        """Bytes written to each stream during this attempt."""
+        return {o.stream: o.bytes for o in self.output}
 
 
 @dataclass
@@ -85,6 +120,13 @@ class ScriptResult:
     @property
     def exit_codes(self) -> list[int | None]:
         return [a.exit_code for a in self.attempts]
+
+    def output_json(self) -> dict[str, Any]:
+        """The last attempt's output per stream (bytes, head, tail, omitted_bytes), for the
+        status JSON; empty when nothing ran."""
+        if not self.attempts:
+            return {}
+        return {o.stream: o.as_dict() for o in self.attempts[-1].output}
 
     @property
     def code(self) -> AzureCode | None:
@@ -226,9 +268,81 @@ class _LineSplitter:
             self.buffer.clear()
 
     def _emit(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        self.note(raw.decode("utf-8", errors="replace").rstrip("\r"))
+
+    def note(self, line: str) -> None:
+        """Hand one line (of output, or quiesce's own note about it) to the sink."""
         self.tail.append(f"{self.stream}: {line}")
         self.sink(self.stream, line)
+
+
+class _Capture:
+    """One stream of one attempt: the byte count, a bounded head and a bounded tail.
+
+    The head goes to the sink line by line as it arrives (a short script's output reads
+    exactly as it was written). Past it, a chunk only adds to the count and to the tail buffer:
+    no line splitting, no decoding, no growth. The tail goes to the sink when the attempt ends,
+    after a line saying how many bytes were left out, if any.
+    """
+
+    def __init__(self, stream: str, sink: Sink, tail: deque[str]) -> None:
+        self.stream = stream
+        self.total = 0
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.splitter = _LineSplitter(stream, sink, tail)
+        self.closed = False
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        room = HEAD_BYTES - len(self.head)
+        if room > 0:
+            if len(data) <= room:
+                self.head += data
+                self.splitter.feed(data)
+                return
+            self.head += data[:room]
+            self.splitter.feed(data[:room])
+            data = data[room:]
+        if len(data) >= TAIL_BYTES:
+            self.tail[:] = data[-TAIL_BYTES:]
+            return
+        self.tail += data
+        excess = len(self.tail) - TAIL_BYTES
+        if excess > 0:
+            del self.tail[:excess]
+
+    @property
+    def omitted(self) -> int:
+        return self.total - len(self.head) - len(self.tail)
+
+    def close(self) -> None:
+        """Hand the rest to the sink: the tail, after a note on what was left out."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.omitted:
+            self.splitter.close()  # the head's last, unfinished line
+            self.splitter.note(
+                f"[quiesce: {self.stream} was {self.total} bytes; {self.omitted} bytes after "
+                f"the first {len(self.head)} are not shown, the last {len(self.tail)} follow]")
+        if self.tail:
+            self.splitter.feed(bytes(self.tail))
+        self.splitter.close()
+
+    def result(self) -> StreamOutput:
+        return StreamOutput(stream=self.stream, bytes=self.total,
+                            head=self.head.decode("utf-8", "replace"),
+                            tail=self.tail.decode("utf-8", "replace"),
+                            omitted_bytes=self.omitted)
+
+
+def _grow_pipe(fd: int) -> None:
+    """Ask for a larger pipe (fewer wake-ups); the default 64 KiB works too."""
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setpipe is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, setpipe, PIPE_SIZE)
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -253,12 +367,13 @@ class _Execution:
             close_fds=True,
         )
         self.selector = selectors.DefaultSelector()
-        self.splitters: dict[int, _LineSplitter] = {}
+        self.captures: dict[int, _Capture] = {}
         for name, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
             assert pipe is not None
             fd = pipe.fileno()
             os.set_blocking(fd, False)
-            self.splitters[fd] = _LineSplitter(name, sink, tail)
+            _grow_pipe(fd)
+            self.captures[fd] = _Capture(name, sink, tail)
             self.selector.register(fd, selectors.EVENT_READ, "pipe")
         self.pidfd = -1
         with contextlib.suppress(OSError, AttributeError):
@@ -275,15 +390,15 @@ class _Execution:
                 continue
             fd = int(key.fd)  # type: ignore[call-overload]
             try:
-                data = os.read(fd, 65536)
+                data = os.read(fd, READ_SIZE)
             except BlockingIOError:
                 continue
             if data:
                 got = True
-                self.splitters[fd].feed(data)
+                self.captures[fd].feed(data)
             else:
                 self.selector.unregister(fd)
-                self.splitters[fd].close()
+                self.captures[fd].close()
         return got
 
     def _open_pipes(self) -> int:
@@ -324,6 +439,9 @@ class _Execution:
             self.proc.wait(timeout=max(grace, 5.0))
         self.drain()
 
+    def output(self) -> tuple[StreamOutput, ...]:
+        return tuple(capture.result() for capture in self.captures.values())
+
     def close(self) -> None:
         if self.proc.poll() is None:  # an exception escaped mid-attempt: leave nothing behind
             _killpg(self.proc.pid, signal.SIGKILL)
@@ -332,8 +450,8 @@ class _Execution:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
-        for splitter in self.splitters.values():
-            splitter.close()
+        for capture in self.captures.values():
+            capture.close()
         self.selector.close()
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
@@ -398,6 +516,7 @@ def run_script(
             exit_code=code if code is not None and code >= 0 else None,
             signal=-code if code is not None and code < 0 else None,
             timed_out=not exited,
+            output=execution.output(),
         )
         result.attempts.append(attempt)
         if attempt.ok or attempt.timed_out:

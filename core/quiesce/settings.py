@@ -33,7 +33,16 @@ from typing import Any
 from quiesce import hookspecs
 from quiesce.engine import EngineType, InstanceSettings
 from quiesce.errors import ConfigError, PermissionProblem, PluginError, Problem
-from quiesce.schema import Field, Table, TableList, closest_hint
+from quiesce.schema import (
+    Field,
+    Table,
+    TableList,
+    closest_hint,
+    document_problems,
+    huge_integer_problem,
+    too_deep_problem,
+    unique,
+)
 
 DEFAULT_PATH = "/etc/quiesce/quiesce.toml"
 DEFAULT_STATE_DIR = "/var/lib/quiesce"
@@ -169,7 +178,16 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             problems.append(Problem(path, f"is not valid TOML: {exc}",
                                     "fix the syntax at the line and column shown"))
+        except RecursionError:  # tomllib recurses once per nested array or inline table
+            problems.append(too_deep_problem(path))
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            problems.append(huge_integer_problem(path, exc) or
+                            Problem(path, f"is not valid TOML: {exc}"))
     if raw is None or (problems and not document):
+        raise ConfigError(path, problems)
+    shape = document_problems(document)
+    problems.extend(shape)
+    if any(p.message.startswith("is nested more than") for p in shape):
         raise ConfigError(path, problems)
 
     core_doc = {k: v for k, v in document.items() if k in CORE_FIELDS}
@@ -271,12 +289,14 @@ def load_settings(
         problems.append(Problem(path, "selects no database instance",
                                 "add a section such as [[postgresql]] (see "
                                 "docs/configuration.md)"))
-    if pre_timeout >= max_hold and "pre_timeout_seconds" in core_doc:
+    # Only between two usable values: an invalid one is already reported (and left out).
+    given = "pre_timeout_seconds" in core_doc and "pre_timeout_seconds" in core
+    if pre_timeout >= max_hold and given and "max_hold_seconds" in core:
         problems.append(Problem("pre_timeout_seconds",
                                 f"{pre_timeout:g} must be shorter than max_hold_seconds "
                                 f"({max_hold:g})", "lower pre_timeout_seconds"))
     if problems:
-        raise ConfigError(path, problems)
+        raise ConfigError(path, unique(problems))
     return Settings(
         path=os.path.abspath(path),
         engines=engines,
