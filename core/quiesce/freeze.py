@@ -170,6 +170,7 @@ class _WatchdogProcess:
         self.control: socket.socket | None = None
         self.report = ""
         self.returncode: int | None = None
+        self.scope_reason = ""  # where it runs: its own systemd scope, or why not
 
     @staticmethod
     def command(timeout: float, fds: Sequence[int]) -> list[str]:
@@ -184,11 +185,28 @@ class _WatchdogProcess:
         return [sys.executable, "-B", "-m", "quiesce.watchdog", *args]  # zipped install
 
     def start(self) -> None:
+        """Start it, in a systemd scope of its own where systemd is PID 1 (quiesce.scope: a
+        caller that kills its cgroup must not take the watchdog with it); should systemd-run
+        fail, it starts again without one, as it would where systemd is not PID 1."""
+        from quiesce.scope import in_own_scope, scope_unit_name
+
+        argv = self.command(self.timeout, self.fds)
+        decision = in_own_scope(argv, scope_unit_name(
+            "watchdog", f"{os.getpid()}-{time.monotonic_ns()}"))
+        self.scope_reason = decision.reason
+        if decision.wrapped:
+            try:
+                self._start(list(decision.argv), argv)
+                return
+            except FreezeError as exc:
+                self.scope_reason = f"systemd-run failed ({exc}); started in the caller's cgroup"
+        self._start(argv, argv)
+
+    def _start(self, argv: list[str], plain: list[str]) -> None:
         # The control channel is a socket so that telling a watchdog that already exited to
         # stand down is EPIPE (MSG_NOSIGNAL), never a SIGPIPE that could kill the runner.
-        argv = self.command(self.timeout, self.fds)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-        if "-m" in argv:  # not isolated: it needs the environment that finds quiesce
+        if "-m" in plain:  # not isolated: it needs the environment that finds quiesce
             env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
