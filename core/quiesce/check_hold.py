@@ -176,7 +176,7 @@ def _scripts(config: Any, config_path: str) -> list[tuple[str, str, tuple[str, .
     try:
         with open_trusted(config_path, "config") as trusted:
             document = json.loads(trusted.read_bytes(MAX_CONFIG_BYTES))
-    except (QuiesceError, ValueError, OSError):
+    except (QuiesceError, ValueError, OSError, RecursionError):
         return []
     if not isinstance(document, dict):
         return []
@@ -223,7 +223,7 @@ def _read_document(path: str) -> tuple[str, dict[str, Any]] | None:
                 return None
             text = handle.read(16 * 1024 * 1024).decode("utf-8")
         return text, tomllib.loads(text)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (OSError, ValueError, RecursionError):  # TOMLDecodeError is a ValueError
         return None
 
 

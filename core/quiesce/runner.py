@@ -473,8 +473,10 @@ class Runner:
                 {"number": a.number, "start": report.iso(a.started_at),
                  "duration": round(a.duration_s, 6),
                  "duration_ms": round(a.duration_s * 1000, 3), "exit_code": a.exit_code,
-                 "signal": a.signal, "timed_out": a.timed_out}
+                 "signal": a.signal, "timed_out": a.timed_out,
+                 "output_bytes": a.output_bytes()}
                 for a in result.attempts],
+            "output": result.output_json(),
         }
         if result.ok:
             record.status = "ok"
@@ -660,7 +662,7 @@ def _lenient_script_paths(path: str) -> dict[str, str]:
     try:
         with open_trusted(path, "config") as trusted:
             document = json.loads(trusted.read_bytes(azure_config.MAX_CONFIG_BYTES))
-    except (QuiesceError, ValueError, OSError):
+    except (QuiesceError, ValueError, OSError, RecursionError):
         return {}
     if not isinstance(document, dict):
         return {}

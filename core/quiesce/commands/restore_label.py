@@ -100,7 +100,7 @@ def _configured_state_dir(config: str) -> str | None:
         return None
     try:
         document = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # undecodable, not TOML, too deep
         from quiesce_postgresql.restore import RestoreLabelError
 
         raise RestoreLabelError(f"{config} cannot be read as TOML: {exc}",
