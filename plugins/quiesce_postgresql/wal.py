@@ -74,3 +74,49 @@ def sha256_text(text: str | None) -> str | None:
     if text is None:
         return None
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def label_checkpoint_lsn(text: str) -> str | None:
+    """The LSN of ``CHECKPOINT LOCATION: 0/2000060``: the backup's starting checkpoint."""
+    lsn = parse_backup_label(text).get("CHECKPOINT LOCATION", "").split(" ", 1)[0]
+    return lsn if _LSN.match(lsn) else None
+
+
+def label_mismatches(label: str, *, copy_system_identifier: str, copy_timeline: int,
+                     copy_checkpoint: int, stop_lsn: int | None,
+                     label_system_identifier: str | None) -> list[str]:
+    """Why ``label`` does not belong to a copy whose pg_control says the rest; [] if it does.
+
+    A copy taken while this backup was held has: the same cluster (system identifier) and
+    timeline, and a latest checkpoint that is the backup's own starting checkpoint or one that
+    completed during the hold: ``label CHECKPOINT LOCATION <= copy's checkpoint <= stop_lsn``
+    (equality is not the rule). A copy from before the hold has an older checkpoint, one from
+    after it a newer one; recovery from such a pairing reports success and loses or mixes data.
+    ``stop_lsn`` None (no record at hand) skips the upper bound.
+    """
+    reasons: list[str] = []
+    if label_system_identifier not in (None, "") and str(label_system_identifier) != str(
+            copy_system_identifier):
+        reasons.append(f"the copy is of another cluster: system identifier "
+                       f"{copy_system_identifier} in its pg_control, {label_system_identifier} "
+                       "in the record")
+    timeline = label_timeline(label)
+    if timeline is None:
+        reasons.append("the label has no START TIMELINE line")
+    elif timeline != copy_timeline:
+        reasons.append(f"the label is for timeline {timeline}, the copy's checkpoint is on "
+                       f"timeline {copy_timeline}")
+    start_text, checkpoint_text = label_start_lsn(label), label_checkpoint_lsn(label)
+    if start_text is None or checkpoint_text is None:
+        reasons.append("the label has no START WAL LOCATION or CHECKPOINT LOCATION line")
+        return reasons
+    checkpoint = parse_lsn(checkpoint_text)
+    if copy_checkpoint < checkpoint:
+        reasons.append(f"the copy's latest checkpoint {format_lsn(copy_checkpoint)} is older "
+                       f"than the backup's starting checkpoint {checkpoint_text}: the copy was "
+                       "taken before this backup began")
+    if stop_lsn is not None and copy_checkpoint > stop_lsn:
+        reasons.append(f"the copy's latest checkpoint {format_lsn(copy_checkpoint)} is newer "
+                       f"than the backup's end (stop_lsn {format_lsn(stop_lsn)}): the copy "
+                       "was taken after this backup ended, or has been started since")
+    return reasons

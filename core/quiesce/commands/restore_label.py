@@ -1,12 +1,16 @@
 """``quiesce restore-label``: write a recorded backup_label into a restored data directory.
 
     quiesce restore-label [--state-dir DIR | --config TOML] [--run-id ID | --record FILE]
-                          [--name NAME] [--force] [--allow-auto-released] [--json] DATADIR
+                          [--name NAME] [--force] [--wal-from-archive] [--pg-bindir DIR]
+                          [--unsafe-skip-label-check] [--unsafe-accept-inconsistent]
+                          [--json] DATADIR
 
 The run record comes from the catalog (``--state-dir``, else ``QUIESCE_STATE_DIR``, else the
-``state_dir`` of quiesce.toml; newest run unless ``--run-id``) or from a record file
-(``--record``, e.g. a copy kept next to the snapshot). Exit 0 when the label was written, 2
-when refused (with the reason and the fix).
+``state_dir`` of quiesce.toml) or from a record file (``--record``: the run record, or the
+output of ``quiesce post --json``, kept next to the snapshot). Without ``--run-id`` or
+``--record`` every run of the catalog is compared with the copy's pg_control and the one whose
+label belongs to it is used; none or several is a refusal. Exit 0 when the label was written,
+2 when refused (with the reason and the fix).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data_dir", metavar="DATADIR",
                         help="the RESTORED PostgreSQL data directory (never a live one)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--run-id", help="the run whose label to restore (default: newest)")
+    source.add_argument("--run-id", help="the run whose label to restore (default: the one "
+                                         "run whose label matches the copy's pg_control)")
     source.add_argument("--record", metavar="FILE",
                         help="read the run record (or one instance's metadata) from this JSON "
                              "file instead of the state directory")
@@ -37,11 +42,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "when it exists)")
     parser.add_argument("--name", help="the [[postgresql]] instance, when the run has several")
     parser.add_argument("--force", action="store_true",
-                        help="replace an existing backup_label/tablespace_map")
-    parser.add_argument("--allow-auto-released", action="store_true",
-                        help="use the label of a hold that max_hold_seconds ended before "
-                             "'post' came (right only if the snapshot was taken before it "
-                             "ended)")
+                        help="replace an existing backup_label/tablespace_map (and nothing "
+                             "else)")
+    parser.add_argument("--wal-from-archive", action="store_true",
+                        help="do not require the WAL through stop_lsn in the copy's pg_wal: "
+                             "recovery will fetch it with restore_command (set it and create "
+                             "recovery.signal)")
+    parser.add_argument("--pg-bindir", metavar="DIR",
+                        help="where pg_waldump of the data directory's PostgreSQL version is "
+                             "(default: /usr/lib/postgresql/N/bin, /usr/pgsql-N/bin, PATH)")
+    parser.add_argument("--unsafe-skip-label-check", action="store_true",
+                        help="DANGEROUS: install the label even if the copy's pg_control says "
+                             "it belongs to another cluster, timeline or moment; recovery "
+                             "then reports success and silently loses or mixes data")
+    parser.add_argument("--unsafe-accept-inconsistent", "--allow-auto-released",
+                        dest="unsafe_accept_inconsistent", action="store_true",
+                        help="DANGEROUS: use the label of a run recorded as not consistent "
+                             "(auto-released, lost, late, aborted...): right only if the "
+                             "snapshot was taken while backup mode was held")
     parser.add_argument("--tablespace-mapping", action="append", default=[],
                         metavar="OLDDIR=NEWDIR",
                         help="put the tablespace recorded at OLDDIR at NEWDIR instead "
@@ -49,7 +67,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _load(args: argparse.Namespace) -> dict[str, Any]:
+def _load(args: argparse.Namespace) -> tuple[str | None, dict[str, Any] | None]:
+    """(run id, record) of --record or --run-id; (None, None) when the catalog is to be
+    searched."""
     from quiesce_postgresql.restore import RestoreLabelError
 
     if args.record:
@@ -62,15 +82,53 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
             raise RestoreLabelError(f"{args.record} is not JSON: {exc}") from exc
         if not isinstance(record, dict):
             raise RestoreLabelError(f"{args.record} does not hold a JSON object")
-        return record
-    state_dir = (args.state_dir or os.environ.get("QUIESCE_STATE_DIR")
-                 or _configured_state_dir(args.config) or _default_state_dir())
-    try:
+        return record.get("run_id") if isinstance(record.get("run_id"), str) else None, record
+    if args.run_id:
         from quiesce.catalog import load_record
-    except ImportError as exc:
-        raise RestoreLabelError("this build has no run catalog",
-                                hint="pass the record file with --record") from exc
-    return load_record(state_dir, run_id=args.run_id)
+
+        return args.run_id, load_record(_state_dir(args), run_id=args.run_id)
+    return None, None
+
+
+def _state_dir(args: argparse.Namespace) -> str:
+    return (args.state_dir or os.environ.get("QUIESCE_STATE_DIR")
+            or _configured_state_dir(args.config) or _default_state_dir())
+
+
+def _find_run(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The one run of the catalog whose label belongs to the copy in DATADIR."""
+    from pathlib import Path
+
+    from quiesce.catalog import CatalogError, RecordNotFound, list_runs, load_record
+    from quiesce_postgresql.restore import LabelMismatch, check_data_dir, match_runs
+
+    state_dir = _state_dir(args)
+    directory = Path(os.path.abspath(args.data_dir))
+    check_data_dir(directory)
+    runs = []
+    for run_id in reversed(list_runs(state_dir)):  # newest first
+        try:
+            runs.append((run_id, load_record(state_dir, run_id)))
+        except CatalogError:  # vanished or unreadable: it cannot be the one
+            continue
+    if not runs:
+        raise RecordNotFound(f"no run record in {state_dir}",
+                             hint="records are written by 'quiesce post'; pass --state-dir, "
+                                  "or --record with the record kept next to the snapshot")
+    matching, others = match_runs(directory, runs, args.name)
+    if len(matching) == 1:
+        return matching[0], dict(runs)[matching[0]]
+    if matching:
+        raise LabelMismatch(
+            f"several runs have a label that fits {directory}: {', '.join(matching)}",
+            hint="choose one with --run-id (the run whose hold the snapshot was taken in)")
+    shown = others[:5] + ([f"... and {len(others) - 5} older runs"] if len(others) > 5 else [])
+    raise LabelMismatch(
+        f"no run in {state_dir} has a label that belongs to {directory}:\n  "
+        + "\n  ".join(shown),
+        hint="this copy was not taken during a backup-mode hold recorded here: use the state "
+             "dir or record kept with its snapshot (--state-dir/--record), or restore it as "
+             "crash-consistent if every disk was snapshotted at one instant (docs/restore.md)")
 
 
 def _default_state_dir() -> str:
@@ -119,18 +177,30 @@ def main(args: argparse.Namespace) -> int:
             raise RestoreLabelError(f"--tablespace-mapping {item!r} is not OLDDIR=NEWDIR",
                                     hint="both directories must be absolute paths")
         mapping[os.path.normpath(old)] = os.path.normpath(new)
-    record = _load(args)
+    run_id, record = _load(args)
+    if record is None:
+        run_id, record = _find_run(args)
     name, metadata = find_label_metadata(record, args.name,
-                                         allow_auto_released=args.allow_auto_released)
+                                         accept_inconsistent=args.unsafe_accept_inconsistent)
     result = install_label(args.data_dir, metadata, force=args.force, instance=name,
-                           tablespace_mapping=mapping)
+                           tablespace_mapping=mapping,
+                           unsafe_skip_label_check=args.unsafe_skip_label_check,
+                           wal_from_archive=args.wal_from_archive, pg_bindir=args.pg_bindir)
+    result.run_id = run_id
+    if args.unsafe_accept_inconsistent and record.get("consistent") is not True:
+        result.warnings.insert(0, "--unsafe-accept-inconsistent: run recorded as not "
+                                  f"consistent ({record.get('message') or record.get('state')})")
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
-        print(f"wrote {', '.join(result.written)} into {result.data_dir}"
-              f" (start_lsn {result.start_lsn}, stop_lsn {result.stop_lsn})")
+        print(f"wrote {', '.join(result.written)} of run {run_id or '(record file)'} into "
+              f"{result.data_dir} (start_lsn {result.start_lsn}, stop_lsn {result.stop_lsn})")
+        for check in result.checks:
+            print(f"checked: {check}")
         for removed in result.removed:
             print(f"removed stale {removed}")
         for warning in result.warnings:
             print(f"warning: {warning}")
+        print(f"next: quiesce restore-check {result.data_dir}, and do what it says before "
+              "starting the server")
     return 0
