@@ -720,7 +720,7 @@ def check(config_path: str, freeze_mounts: Sequence[str] | None = None) -> Check
                                "ok" if len(result.errors) == before else "problems"))
 
     result.freeze_enabled = result.config.fs_freeze if result.config else None
-    if result.freeze_enabled is not False and not cannot_freeze:
+    if result.freeze_enabled and not cannot_freeze:  # a rejected config freezes nothing
         from quiesce.freeze import discover_mounts
 
         try:
@@ -735,7 +735,9 @@ def format_check(result: CheckResult) -> str:
     lines = [f"quiesce check {result.config_path}"]
     for what, verdict in result.checked:
         lines.append(f"  {what}: {verdict}")
-    if result.freeze_enabled is False:
+    if result.freeze_enabled is None:
+        lines.append("  freeze: nothing (the config was rejected; see the problems below)")
+    elif result.freeze_enabled is False:
         lines.append("  freeze: off (fsFreezeEnabled is false)")
     elif result.freeze_refused:
         lines.append("  freeze: refused (it needs root; see the problem below)")
