@@ -59,9 +59,16 @@ def _print(state: dict[str, Any], as_json: bool) -> None:
         if pending:
             print(f"uncollected result of run {pending.get('run_id')}: {pending.get('message')}")
         return
-    print(f"{state['state']}: run {state.get('run_id')}, holder pid {state.get('holder_pid')}, "
-          f"since {state.get('since')}, until {state.get('until')} "
-          f"({state.get('remaining_seconds')} s left)")
+    line = f"{state['state']}: run {state.get('run_id')}, holder pid {state.get('holder_pid')}"
+    if state["state"] == "quiescing" and state.get("since") is None:
+        line += ", acquiring the locks (not held yet)"  # no hold times before the hold
+    if state.get("since") is not None:
+        line += f", since {state['since']}"
+        if state.get("until") is not None:
+            line += f", until {state['until']}"
+        if state.get("remaining_seconds") is not None:
+            line += f" ({state['remaining_seconds']} s left)"
+    print(line)
     for inst in state.get("instances") or []:
         line = f"  {inst.get('plugin')}/{inst.get('name')}: {inst.get('status')}"
         if inst.get("held_seconds") is not None:
