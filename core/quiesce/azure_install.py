@@ -105,44 +105,17 @@ def _interpreter(path: str) -> str | None:
     return parts[0] if parts and os.path.isabs(parts[0]) else None
 
 
-def _chain_problems(path: str) -> list[str]:
-    """Every component of ``path`` (as given and resolved) that someone but root may replace."""
-    problems: list[str] = []
-    trusted = {0, os.geteuid()}
-    seen: set[str] = set()
-    for candidate in (os.path.abspath(path), os.path.realpath(path)):
-        parts = candidate.split("/")
-        for end in range(1, len(parts) + 1):
-            component = "/".join(parts[:end]) or "/"
-            if component in seen:
-                continue
-            seen.add(component)
-            try:
-                st = os.lstat(component)
-            except OSError as exc:
-                problems.append(f"{component}: {exc.strerror}")
-                break
-            if stat.S_ISLNK(st.st_mode):
-                continue  # its target is checked on the resolved path
-            writable = st.st_mode & 0o022
-            sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-            if st.st_uid not in trusted:
-                problems.append(f"{component} is owned by uid {st.st_uid}")
-            elif writable and not sticky_dir:
-                problems.append(f"{component} is writable by group/other "
-                                f"(mode {stat.S_IMODE(st.st_mode):04o})")
-    return problems
-
-
 def command_problems(command: Sequence[str]) -> list[str]:
     """Why the wrappers' command is not safe to run as root at every backup (empty: safe).
 
     The Azure extension insists that the scripts are root-owned and not writable by others;
     a wrapper that execs a program (or an interpreter, or the quiesce package) that another
     user can replace would hand that user root. Checked: the executable, the interpreter of a
-    ``#!`` script, the quiesce package directory, and every directory above them.
+    ``#!`` script, the quiesce package directory, and every directory above them, by the rule
+    of :func:`quiesce.security.replaceable_components` (sticky ``/tmp`` is refused too).
     """
     import quiesce
+    from quiesce.security import replaceable_components
 
     targets = [command[0]]
     interpreter = _interpreter(command[0])
@@ -151,20 +124,93 @@ def command_problems(command: Sequence[str]) -> list[str]:
     targets.append(os.path.dirname(os.path.abspath(quiesce.__file__)))
     problems: list[str] = []
     for target in targets:
-        for problem in _chain_problems(target):
+        for problem in replaceable_components(target):
             if problem not in problems:
                 problems.append(problem)
     return problems
 
 
-def wrapper_script(phase: str, toml_path: str, command: Sequence[str]) -> bytes:
-    argv = " ".join(shlex.quote(part) for part in [*command, phase, "--config", toml_path])
-    return (
-        "#!/bin/sh\n"
-        f"# Azure VM Backup {phase}-script, installed by 'quiesce install azure'.\n"
-        f"# It hands over to 'quiesce {phase}'; see docs/configuration.md.\n"
-        f'exec {argv} "$@"\n'
-    ).encode()
+def guard_paths(command: Sequence[str]) -> list[str]:
+    """The files and directories a wrapper re-checks before it execs ``command``: every
+    existing component (as named and resolved) of the executable, the interpreter of a
+    ``#!`` script and the quiesce package directory, from ``/`` down."""
+    import quiesce
+
+    targets = [command[0]]
+    interpreter = _interpreter(command[0])
+    if interpreter:
+        targets.append(interpreter)
+    targets.append(os.path.dirname(os.path.abspath(quiesce.__file__)))
+    paths: list[str] = []
+    for target in targets:
+        for candidate in (os.path.abspath(target), os.path.realpath(target)):
+            parts = candidate.split("/")
+            for end in range(1, len(parts) + 1):
+                component = "/".join(parts[:end]) or "/"
+                if component not in paths and os.path.lexists(component):
+                    paths.append(component)
+    return paths
+
+
+# The wrapper's own re-check, in POSIX sh: ``replaceable PATH`` succeeds when PATH (not a
+# symlink: only its directory, also listed, can replace one) is missing, writable by group or
+# other (sticky or not), or owned by a uid other than the trusted ones. ``ls -ldn`` is POSIX;
+# a missing /bin/ls reads as "replaceable", so the wrapper fails closed.
+_GUARD = """\
+replaceable() {{
+    [ -L "$1" ] && return 1
+    [ -e "$1" ] || return 0
+    read -r mode _ uid _ <<LS
+$(LC_ALL=C /bin/ls -ldn -- "$1" 2>/dev/null)
+LS
+    case "$mode" in ?????w*|????????w*) return 0 ;; esac
+    case "$uid" in {uids}) return 1 ;; esac
+    return 0
+}}
+for path in {paths}; do
+    if replaceable "$path"; then
+        echo "{name}: refusing to run quiesce: $path could be replaced by a user other than" \\
+             "root (it must exist, be root-owned and not group/other-writable); reinstall" \\
+             "quiesce where only root can write and rerun 'quiesce install azure --force'" >&2
+        exit 126
+    fi
+done
+"""
+
+#: The wrapper's exit status when its re-check refuses (the shell's "cannot execute").
+GUARD_EXIT = 126
+
+
+def wrapper_script(phase: str, toml_path: str, command: Sequence[str], *,
+                   azure_config_path: str | None = None,
+                   guard: Sequence[str] = ()) -> bytes:
+    """The ``#!/bin/sh`` wrapper for ``phase``.
+
+    The pre-script passes ``--azure-config`` so that ``quiesce pre`` reads the Azure config at
+    run time and finishes (all held, or nothing) before ``timeoutInSeconds`` (see
+    :mod:`quiesce.caller_deadline`). ``guard`` lists the paths the wrapper re-checks before
+    the exec (:func:`guard_paths`): at every backup, not only at install, the quiesce it runs
+    as root must not be replaceable by another user (a venv under a tmp-cleaned /tmp is).
+    """
+    parts = [*command, phase, "--config", toml_path]
+    if azure_config_path is not None:
+        parts += ["--azure-config", azure_config_path]
+    argv = " ".join(shlex.quote(part) for part in parts)
+    lines = [
+        "#!/bin/sh",
+        f"# Azure VM Backup {phase}-script, installed by 'quiesce install azure'.",
+        f"# It hands over to 'quiesce {phase}'; see docs/configuration.md.",
+    ]
+    if azure_config_path is not None:
+        lines.append(f"# --azure-config: 'quiesce {phase}' reads timeoutInSeconds at every "
+                     "backup.")
+    text = "\n".join(lines) + "\n"
+    if guard:
+        uids = "|".join(dict.fromkeys(["0", str(os.geteuid())]))
+        text += ("# Refuse to run quiesce as root if anyone but root could have replaced it.\n"
+                 + _GUARD.format(uids=uids, paths=" ".join(shlex.quote(p) for p in guard),
+                                 name=f"quiesce-{phase}.sh"))
+    return (text + f'exec {argv} "$@"\n').encode()
 
 
 def azure_config(pre_path: str, post_path: str, timeout: int) -> bytes:
@@ -351,13 +397,16 @@ def plan(prefix: str = "/", plugins: Sequence[str] | None = None, *, force: bool
     toml_path = _join(prefix, QUIESCE_TOML)
     pre_path = _join(prefix, PRE_SCRIPT)
     post_path = _join(prefix, POST_SCRIPT)
+    azure_path = _join(prefix, AZURE_CONFIG)
     command = quiesce_command()
+    guard = guard_paths(command)
     files = [
-        PlannedFile(_join(prefix, AZURE_CONFIG),
+        PlannedFile(azure_path,
                     azure_config(pre_path, post_path,
                                  azure_timeout(max_hold, DEFAULT_PRE_TIMEOUT)), 0o600),
-        PlannedFile(pre_path, wrapper_script("pre", toml_path, command), 0o700),
-        PlannedFile(post_path, wrapper_script("post", toml_path, command), 0o700),
+        PlannedFile(pre_path, wrapper_script("pre", toml_path, command,
+                                             azure_config_path=azure_path, guard=guard), 0o700),
+        PlannedFile(post_path, wrapper_script("post", toml_path, command, guard=guard), 0o700),
         PlannedFile(toml_path, toml_skeleton(engines, max_hold), 0o600),
     ]
     stamp = time.strftime("%Y%m%dT%H%M%S")

@@ -49,9 +49,6 @@ QUIESCE_CONFIG_CODE = "IncorrectQuiesceConfigFile"
 PHASES = ("pre", "post")
 #: A wrapper is a few lines; anything bigger is not one of ours and is not parsed.
 MAX_WRAPPER_BYTES = 64 * 1024
-# Seconds ``quiesce pre`` waits for its holder beyond pre_timeout_seconds (start-up, imports);
-# mirrors quiesce.commands.pre.STARTUP_MARGIN.
-PRE_STARTUP_MARGIN = 30.0
 
 _PYTHON_RE = re.compile(r"^python[0-9.]*$")
 
@@ -112,14 +109,32 @@ def _split_quiesce(tokens: list[str]) -> tuple[list[str], list[str]] | None:
     return None
 
 
+def _logical_lines(text: str) -> list[tuple[int, str]]:
+    """(1-based number of its first physical line, text) of each line, with backslash-newline
+    continuations joined as the shell joins them."""
+    out: list[tuple[int, str]] = []
+    pending = ""
+    start = 0
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        out.append((start, pending + line))
+        pending = ""
+    if pending:
+        out.append((start, pending))
+    return out
+
+
 def find_wrapper_call(text: str, script: str, params: Sequence[str]) -> WrapperCall | None:
     """The first line of a shell script that runs ``quiesce pre`` or ``quiesce post``.
 
     ``params`` (the Azure config's params for this script) replace a ``"$@"`` argument, as the
     shell would. Returns None when the script runs no quiesce pre/post: it is not a wrapper.
     """
-    text = text.replace("\\\n", "")  # line continuations
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in _logical_lines(text):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -312,12 +327,17 @@ def check_hold(config: Any, config_path: str) -> HoldCheck:
     """
     result = HoldCheck()
     calls: dict[str, tuple[WrapperCall, argparse.Namespace]] = {}
+    # Phases whose script does not run quiesce at all (read, and no quiesce call found). A
+    # script that could not be trusted was never read; one whose quiesce call has a problem
+    # is reported with that problem: neither is "not a wrapper".
+    not_wrappers: set[str] = set()
     for phase, path, params in _scripts(config, config_path):
         text = _read_script(path)
         if text is None:
             continue
         call = find_wrapper_call(text, path, params)
         if call is None:
+            not_wrappers.add(phase)
             continue
         failed = AzureCode.for_phase(phase, "failed")
         if call.command != phase:
@@ -382,7 +402,11 @@ def check_hold(config: Any, config_path: str) -> HoldCheck:
             result.instances[toml_path] = instances
             result.checked.append((what, f"ok ({', '.join(instances)})"))
             if config is not None:
-                _timeout_note(result, settings, config)
+                timeout_error = timeout_problem(settings.pre_timeout_seconds, config,
+                                                toml_path, config_path)
+                if timeout_error is not None:
+                    result.errors.append(timeout_error)
+        _deadline_check(result, call, args, config_path)
         if "post" in calls:
             post_config = _resolve_config(calls["post"][1].config)
             if post_config != toml_path:
@@ -390,7 +414,7 @@ def check_hold(config: Any, config_path: str) -> HoldCheck:
                     f"the post-script names --config {post_config} but the pre-script "
                     f"{toml_path}; 'quiesce post' releases what 'pre' holds and reads no "
                     "configuration, so only the pre-script's file is checked")
-    elif "post" in calls:
+    elif "post" in calls and "pre" in not_wrappers:
         result.notes.append(
             f"{calls['post'][0].script} runs 'quiesce post' but the pre-script does not run "
             "'quiesce pre' in a way check recognises: if nothing is held, 'quiesce post' exits "
@@ -432,16 +456,68 @@ def _program_problem(call: WrapperCall, phase: str) -> RunError | None:
     return None
 
 
-def _timeout_note(result: HoldCheck, settings: Settings, config: Any) -> None:
-    """A note when Azure may give up on ``pre`` before ``pre`` gives up by itself."""
-    longest = settings.pre_timeout_seconds + PRE_STARTUP_MARGIN
-    if config.timeout_seconds < longest:
+def timeout_problem(pre_timeout: float, config: Any, toml_path: str,
+                    config_path: str) -> RunError | None:
+    """The error when Azure's ``timeoutInSeconds`` cannot fit ``pre``'s own budget, or None.
+
+    ``quiesce pre`` may use up to ``pre_timeout_seconds`` to hold every instance, and must be
+    done a poll margin before ``timeoutInSeconds`` (capped by the extension at 1800 s) for the
+    extension to see it finish in time (:func:`quiesce.caller_deadline.azure_poll_margin`).
+    When the two do not fit, every slow backup ends in Pre-ScriptTimeout, or in a ``pre`` that
+    gives up early at its run-time deadline: the message says which value to change, to what.
+    """
+    from quiesce.caller_deadline import AZURE_TIMEOUT_CAP, azure_poll_margin
+
+    margin = azure_poll_margin(config)
+    timeout = int(config.timeout_seconds)
+    limit = min(timeout, AZURE_TIMEOUT_CAP)
+    needed = float(pre_timeout) + margin
+    if needed <= limit:
+        return None
+    poll = getattr(config, "poll_seconds", None)
+    why = (f"ScriptsExecutionPollTimeSeconds {poll}" if poll else
+           "the longest poll period, 5 s, since ScriptsExecutionPollTimeSeconds is not set")
+    capped = (f" (capped by the extension at {AZURE_TIMEOUT_CAP})"
+              if timeout > AZURE_TIMEOUT_CAP else "")
+    message = (f"{config_path}: timeoutInSeconds {timeout}{capped} cannot fit 'quiesce pre': "
+               f"pre_timeout_seconds {pre_timeout:g} (from {toml_path}) + {margin:g} s for "
+               f"Azure to see it finish ({why}, + 1 s start-up) = {needed:g} s")
+    fixes = []
+    wanted = math.ceil(needed)
+    if wanted <= AZURE_TIMEOUT_CAP:
+        fixes.append(f"raise timeoutInSeconds in {config_path} to at least {wanted}")
+    lowest = math.floor(limit - margin)
+    if lowest >= 1:
+        fixes.append(f"lower pre_timeout_seconds in {toml_path} to at most {lowest}")
+    if not fixes:  # neither value alone can fit: both must change
+        fixes.append(f"set timeoutInSeconds to {AZURE_TIMEOUT_CAP} and pre_timeout_seconds to "
+                     f"at most {math.floor(AZURE_TIMEOUT_CAP - margin)}")
+    return RunError.azure(AzureCode.INCORRECT_JSON_CONFIG_FILE, "check", message,
+                          " or ".join(fixes))
+
+
+def _deadline_check(result: HoldCheck, call: WrapperCall, args: argparse.Namespace,
+                    config_path: str) -> None:
+    """The pre-script must give ``quiesce pre`` this very Azure config as ``--azure-config``,
+    so that its deadline follows ``timeoutInSeconds`` at run time."""
+    named = getattr(args, "azure_config", None)
+    where = f"{call.script}:{call.line}"
+    if not named:
         result.notes.append(
-            f"timeoutInSeconds is {config.timeout_seconds} but 'quiesce pre' may take up to "
-            f"{longest:g} s (pre_timeout_seconds {settings.pre_timeout_seconds:g} + "
-            f"{PRE_STARTUP_MARGIN:g} s start-up) before it gives up by itself; raise "
-            f"timeoutInSeconds to at least {math.ceil(longest)} (quiesce install azure "
-            "sizes it so) or lower pre_timeout_seconds")
+            f"WARNING: {where}: the pre-script does not pass --azure-config, so 'quiesce pre' "
+            "has no run-time deadline from timeoutInSeconds: when a lock takes longer than "
+            "Azure waits, Azure snapshots anyway and 'pre' goes on to hold after the "
+            "snapshot (an older 'quiesce install azure' wrote it this way); rerun 'quiesce "
+            "install azure --force' to get the current wrappers")
+        return
+    if os.path.realpath(named) != os.path.realpath(config_path):
+        result.errors.append(RunError.azure(
+            AzureCode.PRE_SCRIPT_EXECUTION_FAILED, "check",
+            f"{where}: the pre-script passes --azure-config {named}, but the Azure config is "
+            f"{config_path}: 'quiesce pre' would take its deadline from another file's "
+            "timeoutInSeconds",
+            f"pass --azure-config {config_path} in {call.script}, or rerun 'quiesce install "
+            "azure --force'"))
 
 
 def merge_into(check_result: Any, hold: HoldCheck) -> None:

@@ -469,3 +469,98 @@ def check_trusted(path: str | os.PathLike[str], kind: Kind, *,
     except PermissionProblem as exc:
         return list(exc.problems)
     return []
+
+
+# --- where quiesce itself is installed ---------------------------------------------------------
+
+
+class UnsafeInstallation(QuiesceError):
+    """The quiesce program (its executable, interpreter or package) lives where users other
+    than root could replace it, so root must not run it."""
+
+
+INSTALL_HINT = ("install quiesce where only root can write, e.g. a root-owned venv under /opt "
+                "whose directories are mode 755 (never under /tmp, /var/tmp or /dev/shm, even "
+                "though they are sticky), then rerun 'quiesce install azure --force' from it")
+
+
+def replaceable_components(path: str, *, euid: int | None = None) -> list[str]:
+    """Every component of ``path``, as given and with symlinks resolved, that someone other
+    than a trusted owner (:func:`trusted_uids`) could replace: a file or directory owned by
+    another user, or writable by group/other. Stat calls only (cheap enough for ``post``).
+
+    Unlike a config's directories, a world-writable *sticky* directory (``/tmp``) is refused
+    as well: the program's own directories are created once and then trusted for years. When
+    a tmp cleaner removes a venv under ``/tmp``, any user can re-create the path, and root
+    then runs their code from the backup agent's wrapper. A symlink itself is not judged (only
+    its parent directory, which is on the path, can replace it); its target is, on the
+    resolved path. A component that cannot be examined is a problem too.
+    """
+    trusted = trusted_uids(euid)
+    problems: list[str] = []
+    seen: set[str] = set()
+    missing: set[str] = set()
+    for candidate in (os.path.abspath(path), os.path.realpath(path)):
+        parts = candidate.split("/")
+        for end in range(1, len(parts) + 1):
+            component = "/".join(parts[:end]) or "/"
+            if component in missing:
+                break
+            if component in seen:
+                continue
+            seen.add(component)
+            try:
+                st = os.lstat(component)
+            except OSError as exc:
+                problems.append(f"{component}: cannot be examined ({exc.strerror})")
+                missing.add(component)
+                break
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            if st.st_uid not in trusted:
+                problems.append(f"{component} is owned by {owner_name(st.st_uid)}")
+            if mode & 0o022:
+                sticky = (", sticky, but anyone can create names in it"
+                          if stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX else "")
+                problems.append(f"{component} is writable by group/other (mode {mode:04o}"
+                                f"{sticky})")
+    return problems
+
+
+def running_installation_paths() -> list[str]:
+    """What this process runs as quiesce: its command (``sys.argv[0]`` when it is a file, the
+    ``quiesce`` script the wrapper execs), the interpreter (``sys.executable``), the quiesce
+    package directory and the standard library directory."""
+    import sys
+
+    import quiesce
+
+    paths: list[str] = []
+    script = sys.argv[0] if sys.argv else ""
+    if script and os.path.isabs(script) and os.path.isfile(script):
+        paths.append(script)
+    if sys.executable:
+        paths.append(sys.executable)
+    paths.append(os.path.dirname(os.path.abspath(quiesce.__file__ or "")))
+    paths.append(os.path.dirname(os.path.abspath(os.__file__)))
+    return list(dict.fromkeys(paths))
+
+
+def require_safe_installation(*, euid: int | None = None) -> None:
+    """Refuse to go on when this very quiesce could have been replaced by a user other than
+    root (or, not as root, other than the acting user): raises :class:`UnsafeInstallation`.
+
+    For ``quiesce pre`` and ``post`` at start-up: the wrappers that the backup agent runs as
+    root exec them. Stat calls only; nothing heavy is imported.
+    """
+    problems: list[str] = []
+    for path in running_installation_paths():
+        for problem in replaceable_components(path, euid=euid):
+            if problem not in problems:
+                problems.append(problem)
+    if problems:
+        raise UnsafeInstallation(
+            "refusing to run: this quiesce could have been replaced by users other than "
+            f"{'root' if _acting_uid(euid) == 0 else 'root and you'}: " + "; ".join(problems),
+            hint=INSTALL_HINT)

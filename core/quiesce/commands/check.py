@@ -3,7 +3,9 @@
 Prints every problem with its code and how to fix it, and the filesystems a run would freeze
 (limited, like ``quiesce run``, by ``--freeze-mount``). When the scripts are quiesce wrappers
 (``quiesce install azure``), the quiesce.toml that ``quiesce pre`` would load is validated too
-(see :mod:`quiesce.check_hold`). Exit 0 when all is well, 2 otherwise.
+(see :mod:`quiesce.check_hold`), and whether systemd can give the holder, guardian and freeze
+watchdog a scope of their own here (see :mod:`quiesce.scope`). Exit 0 when all is well, 2
+otherwise.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ def main(args: argparse.Namespace) -> int:
 
     from quiesce.check_hold import check_hold, merge_into
     from quiesce.runner import check, format_check
+    from quiesce.scope import check_note
 
     result = check(args.config, args.freeze_mounts)
     merge_into(result, check_hold(result.config, args.config))
+    result.notes.append(check_note())
     sys.stdout.write(format_check(result))
     return 0 if result.ok else 2
