@@ -93,30 +93,32 @@ def runtime_fs_type(path: str) -> str | None:
 
 def prepare_runtime_dir(rundir: str) -> list[str]:
     """Create the runtime dir 0700, owned by the user we run as (root in production); return
-    warnings (e.g. not on tmpfs)."""
-    parent = os.path.dirname(rundir.rstrip("/"))
-    try:
-        if parent and not os.path.isdir(parent):
-            os.makedirs(parent, mode=0o755, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(rundir, 0o700)
-        st = os.stat(rundir, follow_symlinks=False)
-    except OSError as exc:  # e.g. not root and the directory above is not ours
-        raise HolderError(f"cannot create the runtime dir {rundir}: {exc.strerror}",
-                          hint="pass --runtime-dir DIR (or set QUIESCE_RUNTIME_DIR) to a "
-                               "directory you may create, ideally on tmpfs") from exc
+    warnings (e.g. not on tmpfs).
+
+    Every directory on the way must pass :func:`quiesce.holder_protocol.open_runtime_dir`
+    (owned by root or us, not writable by group/other unless sticky with our entry in it),
+    checked before anything is created in it. An existing runtime dir must be ours and not
+    writable by others; it is never adopted: the hint says to inspect and remove it.
+    """
     import stat as _stat
 
-    if not _stat.S_ISDIR(st.st_mode):
-        raise HolderError(f"runtime dir {rundir} is not a directory",
-                          hint="remove it or choose another --runtime-dir")
-    if st.st_uid != os.geteuid():
-        fix = (f"chown root:root {rundir} && chmod 700 {rundir}" if os.geteuid() == 0 else
-               "choose a runtime dir of your own with --runtime-dir (or QUIESCE_RUNTIME_DIR)")
-        raise HolderError(f"runtime dir {rundir} is owned by uid {st.st_uid}, not by us "
-                          f"(uid {os.geteuid()})", hint=fix)
-    if _stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(rundir, 0o700)
+    with proto.open_runtime_dir(rundir, create=True) as rd:
+        st = rd.stat
+        me = os.geteuid()
+        mode = _stat.S_IMODE(st.st_mode)
+        adopt_never = (f"someone else made it or could have filled it: inspect it (ls -la "
+                       f"{rd.path}), then remove it (rm -r {rd.path}) and run 'quiesce pre' "
+                       "again, or choose another --runtime-dir (or QUIESCE_RUNTIME_DIR); "
+                       "never chown it")
+        if st.st_uid != me:
+            raise HolderError(f"runtime dir {rd.path} is owned by uid {st.st_uid}, not by us "
+                              f"(uid {me})", hint=adopt_never)
+        if mode & 0o022:
+            raise HolderError(f"runtime dir {rd.path} has mode {mode:04o}: writable by "
+                              "group/other, so others may have put files in it",
+                              hint=adopt_never)
+        if mode != 0o700:  # ours and only readable by others: nothing could be planted
+            os.chmod(rd.via_fd, 0o700)
     warnings = []
     fstype = runtime_fs_type(rundir)
     if fstype not in ("tmpfs", "ramfs"):
@@ -128,9 +130,22 @@ def prepare_runtime_dir(rundir: str) -> list[str]:
 
 
 def take_lock(rundir: str) -> int:
-    """flock holder.lock; wait a little for a holder that is finishing, refuse an active one."""
-    path = os.path.join(rundir, proto.LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    """flock holder.lock; wait a little for a holder that is finishing, refuse an active one.
+
+    The lock is opened relative to the checked runtime dir's descriptor (O_NOFOLLOW)."""
+    with proto.open_runtime_dir(rundir) as rd:
+        path = os.path.join(rd.path, proto.LOCK_NAME)
+        try:
+            fd = os.open(proto.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, 0o600, dir_fd=rd.fd)
+        except OSError as exc:  # a symlink (ELOOP), a FIFO (ENXIO), ...
+            raise HolderError(f"cannot open {path}: {exc.strerror}",
+                              hint=f"inspect and remove {path}") from exc
+    import stat as _stat
+
+    if not _stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise HolderError(f"{path} is not a regular file", hint=f"inspect and remove {path}")
     give_up = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         try:

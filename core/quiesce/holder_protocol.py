@@ -14,6 +14,32 @@ quiesce runs as, mode 0700, meant to be on tmpfs (never frozen):
   recovery is in progress; the kernel drops the lock when they die, so it cannot go stale.
 - ``result.json``: the outcome of a hold nobody has collected yet (auto-released by the
   deadline, or recovered by the guardian after the holder died); ``post`` reads and removes it.
+
+Who may have made or changed the runtime dir (issue 12, item 1). Whoever can rename or replace
+the runtime dir can plant a fake holder that tells ``post`` "application-consistent" while the
+real hold is still on, or hide the real holder so the databases stay locked. So
+:func:`open_runtime_dir` walks the path from ``/`` one component at a time with
+``O_PATH|O_NOFOLLOW`` descriptors (symlinks are resolved by the walk and their targets
+checked) and applies the rules quiesce applies to the directories above a config file:
+
+- every directory on the way is owned by root or by the user quiesce runs as, and is not
+  writable by group/other;
+- one exception: a sticky directory (``/tmp``, mode 1777) owned by root or by us, when the
+  entry we pass through in it is owned by root or by us. In a sticky directory only an
+  entry's owner, the directory's owner or root may rename or remove it (RENAME_EXCHANGE
+  included), so nobody else can swap it; a name someone else made there is refused. This
+  keeps ``/tmp/x/rt`` (root's ``/tmp/x``, 0700) usable, and refuses a root:group 0775 parent;
+- the runtime dir itself is owned by root or by us and is not accessible to group/other.
+
+The dir is then used through that one descriptor: the lock and the result file with
+``dir_fd``, and the socket through ``/proc/self/fd/N/holder.sock`` (``connect`` has no
+``dir_fd``; the ``/proc`` magic link reaches exactly the directory that was checked, with no
+``chdir`` that would change the whole process's working directory). Without ``/proc`` the
+plain path is used: every directory on it was just checked, so only root or we could have
+swapped it. The client then checks who answers (``SO_PEERCRED``): the listener must run as
+root or as us, and when the hold trace (``hold.json``) names the holder's pid, it must be that
+process. A refusal never suggests ``chown``: a directory someone else made is inspected and
+removed, never adopted.
 """
 
 from __future__ import annotations
@@ -23,8 +49,10 @@ import errno
 import fcntl
 import json
 import os
+import pwd
 import socket
 import stat
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,47 +113,305 @@ def socket_path(rundir: str) -> str:
     return os.path.join(rundir, SOCKET_NAME)
 
 
-def check_runtime_dir(rundir: str) -> None:
-    """Refuse a runtime dir another user could have planted a fake holder in."""
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_SYMLINKS = 40  # the kernel's own limit for path resolution
+_RECREATE_HINT = ("choose a runtime dir under directories only root (or you) can write: the "
+                  "default /run/quiesce as root, $XDG_RUNTIME_DIR/quiesce as another user")
+
+
+def _who(uid: int) -> str:
     try:
-        st = os.stat(rundir, follow_symlinks=False)
-    except FileNotFoundError:
-        raise NoActiveHold(
-            f"no hold is active: the runtime dir {rundir} does not exist",
-            hint="run 'quiesce pre' first, or pass the --runtime-dir that 'pre' used",
-        ) from None
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _trusted(uid: int, euid: int) -> bool:
+    """Root, or the user quiesce runs as (the rule for config paths, see security.py)."""
+    return uid in (0, euid)
+
+
+def _trusted_owners(euid: int) -> str:
+    return "root" if euid == 0 else f"root or {_who(euid)} (quiesce's user)"
+
+
+def parent_problems(path: str, st: os.stat_result, entry: os.stat_result | None, *,
+                    euid: int | None = None) -> list[str]:
+    """Why the directory ``path`` (stat ``st``) may not lead to a runtime dir (pure).
+
+    ``entry`` is the stat of the name looked up in it (None when it does not exist yet): in
+    a sticky directory only that entry's owner, the directory's owner or root may rename or
+    remove it, so a group/other-writable sticky directory is fine when both it and the entry
+    are owned by root or by ``euid`` (default: this process's effective uid).
+    """
+    me = os.geteuid() if euid is None else euid
+    problems: list[str] = []
+    mode = stat.S_IMODE(st.st_mode)
+    if not _trusted(st.st_uid, me):
+        problems.append(f"{path} is owned by {_who(st.st_uid)}, not {_trusted_owners(me)}: "
+                        "its owner could replace the runtime dir")
+    if mode & 0o022:
+        sticky = bool(mode & stat.S_ISVTX)
+        if not sticky:
+            problems.append(f"{path} has mode {mode:04o}: writable by group/other, so someone "
+                            "other than root could replace the runtime dir")
+        elif entry is not None and not _trusted(entry.st_uid, me):
+            problems.append(f"{path} has mode {mode:04o} (sticky, writable by others) and the "
+                            f"entry in it is owned by {_who(entry.st_uid)}, not "
+                            f"{_trusted_owners(me)}: its owner made it and can replace it")
+    return problems
+
+
+def runtime_dir_problems(path: str, st: os.stat_result, *,
+                         euid: int | None = None) -> tuple[str, str] | None:
+    """(message, hint) when ``path`` (stat ``st``) may not be used as the runtime dir by a
+    client (pure); None when it may. The hint never adopts a directory someone else made."""
+    me = os.geteuid() if euid is None else euid
+    mode = stat.S_IMODE(st.st_mode)
     if not stat.S_ISDIR(st.st_mode):
-        raise HolderError(f"runtime dir {rundir} is not a directory",
-                          hint=f"remove {rundir} or choose another --runtime-dir")
-    uid = os.geteuid()
-    if st.st_uid not in (0, uid) or st.st_mode & 0o077:
-        whose = "root's" if uid == 0 else f"root's or uid {uid}'s (yours)"
-        fix = (f"chown root:root {rundir} && chmod 700 {rundir}" if uid == 0 else
-               f"use a runtime dir of your own (--runtime-dir), or chmod 700 {rundir} if it "
-               "is yours")
-        raise HolderError(
-            f"runtime dir {rundir} is owned by uid {st.st_uid} with mode "
-            f"{stat.S_IMODE(st.st_mode):04o}; it must be {whose} and not accessible to others",
-            hint=fix,
-        )
+        return (f"runtime dir {path} is not a directory",
+                f"inspect it (ls -la {path}), then remove it or choose another --runtime-dir")
+    if _trusted(st.st_uid, me) and not mode & 0o077:
+        return None
+    whose = "root's" if me == 0 else f"root's or uid {me}'s (yours)"
+    message = (f"runtime dir {path} is owned by uid {st.st_uid} with mode {mode:04o}; it must "
+               f"be {whose} and not accessible to others")
+    if _trusted(st.st_uid, me) and not mode & 0o022:
+        return message, f"chmod 700 {path}"
+    return message, (f"someone else may have made or filled it: do not adopt it (no chown); "
+                     f"inspect it (ls -la {path}), stop any process still using it, then "
+                     f"remove it (rm -r {path}) and run 'quiesce pre' again, or choose "
+                     "another --runtime-dir")
+
+
+class RuntimeDir:
+    """The runtime dir, opened once (``O_PATH``) after every directory on its path and the
+    dir itself were checked; use its files through :attr:`fd`, never through the path."""
+
+    def __init__(self, fd: int, path: str, st: os.stat_result) -> None:
+        self.fd = fd
+        self.path = path
+        self.stat = st
+
+    @property
+    def via_fd(self) -> str:
+        """A path that reaches exactly this directory (``/proc/self/fd/N``), or the checked
+        path when /proc is not mounted."""
+        magic = f"/proc/self/fd/{self.fd}"
+        return magic if os.path.isdir(magic) else self.path
+
+    def shown(self, text: str) -> str:
+        """``text`` with the /proc path of this directory replaced by its real path."""
+        return text.replace(f"/proc/self/fd/{self.fd}", self.path)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> RuntimeDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _unsafe(path: str, problems: list[str]) -> HolderError:
+    return HolderError(f"the runtime dir {path} cannot be trusted: " + "; ".join(problems),
+                       hint=f"{_RECREATE_HINT}; never chown a directory someone else made")
+
+
+def open_runtime_dir(rundir: str, *, create: bool = False) -> RuntimeDir:
+    """Check and open the runtime dir (see the module docstring for the rules).
+
+    ``create``: make missing directories (0755 on the way, 0700 for the runtime dir itself)
+    after their parent passed the checks; the holder's :func:`quiesce.holder.
+    prepare_runtime_dir` uses it. Without it a missing dir is :class:`NoActiveHold`.
+    Raises :class:`HolderError` for every refusal; the caller closes the result.
+    """
+    path = os.path.abspath(rundir)
+    me = os.geteuid()
+    parts = [p for p in path.split("/") if p and p != "."]
+    if not parts:
+        raise HolderError("the runtime dir cannot be /", hint="pass --runtime-dir DIR")
+    problems: list[str] = []
+    stack: list[tuple[int, str]] = []
+
+    def reset() -> None:
+        for fd, _ in stack:
+            os.close(fd)
+        stack.clear()
+        stack.append((os.open("/", _DIR_FLAGS), "/"))
+
+    links = made = 0
+    try:
+        reset()
+        while parts:
+            name = parts.pop(0)
+            if name == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop()[0])
+                continue
+            last = not parts
+            cur_fd, cur_path = stack[-1]
+            where = f"/{name}" if cur_path == "/" else f"{cur_path}/{name}"
+            entry: os.stat_result | None
+            try:
+                entry = os.stat(name, dir_fd=cur_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                entry = None
+            except OSError as exc:  # as a non-root user: a directory we may not search
+                raise HolderError(f"cannot reach the runtime dir {path}: {where}: "
+                                  f"{exc.strerror}",
+                                  hint=f"pass --runtime-dir DIR (or set {RUNTIME_DIR_ENV}) to "
+                                       "a directory of yours, ideally on tmpfs") from exc
+            problems += parent_problems(cur_path, os.fstat(cur_fd), entry, euid=me)
+            if problems:  # nothing below an untrusted directory is looked at, or created
+                raise _unsafe(path, problems)
+            if entry is None:
+                if not create:
+                    raise NoActiveHold(
+                        f"no hold is active: the runtime dir {path} does not exist",
+                        hint="run 'quiesce pre' first, or pass the --runtime-dir that 'pre' "
+                             "used")
+                made += 1
+                if made > len(path):  # a name that keeps vanishing after mkdir: give up
+                    raise HolderError(f"{where} keeps disappearing while the runtime dir "
+                                      f"{path} is being created",
+                                      hint="find out who removes it")
+                try:
+                    os.mkdir(name, 0o700 if last else 0o755, dir_fd=cur_fd)
+                except FileExistsError:
+                    pass
+                except OSError as exc:  # e.g. not root and the directory above is not ours
+                    raise HolderError(
+                        f"cannot create the runtime dir {path}: {exc.strerror}",
+                        hint=f"pass --runtime-dir DIR (or set {RUNTIME_DIR_ENV}) to a "
+                             "directory you may create, ideally on tmpfs") from exc
+                parts.insert(0, name)  # look at what is there now, like any existing entry
+                continue
+            if stat.S_ISLNK(entry.st_mode) and not last:
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise HolderError(f"cannot reach the runtime dir {path}: too many levels "
+                                      "of symbolic links", hint="pass the real path")
+                target = os.readlink(name, dir_fd=cur_fd)
+                if target.startswith("/"):
+                    reset()
+                parts = [p for p in target.split("/") if p and p != "."] + parts
+                continue
+            if not stat.S_ISDIR(entry.st_mode):
+                if last:
+                    message, hint = runtime_dir_problems(path, entry, euid=me) or ("", "")
+                    raise HolderError(message, hint=hint)
+                raise HolderError(f"cannot reach the runtime dir {path}: {where} is not a "
+                                  "directory", hint="check the path, or choose another "
+                                                    "--runtime-dir")
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=cur_fd)
+            except OSError as exc:  # replaced (by a symlink, or removed) since the stat
+                raise HolderError(f"{where} changed while the runtime dir {path} was being "
+                                  f"checked ({exc.strerror})",
+                                  hint="retry; if it persists, find out who changes it") \
+                    from exc
+            opened = os.fstat(fd)
+            stack.append((fd, where))
+            if (opened.st_dev, opened.st_ino) != (entry.st_dev, entry.st_ino):
+                raise HolderError(f"{where} changed while the runtime dir {path} was being "
+                                  "checked", hint="retry; if it persists, find out who "
+                                                  "changes it")
+        fd, _ = stack.pop()
+        rd = RuntimeDir(fd, path, os.fstat(fd))
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+    return rd
+
+
+def check_runtime_dir(rundir: str) -> None:
+    """Refuse a runtime dir another user could have planted a fake holder in: see
+    :func:`open_runtime_dir` (NoActiveHold when it does not exist, HolderError otherwise)."""
+    with client_runtime_dir(rundir):
+        pass
+
+
+def client_runtime_dir(rundir: str) -> RuntimeDir:
+    """The runtime dir for ``post``/``status``: :func:`open_runtime_dir`, and the dir itself
+    owned by root or us and not accessible to others."""
+    rd = open_runtime_dir(rundir)
+    refusal = runtime_dir_problems(rd.path, rd.stat)
+    if refusal is not None:
+        rd.close()
+        raise HolderError(refusal[0], hint=refusal[1])
+    return rd
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a connected Unix socket: for the
+    client, the process that called ``listen()`` on the socket it reached."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
+
+
+def _check_listener(rd: RuntimeDir, sock: socket.socket) -> None:
+    """Refuse an answer from anyone but the holder: root or us, and the pid in the trace."""
+    from quiesce.hold_trace import read_trace
+
+    path = socket_path(rd.path)
+    pid, uid, _gid = peer_credentials(sock)
+    untouched = ("nothing was sent to it; a real hold, if there is one, stays in place until "
+                 "'quiesce post' reaches its holder or its max_hold_seconds run out")
+    look = (f"find that process (ss -xlp | grep {path}; ps -o user,pid,cmd -p {pid}) and who "
+            f"started it; then remove the runtime dir (rm -r {rd.path}) and, if a hold is "
+            "still active, wait for its max_hold_seconds before the next 'quiesce pre'")
+    me = os.geteuid()
+    if not _trusted(uid, me):
+        raise HolderError(f"the process listening on {path} (pid {pid}) runs as {_who(uid)}, "
+                          f"not {_trusted_owners(me)}: it is not quiesce's holder; {untouched}",
+                          hint=look)
+    try:
+        trace = read_trace(rd.via_fd)
+    except HolderError as exc:
+        raise HolderError(rd.shown(str(exc)), hint=rd.shown(exc.hint)) from exc
+    holder_pid = trace.get("holder_pid") if trace else None
+    # A trace naming this very process was written by it (a new holder asking whether an
+    # older one is finishing): it says nothing about who listens.
+    if isinstance(holder_pid, int) and holder_pid not in (pid, os.getpid()):
+        raise HolderError(f"the process listening on {path} is pid {pid}, but the hold trace "
+                          f"{os.path.join(rd.path, 'hold.json')} names the holder pid "
+                          f"{holder_pid}: it is not that hold's holder; {untouched}",
+                          hint=look)
 
 
 def request(rundir: str, op: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
     """Send one request to the holder and return its answer.
 
-    Raises NoActiveHold when no holder listens there, HolderError when it answers badly.
+    The runtime dir is checked and opened once (:func:`client_runtime_dir`), the socket is
+    reached through that descriptor, and the listener must pass :func:`_check_listener`
+    before anything is sent. Raises NoActiveHold when no holder listens there, HolderError
+    when the dir or the listener is not trusted or the holder answers badly.
     """
-    check_runtime_dir(rundir)
-    path = socket_path(rundir)
+    with client_runtime_dir(rundir) as rd:
+        return _request(rd, op, timeout, fields)
+
+
+def _request(rd: RuntimeDir, op: str, timeout: float, fields: dict[str, Any]) -> dict[str, Any]:
+    path = socket_path(rd.path)
+    address = socket_path(rd.via_fd)
+    if len(os.fsencode(address)) >= 108:  # sizeof(sun_path): only the plain path can be long
+        raise HolderError(f"the socket path {path} is longer than a Unix socket allows",
+                          hint="choose a shorter --runtime-dir (e.g. under /run)")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(timeout)
         try:
-            sock.connect(path)
+            sock.connect(address)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise NoActiveHold(f"no hold is active (nothing listens on {path})",
                                hint="run 'quiesce pre' first, or pass the --runtime-dir "
                                     "that 'pre' used") from exc
+        _check_listener(rd, sock)
         line = json.dumps({"op": op, **fields}).encode() + b"\n"
         sock.sendall(line)
         data = _read_line(sock)
@@ -135,7 +421,8 @@ def request(rundir: str, op: str, timeout: float = 30.0, **fields: Any) -> dict[
         if exc.errno in (errno.ECONNRESET, errno.EPIPE):
             raise NoActiveHold(f"the holder at {path} closed the connection (it is exiting)",
                                hint="check 'quiesce status' again in a moment") from exc
-        raise HolderError(f"cannot talk to the holder at {path}: {exc}") from exc
+        raise HolderError(f"cannot talk to the holder at {path}: "
+                          f"{rd.shown(str(exc))}") from exc
     finally:
         sock.close()
     if not data:
@@ -164,41 +451,69 @@ def _read_line(sock: socket.socket) -> bytes:
     return b"".join(chunks).strip()
 
 
-def lock_held(rundir: str) -> bool:
-    """True when a holder or its guardian is alive for this runtime dir (the flock is taken)."""
+def _opened(rundir: str | RuntimeDir) -> contextlib.AbstractContextManager[RuntimeDir | None]:
+    """The checked runtime dir (closed at the end), or None when it does not exist."""
+    if isinstance(rundir, RuntimeDir):
+        return contextlib.nullcontext(rundir)
     try:
-        fd = os.open(os.path.join(rundir, LOCK_NAME),
-                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+        return client_runtime_dir(rundir)
+    except NoActiveHold:
+        return contextlib.nullcontext(None)
 
 
-def read_result(rundir: str) -> dict[str, Any] | None:
-    """The uncollected result of a hold whose holder is gone, or None."""
-    path = os.path.join(rundir, RESULT_NAME)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o077:
-            raise HolderError(f"{path} is not a file the holder wrote (owner uid {st.st_uid}, "
-                              f"mode {stat.S_IMODE(st.st_mode):04o})",
-                              hint=f"inspect and remove {path}")
-        with os.fdopen(fd, "rb") as handle:
-            fd = -1
-            data = handle.read(MAX_MESSAGE)
-    finally:
-        if fd >= 0:
+def lock_held(rundir: str | RuntimeDir) -> bool:
+    """True when a holder or its guardian is alive for this runtime dir (the flock is taken).
+
+    Raises HolderError when the runtime dir cannot be trusted (see :func:`open_runtime_dir`).
+    """
+    with _opened(rundir) as rd:
+        if rd is None:
+            return False
+        try:
+            fd = os.open(LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                         dir_fd=rd.fd)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
             os.close(fd)
+        return False
+
+
+def read_result(rundir: str | RuntimeDir) -> dict[str, Any] | None:
+    """The uncollected result of a hold whose holder is gone, or None.
+
+    Raises HolderError when the runtime dir cannot be trusted or the file is not one the
+    holder (or its guardian) wrote.
+    """
+    with _opened(rundir) as rd:
+        if rd is None:
+            return None
+        path = os.path.join(rd.path, RESULT_NAME)
+        try:
+            fd = os.open(RESULT_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                         dir_fd=rd.fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # a symlink (ELOOP), a FIFO or socket (ENXIO), ...
+            raise HolderError(f"{path} is not a file the holder wrote ({exc.strerror})",
+                              hint=f"inspect and remove {path}") from exc
+        try:
+            st = os.fstat(fd)
+            if (not stat.S_ISREG(st.st_mode) or not _trusted(st.st_uid, os.geteuid())
+                    or st.st_mode & 0o077):
+                raise HolderError(f"{path} is not a file the holder wrote (owner uid "
+                                  f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})",
+                                  hint=f"inspect and remove {path}")
+            with os.fdopen(fd, "rb") as handle:
+                fd = -1
+                data = handle.read(MAX_MESSAGE)
+        finally:
+            if fd >= 0:
+                os.close(fd)
     try:
         result = json.loads(data)
     except ValueError as exc:
@@ -206,11 +521,14 @@ def read_result(rundir: str) -> dict[str, Any] | None:
     return result if isinstance(result, dict) else None
 
 
-def consume_result(rundir: str) -> None:
+def consume_result(rundir: str | RuntimeDir) -> None:
     """Mark the uncollected result as reported (a second ``post`` finds nothing)."""
-    path = os.path.join(rundir, RESULT_NAME)
-    with contextlib.suppress(FileNotFoundError):
-        os.replace(path, path + ".reported")
+    with _opened(rundir) as rd:
+        if rd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(RESULT_NAME, RESULT_NAME + ".reported", src_dir_fd=rd.fd,
+                       dst_dir_fd=rd.fd)
 
 
 def write_json_atomic(path: str, document: Any, mode: int = 0o600) -> None:
