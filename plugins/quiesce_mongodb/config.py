@@ -47,7 +47,7 @@ def split_uri(uri: str) -> tuple[str, str, str, str]:
 def uri_problems(uri: str, *, from_file: bool) -> list[str]:
     """What is wrong with ``uri``, as messages (empty when it is usable)."""
     problems: list[str] = []
-    scheme, userinfo, hosts, _rest = split_uri(uri)
+    scheme, _userinfo, hosts, _rest = split_uri(uri)
     if not scheme:
         problems.append("must start with mongodb:// (a standard connection string)")
         return problems
@@ -58,23 +58,26 @@ def uri_problems(uri: str, *, from_file: bool) -> list[str]:
     if not host_list:
         problems.append("names no host")
     elif len(host_list) > 1:
-        problems.append(f"names {len(host_list)} hosts ({hosts}); quiesce locks exactly one "
-                        "server: name only the member whose disks are snapshotted (or one "
-                        "mongos)")
-    if not from_file and ":" in userinfo:
-        _user, _, password = userinfo.partition(":")
-        if password:
+        from quiesce.redact import redact
+
+        problems.append(f"names {len(host_list)} hosts ({redact(hosts, uri)}); quiesce locks "
+                        "exactly one server: name only the member whose disks are snapshotted "
+                        "(or one mongos)")
+    if not from_file:
+        from quiesce.redact import secrets_of
+
+        # Also finds a password whose unescaped '/', '?' or '#' ends the authority early.
+        if secrets_of(uri):
             problems.append("contains a password; passwords never go in quiesce.toml")
     return problems
 
 
 def redact_uri(uri: str) -> str:
-    """The URI with any password replaced by ``***`` (safe to log and to record)."""
-    scheme, userinfo, hosts, rest = split_uri(uri)
-    if not userinfo:
-        return uri
-    user, colon, _password = userinfo.partition(":")
-    return f"{scheme}{user}{':***' if colon else ''}@{hosts}{rest}"
+    """The URI with any password replaced by ``***`` (safe to log and to record), also when
+    the URI is malformed: see :mod:`quiesce.redact`."""
+    from quiesce.redact import redact_uri as redact_any_uri
+
+    return redact_any_uri(uri)
 
 
 def uri_user(uri: str) -> str:

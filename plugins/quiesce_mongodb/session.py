@@ -20,6 +20,7 @@ from typing import Any
 
 from quiesce.deadline import Deadline
 from quiesce.errors import EngineError, LockWaitTimeout
+from quiesce.redact import redact
 from quiesce_mongodb.config import redact_uri
 
 # Error codes worth a specific hint.
@@ -54,7 +55,8 @@ class MongoSession:
             )
         except (pymongo.errors.ConfigurationError, pymongo.errors.InvalidURI, ValueError,
                 TypeError) as exc:
-            raise EngineError(f"{what}: cannot use the URI {self.redacted}: {exc}",
+            raise EngineError(f"{what}: cannot use the URI {self.redacted}: "
+                              f"{redact(str(exc), uri)}",
                               hint="fix the connection string (uri or the content of "
                                    "uri_file)") from exc
 

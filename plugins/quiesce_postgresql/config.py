@@ -33,7 +33,9 @@ def conninfo_problem(value: str) -> str | None:
         params = conninfo_to_dict(value)
     except Exception as exc:  # psycopg.ProgrammingError: libpq could not parse it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"not a valid libpq connection string: {first}"
+        from quiesce.redact import redact
+
+        return f"not a valid libpq connection string: {redact(first, value)}"
     if params.get("password"):
         return "contains a password; quiesce.toml is not a secret store"
     passfile = params.get("passfile")
