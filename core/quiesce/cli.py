@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "quiesce.commands.restore_label",
         "write a recorded backup_label/tablespace_map into a restored PostgreSQL data dir",
     ),
+    "restore-check": ("quiesce.commands.restore_check",
+                      "check a restored PostgreSQL data dir before its first start"),
     "install": ("quiesce.commands.install", "install quiesce as the Azure pre/post scripts"),
     "drill": ("quiesce.commands.drill", "restore snapshots into throwaway servers and verify"),
 }

@@ -1,0 +1,215 @@
+"""Restoring PostgreSQL copies taken during holds: the label must belong to the copy.
+
+One real PostgreSQL 15 server, two holds through the real CLI (``pre``/``post``), and a
+``cp -a`` copy of the data directory taken during each hold (the WAL directory copied after
+``post``, as the runbook says). restore-label must pick the run a copy was taken in, refuse
+any other, and refuse WAL that does not reach the end of the backup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from helpers import private_dir
+from helpers.cli import QuiesceCli
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("require_root")]
+
+
+class Cli(QuiesceCli):
+    def write_config(self, conninfo: str) -> None:
+        self.write_sections([("postgresql", {"name": "main", "conninfo": conninfo})])
+
+
+@dataclass
+class Hold:
+    run_id: str
+    meta: dict
+    data: Path  # cp -a of the data directory, taken during the hold
+    wal_after_post: Path  # cp -a of the WAL directory, taken after post
+    rows_acknowledged: int  # rows committed before post returned
+
+
+@dataclass
+class Scenario:
+    cli: Cli
+    server: object
+    base: Path
+    older: Hold
+    newer: Hold
+    wal_during_newer: Path  # the WAL directory copied during the newer hold (before post)
+
+
+def cp_a(src: Path, dst: Path) -> None:
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True, timeout=120)
+
+
+def point_wal(data: Path, wal_dir: Path) -> None:
+    """Runbook step: the restored copy's pg_wal link leads to the restored WAL."""
+    link = data / "pg_wal"
+    link.unlink()
+    link.symlink_to(wal_dir)
+
+
+def one_hold(cli: Cli, server, base: Path, name: str, rows: int) -> tuple[Hold, Path]:
+    out = cli.run("pre", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = base / f"{name}-data"
+    cp_a(server.data_dir, data)
+    # Writes go on during the hold (backup mode does not block them) and are acknowledged.
+    server.execute("INSERT INTO ledger (note) SELECT %s FROM generate_series(1, %s)",
+                   (f"during {name}", rows))
+    wal_during = base / f"{name}-wal-during"
+    cp_a(server.log_dir, wal_during)
+    out = cli.run("post", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout)
+    assert result["consistent"] is True
+    (inst,) = result["instances"]
+    acknowledged = server.execute("SELECT count(*) FROM ledger")[0][0]
+    wal_after = base / f"{name}-wal-after"
+    cp_a(server.log_dir, wal_after)
+    return Hold(result["run_id"], inst["metadata"], data, wal_after, acknowledged), wal_during
+
+
+@pytest.fixture(scope="module")
+def scenario() -> Iterator[Scenario]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the CLI's runtime and state dirs are root-only")
+    from quiesce.testing.postgresql import _require_postgres, _workspace
+
+    _require_postgres()
+    with _workspace() as workspace, private_dir("quiesce-pg-restore-") as root:
+        server = workspace.server()
+        cli = Cli(root)
+        cli.write_config(server.conninfo)
+        server.execute("CREATE TABLE ledger (id bigserial PRIMARY KEY, note text NOT NULL)")
+        server.execute("INSERT INTO ledger (note) SELECT 'before' FROM generate_series(1, 200)")
+        base = Path(workspace.layout().data_dir).parent
+        older, _ = one_hold(cli, server, base, "older", 1300)
+        server.execute("INSERT INTO ledger (note) SELECT 'between' FROM generate_series(1, 500)")
+        newer, wal_during = one_hold(cli, server, base, "newer", 700)
+        try:
+            yield Scenario(cli, server, base, older, newer, wal_during)
+        finally:
+            if cli.rundir.exists() and cli.status().get("holder_pid"):
+                cli.run("post", "--json")
+
+
+def restore_label(cli: Cli, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "quiesce", "restore-label", "--state-dir",
+                           str(cli.state), *extra, str(data)],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def fresh_copy(s: Scenario, hold: Hold, wal: Path, name: str) -> Path:
+    """A copy of one snapshot to restore (the scenario's copies stay untouched)."""
+    data = s.base / f"{name}-restore-data"
+    wal_copy = s.base / f"{name}-restore-wal"
+    cp_a(hold.data, data)
+    cp_a(wal, wal_copy)
+    point_wal(data, wal_copy)
+    return data
+
+
+def test_without_run_id_the_older_copy_gets_the_older_label(scenario: Scenario) -> None:
+    s = scenario
+    data = fresh_copy(s, s.older, s.older.wal_after_post, "pick")
+    out = restore_label(s.cli, data, "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["run_id"] == s.older.run_id != s.newer.run_id
+    assert (data / "backup_label").read_text() == s.older.meta["backup_label"]
+    assert any("BACKUP_END" in c for c in result["checks"]), result
+
+
+def test_the_wrong_run_id_is_refused(scenario: Scenario) -> None:
+    s = scenario
+    data = fresh_copy(s, s.older, s.older.wal_after_post, "wrong")
+    out = restore_label(s.cli, data, "--run-id", s.newer.run_id)
+    assert out.returncode == 2
+    assert "does not belong" in out.stderr and "taken before this backup began" in out.stderr
+    assert not (data / "backup_label").exists()
+    # The newer copy with the older label: taken after that backup ended.
+    data = fresh_copy(s, s.newer, s.newer.wal_after_post, "wrong2")
+    out = restore_label(s.cli, data, "--run-id", s.older.run_id)
+    assert out.returncode == 2
+    assert "taken after this backup ended" in out.stderr
+    assert not (data / "backup_label").exists()
+
+
+def test_the_right_run_restores_every_acknowledged_row(scenario: Scenario) -> None:
+    from quiesce.servers.base import ServerLayout
+    from quiesce.servers.postgresql import LocalPostgres
+
+    s = scenario
+    data = fresh_copy(s, s.older, s.older.wal_after_post, "right")
+    out = restore_label(s.cli, data, "--run-id", s.older.run_id)
+    assert out.returncode == 0, out.stderr
+    check = subprocess.run([sys.executable, "-m", "quiesce", "restore-check", str(data)],
+                           capture_output=True, text=True, timeout=120, check=False)
+    # The copy still has the live server's postmaster.pid: restore-check says to remove it.
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "postmaster.pid" in check.stdout
+    (data / "postmaster.pid").unlink()
+    check = subprocess.run([sys.executable, "-m", "quiesce", "restore-check", str(data)],
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    layout = ServerLayout(data_dir=data, log_dir=Path(os.readlink(data / "pg_wal")),
+                          run_dir=s.base / "right-run")
+    restored = LocalPostgres.open_existing(layout)
+    try:
+        (count,) = restored.execute("SELECT count(*) FROM ledger")[0]
+        assert count == s.older.rows_acknowledged == 1500
+        log = restored.log_file.read_text()
+        assert "completed backup recovery" in log
+    finally:
+        restored.stop()
+
+
+def test_wal_copied_before_post_is_detected(scenario: Scenario) -> None:
+    """The newest segment was copied mid-write: full size, no end-of-backup record."""
+    s = scenario
+    data = fresh_copy(s, s.newer, s.wal_during_newer, "incomplete")
+    segment = s.newer.meta["stop_wal_file"]
+    wal_dir = Path(os.readlink(data / "pg_wal"))
+    assert (wal_dir / segment).stat().st_size == 16 * 1024 * 1024  # the name is there
+    out = restore_label(s.cli, data, "--run-id", s.newer.run_id)
+    assert out.returncode == 2
+    assert "no end-of-backup record" in out.stderr, out.stderr
+    assert segment in out.stderr and "WAL archive" in out.stderr
+    assert not (data / "backup_label").exists()
+    # Without --run-id too: the run matches, its WAL does not.
+    out = restore_label(s.cli, data)
+    assert out.returncode == 2 and "no end-of-backup record" in out.stderr
+
+
+def test_a_copy_of_no_hold_is_refused_without_run_id(scenario: Scenario) -> None:
+    s = scenario
+    s.server.execute("CHECKPOINT")
+    data = s.base / "nohold-data"
+    cp_a(s.server.data_dir, data)
+    point_wal(data, s.newer.wal_after_post)
+    out = restore_label(s.cli, data)
+    assert out.returncode == 2
+    assert "no run in" in out.stderr
+    assert s.older.run_id in out.stderr and s.newer.run_id in out.stderr
+    assert not (data / "backup_label").exists()
+
+
+def test_pg_wal_leading_to_the_running_server_is_refused(scenario: Scenario) -> None:
+    s = scenario
+    data = s.base / "live-wal-data"
+    cp_a(s.older.data, data)  # its pg_wal still leads to the running server's WAL
+    out = restore_label(s.cli, data, "--run-id", s.older.run_id)
+    assert out.returncode == 2
+    assert "RUNNING server" in out.stderr
+    assert not (data / "backup_label").exists()
