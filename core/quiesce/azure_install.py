@@ -75,10 +75,13 @@ class PlannedFile:
 def azure_timeout(max_hold_seconds: float, pre_timeout_seconds: float) -> int:
     """timeoutInSeconds for both script phases.
 
-    ``pre`` returns as soon as the locks are held, bounded by pre_timeout_seconds; Azure must
-    never give up on it first, or it would snapshot while the holder still quiesces. The value
-    follows max_hold_seconds (the hold's own budget) so that raising the hold budget for slow
-    snapshots also gives Azure's phases room, and stays within Azure's 1..1800 range.
+    ``pre`` returns as soon as the locks are held, bounded by pre_timeout_seconds, and must be
+    done a poll margin before timeoutInSeconds (:mod:`quiesce.caller_deadline`: at most 6 s)
+    for Azure to see it finish; ``quiesce check`` fails when the two do not fit. 30 s above
+    pre_timeout_seconds leaves that margin with room to spare. The value also follows
+    max_hold_seconds (the hold's own budget) so that raising the hold budget for slow
+    snapshots gives Azure's phases room too, and stays within Azure's 1..1800 range (with
+    pre_timeout_seconds above 1794 nothing fits, and check says to lower it).
     """
     wanted = max(float(max_hold_seconds), float(pre_timeout_seconds) + 30.0)
     return int(min(AZURE_TIMEOUT_CAP, max(60, round(wanted))))
@@ -400,19 +403,40 @@ def plan(prefix: str = "/", plugins: Sequence[str] | None = None, *, force: bool
     azure_path = _join(prefix, AZURE_CONFIG)
     command = quiesce_command()
     guard = guard_paths(command)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    toml = PlannedFile(toml_path, toml_skeleton(engines, max_hold), 0o600)
+    _classify(toml, force, stamp)
+    # An existing quiesce.toml that stays is the one 'quiesce pre' will use: the Azure timeout
+    # must fit its pre_timeout_seconds, not the default's.
+    pre_timeout = DEFAULT_PRE_TIMEOUT
+    if toml.action in (KEEP, UNCHANGED, FIX_MODE):
+        pre_timeout = _existing_pre_timeout(toml_path)
     files = [
         PlannedFile(azure_path,
                     azure_config(pre_path, post_path,
-                                 azure_timeout(max_hold, DEFAULT_PRE_TIMEOUT)), 0o600),
+                                 azure_timeout(max_hold, pre_timeout)), 0o600),
         PlannedFile(pre_path, wrapper_script("pre", toml_path, command,
                                              azure_config_path=azure_path, guard=guard), 0o700),
         PlannedFile(post_path, wrapper_script("post", toml_path, command, guard=guard), 0o700),
-        PlannedFile(toml_path, toml_skeleton(engines, max_hold), 0o600),
     ]
-    stamp = time.strftime("%Y%m%dT%H%M%S")
     for planned in files:
         _classify(planned, force, stamp)
-    return files
+    return [*files, toml]
+
+
+def _existing_pre_timeout(path: str) -> float:
+    """pre_timeout_seconds of an existing quiesce.toml, read leniently (validation is
+    ``quiesce check``'s job); the default when the file does not give a usable one."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            value = tomllib.load(handle).get("pre_timeout_seconds", DEFAULT_PRE_TIMEOUT)
+    except (OSError, ValueError):
+        return DEFAULT_PRE_TIMEOUT
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1800:
+        return DEFAULT_PRE_TIMEOUT
+    return float(value)
 
 
 def _ensure_dirs(prefix: str) -> None:

@@ -89,8 +89,12 @@ def test_installs_root_owned_files_and_check_wants_a_section(base: Path) -> None
     pre = (prefix / PRE).read_text()
     assert pre.startswith("#!/bin/sh\n")
     exec_line = pre.splitlines()[-1]
-    assert exec_line.startswith("exec /") and f" pre --config {prefix / TOML} " in exec_line
-    assert " post --config " in (prefix / POST).read_text()
+    assert exec_line.startswith("exec /") and exec_line.endswith(
+        f" pre --config {prefix / TOML} --azure-config {prefix / AZURE} \"$@\"")
+    post = (prefix / POST).read_text()
+    assert post.splitlines()[-1].endswith(f" post --config {prefix / TOML} \"$@\"")
+    for wrapper in (pre, post):  # each re-checks, at every backup, what it execs as root
+        assert "refusing to run quiesce" in wrapper
     toml = (prefix / TOML).read_text()
     # The selection stays commented: selecting an engine that has no section is an error.
     assert '# plugins = ["postgresql", "mysql"]' in toml
@@ -201,6 +205,44 @@ def test_the_installed_wrappers_run_pre_and_post(base: Path) -> None:
     assert "flock/flock: released" in post.stdout
 
 
+def test_a_kept_quiesce_toml_sizes_the_timeout_with_its_pre_timeout(base: Path) -> None:
+    prefix = base / "root"
+    assert install(prefix).returncode == 0
+    (prefix / TOML).write_text('pre_timeout_seconds = 600\n[[postgresql]]\nconninfo = ""\n')
+    proc = install(prefix, "--force")  # --force replaces the TOML: the default sizes it
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((prefix / AZURE).read_text())["timeoutInSeconds"] == 300
+    (prefix / TOML).write_text('pre_timeout_seconds = 600\n[[postgresql]]\nconninfo = ""\n')
+    (prefix / AZURE).unlink()
+    proc = install(prefix)  # the edited TOML is kept: the timeout must fit its 600 s
+    assert proc.returncode == 0, proc.stderr
+    assert "existing configuration kept" in proc.stdout
+    assert json.loads((prefix / AZURE).read_text())["timeoutInSeconds"] == 630
+
+
+def test_the_installed_wrapper_refuses_once_its_quiesce_becomes_replaceable(
+        base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from quiesce import azure_install
+    from quiesce.commands import install as install_command
+
+    bindir = base / "venv" / "bin"
+    launcher = _launcher(bindir)
+    monkeypatch.setattr(azure_install, "quiesce_command", lambda: [str(launcher)])
+    prefix = base / "prefix"
+    args = argparse.Namespace(prefix=str(prefix), plugins="postgresql", force=False,
+                              dry_run=False, max_hold_seconds=None)
+    assert install_command.main(args) == 0
+    assert str(bindir) in (prefix / PRE).read_text()
+    bindir.chmod(0o1777)  # what a venv under /tmp amounts to
+    for script in (PRE, POST):
+        proc = subprocess.run([str(prefix / script)], capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert proc.returncode == azure_install.GUARD_EXIT, proc.stdout + proc.stderr
+        assert f"refusing to run quiesce: {bindir} could be replaced" in proc.stderr
+
+
 def test_timeout_is_sized_from_max_hold() -> None:
     assert azure_timeout(300, 60) == 300
     assert azure_timeout(10, 60) == 90  # never shorter than pre may take
@@ -209,8 +251,12 @@ def test_timeout_is_sized_from_max_hold() -> None:
 
 
 def test_wrapper_quotes_every_argument() -> None:
-    text = wrapper_script("pre", "/etc/odd dir/q.toml", ["/opt/my venv/bin/quiesce"]).decode()
-    assert "exec '/opt/my venv/bin/quiesce' pre --config '/etc/odd dir/q.toml' \"$@\"" in text
+    text = wrapper_script("pre", "/etc/odd dir/q.toml", ["/opt/my venv/bin/quiesce"],
+                          azure_config_path="/etc/az ure/c.json",
+                          guard=["/opt/my venv", "/opt/it's"]).decode()
+    assert ("exec '/opt/my venv/bin/quiesce' pre --config '/etc/odd dir/q.toml' "
+            "--azure-config '/etc/az ure/c.json' \"$@\"") in text
+    assert "for path in '/opt/my venv' '/opt/it'\"'\"'s'; do" in text
 
 
 def _launcher(directory: Path) -> Path:
@@ -224,6 +270,7 @@ def _launcher(directory: Path) -> Path:
 def test_a_command_others_can_replace_is_reported(base: Path) -> None:
     """The wrappers run as root: what they exec must be replaceable by root only."""
     from quiesce.azure_install import command_problems
+    from quiesce.security import owner_name
 
     safe = _launcher(base / "safe" / "bin")
     assert command_problems([str(safe)]) == []
@@ -236,7 +283,16 @@ def test_a_command_others_can_replace_is_reported(base: Path) -> None:
 
     foreign = _launcher(base / "foreign" / "bin")
     os.chown(foreign, 65534, 65534)
-    assert command_problems([str(foreign)]) == [f"{foreign} is owned by uid 65534"]
+    assert command_problems([str(foreign)]) == [f"{foreign} is owned by {owner_name(65534)}"]
+
+    # Sticky does not help: a venv under /tmp is refused (issue 7).
+    in_tmp = _launcher(Path(tempfile.mkdtemp(prefix="qi-venv-")) / "bin")
+    try:
+        found = command_problems([str(in_tmp)])
+        assert any(p.startswith("/tmp is writable by group/other (mode 1777, sticky")
+                   for p in found), found
+    finally:
+        shutil.rmtree(in_tmp.parent.parent)
 
     # Through a symlink, the target's directories count too.
     link = base / "safe" / "bin" / "linked"
