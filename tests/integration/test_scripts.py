@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from quiesce.errors import AzureCode, ScriptError
-from quiesce.scripts import has_interpreter_line, run_script
+from quiesce.scripts import HEAD_BYTES, TAIL_BYTES, has_interpreter_line, run_script
 from quiesce.security import open_trusted
 
 pytestmark = pytest.mark.timeout(120)
@@ -148,18 +150,111 @@ echo done
     lines: list[tuple[str, str]] = []
     result = run(path, timeout=120, lines=lines)
     assert result.ok, result.output_tail
-    out = "".join(line for s, line in lines if s == "stdout" and line != "done")
-    err = "".join(line for s, line in lines if s == "stderr")
-    assert out == "o" * 1048576 and err == "e" * 1048576
-    assert ("stdout", "done") in lines
+    stdout = (b"o" * 1024 + b"\n") * 1024 + b"done\n"
+    stderr = (b"e" * 1024 + b"\n") * 1024
+    output = result.output_json()
+    for name, stream in (("stdout", stdout), ("stderr", stderr)):
+        assert output[name]["bytes"] == len(stream)
+        assert output[name]["head"].encode() == stream[:HEAD_BYTES]
+        assert output[name]["tail"].encode() == stream[-TAIL_BYTES:]
+        assert output[name]["omitted_bytes"] == len(stream) - HEAD_BYTES - TAIL_BYTES
+        # The sink saw the head, a note on what was left out, then the tail.
+        seen = [line for s, line in lines if s == name]
+        assert any(line.startswith(f"[quiesce: {name} was {len(stream)} bytes") for line in seen)
+        assert len(seen) < (HEAD_BYTES + TAIL_BYTES) // 1024 + 5
+    assert lines[-1] == ("stdout", "done") or ("stdout", "done") in lines
 
 
 def test_a_long_line_without_newline_arrives_in_pieces(root_dir: Path) -> None:
     path = script(root_dir, "#!/bin/sh\nhead -c 200000 /dev/zero | tr '\\0' 'z'\n")
     lines: list[tuple[str, str]] = []
-    assert run(path, timeout=60, lines=lines).ok
-    assert "".join(line for _, line in lines) == "z" * 200000
+    result = run(path, timeout=60, lines=lines)
+    assert result.ok
     assert max(len(line) for _, line in lines) <= 64 * 1024
+    out = result.output_json()["stdout"]
+    assert out["bytes"] == 200000 and out["head"] == "z" * HEAD_BYTES
+    assert out["tail"] == "z" * TAIL_BYTES
+    assert "".join(line for _, line in lines if not line.startswith("[quiesce:")) == \
+        "z" * (HEAD_BYTES + TAIL_BYTES)
+
+
+LINE = b"0123456789012345678901234\n"  # what `yes 0123456789012345678901234` prints
+
+
+def test_a_million_lines_then_the_real_work_finish_well_within_the_deadline(
+        root_dir: Path) -> None:
+    # The issue: a post-script printing 1,000,000 short lines (0.1 s on its own) was killed
+    # at its 10 s timeout before it reached `quiesce post`. Logged the way the runner logs.
+    from quiesce.runner import RunLog
+
+    marker = root_dir / "released"
+    path = script(root_dir, f"""#!/bin/sh
+yes 0123456789012345678901234 | head -n 1000000
+echo released > {marker}
+echo done
+""")
+    with open(os.devnull, "w") as devnull:
+        log = RunLog(devnull)
+        with open_trusted(path, "script") as trusted:
+            result = run_script("post", str(path), [], fd=trusted.fd, timeout=10,
+                                sink=lambda s, line: log(f"post {s}: {line}"))
+    assert result.ok and not result.timed_out, result.describe()
+    assert marker.read_text() == "released\n"
+    out = result.output_json()["stdout"]
+    assert out["bytes"] == 26_000_000 + len(b"done\n")
+    assert out["tail"].endswith("0123456789012345678901234\ndone\n")
+    # The run log holds the head, one note and the tail, not a million lines.
+    assert len(log.lines) < (HEAD_BYTES + TAIL_BYTES) // len(LINE) + 10
+    assert log.lines[-1].endswith("post stdout: done")
+
+
+READER = r"""
+import json, os, sys
+from quiesce.runner import RunLog
+from quiesce.scripts import run_script
+
+def hwm_kib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+devnull = open(os.devnull, "w")
+log = RunLog(devnull)
+sink = lambda s, line: log(f"post {s}: {line}")
+run_script("post", sys.argv[2], [], timeout=60, sink=sink)  # warm up: lazy imports, buffers
+before, logged = hwm_kib(), len(log.lines)
+result = run_script("post", sys.argv[1], [], timeout=600, sink=sink)
+after = hwm_kib()
+print(json.dumps({"ok": result.ok, "before_kib": before, "after_kib": after,
+                  "log_lines": len(log.lines) - logged, "output": result.output_json()}))
+"""
+
+
+def test_100_megabytes_of_output_keep_bounded_bytes_and_memory(tmp_path: Path) -> None:
+    size = 100_000_000
+    path = tmp_path / "chatty.sh"
+    path.write_text(f"#!/bin/sh\nyes 0123456789012345678901234 | head -c {size}\n")
+    path.chmod(0o700)
+    small = tmp_path / "small.sh"
+    small.write_text("#!/bin/sh\nyes 0123456789012345678901234 | head -c 300000\n")
+    small.chmod(0o700)
+    reader = subprocess.run([sys.executable, "-c", READER, str(path), str(small)],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert reader.returncode == 0, reader.stderr
+    report = json.loads(reader.stdout)
+    assert report["ok"]
+    out = report["output"]["stdout"]
+    assert out["bytes"] == size
+    stream_at = lambda start, n: bytes(LINE[(start + k) % len(LINE)]  # noqa: E731
+                                       for k in range(n))
+    assert out["head"].encode() == stream_at(0, HEAD_BYTES)
+    assert out["tail"].encode() == stream_at(size - TAIL_BYTES, TAIL_BYTES)
+    assert out["omitted_bytes"] == size - HEAD_BYTES - TAIL_BYTES
+    assert report["log_lines"] < (HEAD_BYTES + TAIL_BYTES) // len(LINE) + 10
+    # Peak RSS of the reading process: a few read buffers, not the 100 MB (nor, as before,
+    # several times that in per-line strings). Measured as VmHWM growth over the warm-up.
+    growth_mib = (report["after_kib"] - report["before_kib"]) / 1024
+    assert growth_mib < 16, f"the reader's peak RSS grew by {growth_mib:.1f} MiB"
 
 
 PARAMS = ["a b", "", "'single'", '"double"', "$(touch /run/quiesce-pwned)", "`id`", "*",

@@ -1,4 +1,5 @@
-"""Pieces of quiesce.scripts that need no processes: line splitting and result wording."""
+"""Pieces of quiesce.scripts that need no processes: line splitting, the bounded output capture
+and result wording."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from quiesce.errors import AzureCode
-from quiesce.scripts import MAX_LINE, Attempt, ScriptResult, _LineSplitter
+from quiesce.scripts import (
+    HEAD_BYTES,
+    MAX_LINE,
+    TAIL_BYTES,
+    Attempt,
+    ScriptResult,
+    StreamOutput,
+    _Capture,
+    _LineSplitter,
+)
 
 
 def split(chunks: list[bytes]) -> list[str]:
@@ -32,6 +42,79 @@ def test_invalid_utf8_is_replaced_not_fatal() -> None:
 def test_an_endless_line_is_cut_into_bounded_pieces() -> None:
     lines = split([b"x" * (MAX_LINE * 2 + 10)])
     assert [len(line) for line in lines] == [MAX_LINE, MAX_LINE, 10]
+
+
+def capture(chunks: list[bytes]) -> tuple[_Capture, list[str], deque[str]]:
+    got: list[str] = []
+    tail: deque[str] = deque(maxlen=20)
+    cap = _Capture("stdout", lambda s, line: got.append(line), tail)
+    for chunk in chunks:
+        cap.feed(chunk)
+    return cap, got, tail
+
+
+def test_short_output_is_kept_whole_and_reaches_the_sink_line_by_line() -> None:
+    cap, got, _ = capture([b"one\ntw", b"o\nthree"])
+    assert got == ["one", "two"]  # live, as lines complete
+    cap.close()
+    assert got == ["one", "two", "three"]
+    out = cap.result()
+    assert out == StreamOutput("stdout", 13, "one\ntwo\nthree", "", 0)
+
+
+def test_output_between_head_and_head_plus_tail_loses_nothing() -> None:
+    data = b"".join(b"%07d\n" % i for i in range((HEAD_BYTES + TAIL_BYTES // 2) // 8))
+    cap, got, _ = capture([data[i:i + 5000] for i in range(0, len(data), 5000)])
+    cap.close()
+    out = cap.result()
+    assert out.bytes == len(data) and out.omitted_bytes == 0
+    assert (out.head + out.tail).encode() == data
+    assert got == data.decode().splitlines()
+
+
+def test_huge_output_keeps_a_bounded_head_and_tail_and_counts_every_byte() -> None:
+    line = b"0123456789012345678901234\n"
+    block = line * 40000  # about 1 MB, as one read may return
+    chunks = [block] * 30 + [b"the last line\n"]
+    total = sum(map(len, chunks))
+    cap, got, tail = capture(chunks)
+    lines_before_close = len(got)
+    assert lines_before_close <= HEAD_BYTES // len(line) + 1  # no per-line work past the head
+    assert len(cap.head) == HEAD_BYTES and len(cap.tail) == TAIL_BYTES
+    cap.close()
+    out = cap.result()
+    stream = b"".join(chunks)
+    assert out.bytes == total
+    assert out.head.encode() == stream[:HEAD_BYTES]
+    assert out.tail.encode() == stream[-TAIL_BYTES:]
+    assert out.omitted_bytes == total - HEAD_BYTES - TAIL_BYTES
+    note = next(line for line in got if line.startswith("[quiesce:"))
+    assert f"stdout was {total} bytes" in note and f"{out.omitted_bytes} bytes" in note
+    assert got[-1] == "the last line" and tail[-1] == "stdout: the last line"
+    assert len(got) <= (HEAD_BYTES + TAIL_BYTES) // len(line) + 4
+
+
+def test_one_big_chunk_and_many_small_ones_keep_the_same_bytes() -> None:
+    stream = bytes(range(256)) * 2000
+    one, _, _ = capture([stream])
+    many, _, _ = capture([stream[i:i + 777] for i in range(0, len(stream), 777)])
+    for cap in (one, many):
+        cap.close()
+    assert one.head == many.head == stream[:HEAD_BYTES]
+    assert one.tail == many.tail == stream[-TAIL_BYTES:]
+    assert one.result().omitted_bytes == many.result().omitted_bytes
+
+
+def test_result_output_json_is_the_last_attempts() -> None:
+    first = Attempt(1, 0.0, 0.1, 1, output=(StreamOutput("stdout", 3, "a\n", "", 0),))
+    last = Attempt(2, 0.0, 0.1, 0, output=(StreamOutput("stdout", 5, "b", "c", 2),
+                                           StreamOutput("stderr", 0, "", "", 0)))
+    result = ScriptResult("pre", "/s", [first, last])
+    assert result.output_json() == {
+        "stdout": {"bytes": 5, "head": "b", "tail": "c", "omitted_bytes": 2},
+        "stderr": {"bytes": 0, "head": "", "tail": "", "omitted_bytes": 0}}
+    assert first.output_bytes() == {"stdout": 3}
+    assert ScriptResult("pre", "/s", []).output_json() == {}
 
 
 def attempt(code: int | None, *, sig: int | None = None, timed_out: bool = False) -> Attempt:
