@@ -47,9 +47,15 @@ class Tree:
         document.update(changes)
         self.write(AZURE, json.dumps(document, indent=4))
 
-    def wrapper(self, relative: str, phase: str, toml: str, *extra: str) -> Path:
-        """A wrapper like install's, with ``extra`` options after --config."""
-        text = wrapper_script(phase, toml, quiesce_command()).decode()
+    def wrapper(self, relative: str, phase: str, toml: str, *extra: str,
+                azure_config: str | None = "") -> Path:
+        """A wrapper like install's, with ``extra`` options after --config (and, for pre,
+        --azure-config naming this tree's Azure config unless ``azure_config`` says
+        otherwise; None: the older form without it)."""
+        if azure_config == "":
+            azure_config = str(self / AZURE) if phase == "pre" else None
+        text = wrapper_script(phase, toml, quiesce_command(),
+                              azure_config_path=azure_config).decode()
         if extra:
             text = text.replace(' "$@"', " " + " ".join(map(shlex.quote, extra)) + ' "$@"')
         return self.write(relative, text, 0o700)
@@ -72,6 +78,12 @@ def tree(require_root: None) -> Iterator[Tree]:
 
 def problems(proc: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in proc.stdout.splitlines() if line.startswith("problem ")]
+
+
+def exec_line(path: Path) -> int:
+    """The 1-based line of the wrapper's ``exec`` (after install's re-check of its paths)."""
+    lines = path.read_text().splitlines()
+    return next(i for i, line in enumerate(lines, start=1) if line.startswith("exec "))
 
 
 def test_fresh_install_reports_the_skeleton_then_passes_once_filled(tree: Tree) -> None:
@@ -162,10 +174,10 @@ def test_the_pre_script_running_quiesce_post_is_a_problem(tree: Tree) -> None:
     proc = tree.check()
     assert proc.returncode == 2
     assert problems(proc) == [
-        f"problem Pre-ScriptExecutionFailed (300): {tree / POST}:4: the pre-script runs "
-        "'quiesce post'",
-        f"problem Post-ScriptExecutionFailed (301): {tree / PRE}:4: the post-script runs "
-        "'quiesce pre'"]
+        f"problem Pre-ScriptExecutionFailed (300): {tree / POST}:{exec_line(tree / POST)}: "
+        "the pre-script runs 'quiesce post'",
+        f"problem Post-ScriptExecutionFailed (301): {tree / PRE}:{exec_line(tree / PRE)}: the "
+        "post-script runs 'quiesce pre'"]
 
 
 def test_azures_sample_params_would_make_pre_refuse_to_run(tree: Tree) -> None:
@@ -174,9 +186,12 @@ def test_azures_sample_params_would_make_pre_refuse_to_run(tree: Tree) -> None:
     proc = tree.check()
     assert proc.returncode == 2
     [problem] = problems(proc)
-    assert problem.startswith(f"problem Pre-ScriptExecutionFailed (300): {tree / PRE}:4: "
-                              "'quiesce pre' would refuse its arguments")
+    assert problem.startswith(f"problem Pre-ScriptExecutionFailed (300): {tree / PRE}:"
+                              f"{exec_line(tree / PRE)}: 'quiesce pre' would refuse its "
+                              "arguments")
     assert "preScriptParams holds empty strings" in problem
+    # The pre-script is a wrapper, just with bad arguments: no "not a wrapper" note for post.
+    assert "does not run 'quiesce pre'" not in proc.stdout
     assert f'fix: set "preScriptParams": [] in {tree / AZURE}' in proc.stdout
 
 
@@ -213,15 +228,98 @@ def test_an_invalid_azure_config_does_not_hide_the_toml_problems(tree: Tree) -> 
     assert "has no database instance section" in proc.stdout, proc.stdout
 
 
-def test_an_azure_timeout_shorter_than_pre_may_take_is_noted(tree: Tree) -> None:
+def test_an_azure_timeout_that_cannot_fit_pre_fails_the_check(tree: Tree) -> None:
+    """Issue 7 item 4: pre_timeout_seconds + the poll margin must fit in timeoutInSeconds."""
     tree.write(TOML, "pre_timeout_seconds = 45\n" + VALID)
     tree.azure(timeoutInSeconds=30)
     proc = tree.check()
+    assert proc.returncode == 2, proc.stdout
+    assert problems(proc) == [
+        f"problem IncorrectJSONConfigFile (305): {tree / AZURE}: timeoutInSeconds 30 cannot "
+        f"fit 'quiesce pre': pre_timeout_seconds 45 (from {tree / TOML}) + 6 s for Azure to "
+        "see it finish (the longest poll period, 5 s, since ScriptsExecutionPollTimeSeconds "
+        "is not set, + 1 s start-up) = 51 s"]
+    assert (f"  fix: raise timeoutInSeconds in {tree / AZURE} to at least 51 or lower "
+            f"pre_timeout_seconds in {tree / TOML} to at most 24\n") in proc.stdout
+    tree.azure(timeoutInSeconds=51)
+    proc = tree.check()
     assert proc.returncode == 0, proc.stdout
-    assert ("note: timeoutInSeconds is 30 but 'quiesce pre' may take up to 75 s "
-            "(pre_timeout_seconds 45 + 30 s start-up)") in proc.stdout
-    tree.azure(timeoutInSeconds=75)
-    assert "note: timeoutInSeconds" not in tree.check().stdout
+    tree.azure(timeoutInSeconds=47, ScriptsExecutionPollTimeSeconds=1)  # 45 + 1 + 1
+    proc = tree.check()
+    assert proc.returncode == 0, proc.stdout
+    tree.azure(timeoutInSeconds=46)
+    [problem] = problems(tree.check())
+    assert "(ScriptsExecutionPollTimeSeconds 1, + 1 s start-up) = 47 s" in problem
+
+
+def test_a_pre_wrapper_without_azure_config_is_warned_about(tree: Tree) -> None:
+    """The wrappers of an older install: 'quiesce pre' has no run-time deadline."""
+    tree.write(TOML, VALID)
+    tree.wrapper(PRE, "pre", str(tree / TOML), azure_config=None)
+    proc = tree.check()
+    assert proc.returncode == 0, proc.stdout
+    assert (f"note: WARNING: {tree / PRE}:4: the pre-script does not pass --azure-config, so "
+            "'quiesce pre' has no run-time deadline from timeoutInSeconds") in proc.stdout
+    assert "rerun 'quiesce install azure --force'" in proc.stdout
+
+    # The current form says nothing of the kind.
+    tree.wrapper(PRE, "pre", str(tree / TOML))
+    proc = tree.check()
+    assert proc.returncode == 0 and "--azure-config" not in proc.stdout, proc.stdout
+
+
+def test_a_pre_wrapper_naming_another_azure_config_is_a_problem(tree: Tree) -> None:
+    tree.write(TOML, VALID)
+    other = tree.write("etc/azure/other.json", (tree / AZURE).read_text())
+    tree.wrapper(PRE, "pre", str(tree / TOML), azure_config=str(other))
+    proc = tree.check()
+    assert proc.returncode == 2
+    [problem] = problems(proc)
+    assert problem == (
+        f"problem Pre-ScriptExecutionFailed (300): {tree / PRE}:5: the pre-script passes "
+        f"--azure-config {other}, but the Azure config is {tree / AZURE}: 'quiesce pre' would "
+        "take its deadline from another file's timeoutInSeconds")
+
+
+def test_a_group_writable_pre_wrapper_gets_only_its_permission_problem(tree: Tree) -> None:
+    """Issue 7 item 5: the wrapper was never read, so check cannot say what it runs."""
+    tree.write(TOML, VALID)
+    os.chmod(tree / PRE, 0o770)
+    proc = tree.check()
+    assert proc.returncode == 2
+    assert problems(proc) == [
+        f"problem InsufficientPermissionforPre-Script (306): {tree / PRE}: mode 0770 gives "
+        "permissions to group/other"], proc.stdout
+    assert "does not run 'quiesce pre'" not in proc.stdout
+
+
+def test_a_rejected_config_lists_nothing_to_freeze(tree: Tree) -> None:
+    """Issue 7 item 5: neither a rejected config nor fsFreezeEnabled false freezes '/'."""
+    tree.write(TOML, VALID)
+    tree.azure(fsFreezeEnabled=False)
+    os.chmod(tree / AZURE, 0o644)
+    proc = tree.check()
+    assert proc.returncode == 2
+    assert "would freeze" not in proc.stdout, proc.stdout
+    assert "  freeze: nothing (the config was rejected; see the problems below)" in proc.stdout
+    os.chmod(tree / AZURE, 0o600)
+    proc = tree.check()
+    assert proc.returncode == 0, proc.stdout
+    assert "  freeze: off (fsFreezeEnabled is false)" in proc.stdout
+    assert "would freeze" not in proc.stdout
+
+
+def test_check_says_whether_the_helpers_get_their_own_scope(tree: Tree) -> None:
+    from quiesce.scope import in_own_scope
+
+    decision = in_own_scope(["true"], "quiesce-check-0.scope")
+    proc = tree.check()
+    if decision.wrapped:
+        assert "note: systemd is PID 1: holder, guardian and freeze watchdog each start in a " \
+            "transient scope of their own" in proc.stdout
+    else:
+        assert (f"note: {decision.reason}: holder, guardian and freeze watchdog stay in the "
+                "caller's cgroup") in proc.stdout, proc.stdout
 
 
 def test_a_wrapper_whose_program_is_gone_or_replaceable(tree: Tree) -> None:
@@ -233,8 +331,9 @@ def test_a_wrapper_whose_program_is_gone_or_replaceable(tree: Tree) -> None:
     proc = tree.check()
     assert proc.returncode == 2
     assert problems(proc) == [
-        f"problem Pre-ScriptExecutionFailed (300): {tree / PRE}:4: {gone} does not exist or "
-        "is not executable, so 'quiesce pre' cannot start (was quiesce moved or uninstalled?)"]
+        f"problem Pre-ScriptExecutionFailed (300): {tree / PRE}:{exec_line(tree / PRE)}: {gone} "
+        "does not exist or is not executable, so 'quiesce pre' cannot start (was quiesce "
+        "moved or uninstalled?)"]
 
     # A launcher in a directory anyone can write: whoever writes there gets root at backup.
     open_dir = tree.prefix.parent / "open" / "bin"
@@ -247,9 +346,14 @@ def test_a_wrapper_whose_program_is_gone_or_replaceable(tree: Tree) -> None:
     tree.write(PRE, pre.replace(program, str(launcher)), 0o700)
     [problem] = problems(tree.check())
     assert problem.startswith(
-        f"problem InsufficientPermissionforPre-Script (306): {tree / PRE}:4: the wrapper runs "
+        f"problem InsufficientPermissionforPre-Script (306): {tree / PRE}:"
+        f"{exec_line(tree / PRE)}: the wrapper runs "
         f"{launcher} as root, but users other than root can replace it: {open_dir} is "
         "writable by group/other (mode 0777)"), problem
+    open_dir.chmod(0o1777)  # sticky, like /tmp: still anyone can re-create the launcher
+    [problem] = problems(tree.check())
+    assert (f"{open_dir} is writable by group/other (mode 1777, sticky, but anyone can create "
+            "names in it)") in problem, problem
 
     tree.write(PRE, pre.replace(program, "quiesce"), 0o700)
     [problem] = problems(tree.check())
