@@ -4,6 +4,7 @@ for a config it rejected, and which notes a rejected wrapper does not also get."
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,42 @@ def test_freeze_lines_for_each_state() -> None:
     assert "would freeze" not in format_check(rejected)
     on = CheckResult("/c.json", freeze_enabled=True)
     assert "  would freeze: nothing (no freezable filesystem found)\n" in format_check(on)
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "azure-compatibility.md"
+
+
+@pytest.fixture
+def trusted_dir() -> Iterator[Path]:
+    import os
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a config is trusted only in root-owned directories")
+    path = Path(tempfile.mkdtemp(prefix="qcm-", dir="/run"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_quiesce_keeps_305_where_the_extension_says_317_or_304(trusted_dir: Path) -> None:
+    """Issue 7 item 5: a bad owner/mode (extension: 317) and a quoted number (extension: 304)
+    are both IncorrectJSONConfigFile (305) here, and the docs list the difference."""
+    path = azure_config(trusted_dir, fs_freeze=False)  # mode 0644
+    codes = {(e.code, e.number) for e in check(str(path)).errors}
+    assert codes == {("IncorrectJSONConfigFile", 305)}
+    path.chmod(0o600)
+    assert check(str(path)).ok
+    document = json.loads(path.read_text())
+    document["timeoutInSeconds"] = "60"
+    path.write_text(json.dumps(document))
+    errors = check(str(path)).errors
+    assert [(e.code, e.number) for e in errors] == [("IncorrectJSONConfigFile", 305)]
+    assert "write 60 without quotes" in errors[0].hint
+
+    rows = [line for line in DOCS.read_text().splitlines() if line.startswith("| ")]
+    assert any("quoted number" in row and "304" in row and "`IncorrectJSONConfigFile` (305)"
+               in row for row in rows)
+    assert any("wrong owner or mode" in row and "317" in row
+               and "`IncorrectJSONConfigFile` (305)" in row for row in rows)
