@@ -18,6 +18,13 @@ CONNINFO_HINT = (
     "passfile = \"/etc/quiesce/pgpass\" in this section"
 )
 MAX_LABEL_PREFIX = 200
+# post's release of one instance gets RELEASE_SECONDS (quiesce.lifecycle.Hold's
+# release_timeout) for pg_backup_stop AND the archive wait; a longer wait would be cut short
+# there, so a larger value is refused instead of being capped silently. 5 s stay for
+# pg_backup_stop itself.
+RELEASE_SECONDS = 30
+MAX_ARCHIVE_WAIT_SECONDS = RELEASE_SECONDS - 5
+DEFAULT_ARCHIVE_WAIT_SECONDS = 20
 
 
 def conninfo_problem(value: str) -> str | None:
@@ -80,5 +87,10 @@ SCHEMA = Table({
                              hint="seconds; libpq's minimum is 2"),
     "wait_for_archive": Field((bool, str), default="auto", check=_wait_for_archive_problem,
                               hint="\"auto\" waits only when WAL archiving is on"),
-    "archive_wait_seconds": Field(int, default=60, minimum=0, maximum=3600),
+    "archive_wait_seconds": Field(
+        int, default=DEFAULT_ARCHIVE_WAIT_SECONDS, minimum=0, maximum=MAX_ARCHIVE_WAIT_SECONDS,
+        hint=f"seconds 'post' waits for the archiver, at most {MAX_ARCHIVE_WAIT_SECONDS}: the "
+             f"release of an instance has {RELEASE_SECONDS} s in all, pg_backup_stop included; "
+             "a slower archiver costs only wal_archived: false (the label is still recorded), "
+             "check pg_stat_archiver later"),
 })

@@ -17,7 +17,8 @@ Lifecycle (driven by the core, in the holder process):
     false)`` (12-14), then VERIFY. PostgreSQL exposes no catalog view of non-exclusive backups,
     so "verified" means: the same backend (pid unchanged) asked to start a second backup gets
     SQLSTATE 55000 "a backup is already in progress in this session" - the server's own word
-    that this session is in backup mode. (The probe leaves one ERROR line in the server log.)
+    that this session is in backup mode. The probe runs in a PL/pgSQL block that catches that
+    refusal, so nothing is written to the server log.
     checkpoint mode: checks the session is alive; the flush already happened in prepare.
     Backup mode does NOT block writes: consistency comes from restoring the snapshot with the
     recorded backup_label and the WAL from start_lsn to stop_lsn.
@@ -56,12 +57,16 @@ from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings, Quiescer
 from quiesce.errors import EngineError, SessionLost
 from quiesce_postgresql import wal
+from quiesce_postgresql.config import DEFAULT_ARCHIVE_WAIT_SECONDS
 
 if TYPE_CHECKING:
     import psycopg
 
 MIN_VERSION = 120000
 ALREADY_IN_BACKUP = "55000"  # object_not_in_prerequisite_state
+# Raised by the verify block when a second backup start was accepted (not a server code).
+SECOND_START_ACCEPTED = "QZ001"
+NO_PLPGSQL = "42704"  # undefined_object: language "plpgsql" does not exist
 # Keep the socket honest while idle for minutes: a server that vanished is noticed by the
 # kernel instead of a call hanging forever (TCP only; Unix sockets fail fast by themselves).
 SOCKET_OPTIONS = {
@@ -365,19 +370,53 @@ class PostgresQuiescer(Quiescer):
         self._verify_backup_held(deadline)
 
     def _verify_backup_held(self, deadline: Deadline) -> None:
-        """Ask the server: a second start in this session must be refused (see module doc)."""
+        """Ask the server: a second start in this session must be refused (see module doc).
+
+        The refusal (SQLSTATE 55000) is caught inside a PL/pgSQL block, so it never reaches
+        the server log as an ERROR (log-based alerting would fire on every ``pre``). The block
+        ends without error only when that refusal happened; an accepted second start raises
+        its own error. Without PL/pgSQL in the database the bare probe runs (one ERROR line).
+        """
         version = self.info["server_version_num"]
-        probe = ("SELECT pg_backup_start(%s, false)" if version >= 150000
-                 else "SELECT pg_start_backup(%s, false, false)")
+        start = ("pg_backup_start('quiesce verify', false)" if version >= 150000
+                 else "pg_start_backup('quiesce verify', false, false)")
+        block = (
+            "DO $quiesce$ BEGIN "
+            f"PERFORM {start}; "
+            "RAISE EXCEPTION 'quiesce: a second backup start was accepted' "
+            f"USING ERRCODE = '{SECOND_START_ACCEPTED}'; "
+            "EXCEPTION WHEN object_not_in_prerequisite_state THEN NULL; "
+            "END $quiesce$")
+        timeout = min(VERIFY_SECONDS, max(deadline.remaining(), 0.5))
         try:
-            self._query(probe, ("quiesce verify",),
-                        timeout=min(VERIFY_SECONDS, max(deadline.remaining(), 0.5)),
-                        what="verifying backup mode")
+            self._query(block, timeout=timeout, what="verifying backup mode")
+        except SessionLost:
+            raise
+        except EngineError as exc:
+            sqlstate = getattr(exc, "sqlstate", None)
+            if sqlstate == NO_PLPGSQL:
+                self._verify_with_bare_probe(start, timeout)
+                return
+            if sqlstate != SECOND_START_ACCEPTED:
+                raise
+            raise EngineError(
+                f"{self._where()}: backup mode was not held after pg_backup_start returned "
+                "(a second start was accepted)",
+                hint="connect to PostgreSQL directly, not through a pooler in transaction "
+                     "mode") from exc
+        self._check_same_backend()
+
+    def _verify_with_bare_probe(self, start: str, timeout: float) -> None:
+        """The probe without PL/pgSQL: its refusal is the proof, and is logged as an ERROR."""
+        try:
+            self._query(f"SELECT {start}", timeout=timeout, what="verifying backup mode")
         except SessionLost:
             raise
         except EngineError as exc:
             if getattr(exc, "sqlstate", None) != ALREADY_IN_BACKUP:
                 raise
+            self.notes.append("PL/pgSQL is not installed in the database quiesce connects "
+                              "to: the backup-mode check logged one ERROR in the server log")
             self._check_same_backend()
             return
         raise EngineError(
@@ -474,15 +513,20 @@ class PostgresQuiescer(Quiescer):
         if segment is None:
             self.notes.append("cannot tell which WAL file to wait for: no timeline in the label")
             return False
-        limit = deadline.sooner(float(self.options.get("archive_wait_seconds", 60)))
+        wanted = float(self.options.get("archive_wait_seconds", DEFAULT_ARCHIVE_WAIT_SECONDS))
+        limit = deadline.sooner(wanted)
+        began = time.monotonic()
         while True:
             ((last,),) = self._query("SELECT last_archived_wal FROM pg_stat_archiver",
                                      timeout=5.0, what="reading pg_stat_archiver")
             if last and wal.is_segment_name(last[:24]) and last[:24] >= segment:
                 return True
             if limit.expired():
+                waited = time.monotonic() - began
+                cut = (f" (archive_wait_seconds is {wanted:g}, but the release deadline came "
+                       "first)" if waited + 0.5 < wanted else "")
                 self.notes.append(
-                    f"WAL file {segment} was not archived within {limit.seconds:g}s (last "
+                    f"WAL file {segment} was not archived within {waited:.1f}s{cut} (last "
                     f"archived: {last or 'none'}); a restore needs it from pg_wal or the "
                     "archive")
                 return False

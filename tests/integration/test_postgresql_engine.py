@@ -473,6 +473,9 @@ def test_tablespace_map_recorded_and_restored_elsewhere(postgresql_server_factor
     if server.ids is not None:  # a copy made as root: give the tablespace to postgres
         for path in [moved, *moved.rglob("*")]:
             os.lchown(path, *server.ids)
+    link = Path(target.data_dir) / "pg_wal"  # runbook: the copy's pg_wal leads to its own WAL
+    link.unlink()
+    link.symlink_to(target.log_dir)
 
     result = install_label(target.data_dir, meta, tablespace_mapping={str(original): str(moved)})
     assert result.written == ["backup_label", "tablespace_map"]
