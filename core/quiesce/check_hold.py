@@ -1,8 +1,9 @@
 """The part of ``quiesce check`` behind the Azure scripts: the quiesce.toml ``pre`` will use.
 
 ``quiesce check`` validates the Azure config and its two scripts. When those scripts are
-quiesce wrappers (what ``quiesce install azure`` writes: a ``sh`` script whose command is
-``exec <quiesce> pre|post --config <toml> "$@"``), the first backup also depends on the
+quiesce wrappers (what ``quiesce install azure`` writes: a ``sh`` script that re-checks the
+paths of the quiesce it runs, then ``exec <quiesce> pre --config <toml> --azure-config <json>
+"$@"``, or ``post --config <toml> "$@"``), the first backup also depends on the
 quiesce.toml the wrapper names: a skeleton without an instance section, an unknown key or a
 group-readable file all make ``quiesce pre`` fail at snapshot time. This module finds each
 wrapper's ``quiesce`` call, parses its arguments with the real command's own parser (the Azure
@@ -19,6 +20,12 @@ a relative ``--config``, the pre-script calling ``quiesce post``, a quiesce exec
 gone or named without a path) is reported with the phase's ExecutionFailed code, like any
 script that cannot work; an executable that users other than root could replace (the rule of
 :func:`quiesce.azure_install.command_problems`) with the phase's InsufficientPermission code.
+
+The pre-script must pass ``--azure-config`` naming the very config being checked, so that
+``quiesce pre`` takes its deadline from ``timeoutInSeconds`` at run time: wrappers of an older
+install, without it, get a warning; another file is an error. And ``timeoutInSeconds`` must
+fit ``pre_timeout_seconds`` plus Azure's poll margin (:func:`timeout_problem`), else the check
+fails (IncorrectJSONConfigFile, 305) saying which value to change, to what.
 
 Nothing connects to a database: an engine's ``prepare`` flushes (PostgreSQL CHECKPOINT,
 MySQL FLUSH TABLES), which is not something a check may do to a production server.
@@ -450,8 +457,9 @@ def _program_problem(call: WrapperCall, phase: str) -> RunError | None:
             AzureCode.for_phase(phase, "permission"), "check",
             f"{where}: the wrapper runs {program} as root, but users other than root can "
             f"replace it: {'; '.join(unsafe)}",
-            "make those files and directories root-owned and not group/other-writable (e.g. "
-            f"install quiesce in a root-owned venv under /opt), then {reinstall[0].lower()}"
+            "make those files and directories root-owned and not group/other-writable, sticky "
+            "or not (e.g. install quiesce in a root-owned venv under /opt, never under /tmp), "
+            f"then {reinstall[0].lower()}"
             f"{reinstall[1:]}")
     return None
 

@@ -46,7 +46,8 @@ def main(args: argparse.Namespace) -> int:
             f"the wrappers would run {command[0]}, which users other than root can replace: "
             + "; ".join(unsafe),
             hint="install quiesce where only root can write (e.g. a root-owned venv under "
-                 "/opt with mode 755 directories), then run 'quiesce install azure' from it")
+                 "/opt with mode 755 directories; never under /tmp, /var/tmp or /dev/shm, "
+                 "sticky or not), then run 'quiesce install azure' from it")
     if args.dry_run:
         for planned in files:
             print(f"== {planned.path} (mode {planned.display_mode}): would "
