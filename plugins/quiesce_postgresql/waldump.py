@@ -111,7 +111,8 @@ def _scan(tool: str, wal_dir: Path, timeline: int, start: int, end: int | None, 
             errors = proc.stderr.read()
             proc.wait()
     if scan.found_lsn is None and scan.error is None:
-        text = " ".join(errors.split()) or f"pg_waldump exited with {proc.returncode}"
+        text = " ".join(errors.replace("pg_waldump: error: ", "").split()) or (
+            f"pg_waldump exited with {proc.returncode}")
         scan.error = text[:_MAX_ERROR]
         at = _ERROR_AT.search(text)
         scan.failed_at = wal.parse_lsn(at.group(1)) if at else None

@@ -72,6 +72,9 @@ def test_pre_post_returns_the_backup_label_and_the_snapshot_restores(
     # The WAL disk is copied after post: it has everything up to stop_lsn.
     shutil.copytree(server.log_dir, target.log_dir, symlinks=True)
     server.stop()
+    link = Path(target.data_dir) / "pg_wal"  # runbook: the copy's pg_wal leads to its own WAL
+    link.unlink()
+    link.symlink_to(target.log_dir)
     out = cli.run("restore-label", "--state-dir", str(cli.state), str(target.data_dir))
     assert out.returncode == 0, out.stderr
     assert "could not check" not in out.stdout  # the identity was recorded and matched
