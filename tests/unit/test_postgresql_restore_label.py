@@ -1,4 +1,10 @@
-"""quiesce restore-label: refusals and a byte-exact install, through the real CLI."""
+"""quiesce restore-label: refusals and a byte-exact install, through the real CLI.
+
+The data directories here are built by hand (PG_VERSION, a pg_control with its CRC, a WAL
+file of zeros): no server. The WAL check is exercised for real by pg_waldump on that file
+(refused) and, with real WAL, in tests/integration/test_postgresql_restore.py; the other tests
+pass --wal-from-archive (restore_command would fetch the WAL) to test the rest on its own.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,16 @@ from pathlib import Path
 import pytest
 
 from helpers import private_dir
+from helpers.pg_control import control_bytes
 from quiesce import catalog
 from quiesce_postgresql import wal
-from quiesce_postgresql.restore import RestoreLabelError, find_label_metadata, install_label
+from quiesce_postgresql.restore import (
+    InconsistentRun,
+    LabelMismatch,
+    RestoreLabelError,
+    find_label_metadata,
+)
+from quiesce_postgresql.restore import install_label as _install_label
 
 LABEL = (
     "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"
@@ -41,8 +54,16 @@ def metadata(**overrides: object) -> dict:
     return meta
 
 
-def record(*instances: dict) -> dict:
-    return {"run_id": "20261126T123052Z-abcdef", "instances": list(instances)}
+def record(*instances: dict, run_id: str = "20261126T123052Z-abcdef",
+           consistent: bool = True) -> dict:
+    return {"run_id": run_id, "state": "released", "consistent": consistent,
+            "instances": list(instances)}
+
+
+def install_label(data_dir: Path, meta: dict, **kwargs: object):
+    """install_label without the WAL check (see the module doc)."""
+    kwargs.setdefault("wal_from_archive", True)
+    return _install_label(data_dir, meta, **kwargs)
 
 
 def pg_instance(name: str = "main", status: str = "released", **meta: object) -> dict:
@@ -66,11 +87,11 @@ def data_dir(tmp_path: Path) -> Path:
     return d
 
 
-def write_pg_control(data_dir: Path, system_identifier: str) -> None:
-    """The start of a pg_control file: the system identifier, in the machine's byte order."""
+def write_pg_control(data_dir: Path, system_identifier: str, **fields: int) -> None:
+    """A pg_control whose latest checkpoint is the label's own (0/2000060) unless told."""
     (data_dir / "global").mkdir(exist_ok=True)
     (data_dir / "global" / "pg_control").write_bytes(
-        int(system_identifier).to_bytes(8, sys.byteorder) + b"\0" * 8184)
+        control_bytes(int(system_identifier), **fields))
 
 
 def _has_user(name: str) -> bool:
@@ -81,8 +102,9 @@ def _has_user(name: str) -> bool:
     return True
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "quiesce", "restore-label", *args],
+def run_cli(*args: str, wal_check: bool = False) -> subprocess.CompletedProcess[str]:
+    extra = [] if wal_check else ["--wal-from-archive"]
+    return subprocess.run([sys.executable, "-m", "quiesce", "restore-label", *extra, *args],
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -98,7 +120,8 @@ def test_writes_label_byte_for_byte(tmp_path: Path, data_dir: Path) -> None:
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["written"] == ["backup_label"]
-    assert result["warnings"] == []
+    assert [w.split(":")[0] for w in result["warnings"]] == ["--wal-from-archive"]
+    assert any("matches the copy's pg_control" in c for c in result["checks"])
     label = data_dir / "backup_label"
     assert label.read_bytes() == LABEL.encode()
     st = label.stat()
@@ -161,7 +184,8 @@ def test_copied_pid_file_of_another_process_is_not_live(tmp_path: Path,
         (data_dir / "postmaster.pid").write_text(f"{proc.pid}\n/var/lib/postgresql/15/main\n")
         result = install_label(data_dir, metadata())
         assert result.written == ["backup_label"]
-        assert any("postmaster.pid is a leftover" in w for w in result.warnings)
+        assert any("remove" in w and "postmaster.pid before starting" in w
+                   for w in result.warnings)
     finally:
         proc.kill()
         proc.wait()
@@ -187,11 +211,27 @@ def test_refuses_what_is_not_a_data_dir(tmp_path: Path) -> None:
         install_label(link, metadata())
 
 
-def test_warns_when_the_stop_wal_is_missing(data_dir: Path) -> None:
-    result = install_label(data_dir, metadata(stop_wal_file="000000010000000000000007"))
-    assert len(result.warnings) == 1
-    assert "000000010000000000000007" in result.warnings[0]
-    assert "restore_command" in result.warnings[0]
+def test_wal_without_the_end_of_backup_is_refused(tmp_path: Path, data_dir: Path) -> None:
+    """pg_wal has the stop segment's name, but not its records (a file of zeros)."""
+    from quiesce_postgresql.waldump import WalToolMissing, find_waldump
+
+    try:
+        find_waldump(15)
+    except WalToolMissing as exc:
+        pytest.skip(f"no pg_waldump of PostgreSQL 15 on this machine: {exc}")
+    segment = data_dir / "pg_wal" / "000000010000000000000002"
+    segment.write_bytes(b"\0" * 16 * 1024 * 1024)
+    rec = write_record(tmp_path, record(pg_instance()))
+    out = run_cli("--record", str(rec), str(data_dir), wal_check=True)
+    assert out.returncode == 2
+    assert "no end-of-backup record (BACKUP_END 0/2000028) before stop_lsn 0/2000100" in out.stderr
+    assert ("copy WAL files 000000010000000000000002 through 000000010000000000000002"
+            in out.stderr)
+    assert "WAL archive" in out.stderr and "crash-consistent" in out.stderr
+    assert not (data_dir / "backup_label").exists()
+    out = run_cli("--record", str(rec), "--wal-from-archive", str(data_dir), wal_check=True)
+    assert out.returncode == 0, out.stderr
+    assert "restore_command" in out.stdout and "recovery.signal" in out.stdout
 
 
 def test_choosing_the_instance() -> None:
@@ -239,7 +279,7 @@ def test_tablespace_mapping_rewrites_only_the_named_paths(tmp_path: Path, data_d
     assert out.returncode == 0, out.stderr
     written = (data_dir / "tablespace_map").read_text()
     assert written == f"16385 {new}\n16386 /srv/ts/with\\\\backslash\n"
-    warnings = json.loads(out.stdout)["warnings"]
+    warnings = json.loads(out.stdout)["warnings"][1:]  # after the --wal-from-archive one
     assert len(warnings) == 1
     assert "16386 stays at its original location /srv/ts/with\\backslash" in warnings[0]
 
@@ -263,8 +303,8 @@ def test_refuses_the_data_directory_of_another_cluster(tmp_path: Path, data_dir:
     rec = write_record(tmp_path, record(pg_instance()))
     out = run_cli("--record", str(rec), str(data_dir))
     assert out.returncode == 2
-    assert "belongs to another cluster (system identifier 7712461136917788014)" in out.stderr
-    assert SYSTEM_ID in out.stderr
+    assert ("the copy is of another cluster: system identifier 7712461136917788014 in its "
+            f"pg_control, {SYSTEM_ID} in the record") in out.stderr
     assert not (data_dir / "backup_label").exists()
 
 
@@ -278,7 +318,7 @@ def test_refuses_another_major_version(data_dir: Path) -> None:
 
 def test_missing_pg_control_is_refused_when_the_identity_was_recorded(data_dir: Path) -> None:
     (data_dir / "global" / "pg_control").unlink()
-    with pytest.raises(RestoreLabelError, match="cannot read the system identifier"):
+    with pytest.raises(LabelMismatch, match=r"global/pg_control does not exist"):
         install_label(data_dir, metadata())
 
 
@@ -291,10 +331,10 @@ def test_a_record_without_identity_still_installs_with_a_warning(data_dir: Path)
 def test_an_auto_released_hold_needs_explicit_consent(tmp_path: Path, data_dir: Path) -> None:
     """After an automatic release the snapshot may postdate the backup's end."""
     auto = pg_instance(status="auto-released", stopped_at="2026-11-26T12:47:00.254+00:00")
-    with pytest.raises(RestoreLabelError, match="'auto-released', not released") as info:
-        find_label_metadata(record(auto))
-    assert "--allow-auto-released" in info.value.hint
-    rec = write_record(tmp_path, record(auto))
+    with pytest.raises(InconsistentRun, match="'auto-released', not released") as info:
+        find_label_metadata(record(auto, consistent=False))
+    assert "--unsafe-accept-inconsistent" in info.value.hint
+    rec = write_record(tmp_path, record(auto, consistent=False))
     out = run_cli("--record", str(rec), str(data_dir))
     assert out.returncode == 2 and "2026-11-26T12:47:00.254" in out.stderr
     assert not (data_dir / "backup_label").exists()
@@ -320,3 +360,97 @@ def test_state_dir_comes_from_quiesce_toml(data_dir: Path, require_root: None) -
         out = run_cli("--config", str(config), "--force", str(data_dir))
         assert out.returncode == 2 and str(config) in out.stderr
 
+
+
+# ------------------------------------------------------- a label must belong to the copy
+NEWER_LABEL = LABEL.replace("0/2000028 (file 000000010000000000000002)",
+                            "0/4000028 (file 000000010000000000000004)").replace(
+                                "CHECKPOINT LOCATION: 0/2000060", "CHECKPOINT LOCATION: 0/4000060")
+
+
+def newer_instance(**meta: object) -> dict:
+    fields = {"backup_label": NEWER_LABEL, "backup_label_sha256": wal.sha256_text(NEWER_LABEL),
+              "start_lsn": "0/4000028", "stop_lsn": "0/4000100",
+              "stop_wal_file": "000000010000000000000004", **meta}
+    return pg_instance(**fields)
+
+
+def test_the_label_of_a_later_run_is_refused_and_can_be_forced_only_by_name(
+        tmp_path: Path, data_dir: Path) -> None:
+    rec = write_record(tmp_path, record(newer_instance()))
+    out = run_cli("--record", str(rec), str(data_dir))
+    assert out.returncode == 2
+    assert "does not belong to" in out.stderr and "taken before this backup began" in out.stderr
+    assert not (data_dir / "backup_label").exists()
+    out = run_cli("--record", str(rec), "--force", str(data_dir))  # --force is not an override
+    assert out.returncode == 2 and not (data_dir / "backup_label").exists()
+    out = run_cli("--record", str(rec), "--unsafe-skip-label-check", str(data_dir))
+    assert out.returncode == 0, out.stderr
+    assert "warning: --unsafe-skip-label-check: installed although" in out.stdout
+    assert (data_dir / "backup_label").read_text() == NEWER_LABEL
+
+
+def test_a_copy_newer_than_the_backup_end_is_refused(data_dir: Path) -> None:
+    write_pg_control(data_dir, SYSTEM_ID, checkpoint=0x3000060, redo=0x3000028)
+    with pytest.raises(LabelMismatch, match="taken after this backup ended"):
+        install_label(data_dir, metadata())
+    write_pg_control(data_dir, SYSTEM_ID, timeline=2)
+    with pytest.raises(LabelMismatch, match="timeline 1, the copy's checkpoint is on timeline 2"):
+        install_label(data_dir, metadata())
+    assert not (data_dir / "backup_label").exists()
+
+
+@pytest.mark.parametrize("status", ["late", "aborted", "lost", "failed", "auto-released"])
+def test_any_status_but_released_is_inconsistent(status: str) -> None:
+    with pytest.raises(InconsistentRun, match=f"was '{status}', not released"):
+        find_label_metadata(record(pg_instance(status=status), consistent=False))
+    assert find_label_metadata(record(pg_instance(status=status), consistent=False),
+                               accept_inconsistent=True)[0] == "main"
+
+
+def test_a_record_marked_inconsistent_is_refused_even_if_the_instance_was_released(
+        tmp_path: Path, data_dir: Path) -> None:
+    doc = record(pg_instance(), consistent=False)
+    doc["state"], doc["message"] = "late", "the hold was complete only after the deadline"
+    rec = write_record(tmp_path, doc)
+    out = run_cli("--record", str(rec), str(data_dir))
+    assert out.returncode == 2
+    assert "recorded as not consistent (state 'late': the hold was complete only" in out.stderr
+    assert "--unsafe-accept-inconsistent" in out.stderr
+    out = run_cli("--record", str(rec), "--unsafe-accept-inconsistent", str(data_dir))
+    assert out.returncode == 0, out.stderr
+    assert "warning: --unsafe-accept-inconsistent" in out.stdout
+
+
+def test_without_run_id_the_run_that_fits_is_chosen_not_the_newest(tmp_path: Path,
+                                                                   data_dir: Path) -> None:
+    state = tmp_path / "state"
+    catalog.write_record(str(state), record(pg_instance(), run_id="20261126T120000Z-aaaaaa"))
+    catalog.write_record(str(state), record(newer_instance(), run_id="20261126T130000Z-bbbbbb"))
+    out = run_cli("--state-dir", str(state), "--json", str(data_dir))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["run_id"] == "20261126T120000Z-aaaaaa"
+    assert (data_dir / "backup_label").read_text() == LABEL
+    # The newer copy fits the newer run only.
+    (data_dir / "backup_label").unlink()
+    write_pg_control(data_dir, SYSTEM_ID, checkpoint=0x4000060, redo=0x4000028)
+    out = run_cli("--state-dir", str(state), "--json", str(data_dir))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["run_id"] == "20261126T130000Z-bbbbbb"
+    assert (data_dir / "backup_label").read_text() == NEWER_LABEL
+
+
+def test_without_run_id_none_or_several_fitting_runs_are_refused(tmp_path: Path,
+                                                                 data_dir: Path) -> None:
+    state = tmp_path / "state"
+    catalog.write_record(str(state), record(newer_instance(), run_id="20261126T130000Z-bbbbbb"))
+    out = run_cli("--state-dir", str(state), str(data_dir))
+    assert out.returncode == 2
+    assert "no run in" in out.stderr and "20261126T130000Z-bbbbbb: " in out.stderr
+    catalog.write_record(str(state), record(pg_instance(), run_id="20261126T120000Z-aaaaaa"))
+    catalog.write_record(str(state), record(pg_instance(), run_id="20261126T140000Z-cccccc"))
+    out = run_cli("--state-dir", str(state), str(data_dir))
+    assert out.returncode == 2
+    assert ("several runs have a label that fits" in out.stderr
+            and "20261126T140000Z-cccccc, 20261126T120000Z-aaaaaa" in out.stderr)
+    assert not (data_dir / "backup_label").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from helpers.pg_control import control_bytes, crc32c
 from quiesce_postgresql import wal
 
 LABEL = (
@@ -95,33 +96,6 @@ def test_another_cluster_or_timeline_does_not_fit() -> None:
 
 
 # ---------------------------------------------------------------- pg_control
-def control_bytes(system_identifier: int = 7712460687430259114, *, checkpoint: int = 0x2000060,
-                  redo: int = 0x2000028, timeline: int = 1, state: int = 6,
-                  crc_at: int = 288) -> bytes:
-    """A pg_control as PostgreSQL writes it: the head, then the CRC-32C of what precedes it."""
-    import struct
-    import sys
-
-    from quiesce_postgresql.control import CONTROL_FILE_SIZE, crc32c_offsets  # noqa: F401
-
-    head = struct.pack("=QIIIxxxxqQQII", system_identifier, 1300, 202209061, state, 0,
-                       checkpoint, redo, timeline, timeline)
-    body = head + b"\x01" * (crc_at - len(head))
-    crc = crc32c(body)
-    data = body + crc.to_bytes(4, sys.byteorder)
-    return data + b"\0" * (CONTROL_FILE_SIZE - len(data))
-
-
-def crc32c(data: bytes) -> int:
-    """Bitwise CRC-32C (Castagnoli), independent of the table-driven one under test."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 * (crc & 1))
-    return crc ^ 0xFFFFFFFF
-
-
 def test_crc32c_matches_the_standard_check_value() -> None:
     import sys
 
