@@ -221,3 +221,28 @@ def test_the_longest_accepted_argument_really_execs() -> None:
     assert done.stdout.strip() == str(MAX_ARG_BYTES)
     with pytest.raises(OSError, match="too long"):
         subprocess.run([sys.executable, "-c", code, "x" * (MAX_ARG_BYTES + 1)], check=False)
+
+
+@pytest.mark.parametrize("raw", ["1e400", "-1e400", "Infinity", "-Infinity"])
+def test_infinities_are_refused_with_the_key(raw: str) -> None:
+    text = json.dumps(with_(timeoutInSeconds=12345)).replace("12345", raw)
+    problems = problems_of(text)
+    assert len(problems) == 1
+    assert problems[0].where in ("timeoutInSeconds", "cfg.json")
+    assert "finite" in problems[0].message or "not valid JSON" in problems[0].message
+
+
+def test_an_integer_of_thousands_of_digits_is_a_named_problem() -> None:
+    text = json.dumps(with_(timeoutInSeconds=12345)).replace("12345", "9" * 5000)
+    (problem,) = problems_of(text)
+    assert "thousands of digits" in problem.message
+    huge = json.dumps(with_(timeoutInSeconds=12345)).replace("12345", "9" * 60)
+    (problem,) = problems_of(huge)
+    assert problem.where == "timeoutInSeconds" and "a 60-digit number" in problem.message
+
+
+@pytest.mark.parametrize("depth", [40, 2_000, 200_000])
+def test_deep_nesting_is_incorrect_json_config_file_not_recursion_error(depth: int) -> None:
+    text = json.dumps(with_(appName="X")).replace('"X"', "[" * depth + "]" * depth)
+    (problem,) = problems_of(text)
+    assert "nested" in problem.message

@@ -176,3 +176,44 @@ def test_an_empty_plugins_option_says_so(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, '[[flock]]\npath = "/run/x.lock"\n', plugins=[])
     assert problems == ["--plugins: names no engine (e.g. --plugins postgresql,mysql, or "
                         "leave it out to use every engine the file has a section for)"]
+
+
+@pytest.mark.parametrize(("line", "where"), [
+    ("max_hold_seconds = nan", "max_hold_seconds"),
+    ("max_hold_seconds = -inf", "max_hold_seconds"),
+    ("pre_timeout_seconds = nan", "pre_timeout_seconds"),
+    ("pre_timeout_seconds = inf", "pre_timeout_seconds"),
+])
+def test_nan_and_infinity_are_refused_with_the_key_path(tmp_path: Path, line: str,
+                                                       where: str) -> None:
+    found = problems_of(tmp_path, f'{line}\n[[flock]]\npath = "/x"\n')
+    assert found == [f"{where}: {line.split(' = ')[1].lstrip('+')} is not a finite number "
+                     "(write a finite number: NaN and infinity are not numbers of seconds or "
+                     "counts)"]
+
+
+def test_nan_anywhere_in_the_file_is_refused_even_outside_the_schema(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, '[[flock]]\npath = "/x"\n[[unselected]]\nx = [1, nan]\n',
+                        plugins=["flock"])
+    assert any(p.startswith("unselected[0].x[1]: nan is not a finite number") for p in found)
+
+
+def test_an_integer_of_thousands_of_digits_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, f'max_hold_seconds = {"9" * 5000}\n[[flock]]\npath = "/x"\n')
+    assert len(found) == 1 and "thousands of digits" in found[0]
+
+
+def test_a_huge_number_is_left_out_of_cross_key_checks(tmp_path: Path) -> None:
+    # Out of range: reported once, and pre_timeout is not compared with it.
+    found = problems_of(tmp_path, f'max_hold_seconds = {10**40}\npre_timeout_seconds = 400\n'
+                        '[[flock]]\npath = "/x"\n')
+    assert found == ["max_hold_seconds: a 41-digit number is above the maximum 3600 (seconds "
+                     "the locks may stay held if 'post' never comes)"]
+
+
+@pytest.mark.parametrize("value", ["[" * 100_000 + "]" * 100_000,
+                                   "{ a = " * 50_000 + "1" + " }" * 50_000,
+                                   "[" * 40 + "]" * 40])
+def test_deep_nesting_is_a_config_error_not_recursion_error(tmp_path: Path, value: str) -> None:
+    found = problems_of(tmp_path, f'x = {value}\n[[flock]]\npath = "/x"\n')
+    assert len(found) == 1 and "nested" in found[0]
