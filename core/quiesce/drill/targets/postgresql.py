@@ -8,10 +8,17 @@ after the snapshot - WAL the snapshot cannot contain. With ``dir`` disks the cop
 simultaneous: the data directory is copied while backup mode is held, the WAL directory after
 ``post`` (as pg_basebackup does), and the recorded backup_label is installed with
 ``quiesce restore-label`` so recovery starts from the backup's checkpoint.
+
+Every restore follows docs/restore.md through the same commands a DBA runs: the copy's
+``pg_wal`` is pointed at the restored WAL, ``quiesce restore-label`` (no ``--run-id``: it must
+find the run the copy was taken in) when a label is due, then ``quiesce restore-check``; the
+fixes it asks for that a restore on another host needs (stale postmaster.pid, pg_wal link,
+ownership) are made, and ``restore-check`` must then pass before the server starts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -105,7 +112,38 @@ class PostgresTarget(Target):
             return docker_server("postgresql", self.backend.image, layout, fresh=False)
         from quiesce.servers.postgresql import LocalPostgres
 
-        return LocalPostgres.open_existing(layout, settings=SETTINGS)
+        before = self.restore_check(layout.data_dir)
+        server = LocalPostgres(layout, settings=SETTINGS)
+        fixable = {"postmaster.pid", "pg_wal", "ownership", "permissions"}
+        other = [c for c in before["checks"] if c["status"] == "problem"
+                 and c["name"] not in fixable]
+        if other:
+            raise DrillError("quiesce restore-check found what the runbook cannot fix: "
+                             + "; ".join(f"{c['name']}: {c['text']}" for c in other))
+        server.adopt()  # the runbook's fixes: pg_wal link, stale postmaster.pid, owner, mode
+        after = self.restore_check(layout.data_dir)
+        if not after["ok"]:
+            raise DrillError("quiesce restore-check still finds problems after following its "
+                             "steps: " + "; ".join(
+                                 f"{c['name']}: {c['text']}" for c in after["checks"]
+                                 if c["status"] == "problem"))
+        fixed = [c["name"] for c in before["checks"] if c["status"] == "problem"]
+        wal = next((c["text"] for c in after["checks"] if c["name"] == "wal"), "")
+        self.notes.append("restore-check: " + (f"fixed {', '.join(fixed)}; " if fixed else "")
+                          + f"then clean ({wal})")
+        server.start()
+        return server
+
+    def restore_check(self, data_dir: Path) -> dict[str, Any]:
+        """``quiesce restore-check --json`` on the restored copy (the real code path)."""
+        argv = [sys.executable, "-m", "quiesce", "restore-check", "--json", str(data_dir)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False,
+                              stdin=subprocess.DEVNULL)
+        if done.returncode not in (0, 1):
+            raise DrillError(f"quiesce restore-check failed (exit {done.returncode}): "
+                             f"{(done.stderr or done.stdout).strip()[-1500:]}")
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
 
     def toml_section(self, server: Server, config_dir: Path) -> str:
         c = server.connection
@@ -204,7 +242,17 @@ class PostgresTarget(Target):
                 and not any(benign in line for benign in _BENIGN)]
 
     def install_label(self, state_dir: Path, data_dir: Path) -> str | None:
-        """``quiesce restore-label --state-dir`` on the restored copy (the real code path)."""
+        """``quiesce restore-label --state-dir`` on the restored copy (the real code path),
+        after pointing its pg_wal at the restored WAL disk (the runbook's first step: the link
+        still leads to the original server's WAL). No --run-id: the drill's state dir holds
+        every cycle's run, and restore-label must find the one this copy belongs to."""
+        if self.backend.name != "docker":
+            wal_dir = data_dir.parent.parent / "log" / self.log_subdir
+            link = data_dir / "pg_wal"
+            if not wal_dir.is_dir() or not link.is_symlink():
+                raise DrillError(f"cannot point {link} at the restored WAL {wal_dir}")
+            link.unlink()
+            link.symlink_to(wal_dir)
         argv = [sys.executable, "-m", "quiesce", "restore-label", "--state-dir", str(state_dir),
                 str(data_dir)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
