@@ -315,11 +315,11 @@ def test_check_says_whether_the_helpers_get_their_own_scope(tree: Tree) -> None:
     decision = in_own_scope(["true"], "quiesce-check-0.scope")
     proc = tree.check()
     if decision.wrapped:
-        assert "note: systemd is PID 1: holder, guardian and freeze watchdog each start in a " \
-            "transient scope of their own" in proc.stdout
+        assert "\n  helpers' cgroup: systemd is PID 1: holder, guardian and freeze watchdog " \
+            "each start in a transient scope of their own" in proc.stdout
     else:
-        assert (f"note: {decision.reason}: holder, guardian and freeze watchdog stay in the "
-                "caller's cgroup") in proc.stdout, proc.stdout
+        assert (f"\n  helpers' cgroup: {decision.reason}: holder, guardian and freeze watchdog "
+                "stay in the caller's cgroup") in proc.stdout, proc.stdout
 
 
 def test_a_wrapper_whose_program_is_gone_or_replaceable(tree: Tree) -> None:

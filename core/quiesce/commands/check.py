@@ -33,6 +33,7 @@ def main(args: argparse.Namespace) -> int:
 
     result = check(args.config, args.freeze_mounts)
     merge_into(result, check_hold(result.config, args.config))
-    result.notes.append(check_note())
+    # A fact about this machine, not a problem nor a note on the config: a line of its own.
+    result.checked.append(("helpers' cgroup", check_note()))
     sys.stdout.write(format_check(result))
     return 0 if result.ok else 2
