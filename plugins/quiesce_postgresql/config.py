@@ -43,7 +43,10 @@ def conninfo_problem(value: str) -> str | None:
         from quiesce.redact import redact
 
         return f"not a valid libpq connection string: {redact(first, value)}"
-    if params.get("password"):
+    from quiesce.redact import secrets_of
+
+    # secrets_of also finds a URI password whose unescaped '/' made libpq read it as a port.
+    if params.get("password") or secrets_of(value):
         return "contains a password; quiesce.toml is not a secret store"
     passfile = params.get("passfile")
     if passfile and not os.path.isabs(str(passfile)):

@@ -153,3 +153,17 @@ def test_the_mongodb_inline_uri_check_finds_a_password_a_slash_cut_short() -> No
     assert not any(leaks(m) for m in found)
     two_hosts = uri_problems("mongodb://user:Hunter2Secret@h1,h2/", from_file=True)
     assert any("2 hosts" in m for m in two_hosts) and not any(leaks(m) for m in two_hosts)
+
+
+def test_a_uri_password_libpq_would_read_as_a_port_is_refused_without_echo() -> None:
+    conninfo_mod = pytest.importorskip("psycopg.conninfo",
+                                       reason="psycopg is not installed (quiesce[postgresql])")
+    from quiesce_postgresql.config import conninfo_problem
+
+    uri = "postgresql://postgres:Hunter2/Secret@localhost/postgres"
+    # libpq parses it: the password lands in port and dbname, and connecting would echo it.
+    assert conninfo_mod.conninfo_to_dict(uri)["port"] == "Hunter2"
+    message = conninfo_problem(uri)
+    assert message is not None and "contains a password" in message and not leaks(message)
+    assert conninfo_problem("postgresql://quiesce@localhost:5432/postgres") is None
+    assert conninfo_problem("host=/run/postgresql user=quiesce dbname=postgres") is None
