@@ -184,6 +184,31 @@ def assert_consistent(jail: Jail, backup: Backup) -> dict[str, Any]:
     return report
 
 
+def assert_slow_network_outcome(jail: Jail, backup: Backup, proxy: DelayProxy) -> None:
+    """The pre-script behind a proxy slower than the whole Azure timeout.
+
+    timeoutInSeconds 2 less the 1 s poll and 1 s of start-up leaves 'pre' no time at all: it
+    refuses at once as a configuration error (exit 2) without connecting anywhere, and
+    'post' finds no hold (exit 2). With 6 s, 'pre' tries, and its deadline (6 - 1 - 1 = 4 s)
+    ends it with exit 1 before the runner gives up, so the runner sees a failure, not a
+    timeout; 'post' says not consistent.
+    """
+    assert backup.snapshot.taken, backup.snapshot.error
+    if backup.config.timeout <= 2 * POLL:
+        backup.wait_scripts(SETTLE)
+        assert (backup.pre.status, backup.pre.run.exit_code) == ("failed", 2), \
+            backup.describe()
+        assert proxy.accepted == 0  # refused before connecting
+        code, report = post_report(backup)
+        assert code == 2, backup.describe()
+        assert report is None or report.get("consistent") is not True, report
+        assert jail.records() == []
+        return
+    assert (backup.pre.status, backup.pre.run.exit_code) == ("failed", 1), backup.describe()
+    assert proxy.accepted >= 1
+    assert_not_consistent(jail, backup)
+
+
 def assert_no_holder_left(jail: Jail) -> None:
     wait_for(lambda: not jail.holder_alive(), SETTLE, "the holder to exit")
 
@@ -248,14 +273,7 @@ def test_mysql_pre_slowed_by_the_network_is_never_consistent(jail: Jail, mysql: 
                                         "user": "root", "connect_timeout": 60})],
                             max_hold=MAX_HOLD)
         backup = jail.backup()
-        assert backup.pre.status != "success", backup.describe()
-        if timeout == 6:
-            # pre's deadline (6 - 1 poll - 1 s) ends it before the runner gives up.
-            assert (backup.pre.status, backup.pre.run.exit_code) == ("failed", 1), \
-                backup.describe()
-        assert backup.snapshot.taken
-        assert_not_consistent(jail, backup)
-        assert proxy.accepted >= 1
+        assert_slow_network_outcome(jail, backup, proxy)
         assert_no_holder_left(jail)
     wait_for(lambda: unlocked(mysql), SETTLE, "nothing locked on the server")
     assert_records_honest(jail, backup)
@@ -441,13 +459,7 @@ def test_postgresql_pre_slowed_by_the_network_is_never_consistent(jail: Jail, pg
             f"host=127.0.0.1 port={proxy.port} user=postgres dbname=postgres",
             connect_timeout=60))], max_hold=MAX_HOLD)
         backup = jail.backup(copy_data_dir(pg, copy))
-        assert backup.pre.status != "success", backup.describe()
-        if timeout == 6:
-            assert (backup.pre.status, backup.pre.run.exit_code) == ("failed", 1), \
-                backup.describe()
-        assert backup.snapshot.taken, backup.snapshot.error
-        assert_not_consistent(jail, backup)
-        assert proxy.accepted >= 1
+        assert_slow_network_outcome(jail, backup, proxy)
         assert_no_holder_left(jail)
     wait_for(lambda: pg_unlocked(pg), SETTLE, "no quiesce session left")
     assert_records_honest(jail, backup)
@@ -555,10 +567,26 @@ def test_a_lock_granted_after_the_deadline_is_released_at_once_as_late(
     records = wait_for(jail.records, SETTLE, "the run record")
     (record,) = records
     assert record["consistent"] is False, record
-    assert [i["status"] for i in record["instances"]] == ["late"], record
+    assert [i["status"] for i in record["instances"]] == ["late"], \
+        json.dumps({k: record.get(k) for k in ("state", "instances", "log")}, indent=1)
     assert_no_holder_left(jail)
     post = jail.run("post", "--json")
     assert post.returncode != 0 and '"consistent": true' not in post.stdout, post.stdout
+
+
+def pre_waiting_for_the_lock(jail: Jail, mysql: Any,
+                             blocker: BackgroundStatement) -> subprocess.Popen[str]:
+    """`quiesce pre` (no deadline) started in the background, once its holder's lock
+    request waits behind ``blocker`` on the server."""
+    argv = [sys.executable, "-m", "quiesce", "pre", "--config", str(jail.config),
+            "--runtime-dir", str(jail.rundir), "--json"]
+    pre = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd="/")
+    wait_for(lambda: jail.rundir.exists() and jail.status().get("state") == "quiescing",
+             30, "the holder to be acquiring")
+    wait_for(lambda: any(t[0] != blocker.id and str(t[4] or "").startswith("Waiting for")
+                         for t in mysql.threads()), 30, "the holder's lock request to wait")
+    return pre
 
 
 def test_an_abandoned_pre_leaves_no_hold(jail: Jail, mysql: Any) -> None:
@@ -570,27 +598,51 @@ def test_an_abandoned_pre_leaves_no_hold(jail: Jail, mysql: Any) -> None:
     pre: subprocess.Popen[str] | None = None
     try:
         blocker.wait_state(("User sleep",))
-        argv = [sys.executable, "-m", "quiesce", "pre", "--config", str(jail.config),
-                "--runtime-dir", str(jail.rundir)]
-        pre = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               cwd="/")
-        wait_for(lambda: jail.rundir.exists() and jail.status().get("state") == "quiescing",
-                 30, "the holder to be acquiring")
-        wait_for(lambda: any(t[0] != blocker.id and str(t[4] or "").startswith("Waiting for")
-                             for t in mysql.threads()), 30, "the holder's lock to wait")
+        pre = pre_waiting_for_the_lock(jail, mysql, blocker)
         pre.kill()
-        pre.wait(10)
+        pre.communicate(timeout=10)
         assert not blocker.finished.is_set()
         blocker.join(30)
     finally:
         if pre is not None and pre.poll() is None:
             pre.kill()
-            pre.wait(10)
+            pre.communicate(timeout=10)
         blocker.close()
     wait_for(lambda: unlocked(mysql), SETTLE, "nothing held after the abandoned pre")
     post = jail.run("post", "--json")
     assert post.returncode == 1, post.stdout + post.stderr
     report = json.loads(post.stdout)
     assert report["consistent"] is False, report
+    assert_no_holder_left(jail)
+    assert not any(r["consistent"] for r in jail.records())
+
+
+def test_a_post_during_the_acquisition_aborts_it(jail: Jail, mysql: Any) -> None:
+    """The hole of issue 7 without any caller: 'post' one second into a 'pre' whose lock
+    waits must answer at once, 'aborted' and not consistent, never wait for the lock only
+    to release it; the lock must not be taken afterwards."""
+    jail.write_sections([("mysql", mysql_section(mysql, lock_wait_seconds=30))],
+                        max_hold=MAX_HOLD)
+    blocker = BackgroundStatement(mysql, "UPDATE app.myi SET v = v + SLEEP(5)").start()
+    pre: subprocess.Popen[str] | None = None
+    try:
+        blocker.wait_state(("User sleep",))
+        pre = pre_waiting_for_the_lock(jail, mysql, blocker)
+        post = jail.run("post", "--json")
+        assert not blocker.finished.is_set()  # answered without waiting for the lock
+        assert post.returncode == 1, post.stdout + post.stderr
+        report = json.loads(post.stdout)
+        assert (report.get("state"), report.get("consistent")) == ("aborted", False), report
+        assert all(i.get("status") != "released" for i in report.get("instances") or []), \
+            report
+        _, pre_err = pre.communicate(timeout=60)
+        assert pre.returncode == 1, pre_err
+        blocker.join(30)
+    finally:
+        if pre is not None and pre.poll() is None:
+            pre.kill()
+            pre.communicate(timeout=10)
+        blocker.close()
+    wait_for(lambda: unlocked(mysql), SETTLE, "nothing held after the aborted acquisition")
     assert_no_holder_left(jail)
     assert not any(r["consistent"] for r in jail.records())
