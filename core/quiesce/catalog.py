@@ -36,7 +36,10 @@ RUNS_DIR = "runs"
 LATEST = "latest"
 RECORD_VERSION = 1
 
-_RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6,32}$")
+# One format for every run id (a hold's, a 'quiesce run' cycle's): UTC time to the microsecond,
+# then random hex; ids before the microseconds were added (no ".ffffff") still load. A retried
+# pre-script of one run gets "_N" (its attempt number) after the run's id.
+_RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}(\.[0-9]{6})?Z-[0-9a-f]{6,32}(_[0-9]{1,4})?$")
 
 
 class CatalogError(QuiesceError):
@@ -75,13 +78,33 @@ def default_state_dir(euid: int | None = None,
 
 
 def new_run_id(now: float | None = None) -> str:
-    """A unique id that sorts by time: ``20260131T235959Z-1a2b3c``."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
-    return f"{stamp}-{secrets.token_hex(3)}"
+    """A unique id that sorts by time: ``20260131T235959.123456Z-1a2b3c4d``."""
+    when = now if now is not None else time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(when))
+    micros = min(999_999, int((when % 1) * 1_000_000))
+    return f"{stamp}.{micros:06d}Z-{secrets.token_hex(4)}"
 
 
 def valid_run_id(run_id: str) -> bool:
     return bool(_RUN_ID_RE.match(run_id))
+
+
+def base_run_id(run_id: str) -> str:
+    """The run an attempt belongs to: ``X_2`` -> ``X``."""
+    head, sep, tail = run_id.rpartition("_")
+    return head if sep and tail.isdigit() else run_id
+
+
+def next_attempt_id(state_dir: str, run_id: str) -> str:
+    """``run_id`` when no record has it yet, else the first free ``run_id_N`` (N >= 2)."""
+    base = base_run_id(run_id)
+    runs = os.path.join(state_dir, RUNS_DIR)
+    if not os.path.exists(os.path.join(runs, f"{base}.json")):
+        return base
+    attempt = 2
+    while os.path.exists(os.path.join(runs, f"{base}_{attempt}.json")):
+        attempt += 1
+    return f"{base}_{attempt}"
 
 
 def iso(timestamp: float | None) -> str | None:

@@ -43,9 +43,27 @@ from collections.abc import Iterator
 from typing import Any
 
 from quiesce import holder_protocol as proto
-from quiesce.catalog import iso, new_run_id, write_record
+from quiesce.catalog import (
+    base_run_id,
+    iso,
+    new_run_id,
+    next_attempt_id,
+    valid_run_id,
+    write_record,
+)
 from quiesce.errors import HoldActive, HolderError, QuiesceError
-from quiesce.lifecycle import AUTO_RELEASED, RELEASED, Hold, QuiesceFailed, describe
+from quiesce.hold_trace import clear_trace, write_trace
+from quiesce.holder_requests import Inbox, Request
+from quiesce.lifecycle import (
+    ABORTED,
+    AUTO_RELEASED,
+    FAILED,
+    RELEASED,
+    SKIPPED,
+    Hold,
+    QuiesceFailed,
+    describe,
+)
 
 POLL_SECONDS = 1.0  # check_alive period while holding
 ANSWER_POLL_SECONDS = 0.01  # wake-up period of the thread answering status while busy
@@ -53,6 +71,8 @@ LOCK_WAIT_SECONDS = 10.0  # how long a new holder waits for a finishing one
 REQUEST_READ_TIMEOUT = 2.0
 MIN_LINGER_SECONDS = 600.0
 RECORD_WAIT_SECONDS = 10.0  # how long 'post' waits for the run record to be on disk
+SETTLE_SECONDS = 30.0  # how long a failed hold waits for calls still in flight
+RUN_ID_ENV = "QUIESCE_RUN_ID"
 
 
 def guardian_grace(max_hold: float) -> float:
@@ -220,7 +240,8 @@ def peer_allowed(uid: int) -> bool:
 class Holder:
     """One hold: quiesce, serve, release, record."""
 
-    def __init__(self, config: str, rundir: str, plugins: list[str] | None) -> None:
+    def __init__(self, config: str, rundir: str, plugins: list[str] | None, *,
+                 cutoff: float | None = None, ready_fd: int = -1) -> None:
         self.config = config
         self.rundir = rundir
         self.plugins = plugins
@@ -230,24 +251,57 @@ class Holder:
         self.started_at = time.time()
         self.hold: Hold | None = None
         self.settings: Any = None
-        self.deadline: float | None = None  # monotonic
+        # The caller's hard deadline (monotonic; CLOCK_MONOTONIC is one clock for every process
+        # on the machine, so 'pre' can hand it over as a number).
+        self.cutoff = cutoff
+        self.ready_fd = ready_fd
+        self.deadline: float | None = None  # monotonic: max_hold_seconds
         self.until: float | None = None  # wall clock
         self.since: float | None = None  # wall clock
         self.final: dict[str, Any] | None = None
         self.warnings: list[str] = []
         self.lock_fd = -1
         self.listener: socket.socket | None = None
+        self.inbox: Inbox | None = None
         self.guardian = GuardianLink(-1, None)
         self.stop_signal: int | None = None
         self.linger_until: float | None = None
         self.result_file_written = False
+        self.collected = False  # the outcome reached 'post' directly
         self.record_thread: threading.Thread | None = None
-        # Requests that arrived while quiescing, answered once the hold exists.
-        self.pending: list[tuple[socket.socket, str]] = []
+        # Requests that arrived while busy, answered once the main thread is free.
+        self.pending: list[Request] = []
         self.liveness_stop = threading.Event()
         self.liveness: threading.Thread | None = None
 
     # ------------------------------------------------------------------ startup
+    def _choose_run_id(self) -> None:
+        """QUIESCE_RUN_ID (set by 'quiesce run' for its scripts) names the hold, so the run's
+        status, this hold's record and 'status' join on one id; a retried pre-script of the
+        same run gets an attempt suffix instead of overwriting the earlier attempt's record."""
+        wanted = os.environ.get(RUN_ID_ENV, "")
+        if not valid_run_id(wanted) or self.settings is None:
+            if wanted:
+                self.log(f"ignoring {RUN_ID_ENV}={wanted!r}: not a run id")
+            return
+        self.run_id = next_attempt_id(self.settings.state_dir, wanted)
+
+    def _trace(self) -> None:
+        """(Re)write hold.json: the sign that a hold exists, until its outcome is handed over."""
+        trace = {"run_id": self.run_id, "holder_pid": os.getpid(), "uid": os.geteuid(),
+                 "state": self.state, "started_at": iso(self.started_at),
+                 "since": iso(self.since), "until": iso(self.until), "config": self.config,
+                 "deadline": iso(self._wall(self.cutoff)),
+                 "state_dir": self.settings.state_dir if self.settings is not None else None}
+        try:
+            write_trace(self.rundir, trace)
+        except OSError as exc:
+            self.log(f"cannot write the hold trace: {exc}")
+
+    @staticmethod
+    def _wall(monotonic: float | None) -> float | None:
+        return None if monotonic is None else time.time() + (monotonic - time.monotonic())
+
     def start(self) -> dict[str, Any]:
         """Everything up to readiness; returns the readiness message (ok or not)."""
         from quiesce.settings import load_settings
@@ -258,34 +312,33 @@ class Holder:
         # An older uncollected result belongs to a previous hold; a new hold supersedes it.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.rundir, proto.RESULT_NAME))
-        self.guardian = start_guardian(self.rundir, self.lock_fd, self.log)
         self.state = "quiescing"
+        self._trace()
+        self.guardian = start_guardian(self.rundir, self.lock_fd, self.log)
         self.settings = load_settings(self.config, plugins=self.plugins)
         settings = self.settings
+        self._choose_run_id()
+        self._trace()
+        budget = settings.pre_timeout_seconds
+        if self.cutoff is not None:
+            budget = min(budget, self.cutoff - time.monotonic())
+        if budget <= 0:
+            return self._failure("the deadline had passed before anything could be quiesced",
+                                 self._not_attempted(settings.instances, "no time was left"))
         self.guardian.send(op="start", run_id=self.run_id, config=settings.path,
                            state_dir=settings.state_dir,
                            max_hold_seconds=settings.max_hold_seconds,
-                           backstop=time.monotonic() + settings.pre_timeout_seconds
+                           backstop=time.monotonic() + budget
                            + guardian_grace(settings.max_hold_seconds) + 30)
-        quiescers = []
-        errors = []
-        for instance in settings.instances:
-            try:
-                quiescers.append(settings.engine_of(instance).factory(instance))
-            except Exception as exc:
-                errors.append({"plugin": instance.engine, "name": instance.name,
-                               "status": "failed", "held_seconds": None, "metadata": {},
-                               "error": f"cannot create the engine: {describe(exc)}",
-                               "note": None})
+        quiescers, errors = self._engines(settings)
         if errors:
             for q in quiescers:
                 with contextlib.suppress(Exception):
                     q.close()
             names = {(e["plugin"], e["name"]) for e in errors}
-            skipped = [{"plugin": i.engine, "name": i.name, "status": "skipped",
-                        "held_seconds": None, "metadata": {}, "error": None,
-                        "note": "not quiesced because another instance failed"}
-                       for i in settings.instances if (i.engine, i.name) not in names]
+            skipped = self._not_attempted(
+                [i for i in settings.instances if (i.engine, i.name) not in names],
+                "not quiesced because another instance failed")
             return self._failure("could not create every engine", errors + skipped)
 
         by_key = {(i.engine, i.name): i for i in settings.instances}
@@ -297,27 +350,30 @@ class Holder:
                 self.guardian.send(op="token", plugin=q.engine, name=q.name,
                                    options=dict(instance.options), token=token)
 
-        self.hold = Hold(quiescers, timeout=settings.pre_timeout_seconds, log=self.log,
-                         on_held=on_held)
-        self.log(f"quiescing {len(quiescers)} instance(s) from {settings.path}")
+        self.hold = Hold(quiescers, timeout=budget, log=self.log, on_held=on_held,
+                         cutoff=self.cutoff)
+        self.log(f"quiescing {len(quiescers)} instance(s) from {settings.path}"
+                 + (f", deadline in {budget:.3f} s" if self.cutoff is not None else ""))
         try:
             with self._answering():
                 self.hold.quiesce_all()
         except QuiesceFailed as exc:
             self.guardian.send(op="released")
-            return self._failure(str(exc), [r.to_dict() for r in exc.results])
+            state = "aborted" if exc.abandoned is not None else "failed"
+            return self._failure(str(exc), [r.to_dict() for r in exc.results], state)
         if self.stop_signal is not None:
             # Told to stop while quiescing: do not report a hold that is about to end.
             name = signal.Signals(self.stop_signal).name
-            self.hold.release_all(AUTO_RELEASED, note=f"the holder received {name}")
+            self.hold.release_all(ABORTED, note=f"the holder received {name}")
             self.guardian.send(op="released")
             return self._failure(f"the holder received {name} while quiescing",
-                                 [r.to_dict() for r in self.hold.results()])
+                                 [r.to_dict() for r in self.hold.results()], "aborted")
         held_since = self.hold.held_since() or time.monotonic()
         self.deadline = held_since + settings.max_hold_seconds
         self.since = time.time() - (time.monotonic() - held_since)
         self.until = self.since + settings.max_hold_seconds
         self.state = "holding"
+        self._trace()
         self.guardian.send(op="hold", deadline=self.deadline,
                            backstop=self.deadline + guardian_grace(settings.max_hold_seconds),
                            since=self.since, until=self.until,
@@ -332,43 +388,77 @@ class Holder:
             "config": settings.path,
             "since": iso(self.since),
             "until": iso(self.until),
+            "deadline": iso(self._wall(self.cutoff)),
             "max_hold_seconds": settings.max_hold_seconds,
             "instances": [r.to_dict() for r in self.hold.results()],
             "warnings": self.warnings,
         }
 
-    def _answer_while_quiescing(self, done: threading.Event) -> None:
-        """Answer ``status`` while the main thread quiesces or releases; keep other requests.
-
-        So a second ``pre`` or ``quiesce status`` learns at once that a hold is being set up
-        (or released), and a ``post`` that comes early is answered as soon as the hold exists.
-        """
-        while not done.is_set():
+    @staticmethod
+    def _engines(settings: Any) -> tuple[list[Any], list[dict[str, Any]]]:
+        quiescers: list[Any] = []
+        errors: list[dict[str, Any]] = []
+        for instance in settings.instances:
             try:
-                # Short: the main thread joins this thread before 'pre' gets its readiness
-                # message and before 'post' gets its answer, so this period is added to both.
-                ready, _, _ = select.select([self.listener], [], [], ANSWER_POLL_SECONDS)
-                if not ready:
-                    continue
-                conn, _ = self.listener.accept()  # type: ignore[union-attr]
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                return
-            op = self._read_request(conn)
-            if op == "status":
-                with conn:
-                    if self.hold is not None and self.state != "quiescing":
-                        self._send(conn, self._status())
-                    else:
-                        self._send(conn, {"ok": True, "state": "quiescing",
-                                          "run_id": self.run_id, "holder_pid": os.getpid(),
-                                          "config": self.config, "since": None,
-                                          "until": None, "instances": []})
-            elif op is None:
-                conn.close()
+                quiescers.append(settings.engine_of(instance).factory(instance))
+            except Exception as exc:
+                errors.append({"plugin": instance.engine, "name": instance.name,
+                               "status": FAILED, "held_seconds": None, "metadata": {},
+                               "error": f"cannot create the engine: {describe(exc)}",
+                               "note": None})
+        return quiescers, errors
+
+    @staticmethod
+    def _not_attempted(instances: Any, why: str) -> list[dict[str, Any]]:
+        return [{"plugin": i.engine, "name": i.name, "status": SKIPPED, "held_seconds": None,
+                 "metadata": {}, "error": None, "note": why} for i in instances]
+
+    def _answer_while_quiescing(self, done: threading.Event) -> None:
+        """While the main thread quiesces or releases: answer ``status`` at once; while
+        quiescing, a ``release`` (post came early) or ``abort`` (pre gave up) abandons the
+        hold and is answered at once, and a ``pre`` that died abandons it too. Other requests
+        wait for the main thread."""
+        assert self.inbox is not None
+        client = select.poll()
+        if self.ready_fd >= 0:
+            client.register(self.ready_fd, 0)  # only POLLERR: the reading end was closed
+        while not done.is_set():
+            for request in self.inbox.wait(ANSWER_POLL_SECONDS):
+                self._answer_early(request)
+            if (self.state == "quiescing" and self.ready_fd >= 0 and self.hold is not None
+                    and client.poll(0)):
+                self.hold.abandon("'pre' exited before the hold was complete, so nobody "
+                                  "relies on it")
+
+    def _answer_early(self, request: Request) -> None:
+        if request.op == "status":
+            request.answer(self._status())
+            request.close()
+        elif request.op in ("release", "abort") and self.state == "quiescing":
+            why = ("'post' came while 'pre' was still acquiring" if request.op == "release"
+                   else "'pre' gave up at its deadline")
+            if self.hold is not None:
+                self.hold.abandon(why)
+            if request.op == "release":
+                self.collected = True
+                request.answer(self._early_outcome(why))
             else:
-                self.pending.append((conn, op))
+                request.answer({"ok": True, "state": "aborted"})
+            request.close()
+        else:
+            self.pending.append(request)
+
+    def _early_outcome(self, why: str) -> dict[str, Any]:
+        """What 'post' learns when it comes before the hold was complete: never consistent."""
+        instances = [r.to_dict() for r in self.hold.results()] if self.hold else []
+        return {"ok": True, "state": "aborted", "consistent": False,
+                "message": f"{why}: nothing was held for the snapshot; it is NOT "
+                           "application-consistent (locks acquired from now on are released "
+                           "at once)",
+                "run_id": self.run_id, "holder_pid": os.getpid(), "config": self.config,
+                "since": None, "until": None, "released_at": iso(time.time()),
+                "instances": instances, "record": self._record_path(),
+                "record_note": "written once the abandoned acquisition has finished"}
 
     @contextlib.contextmanager
     def _answering(self) -> Iterator[None]:
@@ -383,16 +473,35 @@ class Holder:
             done.set()
             answerer.join()
 
-    def _failure(self, message: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
-        self.state = "failed"
-        self.final = {"ok": False, "error": message, "instances": instances}
+    def _failure(self, message: str, instances: list[dict[str, Any]],
+                 state: str = "failed") -> dict[str, Any]:
+        """The readiness message of a hold that did not come about. Its record and result are
+        written by :meth:`finish_failure`, after 'pre' has its answer."""
+        self.state = state
+        self.final = {"ok": False, "state": state, "consistent": False, "error": message,
+                      "message": f"{message}: nothing was held for the snapshot; it is NOT "
+                                 "application-consistent",
+                      "run_id": self.run_id, "holder_pid": os.getpid(),
+                      "config": self.config, "released_at": iso(time.time()),
+                      "instances": instances, "record": self._record_path()}
         self.log(f"pre failed: {message}")
-        # Nothing is held and 'pre' has not returned: no freeze can be in place yet.
-        record = self._record(instances, "failed", message)
-        self.final["record"] = record
-        return {"ok": False, "run_id": self.run_id, "holder_pid": os.getpid(),
-                "error": message, "instances": instances, "warnings": self.warnings,
-                "record": record}
+        return {"ok": False, "state": state, "run_id": self.run_id,
+                "holder_pid": os.getpid(), "error": message, "instances": instances,
+                "warnings": self.warnings, "record": self._record_path()}
+
+    def finish_failure(self) -> None:
+        """After a failed 'pre': let calls still in flight finish (each undoes a late lock by
+        itself), then record the outcome and leave it for 'post' to report."""
+        assert self.final is not None
+        if self.hold is not None and not self.hold.settle(SETTLE_SECONDS):
+            self.log(f"a call was still in flight after {SETTLE_SECONDS:g} s; the holder's "
+                     "exit closes its connection")
+        if self.hold is not None:
+            self.final["instances"] = [r.to_dict() for r in self.hold.results()]
+        self._record()
+        if not self.collected:
+            self._leave_result()
+        clear_trace(self.rundir)
 
     def _bind(self) -> None:
         path = proto.socket_path(self.rundir)
@@ -411,21 +520,23 @@ class Holder:
         listener.listen(16)
         listener.setblocking(False)
         self.listener = listener
+        self.inbox = Inbox(listener, peer_allowed, self.log)
 
     # ------------------------------------------------------------------ serving
     def serve(self) -> None:
-        assert self.hold is not None and self.settings is not None
+        """Answer requests until the outcome is collected; the dead-man release never waits
+        for a client (requests are read in threads of their own: holder_requests)."""
+        assert self.hold is not None and self.settings is not None and self.inbox is not None
         self.liveness = threading.Thread(target=self._watch_sessions, daemon=True,
                                          name="liveness")
         self.liveness.start()
-        pending, self.pending = self.pending, []
-        for index, (conn, op) in enumerate(pending):
-            with conn:
-                if self._dispatch(conn, op):
-                    for other, _ in pending[index + 1:]:
+        queued, self.pending = self.pending, []
+        while True:
+            for index, request in enumerate(queued):
+                if self._dispatch(request):
+                    for other in queued[index + 1:]:
                         other.close()
                     return
-        while True:
             now = time.monotonic()
             if self.stop_signal is not None and self.state == "holding":
                 name = signal.Signals(self.stop_signal).name
@@ -448,20 +559,7 @@ class Holder:
                 waits.append(self.deadline - now)
             if self.linger_until is not None:
                 waits.append(self.linger_until - now)
-            timeout = max(0.0, min(waits))
-            try:
-                ready, _, _ = select.select([self.listener], [], [], timeout)
-            except InterruptedError:
-                continue
-            if not ready:
-                continue
-            try:
-                conn, _ = self.listener.accept()  # type: ignore[union-attr]
-            except (BlockingIOError, InterruptedError):
-                continue
-            with conn:
-                if self._handle(conn):
-                    return
+            queued = self.inbox.wait(max(0.0, min(waits)))
 
     def _watch_sessions(self) -> None:
         """Liveness thread: poll every held session about once a second until released."""
@@ -472,42 +570,31 @@ class Holder:
             for result in self.hold.check_alive():
                 self.guardian.send(op="dropped", plugin=result.plugin, name=result.name)
 
-    def _handle(self, conn: socket.socket) -> bool:
+    def _dispatch(self, request: Request) -> bool:
         """Answer one request; True when the holder should exit afterwards."""
-        op = self._read_request(conn)
-        return False if op is None else self._dispatch(conn, op)
+        with contextlib.closing(request.conn):
+            return self._dispatch_open(request)
 
-    def _read_request(self, conn: socket.socket) -> str | None:
-        """The request's op, after checking the peer; None when refused or unreadable."""
-        conn.setblocking(True)
-        conn.settimeout(REQUEST_READ_TIMEOUT)
-        try:
-            uid = peer_uid(conn)
-            # Read the request line even from a peer about to be refused (never parsed): a
-            # socket closed with unread data resets the connection, and the peer would get
-            # ECONNRESET/EPIPE instead of the refusal.
-            data = b""
-            while not data.endswith(b"\n") and len(data) < 65536:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            if not peer_allowed(uid):
-                self.log(f"refused a request from uid {uid}")
-                self._send(conn, {"ok": False, "error": "permission denied"})
-                return None
-            request = json.loads(data or b"{}")
-        except (OSError, ValueError) as exc:
-            self.log(f"bad request: {exc}")
-            return None
-        op = request.get("op") if isinstance(request, dict) else None
-        return op if isinstance(op, str) else ""
-
-    def _dispatch(self, conn: socket.socket, op: str) -> bool:
+    def _dispatch_open(self, request: Request) -> bool:
+        op = request.op
         if op == "status":
-            self._send(conn, self._status())
+            request.answer(self._status())
+            return False
+        if op == "abort":
+            # 'pre' gave up at its deadline after the hold was complete (its answer came too
+            # late): its caller snapshots without us, so this hold must not be relied on.
+            if self.state == "holding":
+                self._release_as(ABORTED, "'pre' gave up at its deadline before it learned "
+                                          "the hold was complete")
+            request.answer({"ok": True, "state": self.state})
             return False
         if op == "release":
+            wanted = request.fields.get("run_id")
+            if wanted and valid_run_id(str(wanted)) and base_run_id(self.run_id) != wanted:
+                request.answer({"ok": False, "error": (
+                    f"the active hold belongs to run {self.run_id}, not {wanted}: left "
+                    "untouched")})
+                return False
             if self.state == "holding":
                 answer = self._release()
             else:
@@ -522,29 +609,25 @@ class Holder:
                 answer["record_note"] = (
                     f"the run record was not written within {RECORD_WAIT_SECONDS:g} s (is "
                     f"{self.settings.state_dir} frozen or full?); the holder keeps trying")
-            self._send(conn, answer)
+            request.answer(answer)
+            self.collected = True
             if self.result_file_written:
                 proto.consume_result(self.rundir)
+            clear_trace(self.rundir)
             return True
         if op == "retire":
             if self.state == "holding":
-                self._send(conn, {"ok": False, "error": "a hold is active"})
+                request.answer({"ok": False, "error": "a hold is active"})
                 return False
-            self._send(conn, {"ok": True})
+            request.answer({"ok": True})
             self.log("retired by a new 'pre' before anyone collected the result")
             return True
-        self._send(conn, {"ok": False, "error": f"unknown op {op!r}"})
+        request.answer({"ok": False, "error": f"unknown op {op!r}"})
         return False
 
-    @staticmethod
-    def _send(conn: socket.socket, answer: dict[str, Any]) -> None:
-        with contextlib.suppress(OSError):
-            conn.sendall(json.dumps(answer, default=str).encode() + b"\n")
-
     def _status(self) -> dict[str, Any]:
-        assert self.hold is not None
         instances = []
-        for r in self.hold.results():
+        for r in (self.hold.results() if self.hold is not None else []):
             instances.append({"plugin": r.plugin, "name": r.name, "status": r.status,
                               "held_seconds": None if r.held_seconds is None
                               else round(r.held_seconds, 3),
@@ -556,13 +639,17 @@ class Holder:
                 "holder_pid": os.getpid(),
                 "guardian_pid": self.guardian.process.pid if self.guardian.process else None,
                 "config": self.config, "since": iso(self.since), "until": iso(self.until),
+                "deadline": iso(self._wall(self.cutoff)),
                 "remaining_seconds": remaining, "instances": instances}
 
     # ------------------------------------------------------------------ releasing
     def _outcome(self, state: str, message: str | None = None) -> dict[str, Any]:
+        """The outcome of a hold that was complete: consistent only when 'post' released it
+        and every instance was held from 'pre's answer (within the deadline) until then."""
         assert self.hold is not None
         results = [r.to_dict() for r in self.hold.results()]
-        consistent = all(r["status"] == RELEASED for r in results)
+        consistent = state == "released" and bool(results) and all(
+            r["status"] == RELEASED for r in results)
         if message is None:
             message = ("every instance was held until 'post': the snapshot is "
                        "application-consistent" if consistent else
@@ -586,30 +673,41 @@ class Holder:
         return self.final
 
     def _auto_release(self, why: str) -> None:
+        self._release_as(AUTO_RELEASED, why)
+
+    def _release_as(self, status: str, why: str) -> None:
+        """Release everything without 'post' (deadline, signal, pre gave up) and leave the
+        outcome for 'post' to collect."""
         assert self.hold is not None and self.settings is not None
-        self.log(f"automatic release: {why}")
+        self.log(f"release without 'post' ({status}): {why}")
         self.liveness_stop.set()
         self.state = "releasing"
         with self._answering():
-            self.hold.release_all(AUTO_RELEASED, note=why)
+            self.hold.release_all(status, note=why)
         self.guardian.send(op="released")
-        self._finish_without_post(why)
+        self._finish_without_post(why, "aborted" if status == ABORTED else None)
 
-    def _finish_without_post(self, why: str) -> None:
-        assert self.settings is not None
-        self.state = "auto-released" if any(
-            r.status == AUTO_RELEASED for r in self.hold.results()) else "lost"  # type: ignore[union-attr]
+    def _finish_without_post(self, why: str, state: str | None = None) -> None:
+        assert self.settings is not None and self.hold is not None
+        if state is None:
+            state = "auto-released" if any(
+                r.status == AUTO_RELEASED for r in self.hold.results()) else "lost"
+        self.state = state
         self.final = self._outcome(self.state,
                                    f"{why}: the snapshot may NOT be application-consistent")
         self.final["record"] = self._record_path()
-        # The runtime dir is tmpfs: safe to write while a filesystem may still be frozen.
+        self._leave_result()
+        self.linger_until = time.monotonic() + max(MIN_LINGER_SECONDS,
+                                                   self.settings.max_hold_seconds)
+
+    def _leave_result(self) -> None:
+        """result.json for 'post' to collect; the runtime dir is tmpfs, safe to write while a
+        filesystem may still be frozen. It takes over from the trace."""
         try:
             proto.write_json_atomic(os.path.join(self.rundir, proto.RESULT_NAME), self.final)
             self.result_file_written = True
         except OSError as exc:
             self.log(f"cannot write the result file: {exc}")
-        self.linger_until = time.monotonic() + max(MIN_LINGER_SECONDS,
-                                                   self.settings.max_hold_seconds)
 
     # ------------------------------------------------------------------ records
     def _record_path(self) -> str | None:
@@ -626,17 +724,17 @@ class Holder:
         self.record_thread.join(timeout)
         return outcome[0] if outcome else None
 
-    def _record(self, instances: list[dict[str, Any]] | None = None, state: str | None = None,
-                message: str | None = None) -> str | None:
+    def _record(self) -> str | None:
         """Write the run record to the state dir; only once nothing is held."""
         if self.settings is None:
             return None
         final = self.final or {}
         record = {
             "run_id": self.run_id,
-            "state": state or final.get("state"),
-            "consistent": final.get("consistent", False),
-            "message": message or final.get("message"),
+            "state": final.get("state"),
+            "consistent": bool(final.get("consistent", False)),
+            "message": final.get("message"),
+            "deadline": iso(self._wall(self.cutoff)),
             "config": self.settings.path,
             "holder_pid": os.getpid(),
             "started_at": iso(self.started_at),
@@ -644,7 +742,7 @@ class Holder:
             "until": iso(self.until),
             "max_hold_seconds": self.settings.max_hold_seconds,
             "released_at": final.get("released_at"),
-            "instances": instances if instances is not None else final.get("instances", []),
+            "instances": final.get("instances", []),
             "log": self.log.lines,
         }
         try:
@@ -656,9 +754,12 @@ class Holder:
     def shutdown(self) -> None:
         """Stop listening, write the record (nothing is held any more), release the lock."""
         self.liveness_stop.set()
-        for conn, _ in self.pending:
-            conn.close()
+        for request in self.pending:
+            request.close()
         self.pending = []
+        if self.inbox is not None:
+            self.inbox.close()
+            self.inbox = None
         if self.listener is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(proto.socket_path(self.rundir))
@@ -670,7 +771,7 @@ class Holder:
             self.guardian.send(op="released")
         if self.record_thread is not None:
             self.record_thread.join()  # a record write still blocked (frozen state dir)
-        elif self.state in ("released", "auto-released", "lost"):
+        elif self.state in ("released", "auto-released", "lost", "aborted") and self.hold:
             self._record()
         self.guardian.send(op="done")
         self.guardian.close()
@@ -700,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-dir", required=True)
     parser.add_argument("--plugins", default=None)
     parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--deadline-at", type=float, default=None,
+                        help="CLOCK_MONOTONIC time by which every instance must be held")
     args = parser.parse_args(argv)
     # A module imported for the first time while holding (a plugin's lazy import at release)
     # must not write its .pyc: that directory may be on a frozen filesystem, and the write
@@ -721,7 +824,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from quiesce.settings import parse_plugin_list
 
-    holder = Holder(args.config, args.runtime_dir, parse_plugin_list(args.plugins))
+    holder = Holder(args.config, args.runtime_dir, parse_plugin_list(args.plugins),
+                    cutoff=args.deadline_at, ready_fd=ready_fd)
     try:
         try:
             ready = holder.start()
@@ -732,16 +836,22 @@ def main(argv: list[str] | None = None) -> int:
             ready = {"ok": False, "error": f"internal error in the holder: {describe(exc)}",
                      "kind": type(exc).__name__, "instances": []}
             if holder.hold is not None:
-                holder.hold.release_all(AUTO_RELEASED, note="internal error")
+                holder.hold.release_all(ABORTED, note="internal error")
+        if not ready.get("ok") and holder.final is None and holder.lock_fd >= 0:
+            # Nothing was attempted (bad config, ...): this hold never existed.
+            clear_trace(holder.rundir)
         delivered = _write_ready(ready_fd, ready)
+        holder.ready_fd = -1
         if not ready.get("ok"):
+            if holder.final is not None:
+                holder.finish_failure()
             return 1
         if not delivered:
             # 'pre' died before it could report the hold (an orchestrator's timeout killed
             # it): its caller saw a failed pre, so nobody relies on this hold. Keeping the
             # locks until post or max_hold_seconds would only stall the applications.
-            holder._auto_release("'pre' exited before the hold was ready, so nobody relies "
-                                 "on it")
+            holder._release_as(ABORTED, "'pre' exited before the hold was ready, so nobody "
+                                        "relies on it")
         holder.serve()
         return 0
     except Exception as exc:

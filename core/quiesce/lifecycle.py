@@ -178,11 +178,9 @@ class Hold:
 
     def _late_reason(self, now: float) -> str | None:
         """Why an acquisition completing at ``now`` is late, or None (caller holds the lock)."""
-        if self.abandoned is not None:
-            return self.abandoned
         if self.cutoff is not None and now > self.cutoff:
             return f"{now - self.cutoff:.3f} s after the deadline"
-        return None
+        return self.abandoned
 
     def settle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for every prepare/quiesce call still in flight (they undo

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import secrets
 import signal
 import sys
 import time
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from quiesce import azure_config, report, scripts, snapshot
+from quiesce.catalog import new_run_id
 from quiesce.errors import (
     AzureCode,
     FreezeError,
@@ -54,12 +54,6 @@ from quiesce.security import TrustedFile, TrustedFileNotFound, open_trusted
 DEFAULT_FREEZE_TIMEOUT = 60.0
 #: The snapshot must end this long before the watchdog would thaw (kill grace included).
 SNAPSHOT_MARGIN = 1.0
-
-
-def new_run_id() -> str:
-    """Time-sortable and unique: UTC timestamp to the microsecond plus 32 random bits."""
-    now = dt.datetime.now(dt.UTC)
-    return f"{now:%Y%m%dT%H%M%S.%f}Z-{secrets.token_hex(4)}"
 
 
 class Interrupted(QuiesceError):

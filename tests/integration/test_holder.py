@@ -9,6 +9,7 @@ under /run (config, lock files, runtime dir, state dir) and kills any holder/gua
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -251,7 +253,7 @@ def test_second_pre_is_refused_and_the_hold_is_untouched(q: Q) -> None:
     q.toml(flock_section(q))
     ready = q.pre_json()
     second = q.pre()
-    assert second.returncode == 2
+    assert second.returncode == 3  # distinct: a retried hook must not read it as a failure
     assert "already active" in second.stderr and ready["run_id"] in second.stderr
     assert not lock_is_free(q.lock())
     status = q.status_json()
@@ -268,7 +270,7 @@ def test_one_failing_instance_releases_the_other(q: Q) -> None:
     assert proc.returncode == 1
     assert "FAILED, nothing is held" in proc.stderr
     assert "flock/b: failed: quiesce failed: quiesce failed on purpose" in proc.stderr
-    assert "flock/a: released" in proc.stderr
+    assert "flock/a: aborted" in proc.stderr
     assert lock_is_free(q.lock("a"))
     assert not Path(str(q.lock("a")) + ".held").exists()
     wait_for(lambda: not processes_mentioning(str(q.rundir)), 30, "the holder to exit")
@@ -422,7 +424,7 @@ def test_a_hold_being_set_up_answers_status_and_refuses_a_second_pre(q: Q) -> No
         wait_for((q.rundir / "holder.sock").exists, 60, "the holder's socket")
         wait_for(lambda: q.status_json().get("state") == "quiescing", 30, "state quiescing")
         second = q.pre()
-        assert second.returncode == 2
+        assert second.returncode == 3
         assert "already active" in second.stderr and "quiescing" in second.stderr
         _out, err = first.communicate(timeout=120)
     finally:
@@ -512,11 +514,110 @@ def test_a_pre_killed_while_quiescing_leaves_nothing_held(q: Q) -> None:
     wait_for(lambda: q.status_json().get("state") == "quiescing", 60, "the hold to start")
     pre.kill()
     pre.wait(30)
-    wait_for(lambda: q.status_json().get("state") == "auto-released", 60,
-             "the holder to notice that pre is gone and release")
+    # The holder notices at once (the readiness pipe's reader is gone) and abandons the
+    # hold: the lock its engine still takes is released at once, never held for a snapshot.
+    wait_for(lambda: q.status_json().get("state") not in ("quiescing", "busy"), 60,
+             "the holder to notice that pre is gone and finish")
     assert lock_is_free(q.lock())
     code, outcome = q.post_json()
     assert code == 1
+    assert outcome["consistent"] is False and outcome["state"] == "aborted"
     [inst] = outcome["instances"]
-    assert inst["status"] == "auto-released"
-    assert "'pre' exited before the hold was ready" in inst["note"]
+    assert inst["status"] == "late"
+    assert "'pre' exited before the hold was complete" in inst["error"]
+
+
+# --------------------------------------------------------------- a caller that gives up
+def test_a_lock_granted_after_the_deadline_is_late_and_never_consistent(q: Q) -> None:
+    """The engine ignores its deadline (quiesce_delay sleeps through it): 'pre' answers at
+    its deadline, and the lock granted later is released at once and recorded as late."""
+    q.toml("pre_timeout_seconds = 30\n" + flock_section(q, quiesce_delay=3))
+    started = time.monotonic()
+    proc = q.pre("--deadline", "1")
+    took = time.monotonic() - started
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "not every instance was held within the deadline (1 s)" in proc.stderr
+    assert took < 3, took  # it answered at its deadline, not when the lock came
+    # The holder waits out the late call, releases it and leaves the outcome for 'post'.
+    wait_for(lambda: not processes_mentioning(str(q.rundir)), 60, "the holder to exit")
+    assert lock_is_free(q.lock())
+    code, outcome = q.post_json()
+    assert code == 1
+    assert outcome["consistent"] is False and outcome["state"] == "failed"
+    [inst] = outcome["instances"]
+    assert inst["status"] == "late" and "after the deadline" in inst["error"]
+    record = json.loads(Path(outcome["record"]).read_text())
+    assert record["consistent"] is False and record["instances"][0]["status"] == "late"
+    assert record["deadline"]
+
+
+def test_post_while_pre_is_acquiring_aborts_at_once(q: Q) -> None:
+    """'post' comes while the lock still waits (another process holds it): post answers at
+    once, "not consistent", and the lock granted later is never held for anyone."""
+    q.toml("pre_timeout_seconds = 60\n" + flock_section(q, lock_wait_seconds=60))
+    blocker = os.open(q.lock(), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(blocker, fcntl.LOCK_EX)
+    pre = subprocess.Popen(
+        [sys.executable, "-m", "quiesce", "pre", "--config", str(q.config), "--runtime-dir",
+         str(q.rundir)], env=q.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    try:
+        wait_for(lambda: q.status_json().get("state") == "quiescing", 60, "the hold to start")
+        started = time.monotonic()
+        code, outcome = q.post_json()
+        assert time.monotonic() - started < 10  # it did not wait for the lock
+        assert code == 1
+        assert outcome["consistent"] is False and outcome["state"] == "aborted"
+        assert "'post' came while 'pre' was still acquiring" in outcome["message"]
+    finally:
+        os.close(blocker)  # the plugin now gets its lock, after the abandon
+    _out, err = pre.communicate(timeout=60)
+    assert pre.returncode == 1, err
+    wait_for(lambda: not processes_mentioning(str(q.rundir)), 60, "the holder to exit")
+    assert lock_is_free(q.lock())
+    record = json.loads((q.state / "runs" / f"{outcome['run_id']}.json").read_text())
+    assert record["consistent"] is False and record["state"] == "aborted"
+    assert record["instances"][0]["status"] == "late"
+    # 'post' collected it already: a second post finds nothing.
+    assert q.post().returncode == 2
+
+
+def test_a_holder_and_guardian_both_killed_read_as_lost_not_as_no_hold(q: Q) -> None:
+    q.toml(flock_section(q))
+    ready = q.pre_json()
+    os.kill(ready["guardian_pid"], signal.SIGKILL)
+    os.kill(ready["holder_pid"], signal.SIGKILL)
+    wait_for(lambda: not alive(ready["holder_pid"]) and not alive(ready["guardian_pid"]), 30,
+             "both to die")
+    assert q.status_json()["state"] == "lost"
+    code, outcome = q.post_json()
+    assert code == 1, outcome
+    assert outcome["consistent"] is False and outcome["state"] == "lost"
+    assert ready["run_id"] in outcome["message"] and "died" in outcome["message"]
+    record = json.loads(Path(outcome["record"]).read_text())
+    assert record["run_id"] == ready["run_id"] and record["consistent"] is False
+    again = q.post()
+    assert again.returncode == 2 and "no hold is active" in again.stderr
+
+
+def test_the_run_id_of_quiesce_run_names_the_hold_and_guards_its_release(q: Q) -> None:
+    from quiesce.catalog import new_run_id
+
+    run_id = new_run_id()
+    q.toml(flock_section(q))
+    q.env["QUIESCE_RUN_ID"] = run_id
+    ready = q.pre_json()
+    assert ready["run_id"] == run_id
+    # A post of another run must not release (or report as its own) this hold.
+    q.env["QUIESCE_RUN_ID"] = new_run_id()
+    other = q.post()
+    assert other.returncode == 2 and f"belongs to run {run_id}" in other.stderr
+    assert not lock_is_free(q.lock())
+    q.env["QUIESCE_RUN_ID"] = run_id
+    code, outcome = q.post_json()
+    assert code == 0 and outcome["run_id"] == run_id
+    # A retried pre-script of the same run: a new attempt id, the first record kept.
+    again = q.pre_json()
+    assert again["run_id"] == f"{run_id}_2"
+    code, outcome = q.post_json()
+    assert code == 0 and outcome["run_id"] == f"{run_id}_2"
+    assert (q.state / "runs" / f"{run_id}.json").exists()

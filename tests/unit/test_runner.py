@@ -12,9 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from quiesce.catalog import new_run_id, valid_run_id
 from quiesce.errors import AzureCode, Problem
 from quiesce.report import PhaseRecord, RunError, RunStatus, human_report, write_atomically
-from quiesce.runner import RunLog, Runner, new_run_id
+from quiesce.runner import RunLog, Runner
 from quiesce.snapshot import CommandSnapshot, NoopSnapshot, make_provider
 
 
@@ -103,6 +104,8 @@ def test_run_ids_sort_by_time_and_are_unique() -> None:
     ids = [new_run_id() for _ in range(200)]
     assert len(set(ids)) == 200
     assert all(re.fullmatch(r"\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}", i) for i in ids)
+    # One format everywhere: a hold started under this run takes the same id.
+    assert all(valid_run_id(i) for i in ids)
     stamps = [i.split("-")[0] for i in ids]
     assert stamps == sorted(stamps)
 

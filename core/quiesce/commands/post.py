@@ -4,15 +4,19 @@ Start-up time is on the application's critical path (the locks are still held), 
 imports only the holder's client protocol before the release request is sent: no plugin, no
 configuration parsing, no driver.
 
-Exit status: 0 every instance was "released" (held until now: the snapshot is
-application-consistent); 1 anything else ("auto-released", "lost", "failed"): the snapshot may
-not be application-consistent; 2 no hold to release (or the holder could not be reached).
+Exit status: 0 the holder says the hold was complete before 'pre' answered (within its
+deadline) and every instance was "released" by this 'post' (the snapshot is
+application-consistent); 1 anything else ("auto-released", "lost", "late", "aborted",
+"failed", a 'pre' that failed or a holder that died): the snapshot may NOT be
+application-consistent; 2 there was no hold at all (or the holder could not be reached, or the
+active hold belongs to another run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -34,11 +38,17 @@ def main(args: argparse.Namespace) -> int:
     from quiesce.errors import NoActiveHold
 
     rundir = proto.runtime_dir(args.runtime_dir)
+    fields = {}
+    run_id = os.environ.get("QUIESCE_RUN_ID")
+    if run_id:
+        fields["run_id"] = run_id  # never release (or report) another run's hold
     try:
-        outcome = proto.request(rundir, "release", timeout=120.0)
+        outcome = proto.request(rundir, "release", timeout=120.0, **fields)
         outcome["collected_from"] = outcome.get("collected_from", "holder")
     except NoActiveHold:
         outcome = _uncollected(rundir)
+        if outcome is None:
+            outcome = _died(rundir)
         if outcome is None:
             raise
     if not outcome.get("ok", True) and "instances" not in outcome:
@@ -46,7 +56,10 @@ def main(args: argparse.Namespace) -> int:
 
         raise HolderError(f"the holder refused: {outcome.get('error')}")
     instances = outcome.get("instances") or []
-    consistent = bool(instances) and all(i.get("status") == proto.RELEASED for i in instances)
+    # Both must say so: the holder (the hold was complete in time and released by 'post'),
+    # and every instance.
+    consistent = (outcome.get("consistent") is True and bool(instances)
+                  and all(i.get("status") == proto.RELEASED for i in instances))
     outcome["consistent"] = consistent
     if not outcome.get("message"):
         outcome["message"] = _message(consistent)
@@ -62,13 +75,56 @@ def _uncollected(rundir: str) -> dict[str, Any] | None:
     while True:
         result = proto.read_result(rundir)
         if result is not None:
+            from quiesce.hold_trace import clear_trace
+
             proto.consume_result(rundir)
+            clear_trace(rundir)
             result["collected_from"] = "result-file"
             return result
         # A guardian may still be recovering (it holds the lock until the result is written).
         if not proto.lock_held(rundir) or time.monotonic() > give_up:
             return None
         time.sleep(0.1)
+
+
+def _died(rundir: str) -> dict[str, Any] | None:
+    """The outcome of a hold whose holder and guardian both died without reporting: its trace
+    is all that is left. Reported as lost (and recorded, when the state dir is known)."""
+    from quiesce.hold_trace import clear_trace, read_trace
+
+    trace = read_trace(rundir)
+    if trace is None or proto.lock_held(rundir):
+        return None
+    pid = trace.get("holder_pid")
+    message = (f"the holder (pid {pid}) of run {trace.get('run_id')} died while it was "
+               f"{trace.get('state')} and left no result (its guardian died too): every "
+               "lock ended with it, so the snapshot may NOT be application-consistent")
+    outcome: dict[str, Any] = {
+        "ok": True, "state": "lost", "consistent": False, "message": message,
+        "run_id": trace.get("run_id"), "holder_pid": pid, "config": trace.get("config"),
+        "since": trace.get("since"), "until": trace.get("until"), "released_at": None,
+        "instances": [], "collected_from": "hold-trace"}
+    outcome["record"] = _record_lost(trace, outcome)
+    clear_trace(rundir)
+    return outcome
+
+
+def _record_lost(trace: dict[str, Any], outcome: dict[str, Any]) -> str | None:
+    from quiesce.catalog import valid_run_id, write_record
+    from quiesce.errors import QuiesceError
+
+    state_dir, run_id = trace.get("state_dir"), str(trace.get("run_id"))
+    if not isinstance(state_dir, str) or not valid_run_id(run_id):
+        return None
+    record = {k: outcome[k] for k in ("run_id", "state", "consistent", "message", "config",
+                                      "since", "until", "instances")}
+    record["holder_pid"] = trace.get("holder_pid")
+    record["started_at"] = trace.get("started_at")
+    record["log"] = ["written by 'quiesce post' from the hold trace: the holder left none"]
+    try:
+        return write_record(state_dir, record)
+    except (OSError, QuiesceError):
+        return None
 
 
 def _message(consistent: bool) -> str:

@@ -1,8 +1,16 @@
 """``quiesce pre``: quiesce every selected instance and leave them held by a holder process.
 
-Exit status: 0 every instance is held; 1 an instance could not be quiesced (everything already
-taken was released again, nothing is held); 2 nothing was attempted (bad configuration, a hold
-already active, the holder could not start).
+Exit status: 0 every instance is held; 1 an instance could not be quiesced in time (everything
+already taken was released again, nothing is held); 2 nothing was attempted (bad configuration,
+the holder could not start); 3 a hold is already active (a retried hook, a second snapshot
+request): it is left untouched, and this 'pre' holds nothing.
+
+The deadline: ``pre`` answers, holding everything or nothing, within the smallest of
+``pre_timeout_seconds``, ``--deadline`` and the limit read from ``--azure-config`` (Azure's
+``timeoutInSeconds`` less its poll period and a second of start-up), counted from this
+process's start. The holder enforces the same deadline by itself, so a ``pre`` that is killed
+or abandoned by its caller cannot leave a hold that starts later: a lock granted after the
+deadline is released at once and recorded "late".
 """
 
 from __future__ import annotations
@@ -19,9 +27,9 @@ from typing import Any
 
 from quiesce.commands import add_runtime_dir_option
 
-# Extra seconds 'pre' waits for the holder past pre_timeout_seconds (interpreter start-up,
-# plugin imports) before it gives up and kills it.
-STARTUP_MARGIN = 30.0
+# Seconds 'pre' waits for the holder's answer to an "abort" at the deadline.
+ABORT_WAIT_SECONDS = 1.0
+EXIT_HOLD_ACTIVE = 3
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,11 +37,59 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="quiesce.toml to use (default: %(default)s)")
     parser.add_argument("--plugins", metavar="NAME,...",
                         help="quiesce only these engines (overrides 'plugins' in the config)")
+    parser.add_argument("--deadline", type=float, metavar="SECONDS",
+                        help="hold everything within SECONDS of pre's start, or nothing (the "
+                             "caller's own limit less its margin)")
+    parser.add_argument("--azure-config", metavar="PATH",
+                        help="take the deadline from this Azure VMSnapshotScriptPluginConfig"
+                             ".json, read now: timeoutInSeconds less the poll period and 1 s")
     add_runtime_dir_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def deadline_seconds(pre_timeout: float, explicit: float | None,
+                     azure_config: str | None) -> float:
+    """pre's deadline in seconds from its start: the smallest limit that applies."""
+    import math
+
+    from quiesce.errors import QuiesceError
+
+    limits = [float(pre_timeout)]
+    if explicit is not None:
+        if not math.isfinite(explicit) or explicit <= 0:
+            raise QuiesceError(f"--deadline {explicit:g} is not a positive number of seconds",
+                               hint="pass the caller's time limit less a margin, e.g. 25")
+        limits.append(explicit)
+    if azure_config is not None:
+        from quiesce.caller_deadline import azure_deadline_from_file
+
+        azure = azure_deadline_from_file(azure_config)
+        if azure <= 0:
+            raise QuiesceError(
+                f"timeoutInSeconds in {azure_config} leaves no time for 'pre' once Azure's "
+                "poll period is taken off", hint="raise timeoutInSeconds (see 'quiesce check')")
+        limits.append(azure)
+    return min(limits)
+
+
 def main(args: argparse.Namespace) -> int:
+    started = time.monotonic()  # first thing: the deadline counts from here
+    from quiesce.errors import HoldActive
+
+    try:
+        return _main(args, started)
+    except HoldActive as exc:
+        print(f"quiesce pre: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"  fix: {exc.hint}", file=sys.stderr)
+        if args.json:
+            from quiesce.cli import error_document
+
+            print(json.dumps({"command": "pre", "error": error_document(exc)}, indent=2))
+        return EXIT_HOLD_ACTIVE
+
+
+def _main(args: argparse.Namespace, started: float) -> int:
     from quiesce import holder_protocol as proto
     from quiesce.errors import HoldActive, HolderError, QuiesceError
     from quiesce.settings import load_settings, parse_plugin_list
@@ -42,11 +98,14 @@ def main(args: argparse.Namespace) -> int:
     plugins = parse_plugin_list(args.plugins)
     # Validate in this process: every configuration problem is reported before anything starts.
     settings = load_settings(args.config, plugins=plugins)
+    seconds = deadline_seconds(settings.pre_timeout_seconds, args.deadline, args.azure_config)
+    cutoff = started + seconds
 
     if os.path.isdir(rundir):
         proto.check_runtime_dir(rundir)
         try:
-            state = proto.request(rundir, "status", timeout=5.0)
+            state = proto.request(rundir, "status",
+                                  timeout=max(0.1, min(5.0, cutoff - time.monotonic())))
         except QuiesceError:
             state = None
         if state is not None:
@@ -64,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
     read_fd, write_fd = os.pipe()
     # -B: the holder writes no .pyc (see quiesce.holder.main: frozen filesystems).
     argv = [sys.executable, "-B", "-m", "quiesce.holder", "--config", settings.path,
-            "--runtime-dir", rundir, "--ready-fd", str(write_fd)]
+            "--runtime-dir", rundir, "--ready-fd", str(write_fd), "--deadline-at", repr(cutoff)]
     if plugins is not None:
         argv += ["--plugins", ",".join(plugins)]
     try:
@@ -75,16 +134,14 @@ def main(args: argparse.Namespace) -> int:
         raise HolderError(f"cannot start the holder ({argv[0]}): {exc}") from exc
     finally:
         os.close(write_fd)
-    wait = settings.pre_timeout_seconds + STARTUP_MARGIN
     try:
-        raw = _read_all(read_fd, wait)
+        raw = _read_all(read_fd, cutoff - time.monotonic())
     finally:
         os.close(read_fd)
+    if raw is not None and time.monotonic() > cutoff:
+        raw = None  # the answer came after the deadline: the caller may be snapshotting now
     if raw is None:
-        holder.kill()
-        raise HolderError(
-            f"the holder (pid {holder.pid}) did not report within {wait:g} s and was killed",
-            hint="check the servers; lower connect/lock timeouts in quiesce.toml")
+        return _gave_up(rundir, holder.pid, seconds, args.json)
     try:
         ready: dict[str, Any] = json.loads(raw)
     except ValueError:
@@ -96,6 +153,8 @@ def main(args: argparse.Namespace) -> int:
     if ready.get("ok"):
         _print_held(ready, args.json)
         return 0
+    if ready.get("kind") == "HoldActive":
+        raise HoldActive(str(ready.get("error")), hint=str(ready.get("hint") or ""))
     if not ready.get("instances"):
         # Nothing was attempted (a hold already active, the configuration changed under us, the
         # runtime dir is unusable): same treatment as a configuration error in this process.
@@ -106,9 +165,30 @@ def main(args: argparse.Namespace) -> int:
     return 1
 
 
+def _gave_up(rundir: str, holder_pid: int, seconds: float, as_json: bool) -> int:
+    """The deadline passed without a complete hold: tell the holder (it enforces the deadline
+    by itself too) and say so. Nothing is held for this snapshot."""
+    from quiesce import holder_protocol as proto
+    from quiesce.errors import QuiesceError
+
+    with contextlib.suppress(QuiesceError):
+        proto.request(rundir, "abort", timeout=ABORT_WAIT_SECONDS)
+    message = (f"not every instance was held within the deadline ({seconds:g} s): nothing is "
+               "held for this snapshot; a lock granted later is released at once")
+    if as_json:
+        print(json.dumps({"ok": False, "state": "failed", "error": message,
+                          "holder_pid": holder_pid, "runtime_dir": rundir,
+                          "instances": []}, indent=2))
+    else:
+        print(f"quiesce pre: FAILED, {message}", file=sys.stderr)
+        print(f"  the holder (pid {holder_pid}) records which instance was late; "
+              "'quiesce post' reports it", file=sys.stderr)
+    return 1
+
+
 def _read_all(fd: int, timeout: float) -> bytes | None:
     """Everything the holder writes on the readiness pipe, until EOF; None on timeout."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + max(0.0, timeout)
     chunks: list[bytes] = []
     while True:
         remaining = deadline - time.monotonic()

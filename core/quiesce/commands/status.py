@@ -36,6 +36,15 @@ def main(args: argparse.Namespace) -> int:
                                     ("run_id", "state", "message", "released_at", "instances")}
         if proto.lock_held(rundir):
             state["state"] = "busy"
+        elif pending is None:
+            from quiesce.hold_trace import read_trace
+
+            trace = read_trace(rundir)
+            if trace is not None:
+                # Holder and guardian both died without a result: 'post' reports it lost.
+                state["state"] = "lost"
+                state["lost"] = {k: trace.get(k) for k in
+                                 ("run_id", "holder_pid", "state", "started_at", "since")}
     state["runtime_dir"] = rundir
     _print(state, args.json)
     return 0
@@ -46,7 +55,12 @@ def _print(state: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(state, indent=2, default=str))
         return
     if not state["held"]:
-        if state["state"] == "busy":
+        if state["state"] == "lost":
+            lost = state["lost"]
+            print(f"nothing is held any more: the holder (pid {lost.get('holder_pid')}) of run "
+                  f"{lost.get('run_id')} died while {lost.get('state')} and left no result; "
+                  "'quiesce post' reports that hold as lost")
+        elif state["state"] == "busy":
             print(f"nothing is held in {state['runtime_dir']}, but a holder or guardian is "
                   "still finishing")
         elif state["state"] in ("idle",):

@@ -1,0 +1,148 @@
+"""The holder's inbox: accept connections and read requests without ever blocking the holder.
+
+A client may be slow, or hostile (one byte every second). Reading its request in the thread
+that also enforces ``max_hold_seconds`` would let it postpone the dead-man release. So each
+accepted connection is read in a thread of its own, with a limit on the *whole* request
+(``READ_LIMIT`` seconds, not per ``recv``), and the peer is checked (SO_PEERCRED) before
+anything it sent is parsed. Complete requests wait in a queue; the holder's loops wait on
+:meth:`Inbox.wait`, which wakes for a new request or after a timeout, and never for longer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+READ_LIMIT = 2.0  # seconds for a whole request line, however slowly it trickles in
+MAX_REQUEST = 65536
+
+
+@dataclass
+class Request:
+    conn: socket.socket
+    op: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def answer(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.sendall(json.dumps(message, default=str).encode() + b"\n")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.close()
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def read_line(conn: socket.socket, limit: float) -> bytes:
+    """One request line, read within ``limit`` seconds in all; b"" when none came in time."""
+    give_up = time.monotonic() + limit
+    data = b""
+    while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
+        left = give_up - time.monotonic()
+        if left <= 0:
+            return b""
+        conn.settimeout(left)
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class Inbox:
+    """Requests from the holder's socket, read by short-lived threads."""
+
+    def __init__(self, listener: socket.socket, allowed: Callable[[int], bool],
+                 log: Callable[[str], None]) -> None:
+        self.listener = listener
+        self.allowed = allowed
+        self.log = log
+        self.ready: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def wait(self, timeout: float) -> list[Request]:
+        """Accept what is pending and return the requests read so far; waits at most
+        ``timeout`` seconds for something to happen."""
+        try:
+            ready, _, _ = select.select([self.listener, self._wake_r], [], [],
+                                        max(0.0, timeout))
+        except InterruptedError:
+            ready = []
+        if self.listener in ready:
+            self._accept()
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        requests = []
+        while True:
+            try:
+                requests.append(self.ready.get_nowait())
+            except queue.Empty:
+                return requests
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.log(f"accept failed: {exc}")
+                return
+            threading.Thread(target=self._read, args=(conn,), daemon=True,
+                             name="request-reader").start()
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            conn.setblocking(True)
+            _pid, uid = peer_credentials(conn)
+            # Read the line even from a peer about to be refused: closing a socket with unread
+            # data resets it, and the peer would see ECONNRESET instead of the refusal.
+            data = read_line(conn, READ_LIMIT)
+            if not self.allowed(uid):
+                self.log(f"refused a request from uid {uid}")
+                Request(conn, "").answer({"ok": False, "error": "permission denied"})
+                conn.close()
+                return
+            if not data:
+                self.log(f"a client sent no complete request within {READ_LIMIT:g} s")
+                conn.close()
+                return
+            message = json.loads(data)
+        except (OSError, ValueError) as exc:
+            self.log(f"bad request: {exc}")
+            with contextlib.suppress(OSError):
+                conn.close()
+            return
+        if not isinstance(message, dict):
+            message = {}
+        op = message.get("op")
+        self.ready.put(Request(conn, op if isinstance(op, str) else "", message))
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"!")
+
+    def close(self) -> None:
+        while True:
+            try:
+                self.ready.get_nowait().close()
+            except queue.Empty:
+                break
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
