@@ -143,6 +143,21 @@ def ensure_dir(path: str, mode: int = 0o700) -> None:
 
 
 
+def check_writable(state_dir: str) -> None:
+    """Refuse a state dir where the run record could not be written (read-only, full, not
+    ours), before anything is held: the record is the only durable copy of the label."""
+    runs = os.path.join(state_dir, RUNS_DIR)
+    try:
+        ensure_dir(state_dir)
+        ensure_dir(runs)
+        write_atomic(os.path.join(runs, ".write-check"), b"x" * 4096)
+        os.unlink(os.path.join(runs, ".write-check"))
+    except OSError as exc:
+        raise CatalogError(f"cannot write run records to {state_dir}: {exc.strerror or exc}",
+                           hint="free space there, remount it read-write, or set state_dir in "
+                                "quiesce.toml to a writable directory") from exc
+
+
 def record_path(state_dir: str, run_id: str) -> str:
     if not valid_run_id(run_id):
         raise RecordNotFound(f"{run_id!r} is not a run id",

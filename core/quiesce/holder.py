@@ -71,6 +71,8 @@ LOCK_WAIT_SECONDS = 10.0  # how long a new holder waits for a finishing one
 REQUEST_READ_TIMEOUT = 2.0
 MIN_LINGER_SECONDS = 600.0
 RECORD_WAIT_SECONDS = 10.0  # how long 'post' waits for the run record to be on disk
+RECORD_RETRY_SECONDS = 600.0  # how long the holder keeps trying to write the run record
+RECORD_RETRY_PERIOD = 2.0
 SETTLE_SECONDS = 30.0  # how long a failed hold waits for calls still in flight
 RUN_ID_ENV = "QUIESCE_RUN_ID"
 
@@ -269,6 +271,7 @@ class Holder:
         self.result_file_written = False
         self.collected = False  # the outcome reached 'post' directly
         self.record_thread: threading.Thread | None = None
+        self.record_error: str | None = None
         # Requests that arrived while busy, answered once the main thread is free.
         self.pending: list[Request] = []
         self.liveness_stop = threading.Event()
@@ -606,9 +609,12 @@ class Holder:
             written = self._record_bounded(RECORD_WAIT_SECONDS)
             answer["record"] = written
             if written is None:
-                answer["record_note"] = (
-                    f"the run record was not written within {RECORD_WAIT_SECONDS:g} s (is "
-                    f"{self.settings.state_dir} frozen or full?); the holder keeps trying")
+                answer["record_error"] = (
+                    f"the run record was not written within {RECORD_WAIT_SECONDS:g} s"
+                    + (f": {self.record_error}" if self.record_error else
+                       f" (is {self.settings.state_dir} frozen?)")
+                    + f"; the holder keeps trying for {RECORD_RETRY_SECONDS:g} s. Keep this "
+                      "output: it is the only copy of the metadata (e.g. the backup_label)")
             request.answer(answer)
             self.collected = True
             if self.result_file_written:
@@ -716,10 +722,21 @@ class Holder:
         return os.path.join(self.settings.state_dir, "runs", f"{self.run_id}.json")
 
     def _record_bounded(self, timeout: float) -> str | None:
-        """Write the record in a thread; its path once written, None if still writing."""
+        """Write the record in a thread that retries for RECORD_RETRY_SECONDS; its path once
+        written within ``timeout``, else None (the thread goes on; shutdown waits for it)."""
         outcome: list[str | None] = []
-        self.record_thread = threading.Thread(target=lambda: outcome.append(self._record()),
-                                              daemon=True, name="run-record")
+
+        def keep_trying() -> None:
+            give_up = time.monotonic() + RECORD_RETRY_SECONDS
+            while True:
+                path = self._record()
+                if path is not None or time.monotonic() >= give_up:
+                    outcome.append(path)
+                    return
+                time.sleep(RECORD_RETRY_PERIOD)
+
+        self.record_thread = threading.Thread(target=keep_trying, daemon=True,
+                                              name="run-record")
         self.record_thread.start()
         self.record_thread.join(timeout)
         return outcome[0] if outcome else None
@@ -746,10 +763,14 @@ class Holder:
             "log": self.log.lines,
         }
         try:
-            return write_record(self.settings.state_dir, record)
+            path = write_record(self.settings.state_dir, record)
         except (OSError, QuiesceError) as exc:
-            self.log(f"cannot write the run record: {exc}")
+            if str(exc) != self.record_error:
+                self.log(f"cannot write the run record: {exc}")
+            self.record_error = str(exc)
             return None
+        self.record_error = None
+        return path
 
     def shutdown(self) -> None:
         """Stop listening, write the record (nothing is held any more), release the lock."""

@@ -621,3 +621,82 @@ def test_the_run_id_of_quiesce_run_names_the_hold_and_guards_its_release(q: Q) -
     code, outcome = q.post_json()
     assert code == 0 and outcome["run_id"] == f"{run_id}_2"
     assert (q.state / "runs" / f"{run_id}.json").exists()
+
+
+# --------------------------------------------------------------- records and slow clients
+@contextlib.contextmanager
+def small_tmpfs(path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs of the test's own, to fill or remount read-only; always unmounted."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "quiesce-test", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_pre_refuses_a_state_dir_it_cannot_write(q: Q) -> None:
+    with small_tmpfs(q.base / "ro") as ro:
+        q.state = ro / "state"
+        q.toml(flock_section(q))
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        proc = q.pre()
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "cannot write run records" in proc.stderr and "fix:" in proc.stderr
+        assert lock_is_free(q.lock())
+        assert not processes_mentioning(str(q.rundir))
+
+
+def test_post_fails_when_the_record_cannot_be_written_and_keeps_the_metadata(q: Q) -> None:
+    with small_tmpfs(q.base / "full") as full:
+        q.state = full / "state"
+        q.toml(flock_section(q))
+        ready = q.pre_json()
+        subprocess.run(["mount", "-o", "remount,ro", str(full)], check=True)
+        code, outcome = q.post_json()
+        assert code == 1, outcome  # the hold was fine, but its record is not on disk
+        assert outcome["consistent"] is True
+        assert outcome["record"] is None
+        assert "not written" in outcome["record_error"]
+        assert "Read-only" in outcome["record_error"]
+        # The caller can still keep the metadata: it is in the answer itself.
+        assert outcome["instances"][0]["metadata"]["path"] == str(q.lock())
+        assert lock_is_free(q.lock())
+        # The holder keeps trying: once the state dir is writable again, the record appears.
+        subprocess.run(["mount", "-o", "remount,rw", str(full)], check=True)
+        record = q.state / "runs" / f"{ready['run_id']}.json"
+        wait_for(record.exists, 60, "the holder's retry to write the record")
+        assert json.loads(record.read_text())["consistent"] is True
+
+
+def test_a_slow_client_cannot_postpone_the_dead_man_release(q: Q) -> None:
+    """A client trickling one byte a second must not stop max_hold_seconds from firing."""
+    q.toml("max_hold_seconds = 3\npre_timeout_seconds = 2\n" + flock_section(q))
+    q.pre_json()
+    stop = time.monotonic() + 30
+    trickling = True
+
+    def trickle() -> None:
+        while time.monotonic() < stop and trickling:
+            with contextlib.suppress(OSError), \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(str(q.rundir / "holder.sock"))
+                for byte in b'{"op": "status"}':
+                    if not trickling:
+                        return
+                    sock.send(bytes([byte]))
+                    time.sleep(1.0)
+
+    import threading
+
+    client = threading.Thread(target=trickle, daemon=True)
+    client.start()
+    try:
+        wait_for(lambda: lock_is_free(q.lock()), 20, "the dead-man release")
+        assert client.is_alive()  # released while the slow client was still sending
+    finally:
+        trickling = False
+        client.join(5)
+    code, outcome = q.post_json()
+    assert code == 1 and outcome["instances"][0]["status"] == "auto-released"

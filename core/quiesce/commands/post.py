@@ -66,6 +66,8 @@ def main(args: argparse.Namespace) -> int:
     elif not consistent and "NOT" not in str(outcome["message"]):
         outcome["message"] = f"{outcome.get('message')}: {_message(False)}"
     _print(outcome, args.json)
+    if outcome.get("record_error"):
+        return 1  # the record (and with it e.g. the backup_label) is not on disk
     return 0 if consistent else 1
 
 
@@ -153,8 +155,13 @@ def _print(outcome: dict[str, Any], as_json: bool) -> None:
         print(line, file=stream)
         for key, value in sorted((inst.get("metadata") or {}).items()):
             text = str(value)
-            if "\n" in text or len(text) > 100:
+            if ("\n" in text or len(text) > 100) and outcome.get("record"):
                 text = f"<{len(text)} characters, in the run record>"
+            elif "\n" in text:
+                # No record on disk: this output is the only copy, so show it whole.
+                text = "\n" + "\n".join(f"      {line}" for line in text.splitlines())
             print(f"    {key}: {text}", file=stream)
     if outcome.get("record"):
         print(f"  record: {outcome['record']}", file=stream)
+    if outcome.get("record_error"):
+        print(f"  RECORD NOT WRITTEN: {outcome['record_error']}", file=sys.stderr)

@@ -99,6 +99,9 @@ def _main(args: argparse.Namespace, started: float) -> int:
     # Validate in this process: every configuration problem is reported before anything starts.
     settings = load_settings(args.config, plugins=plugins)
     seconds = deadline_seconds(settings.pre_timeout_seconds, args.deadline, args.azure_config)
+    from quiesce.catalog import check_writable
+
+    check_writable(settings.state_dir)
     cutoff = started + seconds
 
     if os.path.isdir(rundir):
