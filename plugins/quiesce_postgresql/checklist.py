@@ -230,6 +230,13 @@ def _check_wal(directory: Path, control: ControlData, wal_dir: Path, *, archive:
                 f"rm {label_path}, then install the right label with 'quiesce restore-label "
                 f"{directory}' (it finds the run this copy was taken in)")
         return
+    if wal.parse_backup_label(label).get("BACKUP FROM") == "standby":
+        out.add("backup_label", OK, f"backup_label of the backup started at {start} (on a "
+                "standby) fits the copy's pg_control")
+        out.add("wal", NOTE, "a backup taken on a standby has no end-of-backup record: its end "
+                "is the stop_lsn of the run record, which 'quiesce restore-label' checked "
+                "(install the label with it)")
+        return
     scan = waldump.find_backup_end(tool, wal_dir, timeline, wal.parse_lsn(start))
     if scan.found_lsn is not None and control.checkpoint_lsn > scan.found_lsn:
         out.add("backup_label", PROBLEM,

@@ -413,6 +413,17 @@ def verify_wal(directory: Path, metadata: Mapping[str, Any], *,
     stop_lsn = wal.parse_lsn(str(stop)) if stop else None
     wal_dir = wal_directory(directory)
     tool = waldump.find_waldump(pg_major(directory), pg_bindir)
+    if wal.parse_backup_label(label).get("BACKUP FROM") == "standby" and stop_lsn is not None:
+        scan = waldump.reaches(tool, wal_dir, timeline, wal.parse_lsn(start), stop_lsn)
+        if scan.returncode == 0:
+            return (f"a backup taken on a standby (no end-of-backup record): the WAL in "
+                    f"{wal_dir} reads without a gap from {start} to stop_lsn {stop}")
+        reached = (f"the WAL there can be read only up to {wal.format_lsn(scan.failed_at)}"
+                   if scan.failed_at is not None else "it could not be read")
+        raise RestoreLabelError(
+            f"{wal_dir} does not hold the WAL this standby backup needs, from {start} to "
+            f"stop_lsn {stop}; {reached} (pg_waldump: {scan.error})",
+            hint=where_to_get_wal(metadata, wal_dir))
     scan = waldump.find_backup_end(tool, wal_dir, timeline, wal.parse_lsn(start), stop_lsn)
     if scan.found_lsn is not None:
         return (f"the end-of-backup record (BACKUP_END {start}) is at "

@@ -42,6 +42,7 @@ class WalScan:
     found_lsn: int | None = None  # where the record looked for starts
     error: str | None = None  # pg_waldump's own complaint where it stopped reading
     failed_at: int | None = None  # the LSN it could not read
+    returncode: int | None = None  # 0: every record up to --end was read
     argv: list[str] = field(default_factory=list)
 
 
@@ -109,8 +110,8 @@ def _scan(tool: str, wal_dir: Path, timeline: int, start: int, end: int | None, 
             if proc.poll() is None:
                 proc.kill()
             errors = proc.stderr.read()
-            proc.wait()
-    if scan.found_lsn is None and scan.error is None:
+            scan.returncode = proc.wait()
+    if scan.found_lsn is None and scan.error is None and scan.returncode != 0:
         text = " ".join(errors.replace("pg_waldump: error: ", "").split()) or (
             f"pg_waldump exited with {proc.returncode}")
         scan.error = text[:_MAX_ERROR]
@@ -124,6 +125,14 @@ def find_backup_end(tool: str, wal_dir: Path, timeline: int, start_lsn: int,
     """Look for ``BACKUP_END <start_lsn>`` from the backup's start (up to ``stop_lsn``)."""
     return _scan(tool, wal_dir, timeline, start_lsn, stop_lsn, wanted=("BACKUP_END",),
                  argument=wal.format_lsn(start_lsn))
+
+
+def reaches(tool: str, wal_dir: Path, timeline: int, start_lsn: int, end_lsn: int) -> WalScan:
+    """Read every record from ``start_lsn`` up to ``end_lsn``; returncode 0 when all were.
+
+    (A backup taken on a standby has no end-of-backup record: the standby cannot write WAL.
+    Its end is the stop_lsn that pg_backup_stop returned.)"""
+    return _scan(tool, wal_dir, timeline, start_lsn, end_lsn, wanted=(), argument=None)
 
 
 def find_checkpoint(tool: str, wal_dir: Path, timeline: int, redo_lsn: int) -> WalScan:

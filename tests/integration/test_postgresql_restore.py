@@ -36,6 +36,7 @@ class Hold:
     data: Path  # cp -a of the data directory, taken during the hold
     wal_after_post: Path  # cp -a of the WAL directory, taken after post
     rows_acknowledged: int  # rows committed before post returned
+    post_json: Path  # what 'quiesce post --json' printed, kept "next to the snapshot"
 
 
 @dataclass
@@ -74,10 +75,13 @@ def one_hold(cli: Cli, server, base: Path, name: str, rows: int) -> tuple[Hold, 
     result = json.loads(out.stdout)
     assert result["consistent"] is True
     (inst,) = result["instances"]
+    post_json = base / f"{name}-post.json"
+    post_json.write_text(out.stdout)
     acknowledged = server.execute("SELECT count(*) FROM ledger")[0][0]
     wal_after = base / f"{name}-wal-after"
     cp_a(server.log_dir, wal_after)
-    return Hold(result["run_id"], inst["metadata"], data, wal_after, acknowledged), wal_during
+    return (Hold(result["run_id"], inst["metadata"], data, wal_after, acknowledged, post_json),
+            wal_during)
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +194,89 @@ def test_wal_copied_before_post_is_detected(scenario: Scenario) -> None:
     # Without --run-id too: the run matches, its WAL does not.
     out = restore_label(s.cli, data)
     assert out.returncode == 2 and "no end-of-backup record" in out.stderr
+
+
+def test_a_truncated_last_segment_is_detected(scenario: Scenario) -> None:
+    s = scenario
+    data = fresh_copy(s, s.newer, s.newer.wal_after_post, "truncated")
+    segment = Path(os.readlink(data / "pg_wal")) / s.newer.meta["stop_wal_file"]
+    from quiesce_postgresql import wal
+
+    end_in_segment = wal.parse_lsn(s.newer.meta["stop_lsn"]) % (16 * 1024 * 1024)
+    with open(segment, "r+b") as handle:  # cut at the page holding the end of the backup
+        handle.truncate(end_in_segment // 8192 * 8192)
+    out = restore_label(s.cli, data, "--run-id", s.newer.run_id)
+    assert out.returncode == 2
+    assert "does not hold the WAL this backup needs" in out.stderr, out.stderr
+    assert not (data / "backup_label").exists()
+
+
+def test_the_post_json_kept_next_to_the_snapshot_is_a_record(scenario: Scenario) -> None:
+    s = scenario
+    data = fresh_copy(s, s.newer, s.newer.wal_after_post, "postjson")
+    out = restore_label(s.cli, data, "--record", str(s.newer.post_json), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["run_id"] == s.newer.run_id
+    assert (data / "backup_label").read_text() == s.newer.meta["backup_label"]
+    # The older run's output on the newer copy: refused.
+    (data / "backup_label").unlink()
+    out = restore_label(s.cli, data, "--record", str(s.older.post_json))
+    assert out.returncode == 2 and "taken after this backup ended" in out.stderr
+
+
+def test_restore_check_finds_a_label_of_another_run(scenario: Scenario) -> None:
+    s = scenario
+    data = fresh_copy(s, s.older, s.older.wal_after_post, "checkwrong")
+    out = restore_label(s.cli, data, "--run-id", s.newer.run_id, "--unsafe-skip-label-check",
+                        "--wal-from-archive")
+    assert out.returncode == 0, out.stderr
+    assert "--unsafe-skip-label-check: installed although" in out.stdout
+    (data / "postmaster.pid").unlink()
+    check = subprocess.run([sys.executable, "-m", "quiesce", "restore-check", "--json",
+                            str(data)], capture_output=True, text=True, timeout=120,
+                           check=False)
+    assert check.returncode == 1, check.stdout + check.stderr
+    doc = json.loads(check.stdout)
+    (item,) = [c for c in doc["checks"] if c["name"] == "backup_label"]
+    assert item["status"] == "problem"
+    assert "taken before this backup began" in item["text"]
+    assert doc["steps"][0].startswith(f"rm {data}/backup_label")
+
+
+def test_a_label_taken_on_a_standby_needs_the_wal_to_stop_lsn(
+        postgresql_server_factory, postgresql_layout_factory) -> None:
+    """A standby writes no end-of-backup record: its end is stop_lsn, read without a gap."""
+    from quiesce.deadline import Deadline
+    from quiesce.engine import InstanceSettings
+    from quiesce.schema import validate
+    from quiesce_postgresql.config import SCHEMA
+    from quiesce_postgresql.engine import PostgresQuiescer
+
+    primary = postgresql_server_factory()
+    primary.execute("CREATE TABLE t AS SELECT generate_series(1, 1000) AS v")
+    replica = primary.create_replica(postgresql_layout_factory())
+    options = validate(SCHEMA, {"conninfo": replica.conninfo}).data
+    q = PostgresQuiescer(InstanceSettings("postgresql", "standby", options))
+    copy_root = Path(postgresql_layout_factory().data_dir).parent
+    try:
+        q.prepare(Deadline(30))
+        q.quiesce(Deadline(30))
+        cp_a(replica.data_dir, copy_root / "data")
+        primary.execute("INSERT INTO t SELECT generate_series(1001, 2000)")
+        primary.execute("CHECKPOINT")
+        meta = q.release(Deadline(30))
+    finally:
+        q.close()
+    assert "BACKUP FROM: standby" in meta["backup_label"]
+    cp_a(replica.log_dir, copy_root / "wal")
+    point_wal(copy_root / "data", copy_root / "wal")
+    record = copy_root / "meta.json"
+    record.write_text(json.dumps(meta))
+    out = subprocess.run([sys.executable, "-m", "quiesce", "restore-label", "--record",
+                          str(record), "--json", str(copy_root / "data")],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert any("reads without a gap" in c for c in json.loads(out.stdout)["checks"])
 
 
 def test_a_copy_of_no_hold_is_refused_without_run_id(scenario: Scenario) -> None:
