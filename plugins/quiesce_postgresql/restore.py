@@ -15,8 +15,9 @@ as a restore from that backup). This module does exactly that, refusing anything
   ``unsafe_skip_label_check`` (``--unsafe-skip-label-check``);
 - the WAL in the copy's ``pg_wal`` must hold the backup's end-of-backup record (read with
   ``pg_waldump``, not guessed from file names: a segment copied before ``post`` has its full
-  size but not the record); otherwise it says which files to fetch and from where, unless
-  ``wal_from_archive`` says restore_command will fetch them;
+  size but not the record; a backup taken on a standby has no such record, and its WAL must
+  read without a gap up to ``stop_lsn``); otherwise it says which files to fetch and from
+  where, unless ``wal_from_archive`` says restore_command will fetch them;
 - only the label of a consistent run (held from before the snapshot until ``post``) is used
   unless ``accept_inconsistent`` (``--unsafe-accept-inconsistent``);
 - the major version in ``PG_VERSION`` must be the recorded one;
