@@ -243,6 +243,11 @@ def write_blocked(server: Any) -> str | None:
         conn.close()
 
 
+def long_update(seconds: int) -> str:
+    """A statement holding app.myi (MyISAM: a table lock) for ``seconds``: one row sleeps."""
+    return f"UPDATE app.myi SET v = v + SLEEP({seconds}) WHERE id = 1"
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -284,7 +289,7 @@ def test_mysql_pre_waiting_behind_a_long_query_is_never_consistent(jail: Jail,
     jail.configure_azure(4)
     jail.write_sections([("mysql", mysql_section(mysql, lock_wait_seconds=30))],
                         max_hold=MAX_HOLD)
-    blocker = BackgroundStatement(mysql, "UPDATE app.myi SET v = v + SLEEP(7)").start()
+    blocker = BackgroundStatement(mysql, long_update(6)).start()
     try:
         blocker.wait_state(("User sleep",))
         backup = jail.backup()
@@ -344,9 +349,9 @@ def slow_holder(jail: Jail, seconds: float) -> tuple[Callable[[], None], threadi
 def test_mysql_post_slower_than_the_timeout_still_releases(jail: Jail, mysql: Any) -> None:
     """The hold spanned the snapshot, so the snapshot is consistent even though the runner
     gave up on the post-script; the post-script, never killed, releases everything."""
-    jail.configure_azure(3)
+    jail.configure_azure(5)
     jail.write_sections([("mysql", mysql_section(mysql))], max_hold=MAX_HOLD)
-    snapshot, resumed = slow_holder(jail, 7)
+    snapshot, resumed = slow_holder(jail, 9)
     backup = jail.backup(snapshot)
     try:
         assert backup.pre.status == "success", backup.describe()
@@ -364,7 +369,7 @@ def test_mysql_pre_failing_with_retries_runs_once(jail: Jail, mysql: Any) -> Non
     jail.configure_azure(6, pre_retries=2)
     jail.write_sections([("mysql", mysql_section(mysql, lock_wait_seconds=1))],
                         max_hold=MAX_HOLD)
-    blocker = BackgroundStatement(mysql, "UPDATE app.myi SET v = v + SLEEP(30)").start()
+    blocker = BackgroundStatement(mysql, long_update(30)).start()
     try:
         blocker.wait_state(("User sleep",))
         backup = jail.backup()
@@ -509,10 +514,10 @@ def test_postgresql_unreachable_is_not_consistent(jail: Jail, pg: Any) -> None:
 
 
 def test_postgresql_post_slower_than_the_timeout_still_releases(jail: Jail, pg: Any) -> None:
-    jail.configure_azure(3)
+    jail.configure_azure(5)
     jail.write_sections([("postgresql", pg_section(pg.conninfo))], max_hold=MAX_HOLD)
     copy = jail.root / "snap"
-    holder_pause, resumed = slow_holder(jail, 7)
+    holder_pause, resumed = slow_holder(jail, 9)
 
     def snapshot() -> None:
         copy_data_dir(pg, copy)()
@@ -553,7 +558,7 @@ def test_a_lock_granted_after_the_deadline_is_released_at_once_as_late(
         jail: Jail, mysql: Any) -> None:
     jail.write_sections([("mysql", mysql_section(mysql, lock_wait_seconds=30))],
                         max_hold=MAX_HOLD)
-    blocker = BackgroundStatement(mysql, "UPDATE app.myi SET v = v + SLEEP(4)").start()
+    blocker = BackgroundStatement(mysql, long_update(4)).start()
     try:
         blocker.wait_state(("User sleep",))
         out = jail.run("pre", "--deadline", "1", "--json")
@@ -594,7 +599,7 @@ def test_an_abandoned_pre_leaves_no_hold(jail: Jail, mysql: Any) -> None:
     (or must drop it at once), and `post` must not call anything consistent."""
     jail.write_sections([("mysql", mysql_section(mysql, lock_wait_seconds=30))],
                         max_hold=MAX_HOLD)
-    blocker = BackgroundStatement(mysql, "UPDATE app.myi SET v = v + SLEEP(4)").start()
+    blocker = BackgroundStatement(mysql, long_update(4)).start()
     pre: subprocess.Popen[str] | None = None
     try:
         blocker.wait_state(("User sleep",))
@@ -623,7 +628,7 @@ def test_a_post_during_the_acquisition_aborts_it(jail: Jail, mysql: Any) -> None
     to release it; the lock must not be taken afterwards."""
     jail.write_sections([("mysql", mysql_section(mysql, lock_wait_seconds=30))],
                         max_hold=MAX_HOLD)
-    blocker = BackgroundStatement(mysql, "UPDATE app.myi SET v = v + SLEEP(5)").start()
+    blocker = BackgroundStatement(mysql, long_update(5)).start()
     pre: subprocess.Popen[str] | None = None
     try:
         blocker.wait_state(("User sleep",))
