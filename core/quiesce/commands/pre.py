@@ -23,6 +23,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from quiesce.commands import add_runtime_dir_option
@@ -130,9 +131,7 @@ def _main(args: argparse.Namespace, started: float) -> int:
     if plugins is not None:
         argv += ["--plugins", ",".join(plugins)]
     try:
-        holder = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, pass_fds=(write_fd,), start_new_session=True, cwd="/")
+        holder = _start_holder(argv, write_fd)
     except OSError as exc:
         raise HolderError(f"cannot start the holder ({argv[0]}): {exc}") from exc
     finally:
@@ -166,6 +165,27 @@ def _main(args: argparse.Namespace, started: float) -> int:
         raise QuiesceError(str(ready.get("error")), hint=str(ready.get("hint") or ""))
     _print_failed(ready, args.json)
     return 1
+
+
+def _start_holder(argv: list[str], ready_fd: int) -> subprocess.Popen[bytes]:
+    """Start the holder (and with it its guardian) in a systemd scope of its own where systemd
+    runs the machine, so a caller that kills its whole cgroup cannot take the processes that
+    release the locks with it (quiesce.scope); else, or if systemd-run fails, directly."""
+    from quiesce.scope import in_own_scope, scope_unit_name
+
+    decision = in_own_scope(argv, scope_unit_name("holder", f"{os.getpid()}"))
+
+    def start(command: Sequence[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(command), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, pass_fds=(ready_fd,), start_new_session=True, cwd="/")
+
+    if not decision.wrapped:
+        return start(argv)
+    try:
+        return start(decision.argv)
+    except OSError:
+        return start(argv)
 
 
 def _gave_up(rundir: str, holder_pid: int, seconds: float, as_json: bool) -> int:
