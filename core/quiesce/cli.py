@@ -3,6 +3,11 @@
 Each subcommand lives in ``quiesce.commands.<module>`` with ``configure(parser)`` and
 ``main(args) -> int``. Command modules import their heavy dependencies inside ``main`` so that
 ``quiesce post`` reaches the holder without paying for imports it does not need.
+
+Plugins add commands of their own through the ``quiesce_register_commands`` hook
+(:class:`quiesce.plugins.Command`). Plugins are loaded only when the command given is not one
+of :data:`COMMANDS` (or none is given, for ``--help``): ``pre``, ``post`` and ``status`` never
+import a plugin here.
 """
 
 from __future__ import annotations
@@ -10,8 +15,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from quiesce import __version__
+
+if TYPE_CHECKING:
+    from quiesce.plugins import Command
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,7 +41,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None,
+                 plugin_commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
+    """The parser; only the ``only`` command (every command when None) is configured.
+
+    ``plugin_commands`` follow the built-in commands, in the order given.
+    """
     parser = argparse.ArgumentParser(
         prog="quiesce",
         description="Application-consistent snapshots for PostgreSQL, MySQL/MariaDB, MongoDB.",
@@ -51,7 +66,32 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             continue
         module.configure(p)
         p.set_defaults(_main=module.main)
+    for command in plugin_commands:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        if only is not None and command.name != only:
+            continue
+        command.configure(p)
+        p.set_defaults(_main=command.main)
     return parser
+
+
+def plugin_commands(chosen: str | None) -> list[Command]:
+    """The commands of the installed plugins (loaded here, so only for a command that is not
+    built in). A plugin that fails to load hides only its own commands; its error is printed
+    when the command asked for is not found, as that may be why."""
+    from quiesce.errors import PluginError
+    from quiesce.plugins import Plugins
+
+    errors: list[PluginError] = []
+    plugins = Plugins()
+    plugins.load_entry_points(errors=errors)
+    registry = plugins.commands(reserved=COMMANDS, errors=errors)
+    if chosen is not None and chosen not in registry:
+        for exc in errors:
+            print(f"quiesce: {exc}", file=sys.stderr)
+            if exc.hint:
+                print(f"  fix: {exc.hint}", file=sys.stderr)
+    return list(registry)
 
 
 def error_document(exc: BaseException) -> dict[str, object]:
@@ -78,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Only the chosen subcommand's module is imported: start-up time matters for 'post'.
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(only=chosen if chosen in COMMANDS else None)
+    if chosen in COMMANDS:
+        parser = build_parser(only=chosen)
+    else:
+        parser = build_parser(only=chosen, plugin_commands=plugin_commands(chosen))
     args = parser.parse_args(argv)
     if getattr(args, "_unavailable", None):
         print(f"quiesce: '{args._unavailable}' is not available in this build", file=sys.stderr)

@@ -5,6 +5,12 @@ the ``quiesce`` entry-point group of its distribution::
 
     [project.entry-points.quiesce]
     myengine = "my_package.plugin"
+
+In a plugin, names starting with ``quiesce_`` are reserved for hook functions: a function
+marked ``@hookimpl`` whose name is not one of the hooks below (a misspelling), or a
+``quiesce_*`` function without ``@hookimpl``, is refused when the plugin loads, with an error
+naming the plugin and the function (:meth:`quiesce.plugins.Plugins.register`). A hook
+function may take fewer arguments than its hook passes, never others.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from quiesce.plugins import EngineRegistry
+    from quiesce.plugins import CommandRegistry, EngineRegistry
 
 PROJECT = "quiesce"
 ENTRY_POINT_GROUP = "quiesce"
@@ -29,4 +35,16 @@ def quiesce_register_engines(registry: EngineRegistry) -> None:
 
     Called once when plugins load. Must not import database drivers or connect anywhere:
     drivers are imported by the engine's factory, only for engines that are selected.
+    """
+
+
+@hookspec
+def quiesce_register_commands(registry: CommandRegistry) -> None:
+    """Add the plugin's CLI subcommands with ``registry.add(Command(name, help, configure,
+    main))`` (:class:`quiesce.plugins.Command`).
+
+    Called only when ``quiesce`` is run with a command that is not built in (or for
+    ``quiesce --help``), never for ``pre``, ``post`` or ``status``, so plugins cost those
+    commands nothing. A name of a built-in command, or one another plugin already added, is an
+    error naming both. Import what the command needs inside its ``main``.
     """

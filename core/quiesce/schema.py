@@ -142,7 +142,13 @@ def _quoted_hint(value: Any, expected: type | tuple[type, ...]) -> str:
 
 @dataclass(frozen=True)
 class Field:
-    """One key: its type, whether it is required, its default and its constraints."""
+    """One key: its type, whether it is required, its default and its constraints.
+
+    ``hint`` is the *fix* shown with a problem of this key ("write a number of seconds");
+    ``doc`` says what the key *is* ("seconds to wait for the lock"): it is the key's
+    documentation wherever it is shown, e.g. in the quiesce.toml skeleton that ``quiesce
+    install`` writes, so the text lives beside the rules that validate the key.
+    """
 
     type: type | tuple[type, ...]
     required: bool = False
@@ -153,6 +159,7 @@ class Field:
     items: type | tuple[type, ...] | None = None
     check: Callable[[Any], str | None] | None = None
     hint: str = ""
+    doc: str = ""
 
     def validate(self, value: Any, path: str, problems: list[Problem]) -> Any:
         """The value if it can be used, else ``_MISSING`` (left out of the data, so that

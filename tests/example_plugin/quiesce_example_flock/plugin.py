@@ -1,5 +1,7 @@
-"""The plugin module named by the entry point: registers the "flock" engine, imports nothing
-heavy (the engine module is imported by the factory, only when the engine is selected)."""
+"""The plugin module named by the entry point: registers the "flock" engine and the
+``flock-probe`` command; imports nothing heavy (the engine module is imported by the factory,
+only when the engine is selected; the command's module by the command hook, only when a
+command that is not built in is run)."""
 
 from __future__ import annotations
 
@@ -7,27 +9,36 @@ from typing import Any
 
 from quiesce.engine import EngineType, InstanceSettings, Quiescer
 from quiesce.hookspecs import hookimpl
+from quiesce.plugins import Command, CommandRegistry, EngineRegistry
 from quiesce.schema import Field, Table
 
 SCHEMA = Table({
-    # The file to lock; created if missing.
-    "path": Field(str, required=True, hint="an absolute path, e.g. /run/app/backup.lock"),
-    # Also leave a "<path>.held" marker that outlives the process (like MongoDB's fsyncLock
-    # count): exercises recovery_token() and the guardian.
-    "sticky": Field(bool, default=False),
-    # A secret file the engine would read a password from (checked by the core).
-    "password_file": Field(str),
+    "path": Field(str, required=True, hint="an absolute path, e.g. /run/app/backup.lock",
+                  doc="the file to lock; created if missing"),
+    "sticky": Field(bool, default=False,
+                    doc='also leave a "<path>.held" marker that outlives the process (like '
+                        "MongoDB's fsyncLock count): exercises recovery_token() and the "
+                        "guardian"),
+    "password_file": Field(str, doc="a secret file the engine would read a password from "
+                                    "(checked by the core: root-owned, mode 600)"),
     # Test knobs: fail on purpose in one step, or be slow.
-    "fail_in": Field(str, default="", choices=("", "prepare", "quiesce", "release")),
-    "prepare_delay": Field((int, float), default=0, minimum=0),
-    "quiesce_delay": Field((int, float), default=0, minimum=0),
-    "lock_wait_seconds": Field((int, float), default=5, minimum=0),
-    # check_alive stalls (up to 120 s) while this file exists, like a server that stopped
-    # answering; "<file>.seen" is created when a check starts stalling.
-    "stall_checks_while": Field(str, default=""),
-    # release imports the module "quiesce_late_import" from this directory, for the first
-    # time in the holder (like a driver's lazy import during a release).
-    "release_imports_from": Field(str, default=""),
+    "fail_in": Field(str, default="", choices=("", "prepare", "quiesce", "release"),
+                     doc="test knob: fail on purpose in this step"),
+    "prepare_delay": Field((int, float), default=0, minimum=0,
+                           doc="test knob: seconds prepare sleeps first"),
+    "quiesce_delay": Field((int, float), default=0, minimum=0,
+                           doc="test knob: seconds quiesce sleeps first"),
+    "lock_wait_seconds": Field((int, float), default=5, minimum=0,
+                               doc="seconds to wait for a lock another process holds"),
+    "stall_checks_while": Field(str, default="",
+                                doc='test knob: check_alive stalls (up to 120 s) while this '
+                                    'file exists, like a server that stopped answering; '
+                                    '"<file>.seen" is created when a check starts stalling'),
+    "release_imports_from": Field(str, default="",
+                                  doc='test knob: release imports the module '
+                                      '"quiesce_late_import" from this directory, for the '
+                                      "first time in the holder (like a driver's lazy "
+                                      "import during a release)"),
 })
 
 
@@ -44,7 +55,7 @@ def _recover(settings: InstanceSettings, token: dict[str, Any]) -> None:
 
 
 @hookimpl
-def quiesce_register_engines(registry: Any) -> None:
+def quiesce_register_engines(registry: EngineRegistry) -> None:
     registry.add(EngineType(
         name="flock",
         schema=SCHEMA,
@@ -52,4 +63,16 @@ def quiesce_register_engines(registry: Any) -> None:
         description="holds an exclusive flock() on a file (example plugin)",
         secret_file_keys=("password_file",),
         recover=_recover,
+    ))
+
+
+@hookimpl
+def quiesce_register_commands(registry: CommandRegistry) -> None:
+    from quiesce_example_flock import probe
+
+    registry.add(Command(
+        name="flock-probe",
+        help="say whether a file is flock()ed by another process (example plugin)",
+        configure=probe.configure,
+        main=probe.main,
     ))
