@@ -553,6 +553,36 @@ def test_postgresql_pre_failing_with_retries_runs_once(jail: Jail, pg: Any) -> N
     assert_label_refused(jail, pg, copy)
 
 
+def test_postgresql_snapshot_outlasting_the_hold_is_not_consistent(jail: Jail,
+                                                                    pg: Any) -> None:
+    """A snapshot slower than max_hold_seconds: the holder ends backup mode on its own in the
+    middle of it. The label exists, but the run is not consistent: restore-label refuses it
+    unless told --unsafe-accept-inconsistent."""
+    jail.configure_azure(8)
+    jail.write_sections([("postgresql", pg_section(pg.conninfo))], max_hold=3)
+    copy = jail.root / "snap"
+
+    def slow_snapshot() -> None:
+        copy_data_dir(pg, copy)()
+        wait_for(lambda: not pg.backends("quiesce"), 30,
+                 "the holder to end backup mode at max_hold_seconds")
+
+    backup = jail.backup(slow_snapshot)
+    assert backup.pre.status == "success", backup.describe()
+    assert backup.snapshot.taken, backup.snapshot.error
+    report = assert_not_consistent(jail, backup)
+    assert [i["status"] for i in report["instances"]] == ["auto-released"], report
+    assert report["instances"][0]["metadata"].get("backup_label"), report
+    assert_no_holder_left(jail)
+    assert pg_unlocked(pg)
+    assert_label_refused(jail, pg, copy)
+    out = jail.run("restore-label", "--state-dir", str(jail.state),
+                   "--unsafe-accept-inconsistent", str(copy))
+    assert out.returncode == 0, out.stdout + out.stderr
+    label = report["instances"][0]["metadata"]["backup_label"]
+    assert (copy / "backup_label").read_text() == label
+
+
 # ---------------------------------------------------------------------------- the holder alone
 def test_a_lock_granted_after_the_deadline_is_released_at_once_as_late(
         jail: Jail, mysql: Any) -> None:
