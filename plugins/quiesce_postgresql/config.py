@@ -78,22 +78,38 @@ def _wait_for_archive_problem(value: Any) -> str | None:
 SCHEMA = Table({
     "conninfo": Field(
         str, default="", check=conninfo_problem, hint=CONNINFO_HINT,
+        doc='the libpq connection string, e.g. "host=/var/run/postgresql port=5432 '
+            'user=postgres dbname=postgres"; empty means libpq\'s defaults (local socket, PG* '
+            "environment variables). No password here: put it in a passfile",
     ),
     "passfile": Field(str, check=_absolute,
-                      hint="a libpq password file, root-owned, mode 0600"),
+                      hint="a libpq password file, root-owned, mode 0600",
+                      doc="a libpq password file, root-owned, mode 0600"),
     "mode": Field(str, default="backup", choices=("backup", "checkpoint"),
                   hint="\"backup\" brackets the snapshot with pg_backup_start/stop; "
-                       "\"checkpoint\" only flushes"),
-    "label": Field(str, default="quiesce", check=_label_problem),
-    "fast_checkpoint": Field(bool, default=True),
+                       "\"checkpoint\" only flushes",
+                  doc="\"backup\" brackets the snapshot with pg_backup_start/stop; "
+                      "\"checkpoint\" only flushes"),
+    "label": Field(str, default="quiesce", check=_label_problem,
+                   doc=f"the prefix of the backup label (printable ASCII, at most "
+                       f"{MAX_LABEL_PREFIX} characters); the instance name and time follow"),
+    "fast_checkpoint": Field(bool, default=True,
+                             doc="true starts backup mode with an immediate checkpoint; false "
+                                 "waits for a spread one, which may not fit the pre deadline"),
     "connect_timeout": Field(int, default=10, minimum=2, maximum=600,
-                             hint="seconds; libpq's minimum is 2"),
+                             hint="seconds; libpq's minimum is 2",
+                             doc="seconds to wait for the connection; libpq's minimum is 2"),
     "wait_for_archive": Field((bool, str), default="auto", check=_wait_for_archive_problem,
-                              hint="\"auto\" waits only when WAL archiving is on"),
+                              hint="\"auto\" waits only when WAL archiving is on",
+                              doc="whether 'post' waits for the backup's last WAL file to be "
+                                  "archived: true, false, or \"auto\" (only when WAL "
+                                  "archiving is on)"),
     "archive_wait_seconds": Field(
         int, default=DEFAULT_ARCHIVE_WAIT_SECONDS, minimum=0, maximum=MAX_ARCHIVE_WAIT_SECONDS,
         hint=f"seconds 'post' waits for the archiver, at most {MAX_ARCHIVE_WAIT_SECONDS}: the "
              f"release of an instance has {RELEASE_SECONDS} s in all, pg_backup_stop included; "
              "a slower archiver costs only wal_archived: false (the label is still recorded), "
-             "check pg_stat_archiver later"),
+             "check pg_stat_archiver later",
+        doc=f"seconds 'post' waits for the archiver, at most {MAX_ARCHIVE_WAIT_SECONDS}; a "
+            "slower archiver costs only wal_archived: false (the label is still recorded)"),
 })
