@@ -101,23 +101,38 @@ def _check_path(value: Any) -> str | None:
 
 
 SCHEMA = Table({
-    "uri": Field(str, check=_check_inline_uri, hint=URI_HINT),
+    "uri": Field(str, check=_check_inline_uri, hint=URI_HINT,
+                 doc='a mongodb:// URI without a password, e.g. "mongodb://127.0.0.1:27017/", '
+                     "naming the one server to lock; a URI with a password goes in a "
+                     "root-owned file named by uri_file instead. Set exactly one of uri and "
+                     "uri_file"),
     "uri_file": Field(str, check=_check_path,
-                      hint="a root-owned file (chmod 600) holding one mongodb:// URI"),
+                      hint="a root-owned file (chmod 600) holding one mongodb:// URI",
+                      doc="a root-owned file (mode 600) holding one mongodb:// URI, password "
+                          "included; set exactly one of uri and uri_file"),
     "allow_locked": Field(bool, default=False,
                           hint="true lets quiesce add its lock to a server that is already "
-                               "fsync-locked by someone else"),
+                               "fsync-locked by someone else",
+                          doc="true lets quiesce add its lock to a server that is already "
+                              "fsync-locked by someone else"),
     "allow_mongos": Field(bool, default=False,
                           hint="true locks a whole sharded cluster through mongos "
-                               "(MongoDB 7.1, 7.0.2, 6.0.11, 5.0.22 or newer)"),
+                               "(MongoDB 7.1, 7.0.2, 6.0.11, 5.0.22 or newer)",
+                          doc="true lets the URI name a mongos, which locks the whole sharded "
+                              "cluster (MongoDB 7.1, 7.0.2, 6.0.11, 5.0.22 or newer)"),
     "connect_timeout": Field((int, float), default=5, minimum=0.1, maximum=300,
-                             hint="seconds to wait for the server to answer"),
+                             hint="seconds to wait for the server to answer",
+                             doc="seconds to wait for the server to answer"),
     "lock_wait_seconds": Field((int, float), default=30, minimum=0.1, maximum=3600,
                                hint="seconds fsync may wait to take its lock behind running "
-                                    "operations"),
+                                    "operations",
+                               doc="seconds fsync may wait to take its lock behind running "
+                                   "operations"),
     "balancer_stop_seconds": Field((int, float), default=60, minimum=1, maximum=3600,
                                    hint="seconds to wait for a running balancer round to end "
-                                        "(mongos only)"),
+                                        "(mongos only)",
+                                   doc="seconds to wait for a running balancer round to end "
+                                       "(mongos only)"),
 })
 
 

@@ -55,30 +55,53 @@ def _not_empty(value: Any) -> str | None:
 
 SCHEMA = Table({
     "host": Field(str, default=DEFAULT_HOST, check=_not_empty,
-                  hint="a host name or IP address; ignored when unix_socket is set"),
-    "port": Field(int, default=DEFAULT_PORT, minimum=1, maximum=65535),
+                  hint="a host name or IP address; ignored when unix_socket is set",
+                  doc="the server's host name or IP address, for TCP; not used when "
+                      "unix_socket is set"),
+    "port": Field(int, default=DEFAULT_PORT, minimum=1, maximum=65535,
+                  doc="the server's TCP port"),
     "unix_socket": Field(str, check=_absolute,
-                         hint="the server's socket path, e.g. /run/mysqld/mysqld.sock"),
-    "user": Field(str, default=DEFAULT_USER, check=_not_empty),
+                         hint="the server's socket path, e.g. /run/mysqld/mysqld.sock",
+                         doc="the server's Unix socket, e.g. /run/mysqld/mysqld.sock; "
+                             "preferred on the same machine (used instead of host and port)"),
+    "user": Field(str, default=DEFAULT_USER, check=_not_empty,
+                  doc="the account quiesce logs in as (its least privileges: "
+                      "docs/engines.md)"),
     "password_file": Field(str, check=_absolute,
                            hint="an absolute path to a root-owned file (chmod 600) whose first "
-                                "line is the password; never put the password in quiesce.toml"),
+                                "line is the password; never put the password in quiesce.toml",
+                           doc="a root-owned file (mode 600) whose first line is the password; "
+                               "left out, quiesce sends no password (e.g. for unix_socket "
+                               "authentication)"),
     "lock": Field(str, default="auto", choices=LOCK_MODES,
                   hint='"auto" picks LOCK INSTANCE FOR BACKUP on MySQL 8.0+ and BACKUP STAGE '
-                       'on MariaDB 10.4+'),
+                       'on MariaDB 10.4+',
+                  doc='how writes are blocked: "instance" (LOCK INSTANCE FOR BACKUP), '
+                      '"backup-stage" (BACKUP STAGE), "ftwrl" (FLUSH TABLES WITH READ LOCK), '
+                      'or "auto": LOCK INSTANCE FOR BACKUP on MySQL 8.0+, BACKUP STAGE on '
+                      "MariaDB 10.4+"),
     "lock_wait_seconds": Field((int, float), default=DEFAULT_LOCK_WAIT, minimum=1, maximum=600,
-                               hint="seconds to wait for the lock behind running statements"),
+                               hint="seconds to wait for the lock behind running statements",
+                               doc="seconds to wait for the lock behind running statements "
+                                   "before 'pre' gives up"),
     "kill_blockers_after": Field((int, float), minimum=0, maximum=600,
                                  hint="seconds after which statements still blocking the lock "
-                                      "get KILL QUERY; leave it out to never kill"),
+                                      "get KILL QUERY; leave it out to never kill",
+                                 doc="seconds after which statements still blocking the lock "
+                                     "get KILL QUERY; left out, nothing is ever killed"),
     "tls": Field(str, default="auto", choices=TLS_MODES,
                  hint='"auto" uses no TLS over unix_socket and opportunistic TLS over TCP; '
-                      '"required" verifies the server certificate and host name'),
+                      '"required" verifies the server certificate and host name',
+                 doc='"auto" uses no TLS over unix_socket and opportunistic TLS over TCP; '
+                     '"required" verifies the server certificate and host name'),
     "tls_ca": Field(str, check=_absolute,
                     hint="CA certificate file to verify the server with (tls = \"required\"); "
-                         "default: the system's CA store"),
+                         "default: the system's CA store",
+                    doc="the CA certificate file to verify the server with (tls = "
+                        "\"required\"); left out, the system's CA store"),
     "connect_timeout": Field((int, float), default=DEFAULT_CONNECT_TIMEOUT, minimum=0.1,
-                             maximum=120),
+                             maximum=120,
+                             doc="seconds to wait for the server to accept the connection"),
 })
 
 
