@@ -9,9 +9,10 @@ Writes, under ``prefix`` (default ``/``):
 - ``etc/azure/quiesce-pre.sh`` and ``etc/azure/quiesce-post.sh`` (0700): ``#!/bin/sh`` wrappers
   that ``exec`` the quiesce executable (absolute path) with ``pre``/``post --config``;
 - ``etc/quiesce/quiesce.toml`` (0600): a commented skeleton with an example section for each
-  selected engine, built from the engine's own schema; each key's comment is documentation
-  (see :func:`key_doc`), never the fix text of a validation error. The skeleton selects the
-  engines but has no instance section yet: ``quiesce check`` says so until one is filled in.
+  selected engine, built from the engine's own schema; each key's comment is the key's
+  ``Field.doc`` (see :func:`key_doc`), never the fix text of a validation error. The skeleton
+  selects the engines but has no instance section yet: ``quiesce check`` says so until one is
+  filled in.
 
 Idempotent: a file whose content and mode already match is "unchanged". A different existing
 file is never overwritten without ``force``; with it, the old file is kept as a timestamped
@@ -255,52 +256,11 @@ def _type_example(field: Any) -> str:
     return '"..."'
 
 
-# Field.hint is the *fix* a validation problem shows, e.g. "remove the password from conninfo
-# ...": next to a key in the skeleton such a text reads like an error. Hints that start with an
-# instruction are therefore not used as documentation.
-_FIX_VERBS = frozenset({
-    "add", "change", "choose", "create", "delete", "drop", "fix", "give", "grant", "install",
-    "keep", "lower", "move", "point", "put", "raise", "remove", "rename", "replace", "set",
-    "use", "write",
-})
-
-#: Documentation for keys of the bundled engines whose schema hint is a fix instruction.
-#: Used only when the plugin gives no ``extra["key_docs"]`` entry of its own and its hint is
-#: not documentation; an entry for a key the schema does not have is never shown.
-BUNDLED_KEY_DOCS: dict[tuple[str, str], str] = {
-    ("postgresql", "conninfo"): (
-        'the libpq connection string, e.g. "host=/var/run/postgresql port=5432 '
-        'user=postgres dbname=postgres"; empty means libpq\'s defaults (local socket, PG* '
-        "environment variables). No password here: put it in a passfile"),
-    ("mongodb", "uri"): (
-        'a mongodb:// URI without a password, e.g. "mongodb://127.0.0.1:27017/"; a URI with '
-        "a password goes in a root-owned file named by uri_file instead. Set exactly one of "
-        "uri and uri_file"),
-}
-
-
-def reads_as_fix(text: str) -> bool:
-    """Whether a schema hint is an instruction ("remove ...", "put ...") rather than a
-    description of the key."""
-    words = text.strip().split(maxsplit=1)
-    return bool(words) and words[0].lower().strip("\"'(") in _FIX_VERBS
-
-
-def key_doc(engine: Any, key: str, field: Any) -> str:
-    """The comment shown under ``key`` in the skeleton: what the key is, never an error fix.
-
-    In order: the plugin's own ``EngineType.extra["key_docs"][key]``, the schema hint when it
-    reads as documentation, :data:`BUNDLED_KEY_DOCS`, else nothing.
-    """
-    docs = engine.extra.get("key_docs") if engine.extra else None
-    if isinstance(docs, dict):
-        text = docs.get(key)
-        if isinstance(text, str) and text.strip():
-            return text.strip()
-    hint = getattr(field, "hint", "") or ""
-    if hint.strip() and not reads_as_fix(hint):
-        return hint.strip()
-    return BUNDLED_KEY_DOCS.get((engine.name, key), "")
+def key_doc(field: Any) -> str:
+    """The comment shown under a key in the skeleton: the schema's ``Field.doc`` (what the
+    key is), never ``Field.hint`` (the fix a validation problem shows); empty when the field
+    has no doc."""
+    return str(getattr(field, "doc", "") or "").strip()
 
 
 def example_section(engine: Any) -> str:
@@ -324,7 +284,7 @@ def example_section(engine: Any) -> str:
             value = _type_example(field)
             tag = "required" if field.required else "optional"
         lines.append(f"# {key} = {value}    # {tag}")
-        doc = key_doc(engine, key, field)
+        doc = key_doc(field)
         if doc:
             lines.extend(f"#       {text}" for text in textwrap.wrap(doc, 80))
     return "\n".join(lines) + "\n"
