@@ -68,19 +68,28 @@ def _instance_name(value: Any) -> str | None:
 
 
 CORE_FIELDS: dict[str, Field] = {
-    "plugins": Field(list, items=str, hint='e.g. plugins = ["postgresql", "mysql"]'),
+    "plugins": Field(list, items=str, hint='e.g. plugins = ["postgresql", "mysql"]',
+                     doc="the engines to quiesce; left out, every engine that has a section"),
     "max_hold_seconds": Field((int, float), default=DEFAULT_MAX_HOLD, minimum=1,
                               maximum=MAX_HOLD_LIMIT,
-                              hint="seconds the locks may stay held if 'post' never comes"),
+                              hint="seconds the locks may stay held if 'post' never comes",
+                              doc="the dead-man switch: seconds after which the locks are "
+                                  "released by themselves if 'post' never comes"),
     "pre_timeout_seconds": Field((int, float), default=DEFAULT_PRE_TIMEOUT, minimum=1,
                                  maximum=PRE_TIMEOUT_LIMIT,
-                                 hint="seconds 'pre' may spend connecting, flushing and locking"),
+                                 hint="seconds 'pre' may spend connecting, flushing and locking",
+                                 doc="seconds 'pre' may spend connecting, flushing and locking "
+                                     "every instance"),
     # No schema default: it depends on who runs quiesce (default_state_dir, at load time).
     "state_dir": Field(str, check=_absolute,
-                       hint="an absolute directory such as /var/lib/quiesce"),
+                       hint="an absolute directory such as /var/lib/quiesce",
+                       doc="the directory of the run records (default /var/lib/quiesce as "
+                           "root)"),
 }
 
-NAME_FIELD = Field(str, check=_instance_name)
+NAME_FIELD = Field(str, check=_instance_name,
+                   doc="the instance's name, unique among the sections of its engine; "
+                       "required when an engine has several sections")
 
 
 @dataclass(frozen=True)
