@@ -28,7 +28,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quiesce import hookspecs
 from quiesce.engine import EngineType, InstanceSettings
@@ -43,6 +43,9 @@ from quiesce.schema import (
     too_deep_problem,
     unique,
 )
+
+if TYPE_CHECKING:
+    from quiesce.plugins import Plugins
 
 DEFAULT_PATH = "/etc/quiesce/quiesce.toml"
 DEFAULT_STATE_DIR = "/var/lib/quiesce"
@@ -164,7 +167,7 @@ def load_settings(
     *,
     plugins: Sequence[str] | None = None,
     check_permissions: bool = True,
-    plugin_manager: Any = None,
+    plugin_manager: Plugins | None = None,
 ) -> Settings:
     """Read, check and validate quiesce.toml; raise ConfigError listing every problem.
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from quiesce.engine import EngineType, InstanceSettings, Quiescer
 from quiesce.hookspecs import hookimpl
+from quiesce.plugins import EngineRegistry
 from quiesce_mongodb.config import SCHEMA, section_problems
 
 
@@ -33,5 +34,5 @@ ENGINE = EngineType(
 
 
 @hookimpl
-def quiesce_register_engines(registry: Any) -> None:
+def quiesce_register_engines(registry: EngineRegistry) -> None:
     registry.add(ENGINE)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from quiesce.engine import EngineType, InstanceSettings, Quiescer
 from quiesce.hookspecs import hookimpl
+from quiesce.plugins import EngineRegistry
 from quiesce_mysql.config import SCHEMA, section_problems
 
 
@@ -27,5 +26,5 @@ ENGINE = EngineType(
 
 
 @hookimpl
-def quiesce_register_engines(registry: Any) -> None:
+def quiesce_register_engines(registry: EngineRegistry) -> None:
     registry.add(ENGINE)
