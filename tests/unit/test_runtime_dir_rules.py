@@ -7,17 +7,16 @@ or drop privileges need root and say so when skipped.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers.fake_holder import listener, received
 from quiesce import holder_protocol as proto
 from quiesce.errors import HolderError, NoActiveHold
 from quiesce.hold_trace import write_trace
@@ -242,48 +241,6 @@ def test_take_lock_uses_the_checked_dir_and_refuses_a_planted_symlink(base: Path
 
 # -- who answers on holder.sock ------------------------------------------------------------
 
-LISTENER = r"""
-import contextlib, json, os, socket, sys
-path, uid = sys.argv[1], int(sys.argv[2])
-server = socket.socket(socket.AF_UNIX)
-server.bind(path)
-if uid:  # SO_PEERCRED reports who called listen(): drop to that uid first
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-server.listen(1)
-server.settimeout(60)
-print("listening", flush=True)
-conn, _ = server.accept()
-conn.settimeout(10)
-got = b""
-with contextlib.suppress(OSError):
-    got = conn.recv(65536)
-print(json.dumps({"received": got.decode()}), flush=True)
-with contextlib.suppress(OSError):
-    conn.sendall(json.dumps({"ok": True, "state": "holding"}).encode() + b"\n")
-"""
-
-
-@contextlib.contextmanager
-def listener(rundir: Path, uid: int = 0) -> Iterator[subprocess.Popen[str]]:
-    """A listener on ``rundir``/holder.sock in another process, bound as root and listening as
-    ``uid``; it prints what it received."""
-    proc = subprocess.Popen([sys.executable, "-c", LISTENER, str(rundir / proto.SOCKET_NAME),
-                             str(uid)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(30)
-
-
-def _received(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    return str(json.loads(proc.stdout.readline())["received"])
-
-
 @pytest.fixture
 def rundir(base: Path) -> Path:
     path = base / "rt"
@@ -296,7 +253,7 @@ def test_a_listener_running_as_another_user_is_refused_and_told_nothing(
     with listener(rundir, uid=OTHER) as proc:
         with pytest.raises(HolderError) as caught:
             proto.request(str(rundir), "release", timeout=10)
-        assert _received(proc) == ""  # the request was never sent
+        assert received(proc) == ""  # the request was never sent
     message = str(caught.value)
     assert f"the process listening on {rundir}/holder.sock (pid {proc.pid}) runs as uid " \
            f"{OTHER}" in message and "not quiesce's holder" in message
@@ -322,7 +279,7 @@ def test_a_listener_that_is_not_the_traced_holder_is_refused(rundir: Path,
         with pytest.raises(HolderError, match=f"is pid {proc.pid}, but the hold trace "
                                               f".*names the holder pid {other_pid}"):
             proto.request(str(rundir), "release", timeout=10)
-        assert _received(proc) == ""
+        assert received(proc) == ""
 
 
 def test_the_traced_holder_is_answered(rundir: Path) -> None:
@@ -331,7 +288,7 @@ def test_the_traced_holder_is_answered(rundir: Path) -> None:
                                   "state": "holding"})
         assert proto.request(str(rundir), "status", timeout=10) == {"ok": True,
                                                                      "state": "holding"}
-        assert json.loads(_received(proc)) == {"op": "status"}
+        assert json.loads(received(proc)) == {"op": "status"}
 
 
 def test_a_trace_the_holder_did_not_write_is_reported_with_its_real_path(rundir: Path) -> None:
@@ -351,7 +308,7 @@ def test_the_socket_is_reached_through_the_checked_directory(rundir: Path) -> No
         rundir.rename(base / "rt.moved")
         rundir.mkdir(mode=0o700)  # nothing listens here
         assert proto._request(rd, "status", 10, {})["state"] == "holding"
-        assert json.loads(_received(proc)) == {"op": "status"}
+        assert json.loads(received(proc)) == {"op": "status"}
     with pytest.raises(NoActiveHold, match="nothing listens"):
         proto.request(str(rundir), "status", timeout=10)
 
