@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import integration.test_nonroot as nonroot
 from helpers import private_dir
 from helpers.fake_holder import FAKE_RELEASE, exchange_as, listener, received
 from quiesce.hold_trace import write_trace
@@ -32,6 +33,12 @@ EXAMPLE = ROOT / "tests" / "example_plugin"
 NOBODY = 65534  # uid nobody, gid nogroup
 
 pytestmark = pytest.mark.timeout(300)
+
+# test_nonroot.py's throwaway users (session-scoped there; here too, made once if needed).
+users = nonroot.users
+user = nonroot.user
+other = nonroot.other
+User = nonroot.User
 
 
 def _mentioning(text: str) -> list[int]:
@@ -189,3 +196,29 @@ def test_post_refuses_a_root_listener_that_is_not_the_traced_holder(ws: Ws) -> N
     assert f"is pid {proc.pid}, but the hold trace {rundir}/hold.json names the holder pid " \
            f"{os.getpid()}" in post.stderr
     assert "application-consistent" not in post.stdout + post.stderr
+
+
+# -- as a non-root user (the throwaway users of test_nonroot.py) ---------------------------
+
+@pytest.mark.parametrize("case", [("owned", 0o755), ("group-writable", 0o775)])
+def test_a_non_root_user_is_refused_a_parent_another_user_owns_or_can_write(
+        user: User, other: User, case: tuple[str, int]) -> None:
+    kind, mode = case
+    config, lock = nonroot.flock_config(user)
+    with private_dir("qrt-nr-") as base:
+        os.chmod(base, 0o711)  # root's, not writable: only the parent below is at fault
+        parent = base / "p"
+        parent.mkdir()
+        os.chown(parent, other.uid if kind == "owned" else 0, other.gid)
+        os.chmod(parent, mode)
+        rundir = user.mkdir(parent / "rt")  # the user's own 0700 dir, in another's parent
+        says = (f"{parent} is owned by uid {other.uid} ({other.name}), not root or uid "
+                f"{user.uid} ({user.name})" if kind == "owned" else
+                f"{parent} has mode 0775: writable by group/other")
+        for args in (("pre", "--config", str(config)), ("status",), ("post",)):
+            proc = user.quiesce(*args, "--runtime-dir", str(rundir))
+            assert proc.returncode == 2, proc.stdout + proc.stderr
+            assert f"the runtime dir {rundir} cannot be trusted" in proc.stderr
+            assert says in proc.stderr and "chown" not in proc.stderr.replace("never chown", "")
+        assert sorted(p.name for p in rundir.iterdir()) == []  # no holder, socket or lock
+        assert not Path(str(lock) + ".held").exists()  # nothing was quiesced
