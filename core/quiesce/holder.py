@@ -119,8 +119,8 @@ def prepare_runtime_dir(rundir: str) -> list[str]:
 
     Every directory on the way must pass :func:`quiesce.holder_protocol.open_runtime_dir`
     (owned by root or us, not writable by group/other unless sticky with our entry in it),
-    checked before anything is created in it. An existing runtime dir must be ours and not
-    writable by others; it is never adopted: the hint says to inspect and remove it.
+    checked before anything is created in it. An existing runtime dir must be ours and mode
+    0700; it is never adopted or chmod-ed: the hint says to inspect and remove it.
     """
     import stat as _stat
 
@@ -139,8 +139,14 @@ def prepare_runtime_dir(rundir: str) -> list[str]:
             raise HolderError(f"runtime dir {rd.path} has mode {mode:04o}: writable by "
                               "group/other, so others may have put files in it",
                               hint=adopt_never)
-        if mode != 0o700:  # ours and only readable by others: nothing could be planted
-            os.chmod(rd.via_fd, 0o700)
+        if mode != 0o700:
+            if not rd.created:  # e.g. --runtime-dir /run by mistake: never chmod that
+                raise HolderError(
+                    f"runtime dir {rd.path} has mode {mode:04o}, not 0700: quiesce makes its "
+                    "runtime dir itself, so this directory is not one it made",
+                    hint="pass a --runtime-dir that does not exist yet (e.g. /run/quiesce), "
+                         f"or chmod 700 {rd.path} if that directory is meant only for quiesce")
+            os.chmod(rd.via_fd, 0o700)  # just made, and the umask took owner bits
     warnings = []
     fstype = runtime_fs_type(rundir)
     if fstype not in ("tmpfs", "ramfs"):

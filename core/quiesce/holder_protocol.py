@@ -188,10 +188,11 @@ class RuntimeDir:
     """The runtime dir, opened once (``O_PATH``) after every directory on its path and the
     dir itself were checked; use its files through :attr:`fd`, never through the path."""
 
-    def __init__(self, fd: int, path: str, st: os.stat_result) -> None:
+    def __init__(self, fd: int, path: str, st: os.stat_result, created: bool = False) -> None:
         self.fd = fd
         self.path = path
         self.stat = st
+        self.created = created  # made by this open (create=True), not found there
 
     @property
     def via_fd(self) -> str:
@@ -244,6 +245,7 @@ def open_runtime_dir(rundir: str, *, create: bool = False) -> RuntimeDir:
         stack.append((os.open("/", _DIR_FLAGS), "/"))
 
     links = made = 0
+    created = False
     try:
         reset()
         while parts:
@@ -281,6 +283,7 @@ def open_runtime_dir(rundir: str, *, create: bool = False) -> RuntimeDir:
                                       hint="find out who removes it")
                 try:
                     os.mkdir(name, 0o700 if last else 0o755, dir_fd=cur_fd)
+                    created = last
                 except FileExistsError:
                     pass
                 except OSError as exc:  # e.g. not root and the directory above is not ours
@@ -320,8 +323,11 @@ def open_runtime_dir(rundir: str, *, create: bool = False) -> RuntimeDir:
                 raise HolderError(f"{where} changed while the runtime dir {path} was being "
                                   "checked", hint="retry; if it persists, find out who "
                                                   "changes it")
+        if len(stack) < 2:  # e.g. through a symlink to "/": never use (or chmod) the root
+            raise HolderError(f"the runtime dir {path} resolves to /",
+                              hint="pass --runtime-dir DIR naming a directory of its own")
         fd, _ = stack.pop()
-        rd = RuntimeDir(fd, path, os.fstat(fd))
+        rd = RuntimeDir(fd, path, os.fstat(fd), created)
     finally:
         for fd, _ in stack:
             os.close(fd)

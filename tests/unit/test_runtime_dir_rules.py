@@ -184,6 +184,26 @@ def test_prepare_never_adopts_a_runtime_dir_someone_else_made_or_could_fill(
     assert (after.st_uid, stat.S_IMODE(after.st_mode)) == (uid or 0, mode)  # left untouched
 
 
+def test_prepare_never_chmods_an_existing_directory(base: Path) -> None:
+    """A mistyped --runtime-dir (/run, /var/lib) must not become 0700."""
+    existing = base / "shared"
+    existing.mkdir()
+    os.chmod(existing, 0o755)
+    with pytest.raises(HolderError, match="has mode 0755, not 0700") as caught:
+        prepare_runtime_dir(str(existing))
+    assert "does not exist yet" in caught.value.hint
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o755
+
+
+def test_prepare_gives_a_dir_it_made_under_a_strict_umask_mode_0700(base: Path) -> None:
+    old = os.umask(0o377)
+    try:
+        prepare_runtime_dir(str(base / "rt"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((base / "rt").stat().st_mode) == 0o700
+
+
 def test_a_symlink_someone_else_owns_in_a_sticky_dir_is_refused(as_root: None,
                                                                  base: Path) -> None:
     sticky = base / "tmp"
