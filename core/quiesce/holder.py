@@ -317,12 +317,14 @@ class Holder:
 
         self.warnings = prepare_runtime_dir(self.rundir)
         self.lock_fd = take_lock(self.rundir)
+        # The trace names this holder's pid before the socket exists: a client that checks
+        # who answers (SO_PEERCRED against the trace) never sees an older hold's pid here.
+        self.state = "quiescing"
+        self._trace()
         self._bind()
         # An older uncollected result belongs to a previous hold; a new hold supersedes it.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.rundir, proto.RESULT_NAME))
-        self.state = "quiescing"
-        self._trace()
         self.guardian = start_guardian(self.rundir, self.lock_fd, self.log)
         self.settings = load_settings(self.config, plugins=self.plugins)
         settings = self.settings
