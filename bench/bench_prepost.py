@@ -1,7 +1,7 @@
 """Benchmark `quiesce pre` and `quiesce post` for 1, 4 and 8 instances of an engine (root only).
 
 Each instance is its own throwaway server, started from the installed binaries through the
-project's providers (quiesce.servers.postgresql.LocalPostgres, quiesce.servers.mysql.LocalMySQL):
+project's providers (quiesce_postgresql.server.LocalPostgres, quiesce_mysql.server.LocalMySQL):
 N sections point at N servers, as a DBA with N clusters on one VM would configure them. The
 1-instance configuration uses server 1, the 4-instance one servers 1-4, and so on.
 
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from quiesce.testing.mysql import BackgroundStatement
+    from quiesce_mysql.fixtures import BackgroundStatement
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "prepost.json"
@@ -66,7 +66,7 @@ def parse_iso(text: str | None) -> float | None:
 
 
 def pid_alive(pid: int | None) -> bool:
-    from quiesce.servers.base import pid_alive as process_exists
+    from quiesce.harness.servers.base import pid_alive as process_exists
 
     if not pid or not process_exists(pid):
         return False
@@ -114,7 +114,7 @@ class Fleet:
     label = ""
 
     def __init__(self, base: Path) -> None:
-        from quiesce.testing.workspace import ServerWorkspace
+        from quiesce.harness.testing.workspace import ServerWorkspace
 
         self.base = base
         self.servers: list[Any] = []
@@ -170,7 +170,7 @@ class PostgresFleet(Fleet):
     label = "PostgreSQL backup mode"
 
     def start(self, count: int) -> None:
-        from quiesce.servers.postgresql import LocalPostgres
+        from quiesce_postgresql.server import LocalPostgres
 
         for _ in range(count):
             start_with_retry(lambda: LocalPostgres(self.dirs.layout(),
@@ -194,7 +194,7 @@ class MariaDBFleet(Fleet):
     label = "MariaDB lock=auto"
 
     def start(self, count: int) -> None:
-        from quiesce.servers.mysql import LocalMySQL
+        from quiesce_mysql.server import LocalMySQL
 
         for _ in range(count):
             server = start_with_retry(lambda: LocalMySQL(self.dirs.layout()), self.servers)
@@ -213,7 +213,7 @@ class MariaDBFleet(Fleet):
     def block_writes(self, count: int) -> list[BackgroundStatement]:
         """One INSERT per instance on its own connection, each seen waiting for the hold's
         lock; ``done_at`` is when it returned."""
-        from quiesce.testing.mysql import LOCK_WAIT_STATES, BackgroundStatement
+        from quiesce_mysql.fixtures import LOCK_WAIT_STATES, BackgroundStatement
 
         writers = [BackgroundStatement(server, "INSERT INTO bench.w (at) VALUES "
                                        "(UNIX_TIMESTAMP(NOW(6)))",

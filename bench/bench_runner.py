@@ -91,7 +91,7 @@ def floor_window(mount_points: list[str]) -> tuple[float, float]:
     """Bare FIFREEZE of the mounts in freeze order, one fork/exec of /bin/true, FITHAW.
 
     Returns (window ms, ms of the fork/exec/wait of /bin/true alone)."""
-    from quiesce.watchdog import FIFREEZE, FITHAW
+    from quiesce.freezing.watchdog import FIFREEZE, FITHAW
 
     fds = [os.open(m, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for m in mount_points]
     frozen: list[int] = []
@@ -140,8 +140,8 @@ def main() -> int:
         print("bench_runner: needs root (loop devices, FIFREEZE)", file=sys.stderr)
         return 2
     sys.path.insert(0, str(HERE.parent / "core"))
-    from quiesce.disks import LoopDisk
-    from quiesce.freeze import discover_mounts
+    from quiesce.freezing.freeze import discover_mounts
+    from quiesce.harness.disks import LoopDisk
 
     work = Path(tempfile.mkdtemp(prefix="quiesce-bench-", dir="/run"))
     os.chmod(work, 0o700)

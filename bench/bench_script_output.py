@@ -4,8 +4,9 @@ A script prints N bytes of 26-byte lines (`yes 0123456789012345678901234 | head 
 shape of the issue-12 post-script that was killed at its timeout. Three readers consume it:
 
 - ``cat``: the same script piped into `cat > /dev/null` (the pipe's own speed, the floor);
-- ``new``: :func:`quiesce.scripts.run_script` as the runner calls it, its sink writing to a real
-  :class:`quiesce.runner.RunLog` (on /dev/null);
+- ``new``: :func:`quiesce.callers.scripts.run_script` as the runner calls it, its sink writing to
+a real
+  :class:`quiesce.callers.runner.RunLog` (on /dev/null);
 - ``old``: the same with the previous scripts.py (line by line into the log, every line kept),
   loaded from git (``--old-rev``); skipped when git or that revision is not available. At
   100 MB it needs minutes and gigabytes, so it runs there only with ``--old-100``.
@@ -49,8 +50,8 @@ if reader == "old":
     spec.loader.exec_module(module)
     run_script = module.run_script
 else:
-    from quiesce.scripts import run_script
-from quiesce.runner import RunLog
+    from quiesce.callers.scripts import run_script
+from quiesce.callers.runner import RunLog
 
 def hwm_kib():
     for line in open("/proc/self/status"):
@@ -76,6 +77,7 @@ def write_script(path: Path, body: str) -> Path:
 def old_module(directory: Path, rev: str) -> Path | None:
     """The previous scripts.py from git, or None when it cannot be had."""
     try:
+        # The old reader predates the move into quiesce.callers.
         text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:core/quiesce/scripts.py"],
                               capture_output=True, text=True, check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):

@@ -30,12 +30,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pre": ("quiesce.commands.pre", "quiesce the configured databases and hold them"),
     "post": ("quiesce.commands.post", "release what 'pre' holds and report it"),
     "status": ("quiesce.commands.status", "show what is held, by whom, until when"),
-    "restore-label": (
-        "quiesce.commands.restore_label",
-        "write a recorded backup_label/tablespace_map into a restored PostgreSQL data dir",
-    ),
-    "restore-check": ("quiesce.commands.restore_check",
-                      "check a restored PostgreSQL data dir before its first start"),
     "install": ("quiesce.commands.install", "install quiesce as the Azure pre/post scripts"),
     "drill": ("quiesce.commands.drill", "restore snapshots into throwaway servers and verify"),
 }

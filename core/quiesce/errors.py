@@ -138,9 +138,17 @@ class NoActiveHold(HolderError):
     """``post`` found nothing to release."""
 
 
+class HarnessError(QuiesceError):
+    """A throwaway resource of the drill or the tests (server, loop disk) failed."""
+
+
+class ServerError(HarnessError):
+    """A throwaway server (for the drill or the tests) could not be set up, started or used."""
+
+
+class EngineUnavailable(ServerError):
+    """A throwaway server cannot be started here (missing binary, no Docker engine)."""
+
+
 class DrillError(QuiesceError):
     """The drill could not set up or run a cycle."""
-
-
-class EngineUnavailable(DrillError):
-    """A throwaway server cannot be started here (missing binary, no Docker engine)."""

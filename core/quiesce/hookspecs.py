@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: the harness is never imported at run time from here
+    from quiesce.harness.drill.targets import DrillTargetRegistry
+    from quiesce.harness.testing.fixtures import FixtureRegistry
     from quiesce.plugins import CommandRegistry, EngineRegistry
 
 PROJECT = "quiesce"
@@ -48,3 +50,21 @@ def quiesce_register_commands(registry: CommandRegistry) -> None:
     commands nothing. A name of a built-in command, or one another plugin already added, is an
     error naming both. Import what the command needs inside its ``main``.
     """
+
+
+@hookspec
+def quiesce_register_drill_targets(registry: DrillTargetRegistry) -> None:
+    """Add drill targets with ``registry.add(name, factory)``; ``factory(backend, name)``
+    returns a :class:`quiesce.harness.drill.targets.base.Target` (its throwaway server,
+    workload, invariants, integrity and log checks).
+
+    Called only by ``quiesce drill`` and the test harness. Import the drill module inside the
+    factory: the plugin module itself must not import the harness, which production commands
+    never load.
+    """
+
+
+@hookspec
+def quiesce_register_fixtures(registry: FixtureRegistry) -> None:
+    """Name the plugin's pytest fixture modules with ``registry.add("pkg.fixtures")``; the
+    quiesce pytest plugin registers them when a test session starts."""

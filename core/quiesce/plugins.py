@@ -264,6 +264,13 @@ class Plugins:
                 errors.append(exc)
         return registry
 
+    def fill(self, hook: str, registry: Any, doing: str) -> None:
+        """Call every implementation of a registering ``hook`` with ``registry``, one plugin
+        at a time (an error names the plugin); ``registry._current`` names the caller."""
+        for plugin_name, function in self._impls(hook):
+            registry._current = plugin_name
+            _call(plugin_name, doing, function, registry)
+
     def _impls(self, hook: str) -> list[tuple[str, Callable[..., Any]]]:
         # One call per hook implementation (not a bare 1:N hook call), so an error names the
         # plugin that caused it instead of stopping silently at the first exception.

@@ -11,7 +11,7 @@ user's (:func:`quiesce.security.trusted_uids`). Top-level keys:
   (default 60);
 - ``state_dir``: where run records are kept (default /var/lib/quiesce as root; as another user
   ``$XDG_STATE_HOME/quiesce`` or ``~/.local/state/quiesce``, see
-  :func:`quiesce.catalog.default_state_dir`);
+  :func:`quiesce.hold.records.default_state_dir`);
 - one array of tables per engine, named by the engine (``[[postgresql]]``, ``[[mysql]]``,
   ``[[mongodb]]``, or a third-party engine), validated against the engine plugin's schema plus
   the core's ``name`` key.
@@ -321,8 +321,8 @@ def load_settings(
 
 
 def _default_state_dir(problems: list[Problem]) -> str:
-    from quiesce.catalog import default_state_dir
     from quiesce.errors import QuiesceError
+    from quiesce.hold.records import default_state_dir
 
     try:
         return default_state_dir()

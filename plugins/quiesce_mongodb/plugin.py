@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quiesce.engine import EngineType, InstanceSettings, Quiescer
 from quiesce.hookspecs import hookimpl
 from quiesce.plugins import EngineRegistry
 from quiesce_mongodb.config import SCHEMA, section_problems
+
+if TYPE_CHECKING:  # the harness loads only for the drill and tests
+    from quiesce.harness.drill.targets import DrillTargetRegistry
+    from quiesce.harness.testing.fixtures import FixtureRegistry
 
 
 def make_quiescer(settings: InstanceSettings) -> Quiescer:
@@ -36,3 +40,13 @@ ENGINE = EngineType(
 @hookimpl
 def quiesce_register_engines(registry: EngineRegistry) -> None:
     registry.add(ENGINE)
+
+
+@hookimpl
+def quiesce_register_drill_targets(registry: DrillTargetRegistry) -> None:
+    registry.add("mongodb", "quiesce_mongodb.drill_target:MongoTarget")
+
+
+@hookimpl
+def quiesce_register_fixtures(registry: FixtureRegistry) -> None:
+    registry.add("quiesce_mongodb.fixtures")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from quiesce.engine import EngineType, InstanceSettings, Quiescer
 from quiesce.hookspecs import hookimpl
 from quiesce.plugins import EngineRegistry
 from quiesce_mysql.config import SCHEMA, section_problems
+
+if TYPE_CHECKING:  # the harness loads only for the drill and tests
+    from quiesce.harness.drill.targets import DrillTargetRegistry
+    from quiesce.harness.testing.fixtures import FixtureRegistry
 
 
 def make_quiescer(settings: InstanceSettings) -> Quiescer:
@@ -28,3 +34,14 @@ ENGINE = EngineType(
 @hookimpl
 def quiesce_register_engines(registry: EngineRegistry) -> None:
     registry.add(ENGINE)
+
+
+@hookimpl
+def quiesce_register_drill_targets(registry: DrillTargetRegistry) -> None:
+    registry.add("mysql", "quiesce_mysql.drill_target:MySQLTarget")
+    registry.add("mariadb", "quiesce_mysql.drill_target:MySQLTarget")
+
+
+@hookimpl
+def quiesce_register_fixtures(registry: FixtureRegistry) -> None:
+    registry.add("quiesce_mysql.fixtures")

@@ -18,7 +18,7 @@ CONNINFO_HINT = (
     "passfile = \"/etc/quiesce/pgpass\" in this section"
 )
 MAX_LABEL_PREFIX = 200
-# post's release of one instance gets RELEASE_SECONDS (quiesce.lifecycle.Hold's
+# post's release of one instance gets RELEASE_SECONDS (quiesce.hold.lifecycle.Hold's
 # release_timeout) for pg_backup_stop AND the archive wait; a longer wait would be cut short
 # there, so a larger value is refused instead of being capped silently. 5 s stay for
 # pg_backup_stop itself.

@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from quiesce.errors import QuiesceError
-from quiesce.servers.postgresql import live_postmaster
 from quiesce_postgresql import wal, waldump
 from quiesce_postgresql.control import ControlFileError, read_control
+from quiesce_postgresql.datadir import live_postmaster
 
 LABEL = "backup_label"
 MAP = "tablespace_map"

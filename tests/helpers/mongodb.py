@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quiesce.servers.base import Server
+from quiesce.harness.servers.base import Server
 
 
 def client_of(server: Server) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.azure_install import apply, plan, quiesce_command, wrapper_script
+from quiesce.callers.azure_install import apply, plan, quiesce_command, wrapper_script
 
 pytestmark = pytest.mark.timeout(180)
 

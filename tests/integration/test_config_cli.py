@@ -25,7 +25,7 @@ import pytest
 
 from helpers.cli import QuiesceCli, cli_workspace
 from helpers.fuzz_configs import azure_base, azure_mutations, toml_base, toml_mutations
-from quiesce.scripts import HEAD_BYTES, TAIL_BYTES
+from quiesce.callers.scripts import HEAD_BYTES, TAIL_BYTES
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from quiesce import disks as disks_module
-from quiesce.disks import DirDisk, DiskError, LoopDisk, MissingTool, snapshot_copy
-from quiesce.freeze import FreezeSession, discover_mounts, freeze_path, is_frozen
+from quiesce.freezing.freeze import FreezeSession, discover_mounts, freeze_path, is_frozen
+from quiesce.harness import disks as disks_module
+from quiesce.harness.disks import DirDisk, DiskError, LoopDisk, MissingTool, snapshot_copy
 
 WAIT = 60.0
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.servers.base import ServerLayout
+from quiesce.harness.servers.base import ServerLayout
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
 def docker_engine() -> None:
-    from quiesce.servers.docker import docker_available
+    from quiesce.harness.servers.docker import docker_available
 
     ok, reason = docker_available()
     if not ok:
@@ -43,7 +43,7 @@ EXPECTED = {
 @pytest.mark.usefixtures("docker_engine")
 @pytest.mark.parametrize("engine", sorted(EXPECTED))
 def test_image_runs_on_the_two_host_directories(engine: str, layout: ServerLayout) -> None:
-    from quiesce.servers.docker import DockerServer
+    from quiesce.harness.servers.docker import DockerServer
 
     server = DockerServer(engine, layout)
     try:
@@ -58,7 +58,7 @@ def test_image_runs_on_the_two_host_directories(engine: str, layout: ServerLayou
 
 @pytest.mark.usefixtures("docker_engine")
 def test_mongo_copy_restores_without_repointing(layout: ServerLayout, tmp_path: Path) -> None:
-    from quiesce.servers.docker import DockerServer
+    from quiesce.harness.servers.docker import DockerServer
 
     server = DockerServer("mongodb", layout)
     try:

@@ -191,7 +191,7 @@ def test_mariadb_unsafe_staggered_is_never_verified(drill_base: Path) -> None:
 
 @needs_mariadb
 def test_mysql_maps_to_local_mariadb_and_says_so(drill_base: Path) -> None:
-    from quiesce.servers.mysql import find_server_binary, server_flavour
+    from quiesce_mysql.server import find_server_binary, server_flavour
 
     if server_flavour(find_server_binary())[0] != "mariadb":
         pytest.skip("a MySQL-flavour server is installed: --engine mysql runs it directly")
@@ -219,7 +219,7 @@ def test_image_is_never_silently_replaced_by_local_binaries(drill_base: Path) ->
     # A drill of "postgres:16" that ran the local PostgreSQL would verify the wrong version.
     done = run_drill(drill_base, "--backend", "local", "--image", "postgres:16", timeout=120)
     assert done.returncode == 2 and "--image" in done.stderr and done.stdout == ""
-    from quiesce.servers.docker import docker_available
+    from quiesce.harness.servers.docker import docker_available
 
     ok, why = docker_available()
     if ok:
@@ -245,7 +245,7 @@ def test_a_work_dir_quiesce_run_would_refuse_fails_before_any_setup(tmp_path: Pa
 
 
 def test_mongodb_unavailable_exits_3_with_one_line_reason(drill_base: Path) -> None:
-    from quiesce.servers.docker import docker_available
+    from quiesce.harness.servers.docker import docker_available
 
     mongod = shutil.which("mongod") or next(
         (p for p in ("/usr/bin/mongod", "/usr/local/bin/mongod") if os.access(p, os.X_OK)),

@@ -37,7 +37,7 @@ from helpers.azure_emulator import AzureEmulator, Backup
 from helpers.cli import QuiesceCli
 from helpers.delay_proxy import DelayProxy
 from helpers.mysql import setup_schema, unlocked
-from quiesce.testing.mysql import BackgroundStatement
+from quiesce_mysql.fixtures import BackgroundStatement
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120),
               pytest.mark.usefixtures("require_root")]

@@ -18,7 +18,13 @@ import pytest
 
 from helpers import wait_for
 from quiesce.errors import FreezeError
-from quiesce.freeze import FreezeSession, discover_mounts, freeze_path, is_frozen, thaw_path
+from quiesce.freezing.freeze import (
+    FreezeSession,
+    discover_mounts,
+    freeze_path,
+    is_frozen,
+    thaw_path,
+)
 
 pytestmark = pytest.mark.usefixtures("require_root")
 
@@ -45,7 +51,7 @@ def kill_if_watchdog(pid: int | None) -> None:
             cmdline = fh.read()
     except FileNotFoundError:
         return
-    if b"quiesce.watchdog" in cmdline or b"quiesce/watchdog.py" in cmdline:
+    if b"quiesce.freezing.watchdog" in cmdline or b"quiesce/watchdog.py" in cmdline:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -234,7 +240,7 @@ def test_watchdog_thaws_when_terminated(loop_disk_factory) -> None:
 
 OWNER = textwrap.dedent("""
     import sys, time
-    from quiesce.freeze import FreezeSession, discover_mounts
+    from quiesce.freezing.freeze import FreezeSession, discover_mounts
     session = FreezeSession(discover_mounts(sys.argv[1:]), timeout=600)
     session.freeze()
     print(session.watchdog_pid, flush=True)
@@ -309,10 +315,11 @@ def test_empty_session_and_bad_timeout() -> None:
 
 
 def test_watchdog_refuses_bad_arguments() -> None:
-    done = subprocess.run([sys.executable, "-B", "-m", "quiesce.watchdog", "--timeout", "x",
-                           "7"], capture_output=True, text=True, timeout=WAIT, check=False)
+    done = subprocess.run([sys.executable, "-B", "-m", "quiesce.freezing.watchdog", "--timeout",
+                           "x", "7"], capture_output=True, text=True, timeout=WAIT, check=False)
     assert done.returncode == 2 and "--timeout must be a number" in done.stderr
-    done = subprocess.run([sys.executable, "-B", "-m", "quiesce.watchdog", "--timeout", "5",
+    done = subprocess.run([sys.executable, "-B", "-m", "quiesce.freezing.watchdog",
+                           "--timeout", "5",
                            "97"], capture_output=True, text=True, timeout=WAIT, check=False)
     assert done.returncode == 2 and "descriptor 97 is not open" in done.stderr
 
@@ -351,7 +358,7 @@ needs_strace = pytest.mark.skipif(
 @pytest.mark.parametrize("ending", ["deadline", "eof", "done"])
 def test_watchdog_makes_no_file_syscalls_once_ready(loop_disk_factory, tmp_path: Path,
                                                     ending: str) -> None:
-    from quiesce.freeze import _WatchdogProcess
+    from quiesce.freezing.freeze import _WatchdogProcess
 
     disk = loop_disk_factory()
     fd = os.open(disk.mount_point, os.O_RDONLY | os.O_DIRECTORY)
@@ -393,7 +400,7 @@ def test_watchdog_makes_no_file_syscalls_once_ready(loop_disk_factory, tmp_path:
 
 OWNER_TRACED = textwrap.dedent("""
     import sys
-    from quiesce.freeze import FreezeSession, discover_mounts
+    from quiesce.freezing.freeze import FreezeSession, discover_mounts
     with FreezeSession(discover_mounts(sys.argv[1:]), timeout=120) as session:
         pass
     assert session.watchdog_fired is False, session.notes
@@ -440,7 +447,7 @@ def test_watchdog_killed_during_window_is_reported(loop_disk_factory) -> None:
 
 def test_watchdog_that_cannot_start_means_nothing_frozen(loop_disk_factory,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from quiesce import freeze as freeze_module
+    from quiesce.freezing import freeze as freeze_module
 
     disk = loop_disk_factory()
     broken = [sys.executable, "-c", "import sys; sys.exit('watchdog: cannot arm')"]

@@ -325,7 +325,7 @@ def test_runtime_dir_and_socket_are_root_only(q: Q) -> None:
 
 
 def test_peer_credentials_are_read_from_the_socket() -> None:
-    from quiesce.holder import peer_allowed, peer_uid
+    from quiesce.hold.holder import peer_allowed, peer_uid
 
     left, right = socket.socketpair(socket.AF_UNIX)
     with left, right:
@@ -600,7 +600,7 @@ def test_a_holder_and_guardian_both_killed_read_as_lost_not_as_no_hold(q: Q) -> 
 
 
 def test_the_run_id_of_quiesce_run_names_the_hold_and_guards_its_release(q: Q) -> None:
-    from quiesce.catalog import new_run_id
+    from quiesce.hold.records import new_run_id
 
     run_id = new_run_id()
     q.toml(flock_section(q))

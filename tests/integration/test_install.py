@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.azure_install import azure_timeout, wrapper_script
+from quiesce.callers.azure_install import azure_timeout, wrapper_script
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "tests" / "example_plugin"
@@ -224,7 +224,7 @@ def test_the_installed_wrapper_refuses_once_its_quiesce_becomes_replaceable(
         base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
-    from quiesce import azure_install
+    from quiesce.callers import azure_install
     from quiesce.commands import install as install_command
 
     bindir = base / "venv" / "bin"
@@ -269,7 +269,7 @@ def _launcher(directory: Path) -> Path:
 
 def test_a_command_others_can_replace_is_reported(base: Path) -> None:
     """The wrappers run as root: what they exec must be replaceable by root only."""
-    from quiesce.azure_install import command_problems
+    from quiesce.callers.azure_install import command_problems
     from quiesce.security import owner_name
 
     safe = _launcher(base / "safe" / "bin")
@@ -304,7 +304,7 @@ def test_install_refuses_to_wire_a_replaceable_command(base: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
-    from quiesce import azure_install
+    from quiesce.callers import azure_install
     from quiesce.commands import install as install_command
     from quiesce.errors import QuiesceError
 

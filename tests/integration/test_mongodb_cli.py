@@ -18,7 +18,7 @@ import pytest
 from helpers import wait_for
 from helpers.cli import QuiesceCli, cli_workspace
 from helpers.mongodb import client_of, force_unlock, is_locked, write_blocked
-from quiesce.servers.base import Server, free_port
+from quiesce.harness.servers.base import Server, free_port
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("require_root")]
 

@@ -21,7 +21,7 @@ from helpers.mongodb import client_of, force_unlock, is_locked, write_blocked
 from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings
 from quiesce.errors import EngineError, SessionLost
-from quiesce.servers.base import Server, ServerLayout
+from quiesce.harness.servers.base import Server, ServerLayout
 
 pytestmark = [pytest.mark.mongodb, pytest.mark.timeout(300)]
 
@@ -207,7 +207,7 @@ def test_recovery_never_unlocks_someone_elses_lock(
 
 def test_restored_copy_starts_with_its_journal_repointed(
         mongodb_server_factory: Callable[..., Server], tmp_path: Path) -> None:
-    from quiesce.servers.mongodb import LocalMongod
+    from quiesce_mongodb.server import LocalMongod
 
     server = mongodb_server_factory()
     if not isinstance(server, LocalMongod):

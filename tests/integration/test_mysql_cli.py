@@ -18,7 +18,7 @@ import pytest
 from helpers import wait_for
 from helpers.cli import QuiesceCli, cli_workspace
 from helpers.mysql import setup_schema, unlocked
-from quiesce.testing.mysql import LOCK_WAIT_STATES, BackgroundStatement
+from quiesce_mysql.fixtures import LOCK_WAIT_STATES, BackgroundStatement
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("require_root")]
 

@@ -26,7 +26,7 @@ from helpers.mysql import nothing_locked, setup_schema
 from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings
 from quiesce.errors import EngineError, LockWaitTimeout, PermissionProblem, SessionLost
-from quiesce.testing.mysql import LOCK_WAIT_STATES, BackgroundStatement
+from quiesce_mysql.fixtures import LOCK_WAIT_STATES, BackgroundStatement
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from quiesce.errors import DrillError, EngineUnavailable
-from quiesce.servers.base import ServerLayout
+from quiesce.errors import EngineUnavailable, ServerError
+from quiesce.harness.servers.base import ServerLayout
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -57,7 +57,7 @@ def test_stop_is_idempotent_and_leaves_no_process(mysql_server_factory: Callable
     server = mysql_server_factory()
     pid = server.pid
     assert pid is not None
-    from quiesce.servers.mysql import live_server
+    from quiesce_mysql.server import live_server
 
     assert live_server(server.data_dir) == pid
     server.stop()
@@ -81,7 +81,7 @@ def test_kill_then_open_existing_on_copies_at_other_paths(
     target = mysql_layout_factory()
     shutil.copytree(server.layout.data_dir, target.data_dir)
     shutil.copytree(server.layout.log_dir, target.log_dir)
-    from quiesce.servers.mysql import LocalMySQL
+    from quiesce_mysql.server import LocalMySQL
 
     restored = LocalMySQL.open_existing(target)
     try:
@@ -97,10 +97,10 @@ def test_kill_then_open_existing_on_copies_at_other_paths(
 
 def test_open_existing_refuses_a_live_servers_directory(
         mysql_server_factory: Callable[..., Any]) -> None:
-    from quiesce.servers.mysql import LocalMySQL
+    from quiesce_mysql.server import LocalMySQL
 
     server = mysql_server_factory()
-    with pytest.raises(DrillError, match="belongs to a running server"):
+    with pytest.raises(ServerError, match="belongs to a running server"):
         LocalMySQL.open_existing(ServerLayout(server.layout.data_dir, server.layout.log_dir,
                                               Path(server.layout.run_dir).parent / "run2"))
 
@@ -108,37 +108,37 @@ def test_open_existing_refuses_a_live_servers_directory(
 def test_open_existing_without_the_redo_log_names_the_directory(
         mysql_server_factory: Callable[..., Any],
         mysql_layout_factory: Callable[[], ServerLayout]) -> None:
-    from quiesce.servers.mysql import LocalMySQL
+    from quiesce_mysql.server import LocalMySQL
 
     server = mysql_server_factory()
     server.stop()
     target = mysql_layout_factory()
     shutil.copytree(server.layout.data_dir, target.data_dir)
     Path(target.log_dir).mkdir()  # the log disk was not restored
-    with pytest.raises(DrillError, match="no InnoDB redo log in") as info:
+    with pytest.raises(ServerError, match="no InnoDB redo log in") as info:
         LocalMySQL.open_existing(target)
     assert "log_dir" in info.value.hint
 
 
 def test_open_existing_on_something_else_is_refused(
         mysql_layout_factory: Callable[[], ServerLayout]) -> None:
-    from quiesce.servers.mysql import LocalMySQL
+    from quiesce_mysql.server import LocalMySQL
 
     target = mysql_layout_factory()
     Path(target.data_dir).mkdir(parents=True)
-    with pytest.raises(DrillError, match="not a MySQL/MariaDB data directory"):
+    with pytest.raises(ServerError, match="not a MySQL/MariaDB data directory"):
         LocalMySQL.open_existing(target)
 
 
 def test_initialise_refuses_a_non_empty_data_directory(
         mysql_layout_factory: Callable[[], ServerLayout]) -> None:
-    from quiesce.servers.mysql import LocalMySQL
+    from quiesce_mysql.server import LocalMySQL
 
     target = mysql_layout_factory()
     Path(target.data_dir).mkdir(parents=True)
     (Path(target.data_dir) / "precious.txt").write_text("keep me")
     server = LocalMySQL(target)
-    with pytest.raises(DrillError, match="not empty"):
+    with pytest.raises(ServerError, match="not empty"):
         server.start()
     assert (Path(target.data_dir) / "precious.txt").read_text() == "keep me"
     server.stop()
@@ -146,12 +146,12 @@ def test_initialise_refuses_a_non_empty_data_directory(
 
 def test_too_long_socket_path_is_refused_clearly(
         mysql_layout_factory: Callable[[], ServerLayout]) -> None:
-    from quiesce.servers.mysql import LocalMySQL
+    from quiesce_mysql.server import LocalMySQL
 
     target = mysql_layout_factory()
     long_run = Path(target.data_dir).parent / ("r" * 120)
     server = LocalMySQL(ServerLayout(target.data_dir, target.log_dir, long_run))
-    with pytest.raises(DrillError, match="too long for a Unix socket"):
+    with pytest.raises(ServerError, match="too long for a Unix socket"):
         server.start()
 
 
@@ -165,7 +165,7 @@ def test_restart_keeps_port_and_data(mysql_server_factory: Callable[..., Any]) -
 
 
 def test_missing_binary_is_an_actionable_error(tmp_path: Path) -> None:
-    from quiesce.servers.mysql import find_server_binary
+    from quiesce_mysql.server import find_server_binary
 
     with pytest.raises(EngineUnavailable) as info:
         find_server_binary(tmp_path / "mariadbd")
@@ -175,12 +175,12 @@ def test_missing_binary_is_an_actionable_error(tmp_path: Path) -> None:
 def test_a_server_that_exits_while_starting_is_reported_with_its_log(
         mysql_server_factory: Callable[..., Any], mysql_layout_factory: Callable[[], Any]
         ) -> None:
-    from quiesce.servers.mysql import LocalMySQL, live_server
+    from quiesce_mysql.server import LocalMySQL, live_server
 
     layout = mysql_layout_factory()
     mysql_server_factory(layout=layout).stop()  # an initialised data directory
     server = LocalMySQL(layout, settings={"no-such-option": "1"})
-    with pytest.raises(DrillError) as caught:
+    with pytest.raises(ServerError) as caught:
         server.start()
     text = str(caught.value)
     assert f"the {server.flavour} server exited with status" in text

@@ -80,7 +80,7 @@ def test_pre_post_returns_the_backup_label_and_the_snapshot_restores(
     assert "could not check" not in out.stdout  # the identity was recorded and matched
     assert (Path(target.data_dir) / "backup_label").read_text() == meta["backup_label"]
 
-    from quiesce.servers.postgresql import LocalPostgres
+    from quiesce_postgresql.server import LocalPostgres
 
     restored = LocalPostgres.open_existing(target)
     try:

@@ -442,8 +442,8 @@ def test_tablespace_map_recorded_and_restored_elsewhere(postgresql_server_factor
     restored copy never touches the original server's tablespace directory."""
     import shutil
 
-    from quiesce.servers.postgresql import LocalPostgres
     from quiesce_postgresql.restore import install_label
+    from quiesce_postgresql.server import LocalPostgres
 
     server = postgresql_server_factory()
     workspace = Path(server.data_dir).parent

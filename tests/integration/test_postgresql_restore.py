@@ -88,7 +88,7 @@ def one_hold(cli: Cli, server, base: Path, name: str, rows: int) -> tuple[Hold, 
 def scenario() -> Iterator[Scenario]:
     if os.geteuid() != 0:
         pytest.skip("needs root: the CLI's runtime and state dirs are root-only")
-    from quiesce.testing.postgresql import _require_postgres, _workspace
+    from quiesce_postgresql.fixtures import _require_postgres, _workspace
 
     _require_postgres()
     with _workspace() as workspace, private_dir("quiesce-pg-restore-") as root:
@@ -151,8 +151,8 @@ def test_the_wrong_run_id_is_refused(scenario: Scenario) -> None:
 
 
 def test_the_right_run_restores_every_acknowledged_row(scenario: Scenario) -> None:
-    from quiesce.servers.base import ServerLayout
-    from quiesce.servers.postgresql import LocalPostgres
+    from quiesce.harness.servers.base import ServerLayout
+    from quiesce_postgresql.server import LocalPostgres
 
     s = scenario
     data = fresh_copy(s, s.older, s.older.wal_after_post, "right")

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.errors import DrillError, EngineUnavailable
-from quiesce.servers.base import ServerLayout
-from quiesce.servers.postgresql import LocalPostgres, find_bindir, live_postmaster
+from quiesce.errors import EngineUnavailable, ServerError
+from quiesce.harness.servers.base import ServerLayout
+from quiesce_postgresql.datadir import live_postmaster
+from quiesce_postgresql.server import LocalPostgres, find_bindir
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -81,7 +82,7 @@ def test_open_existing_refuses_a_live_directory(postgresql_server) -> None:
     layout = ServerLayout(postgresql_server.data_dir, postgresql_server.log_dir,
                           Path(tempfile.mkdtemp(prefix="quiesce-pg-run-")))
     try:
-        with pytest.raises(DrillError, match="belongs to a running postmaster"):
+        with pytest.raises(ServerError, match="belongs to a running postmaster"):
             LocalPostgres.open_existing(layout)
     finally:
         shutil.rmtree(layout.run_dir)
@@ -104,7 +105,7 @@ def test_unreachable_directories_are_refused_up_front(require_root) -> None:
     try:
         layout = ServerLayout(root / "data", root / "wal", root / "run")
         server = LocalPostgres(layout)
-        with pytest.raises(DrillError, match="postgres user cannot reach"):
+        with pytest.raises(ServerError, match="postgres user cannot reach"):
             server.start()
         assert not server.running
     finally:
@@ -116,7 +117,7 @@ def test_a_server_that_exits_while_starting_is_reported_with_its_log(
     layout = postgresql_layout_factory()
     postgresql_server_factory(layout=layout).stop()  # an initialised data directory
     server = LocalPostgres(layout, settings={"shared_buffers": "nonsense"})
-    with pytest.raises(DrillError) as caught:
+    with pytest.raises(ServerError) as caught:
         server.start()
     text = str(caught.value)
     assert "postgres exited with status" in text

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from helpers import trusted_python
-from quiesce.freeze import discover_mounts, freeze_path, is_frozen, thaw_path
+from quiesce.freezing.freeze import discover_mounts, freeze_path, is_frozen, thaw_path
 
 pytestmark = pytest.mark.timeout(240)
 

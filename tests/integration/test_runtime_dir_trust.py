@@ -26,7 +26,7 @@ import pytest
 import integration.test_nonroot as nonroot
 from helpers import private_dir
 from helpers.fake_holder import FAKE_RELEASE, exchange_as, listener, received
-from quiesce.hold_trace import write_trace
+from quiesce.hold.trace import write_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "tests" / "example_plugin"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from quiesce.callers.scripts import HEAD_BYTES, TAIL_BYTES, has_interpreter_line, run_script
 from quiesce.errors import AzureCode, ScriptError
-from quiesce.scripts import HEAD_BYTES, TAIL_BYTES, has_interpreter_line, run_script
 from quiesce.security import open_trusted
 
 pytestmark = pytest.mark.timeout(120)
@@ -185,7 +185,7 @@ def test_a_million_lines_then_the_real_work_finish_well_within_the_deadline(
         root_dir: Path) -> None:
     # The issue: a post-script printing 1,000,000 short lines (0.1 s on its own) was killed
     # at its 10 s timeout before it reached `quiesce post`. Logged the way the runner logs.
-    from quiesce.runner import RunLog
+    from quiesce.callers.runner import RunLog
 
     marker = root_dir / "released"
     path = script(root_dir, f"""#!/bin/sh
@@ -210,8 +210,8 @@ echo done
 
 READER = r"""
 import json, os, sys
-from quiesce.runner import RunLog
-from quiesce.scripts import run_script
+from quiesce.callers.runner import RunLog
+from quiesce.callers.scripts import run_script
 
 def hwm_kib():
     for line in open("/proc/self/status"):

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from quiesce.azure_config import parse_azure_config
+from quiesce.callers.azure_config import parse_azure_config
 from quiesce.errors import AzureCode, ConfigError
 
 SAMPLE: dict[str, Any] = {
@@ -201,7 +201,7 @@ def test_nul_in_params_is_refused() -> None:
 
 def test_an_argument_too_long_for_exec_is_refused_when_loading() -> None:
     # Linux's per-argument limit: a longer param would only fail at exec, mid-run.
-    from quiesce.azure_config import MAX_ARG_BYTES
+    from quiesce.callers.azure_config import MAX_ARG_BYTES
 
     parse(with_(postScriptParams=["x" * MAX_ARG_BYTES]))  # the longest that execs: accepted
     (problem,) = problems_of(with_(postScriptParams=["ok", "é" * MAX_ARG_BYTES]))
@@ -213,7 +213,7 @@ def test_the_longest_accepted_argument_really_execs() -> None:
     import subprocess
     import sys
 
-    from quiesce.azure_config import MAX_ARG_BYTES
+    from quiesce.callers.azure_config import MAX_ARG_BYTES
 
     code = "import sys; print(len(sys.argv[1]))"
     done = subprocess.run([sys.executable, "-c", code, "x" * MAX_ARG_BYTES],

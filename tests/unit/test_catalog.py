@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.catalog import (
+from quiesce.hold.records import (
     CatalogError,
     RecordNotFound,
     list_runs,

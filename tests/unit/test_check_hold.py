@@ -15,14 +15,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from quiesce.azure_install import (
+from quiesce.callers.azure_install import (
     GUARD_EXIT,
     azure_timeout,
     guard_paths,
     toml_skeleton,
     wrapper_script,
 )
-from quiesce.check_hold import (
+from quiesce.callers.check_hold import (
     WrapperArgumentError,
     WrapperCall,
     find_wrapper_call,

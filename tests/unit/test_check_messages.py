@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.runner import CheckResult, check, format_check
+from quiesce.callers.runner import CheckResult, check, format_check
 
 
 def azure_config(directory: Path, *, fs_freeze: bool) -> Path:

@@ -9,7 +9,7 @@ import tomllib
 
 import pytest
 
-from quiesce.azure_install import example_section, key_doc, toml_skeleton
+from quiesce.callers.azure_install import example_section, key_doc, toml_skeleton
 from quiesce.engine import EngineType
 from quiesce.plugins import Plugins
 from quiesce.schema import Field, Table

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers.fuzz_configs import azure_base, azure_mutations, toml_base, toml_mutations
-from quiesce.azure_config import parse_azure_config
+from quiesce.callers.azure_config import parse_azure_config
 from quiesce.errors import AzureCode, ConfigError
 from quiesce.settings import load_settings
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.errors import DrillError
-from quiesce.servers.base import ServerLayout
-from quiesce.servers.docker import (
+from quiesce.errors import ServerError
+from quiesce.harness.servers.base import ServerLayout
+from quiesce.harness.servers.docker import (
     DATA_MOUNT,
     LOG_MOUNT,
     container_plan,
@@ -66,9 +66,9 @@ def test_single_disk_layout_mounts_one_volume(tmp_path: Path) -> None:
 
 
 def test_bad_requests_are_refused(layout: ServerLayout) -> None:
-    with pytest.raises(DrillError, match="unknown engine"):
+    with pytest.raises(ServerError, match="unknown engine"):
         container_plan("oracle", layout)
-    with pytest.raises(DrillError, match="MongoDB option"):
+    with pytest.raises(ServerError, match="MongoDB option"):
         container_plan("mysql", layout, replset="rs0")
 
 
@@ -97,7 +97,7 @@ def test_engine_for_image(image: str, engine: str) -> None:
 
 
 def test_engine_for_unknown_image() -> None:
-    with pytest.raises(DrillError, match="unknown image"):
+    with pytest.raises(ServerError, match="unknown image"):
         engine_for_image("redis:7")
 
 
@@ -111,7 +111,7 @@ def test_no_engine_gives_the_exact_reason(tmp_path: Path,
 
 
 def test_importing_the_module_imports_no_docker_client() -> None:
-    code = ("import sys, quiesce.servers.docker, quiesce.testing.mongodb\n"
+    code = ("import sys, quiesce.harness.servers.docker, quiesce_mongodb.fixtures\n"
             "print(sorted(m for m in ('docker', 'testcontainers', 'pymongo') "
             "if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

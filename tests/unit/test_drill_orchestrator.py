@@ -11,7 +11,7 @@ import pytest
 def test_disks_without_files_finds_a_disk_the_server_never_wrote(tmp_path: Path) -> None:
     # What a Docker engine that cannot see the drill's loop mounts leaves: directories that
     # the drill created for the server, but no file of the server on that disk.
-    from quiesce.drill.orchestrator import disks_without_files
+    from quiesce.harness.drill.orchestrator import disks_without_files
 
     data, log = tmp_path / "data", tmp_path / "log"
     (data / "lost+found").mkdir(parents=True)
@@ -27,7 +27,7 @@ def test_disks_without_files_finds_a_disk_the_server_never_wrote(tmp_path: Path)
 def test_a_leftover_hold_that_cannot_be_released_is_reported(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 'post' that hangs after an interrupted cycle must be said, not swallowed."""
-    from quiesce.drill import cycle
+    from quiesce.harness.drill import cycle
 
     files = object.__new__(cycle.CycleFiles)
     files.mode, files.runtime, files.toml = "quiesced", tmp_path, tmp_path / "quiesce.toml"

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 
-from quiesce.drill.report import CycleResult, DrillResult, render_table
-from quiesce.drill.verify import Check, RestoredState, check_balances, check_ledger, check_mirror
-from quiesce.drill.workload import AckLog
+from quiesce.harness.drill.report import CycleResult, DrillResult, render_table
+from quiesce.harness.drill.verify import (
+    Check,
+    RestoredState,
+    check_balances,
+    check_ledger,
+    check_mirror,
+)
+from quiesce.harness.drill.workload import AckLog
 
 
 def _state(balances: dict[int, int], ledger: dict[int, tuple[int, int, int]],
@@ -108,7 +114,7 @@ def test_table_shows_each_cycle_and_why() -> None:
 
 
 def test_startup_failure_keeps_the_servers_own_error_lines() -> None:
-    from quiesce.drill.cycle import _startup_failure
+    from quiesce.harness.drill.cycle import _startup_failure
 
     pg = RuntimeError("postgres exited with status 1 while starting; log tail:\n"
                       "2026-01-01 UTC [1] LOG:  database system was interrupted\n"

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from quiesce.drill.workload import (
+from quiesce.harness.drill.workload import (
     AckLog,
     OutcomeUnknown,
     Transfer,

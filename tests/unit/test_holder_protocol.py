@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from quiesce import holder_protocol as proto
 from quiesce.errors import HolderError, NoActiveHold
-from quiesce.guardian import Guardian
-from quiesce.holder import guardian_grace, runtime_fs_type
+from quiesce.hold import protocol as proto
+from quiesce.hold.guardian import Guardian
+from quiesce.hold.holder import guardian_grace, runtime_fs_type
 
 
 def test_runtime_dir_precedence(monkeypatch: pytest.MonkeyPatch) -> None:

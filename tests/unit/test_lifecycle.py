@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from quiesce import lifecycle
 from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings, Quiescer
 from quiesce.errors import EngineError, SessionLost
-from quiesce.lifecycle import Hold, QuiesceFailed
+from quiesce.hold import lifecycle
+from quiesce.hold.lifecycle import Hold, QuiesceFailed
 
 
 class Recorder:

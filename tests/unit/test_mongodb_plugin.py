@@ -17,8 +17,8 @@ import pytest
 from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings
 from quiesce.errors import ConfigError, EngineError
+from quiesce.harness.servers.base import free_port
 from quiesce.plugins import Plugins
-from quiesce.servers.base import free_port
 from quiesce_mongodb.engine import MongoQuiescer
 
 

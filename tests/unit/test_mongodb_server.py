@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.errors import DrillError, EngineUnavailable
-from quiesce.servers.base import ServerLayout
-from quiesce.servers.mongodb import (
+from quiesce.errors import EngineUnavailable, ServerError
+from quiesce.harness.servers.base import ServerLayout
+from quiesce_mongodb.server import (
     find_mongod,
     link_journal,
     mongod_args,
@@ -52,14 +52,14 @@ def test_journal_in_data_dir_is_left_alone(tmp_path: Path) -> None:
     data = tmp_path / "data"
     (data / "journal").mkdir(parents=True)
     assert link_journal(data, None) is None
-    with pytest.raises(DrillError, match="real directory"):
+    with pytest.raises(ServerError, match="real directory"):
         link_journal(data, tmp_path / "log")
 
 
 def test_parse_mongod_version() -> None:
     out = ('db version v7.0.14\nBuild Info: {\n    "version": "7.0.14",\n}\n')
     assert parse_mongod_version(out) == "7.0.14"
-    with pytest.raises(DrillError):
+    with pytest.raises(ServerError):
         parse_mongod_version("mongod: command not found")
 
 

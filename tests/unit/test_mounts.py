@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quiesce.errors import FreezeError
-from quiesce.mounts import (
+from quiesce.freezing.mounts import (
     discover_mounts,
     freeze_order,
     parse_mountinfo,

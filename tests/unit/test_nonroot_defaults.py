@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from quiesce import holder_protocol as proto
-from quiesce.catalog import CatalogError, default_state_dir
-from quiesce.drill.workspace import default_base
 from quiesce.errors import HolderError
+from quiesce.harness.drill.workspace import default_base
+from quiesce.hold import protocol as proto
+from quiesce.hold.records import CatalogError, default_state_dir
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example_plugin"
 

@@ -189,7 +189,8 @@ def test_a_module_plugin_is_checked_too(tmp_path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_the_hook_names_are_the_hookspecs() -> None:
-    assert hook_names() == ["quiesce_register_commands", "quiesce_register_engines"]
+    assert hook_names() == ["quiesce_register_commands", "quiesce_register_drill_targets",
+                            "quiesce_register_engines", "quiesce_register_fixtures"]
 
 
 def test_the_bundled_plugins_pass_the_checks() -> None:

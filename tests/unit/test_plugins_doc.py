@@ -1,6 +1,6 @@
 """docs/plugins.md cannot drift from what works: its ``# file:`` code blocks are written into a
 package with the entry point its pyproject.toml block declares, loaded through the real plugin
-manager, configured with its quiesce.toml block, and driven through quiesce.lifecycle.Hold.
+manager, configured with its quiesce.toml block, and driven through quiesce.hold.lifecycle.Hold.
 
 The engine holds a real flock(): whether it is held is observed through a second open file
 description (flock locks conflict between descriptions, even within one process).
@@ -23,7 +23,7 @@ import pytest
 
 from quiesce.engine import EngineType, InstanceSettings
 from quiesce.errors import ConfigError, LockWaitTimeout
-from quiesce.lifecycle import HELD, LOST, RELEASED, Hold, QuiesceFailed
+from quiesce.hold.lifecycle import HELD, LOST, RELEASED, Hold, QuiesceFailed
 from quiesce.plugins import Plugins
 from quiesce.settings import Settings, load_settings
 
@@ -282,7 +282,7 @@ def test_the_pages_command_through_the_cli(site: Path, tmp_path: Path) -> None:
 
 
 def test_the_skeleton_shows_the_pages_key_docs(engine: EngineType) -> None:
-    from quiesce.azure_install import example_section
+    from quiesce.callers.azure_install import example_section
 
     section = example_section(engine)
     assert "# path = \"...\"    # required" in section

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 
-from quiesce.lifecycle import Hold
+from quiesce.hold.lifecycle import Hold
 from quiesce.schema import validate
 from quiesce_postgresql.config import (
     DEFAULT_ARCHIVE_WAIT_SECONDS,

@@ -19,7 +19,7 @@ import pytest
 
 from helpers import private_dir
 from helpers.pg_control import control_bytes
-from quiesce import catalog
+from quiesce.hold import records as catalog
 from quiesce_postgresql import wal
 from quiesce_postgresql.restore import (
     InconsistentRun,
@@ -345,7 +345,7 @@ def test_an_auto_released_hold_needs_explicit_consent(tmp_path: Path, data_dir: 
 
 def test_state_dir_comes_from_quiesce_toml(data_dir: Path, require_root: None) -> None:
     """A DBA who moved state_dir should not have to repeat it to restore."""
-    from quiesce.catalog import write_record as store
+    from quiesce.hold.records import write_record as store
 
     with private_dir("qrl-") as base:
         state = base / "elsewhere"

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from quiesce.catalog import new_run_id, valid_run_id
+from quiesce.callers.report import PhaseRecord, RunError, RunStatus, human_report, write_atomically
+from quiesce.callers.runner import RunLog, Runner
+from quiesce.callers.snapshot import CommandSnapshot, NoopSnapshot, make_provider
 from quiesce.errors import AzureCode, Problem
-from quiesce.report import PhaseRecord, RunError, RunStatus, human_report, write_atomically
-from quiesce.runner import RunLog, Runner
-from quiesce.snapshot import CommandSnapshot, NoopSnapshot, make_provider
+from quiesce.hold.records import new_run_id, valid_run_id
 
 
 def session(fired: bool = False) -> SimpleNamespace:
@@ -192,7 +192,7 @@ def test_snapshot_command_gets_run_id_and_mounts_and_output_stays_in_memory() ->
 
 
 def test_status_file_problems(tmp_path: Path) -> None:
-    from quiesce.runner import status_file_problems
+    from quiesce.callers.runner import status_file_problems
 
     assert status_file_problems(str(tmp_path / "status.json")) == []
     (missing,) = status_file_problems(str(tmp_path / "no" / "such" / "status.json"))
@@ -203,7 +203,7 @@ def test_status_file_problems(tmp_path: Path) -> None:
 
 def test_freezing_without_root_is_refused_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
     """Non-root may run the cycle, but not freeze: FIFREEZE needs CAP_SYS_ADMIN."""
-    from quiesce import runner
+    from quiesce.callers import runner
 
     monkeypatch.setattr(runner.os, "geteuid", lambda: 65534)
     monkeypatch.setattr(runner, "has_cap_sys_admin", lambda: False)
@@ -217,7 +217,7 @@ def test_freezing_without_root_is_refused_up_front(monkeypatch: pytest.MonkeyPat
 
 
 def test_root_is_never_refused_freezing_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
-    from quiesce import runner
+    from quiesce.callers import runner
 
     monkeypatch.setattr(runner.os, "geteuid", lambda: 0)
     monkeypatch.setattr(runner, "has_cap_sys_admin", lambda: False)
@@ -231,7 +231,7 @@ def test_root_is_never_refused_freezing_up_front(monkeypatch: pytest.MonkeyPatch
     ("0000000000000000", False),   # a plain user
 ])
 def test_cap_sys_admin_is_read_from_capeff(tmp_path: Path, capeff: str, expected: bool) -> None:
-    from quiesce.runner import has_cap_sys_admin
+    from quiesce.callers.runner import has_cap_sys_admin
 
     status = tmp_path / "status"
     status.write_text(f"Name:\tpython\nCapInh:\t0000000000000000\nCapPrm:\t{capeff}\n"

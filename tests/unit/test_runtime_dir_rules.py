@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from helpers.fake_holder import listener, received
-from quiesce import holder_protocol as proto
 from quiesce.errors import HolderError, NoActiveHold
-from quiesce.hold_trace import write_trace
-from quiesce.holder import prepare_runtime_dir, take_lock
+from quiesce.hold import protocol as proto
+from quiesce.hold.holder import prepare_runtime_dir, take_lock
+from quiesce.hold.trace import write_trace
 
 OTHER = 65534  # nobody / nogroup: a uid that is neither root nor us
 

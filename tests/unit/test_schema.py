@@ -82,7 +82,8 @@ def _numeric_fields() -> list[tuple[str, str, Field]]:
     """(schema name, key, field) for every numeric Field of the core and the bundled engines."""
     import importlib
 
-    from quiesce import azure_config, settings
+    from quiesce import settings
+    from quiesce.callers import azure_config
 
     schemas: dict[str, dict[str, object]] = {
         "azure": dict(azure_config.SCHEMA.fields),

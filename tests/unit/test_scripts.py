@@ -1,4 +1,5 @@
-"""Pieces of quiesce.scripts that need no processes: line splitting, the bounded output capture
+"""Pieces of quiesce.callers.scripts that need no processes: line splitting, the bounded output
+capture
 and result wording."""
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.errors import AzureCode
-from quiesce.scripts import (
+from quiesce.callers.scripts import (
     HEAD_BYTES,
     MAX_LINE,
     TAIL_BYTES,
@@ -20,6 +20,7 @@ from quiesce.scripts import (
     _Capture,
     _LineSplitter,
 )
+from quiesce.errors import AzureCode
 
 
 def split(chunks: list[bytes]) -> list[str]:
@@ -145,7 +146,7 @@ def test_result_codes_and_descriptions() -> None:
     (b"#!\n", None),
 ])
 def test_interpreter_of(tmp_path: Path, first_line: bytes, interpreter: str | None) -> None:
-    from quiesce.scripts import interpreter_of
+    from quiesce.callers.scripts import interpreter_of
 
     path = tmp_path / "script"
     path.write_bytes(first_line + b"echo hi\n")
@@ -157,7 +158,7 @@ def test_interpreter_of(tmp_path: Path, first_line: bytes, interpreter: str | No
 
 
 def test_azure_shell_note_only_for_scripts_sh_would_not_run_as_written(tmp_path: Path) -> None:
-    from quiesce.scripts import azure_shell_note
+    from quiesce.callers.scripts import azure_shell_note
 
     def note(first_line: bytes) -> str | None:
         path = tmp_path / "s"
@@ -183,7 +184,7 @@ def test_azure_shell_note_only_for_scripts_sh_would_not_run_as_written(tmp_path:
 ])
 def test_interpreter_problem_finds_what_execve_would_refuse(tmp_path: Path, first_line: bytes,
                                                             fragment: str) -> None:
-    from quiesce.scripts import interpreter_problem
+    from quiesce.callers.scripts import interpreter_problem
 
     path = tmp_path / "script"
     path.write_bytes(first_line + b"\necho hi\n")
@@ -197,7 +198,7 @@ def test_interpreter_problem_finds_what_execve_would_refuse(tmp_path: Path, firs
 
 @pytest.mark.parametrize("first_line", [b"#!/bin/sh", b"#!/usr/bin/env sh", b"#! /bin/sh -e"])
 def test_interpreter_problem_accepts_runnable_scripts(tmp_path: Path, first_line: bytes) -> None:
-    from quiesce.scripts import interpreter_problem
+    from quiesce.callers.scripts import interpreter_problem
 
     path = tmp_path / "script"
     path.write_bytes(first_line + b"\n")

@@ -1,4 +1,5 @@
-"""The quiesce.testing pytest plugin as a user's project sees it: installed through the pytest11
+"""The quiesce.harness.testing pytest plugin as a user's project sees it: installed through the
+pytest11
 entry point, with no conftest and no import of quiesce in the user's tests."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ServerWorkspace, the skeleton of every quiesce.testing server fixture: directories, the
+"""ServerWorkspace, the skeleton of every quiesce.harness.testing server fixture: directories, the
 servers started on them, and the clean-up of both (also of a server that failed to start)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from quiesce.servers.base import ConnectionInfo, Server, ServerLayout
-from quiesce.testing.workspace import ServerWorkspace
+from quiesce.harness.servers.base import ConnectionInfo, Server, ServerLayout
+from quiesce.harness.testing.workspace import ServerWorkspace
 
 
 class Recorded(Server):
@@ -94,8 +94,8 @@ def test_a_layout_only_workspace_makes_no_server() -> None:
 
 
 def test_mongodb_servers_are_made_unstarted_for_the_workspace_to_start(tmp_path: Path) -> None:
-    from quiesce.servers.mongodb import LocalMongod
-    from quiesce.testing.mongodb import make_mongodb
+    from quiesce_mongodb.fixtures import make_mongodb
+    from quiesce_mongodb.server import LocalMongod
 
     layout = ServerLayout(tmp_path / "data", tmp_path / "journal", tmp_path / "run")
     server = make_mongodb("local", layout, replset="rs0", binary="/bin/true")

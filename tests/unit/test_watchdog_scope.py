@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import quiesce.scope as scope_module
-from quiesce.freeze import _WatchdogProcess
+from quiesce.freezing.freeze import _WatchdogProcess
 from quiesce.scope import ScopeDecision
 
 # A stand-in for systemd-run --scope: refuses anything but the options quiesce passes, records

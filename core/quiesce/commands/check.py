@@ -3,7 +3,8 @@
 Prints every problem with its code and how to fix it, and the filesystems a run would freeze
 (limited, like ``quiesce run``, by ``--freeze-mount``). When the scripts are quiesce wrappers
 (``quiesce install azure``), the quiesce.toml that ``quiesce pre`` would load is validated too
-(see :mod:`quiesce.check_hold`), and whether systemd can give the holder, guardian and freeze
+(see :mod:`quiesce.callers.check_hold`), and whether systemd can give the holder, guardian and
+freeze
 watchdog a scope of their own here (see :mod:`quiesce.scope`). Exit 0 when all is well, 2
 otherwise.
 """
@@ -27,8 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import sys
 
-    from quiesce.check_hold import check_hold, merge_into
-    from quiesce.runner import check, format_check
+    from quiesce.callers.check_hold import check_hold, merge_into
+    from quiesce.callers.runner import check, format_check
     from quiesce.scope import check_note
 
     result = check(args.config, args.freeze_mounts)

@@ -47,9 +47,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from quiesce.drill.orchestrator import Drill, DrillOptions
-    from quiesce.drill.report import render_table
     from quiesce.errors import EngineUnavailable
+    from quiesce.harness.drill.orchestrator import Drill, DrillOptions
+    from quiesce.harness.drill.report import render_table
 
     if not 1 <= args.cycles <= 1000:
         print("quiesce drill: --cycles must be between 1 and 1000", file=sys.stderr)

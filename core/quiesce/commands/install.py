@@ -27,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from quiesce import azure_install as inst
+    from quiesce.callers import azure_install as inst
     from quiesce.errors import QuiesceError
     from quiesce.settings import DEFAULT_MAX_HOLD, MAX_HOLD_LIMIT, parse_plugin_list
 

@@ -21,8 +21,8 @@ import sys
 import time
 from typing import Any
 
-from quiesce import holder_protocol as proto
 from quiesce.commands import add_runtime_dir_option
+from quiesce.hold import protocol as proto
 
 GUARDIAN_WAIT_SECONDS = 90.0
 
@@ -77,7 +77,7 @@ def _uncollected(rundir: str) -> dict[str, Any] | None:
     while True:
         result = proto.read_result(rundir)
         if result is not None:
-            from quiesce.hold_trace import clear_trace
+            from quiesce.hold.trace import clear_trace
 
             proto.consume_result(rundir)
             clear_trace(rundir)
@@ -92,7 +92,7 @@ def _uncollected(rundir: str) -> dict[str, Any] | None:
 def _died(rundir: str) -> dict[str, Any] | None:
     """The outcome of a hold whose holder and guardian both died without reporting: its trace
     is all that is left. Reported as lost (and recorded, when the state dir is known)."""
-    from quiesce.hold_trace import clear_trace, read_trace
+    from quiesce.hold.trace import clear_trace, read_trace
 
     trace = read_trace(rundir)
     if trace is None or proto.lock_held(rundir):
@@ -112,8 +112,8 @@ def _died(rundir: str) -> dict[str, Any] | None:
 
 
 def _record_lost(trace: dict[str, Any], outcome: dict[str, Any]) -> str | None:
-    from quiesce.catalog import valid_run_id, write_record
     from quiesce.errors import QuiesceError
+    from quiesce.hold.records import valid_run_id, write_record
 
     state_dir, run_id = trace.get("state_dir"), str(trace.get("run_id"))
     if not isinstance(state_dir, str) or not valid_run_id(run_id):

@@ -62,7 +62,7 @@ def deadline_seconds(pre_timeout: float, explicit: float | None,
                                hint="pass the caller's time limit less a margin, e.g. 25")
         limits.append(explicit)
     if azure_config is not None:
-        from quiesce.caller_deadline import azure_deadline_from_file
+        from quiesce.callers.caller_deadline import azure_deadline_from_file
 
         azure = azure_deadline_from_file(azure_config)
         if azure <= 0:
@@ -91,8 +91,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace, started: float) -> int:
-    from quiesce import holder_protocol as proto
     from quiesce.errors import HoldActive, HolderError, QuiesceError
+    from quiesce.hold import protocol as proto
     from quiesce.settings import load_settings, parse_plugin_list
 
     rundir = proto.runtime_dir(args.runtime_dir)
@@ -100,7 +100,7 @@ def _main(args: argparse.Namespace, started: float) -> int:
     # Validate in this process: every configuration problem is reported before anything starts.
     settings = load_settings(args.config, plugins=plugins)
     seconds = deadline_seconds(settings.pre_timeout_seconds, args.deadline, args.azure_config)
-    from quiesce.catalog import check_writable
+    from quiesce.hold.records import check_writable
 
     check_writable(settings.state_dir)
     cutoff = started + seconds
@@ -125,8 +125,8 @@ def _main(args: argparse.Namespace, started: float) -> int:
                 proto.request(rundir, "retire", timeout=5.0)
 
     read_fd, write_fd = os.pipe()
-    # -B: the holder writes no .pyc (see quiesce.holder.main: frozen filesystems).
-    argv = [sys.executable, "-B", "-m", "quiesce.holder", "--config", settings.path,
+    # -B: the holder writes no .pyc (see quiesce.hold.holder.main: frozen filesystems).
+    argv = [sys.executable, "-B", "-m", "quiesce.hold.holder", "--config", settings.path,
             "--runtime-dir", rundir, "--ready-fd", str(write_fd), "--deadline-at", repr(cutoff)]
     if plugins is not None:
         argv += ["--plugins", ",".join(plugins)]
@@ -191,8 +191,8 @@ def _start_holder(argv: list[str], ready_fd: int) -> subprocess.Popen[bytes]:
 def _gave_up(rundir: str, holder_pid: int, seconds: float, as_json: bool) -> int:
     """The deadline passed without a complete hold: tell the holder (it enforces the deadline
     by itself too) and say so. Nothing is held for this snapshot."""
-    from quiesce import holder_protocol as proto
     from quiesce.errors import QuiesceError
+    from quiesce.hold import protocol as proto
 
     with contextlib.suppress(QuiesceError):
         proto.request(rundir, "abort", timeout=ABORT_WAIT_SECONDS)

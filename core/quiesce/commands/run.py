@@ -45,8 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import sys
 
-    from quiesce.report import human_report
-    from quiesce.runner import RunOptions, run
+    from quiesce.callers.report import human_report
+    from quiesce.callers.runner import RunOptions, run
 
     options = RunOptions(
         config_path=args.config,

@@ -10,8 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from quiesce import holder_protocol as proto
 from quiesce.commands import add_runtime_dir_option
+from quiesce.hold import protocol as proto
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
         if proto.lock_held(rundir):
             state["state"] = "busy"
         elif pending is None:
-            from quiesce.hold_trace import read_trace
+            from quiesce.hold.trace import read_trace
 
             trace = read_trace(rundir)
             if trace is not None:

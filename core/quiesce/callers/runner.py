@@ -1,0 +1,751 @@
+"""One backup cycle of the Azure contract: validate -> pre -> sync -> freeze -> snapshot -> thaw
+-> post, with a LIFO unwind.
+
+* Validation first, and nothing runs when it fails: the config, both scripts (opened through
+  :func:`quiesce.security.open_trusted`; the descriptors checked here are the ones executed
+  later), the snapshot command and the mounts to freeze.
+* Without root: the config and scripts may be owned by root or by the user running quiesce
+  (:func:`quiesce.security.trusted_uids`), and the cycle runs with ``fsFreezeEnabled`` false;
+  with it true validation refuses the run (FIFREEZE needs CAP_SYS_ADMIN), see
+  :func:`freeze_privilege_problems`.
+* The post-script runs whenever the pre-script was started, whatever happened after it.
+* The thaw is in a ``finally``; a watchdog process (in :mod:`quiesce.freezing.freeze`) thaws
+  anyway if
+  this process dies. Between freeze and thaw nothing is logged, opened or written: log lines
+  are buffered in memory and written after the thaw; the status file is written at the end.
+* SIGTERM/SIGINT/SIGHUP do not break the window: inside it they are deferred until after the
+  thaw, outside it they stop the cycle (the post-script still runs) and are reported. The
+  first one to arrive while the post-script runs lets it finish; a second one stops it.
+
+Consistency of the snapshot taken:
+``application`` the pre-script succeeded (and the freeze, when enabled, succeeded too);
+``filesystem``  the pre-script failed or timed out, continueBackupOnFailure is true and the
+                filesystems were frozen;
+``crash``       nothing made it consistent (no freeze and a failed pre-script, a failed freeze,
+                or a watchdog that thawed before the snapshot ended);
+``none``        no snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from quiesce.callers import azure_config, report, scripts, snapshot
+from quiesce.callers.report import RunError, RunStatus
+from quiesce.errors import (
+    AzureCode,
+    FreezeError,
+    PermissionProblem,
+    Problem,
+    QuiesceError,
+    ScriptError,
+    ValidationError,
+)
+from quiesce.hold.records import new_run_id
+from quiesce.security import TrustedFile, TrustedFileNotFound, open_trusted
+
+DEFAULT_FREEZE_TIMEOUT = 60.0
+#: The snapshot must end this long before the watchdog would thaw (kill grace included).
+SNAPSHOT_MARGIN = 1.0
+
+
+class Interrupted(QuiesceError):
+    """The runner was asked to stop (SIGTERM/SIGINT)."""
+
+    def __init__(self, signum: int, phase: str = "") -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+        self.phase = phase
+
+
+class RunLog:
+    """Log lines to a stream, or to memory while filesystems are frozen."""
+
+    def __init__(self, stream: TextIO | None = None, *, run_id: str = "") -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.run_id = run_id
+        self.held: list[str] | None = None
+        self.lines: list[str] = []  # everything, for callers that want it
+
+    def __call__(self, message: str) -> None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+        line = f"{stamp} quiesce[{self.run_id}] {message}"
+        self.lines.append(line)
+        if self.held is not None:
+            self.held.append(line)
+            return
+        self._write([line])
+
+    def _write(self, lines: list[str]) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write("".join(f"{line}\n" for line in lines))
+            self.stream.flush()
+
+    def hold(self) -> None:
+        if self.held is None:
+            self.held = []
+
+    def release(self) -> None:
+        held, self.held = self.held, None
+        if held:
+            self._write(held)
+
+
+@dataclass
+class RunOptions:
+    config_path: str = azure_config.DEFAULT_PATH
+    snapshot_command: str | None = None
+    freeze_mounts: Sequence[str] | None = None
+    freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT
+    status_file: str | None = None
+
+
+@dataclass
+class Prepared:
+    """Everything validation produced; the script descriptors stay open until the end."""
+
+    config: azure_config.AzureConfig
+    scripts: dict[str, TrustedFile]
+    mounts: list[Any]  # quiesce.freezing.freeze.Mount
+    provider: snapshot.SnapshotProvider
+    notes: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        for trusted in self.scripts.values():
+            trusted.close()
+
+
+def status_file_problems(path: str) -> list[Problem]:
+    """Whether the status file can be written where it is asked for, checked before anything
+    runs: automation waiting for that file must not find nothing after a run that otherwise
+    went fine (it is written once, at the end)."""
+    where = "--status-file"
+    target = os.path.abspath(path)
+    directory = os.path.dirname(target)
+    if os.path.isdir(target):
+        return [Problem(where, f"{path} is a directory", "name a file, e.g. "
+                        f"{os.path.join(target, 'quiesce-status.json')}")]
+    if not os.path.isdir(directory):
+        return [Problem(where, f"the directory {directory} does not exist",
+                        f"create it (mkdir -p {directory}) or choose another --status-file")]
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return [Problem(where, f"the directory {directory} is not writable by uid "
+                        f"{os.geteuid()}", "choose a directory quiesce can write to")]
+    return []
+
+
+CAP_SYS_ADMIN = 21  # linux/capability.h
+
+
+def has_cap_sys_admin(status_path: str = "/proc/self/status") -> bool:
+    """Whether this process's effective capabilities include CAP_SYS_ADMIN (FIFREEZE needs
+    it); read from ``CapEff`` in /proc/self/status, False when that cannot be read."""
+    try:
+        with open(status_path, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
+def freeze_privilege_problems(command: str, fs_freeze: bool) -> list[Problem]:
+    """A non-root run with fsFreezeEnabled true cannot freeze (FIFREEZE needs CAP_SYS_ADMIN):
+    say so before anything runs, instead of failing the freeze in the middle of the cycle.
+
+    As root nothing changes (a root without CAP_SYS_ADMIN, e.g. in an unprivileged container,
+    still learns it from the freeze step, as before). Everything else works without root: the
+    config and scripts need only be owned by root or by the user running quiesce.
+    """
+    uid = os.geteuid()
+    if uid == 0 or not fs_freeze or has_cap_sys_admin():
+        return []
+    from quiesce.security import owner_name
+
+    return [Problem("fsFreezeEnabled", f"is true, but quiesce {command} runs as "
+                    f"{owner_name(uid)}, not root: freezing a filesystem (FIFREEZE) needs "
+                    "root (CAP_SYS_ADMIN)",
+                    f"run it as root (e.g. sudo quiesce {command} ...), or set "
+                    '"fsFreezeEnabled": false in the config to run the cycle without freezing '
+                    "(the pre/post-scripts still bracket the snapshot)")]
+
+
+def _owner_word() -> str:
+    """Who must own the files quiesce trusts, in words: "root", or "you or root"."""
+    uid = os.geteuid()
+    if uid == 0:
+        return "root"
+    from quiesce.security import user_name
+
+    return f"{user_name(uid)} or root"
+
+
+def _runner_word() -> str:
+    """Who the scripts run as, in words: "root", or the user's name."""
+    uid = os.geteuid()
+    if uid == 0:
+        return "root"
+    from quiesce.security import user_name
+
+    return user_name(uid)
+
+
+def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
+    """Check everything a run needs, collecting every problem; run nothing."""
+    errors: list[RunError] = []
+
+    def add(problems: Sequence[Problem], default: str = report.VALIDATION_FAILED) -> None:
+        errors.extend(RunError.from_problem(p, "validate", default) for p in problems)
+
+    if options.status_file:
+        add(status_file_problems(options.status_file))
+    provider = snapshot.make_provider(options.snapshot_command)
+    add(provider.problems(), report.SNAPSHOT_FAILED)
+    if not options.freeze_timeout > 0 or options.freeze_timeout == float("inf"):
+        add([Problem("--freeze-timeout", f"{options.freeze_timeout!r} is not a positive number "
+                     "of seconds", "e.g. --freeze-timeout 60")])
+
+    try:
+        config = azure_config.load_azure_config(options.config_path)
+    except (ValidationError, TrustedFileNotFound) as exc:
+        add(exc.problems)
+        return None, errors
+    except QuiesceError as exc:
+        errors.append(RunError.azure(AzureCode.INCORRECT_JSON_CONFIG_FILE, "validate",
+                                     str(exc), exc.hint))
+        return None, errors
+
+    cannot_freeze = freeze_privilege_problems("run", config.fs_freeze)
+    add(cannot_freeze)
+    opened: dict[str, TrustedFile] = {}
+    for phase in ("pre", "post"):
+        spec = config.script(phase)
+        try:
+            trusted = open_trusted(spec.path, "script",
+                                   code=AzureCode.for_phase(phase, "permission"))
+        except TrustedFileNotFound as exc:
+            missing = AzureCode.for_phase(phase, "not-found")
+            errors.append(RunError.azure(missing, "validate", str(exc),
+                                         f"create the {phase}-script at {spec.path} (mode 700, "
+                                         f"owned by {_owner_word()}) or fix "
+                                         f"{phase}ScriptLocation"))
+            continue
+        except PermissionProblem as exc:
+            add(exc.problems)
+            continue
+        unrunnable = scripts.interpreter_problem(trusted.fd, spec.path)
+        if unrunnable is not None:
+            code = AzureCode.for_phase(phase, "failed")
+            errors.append(RunError.azure(code, "validate", *unrunnable))
+            trusted.close()
+            continue
+        opened[phase] = trusted
+
+    mounts: list[Any] = []
+    notes: list[str] = []
+    if config.fs_freeze and not cannot_freeze:
+        from quiesce.freezing.freeze import discover_mounts
+
+        try:
+            mounts = discover_mounts(list(options.freeze_mounts) if options.freeze_mounts
+                                     else None)
+        except FreezeError as exc:
+            errors.append(RunError(report.FREEZE_FAILED, None, "validate", str(exc), exc.hint))
+        else:
+            if not mounts:
+                notes.append("no freezable filesystem found: nothing will be frozen")
+    elif options.freeze_mounts:
+        notes.append("fsFreezeEnabled is false in the config: --freeze-mount is ignored")
+
+    prepared = Prepared(config, opened, mounts, provider, notes)
+    if errors:
+        prepared.close()
+        return None, errors
+    return prepared, errors
+
+
+class Runner:
+    """Runs one cycle. ``run()`` returns the :class:`RunStatus`; it raises nothing for a
+    failure of the cycle (those are errors in the status)."""
+
+    def __init__(self, options: RunOptions, *, log_stream: TextIO | None = None,
+                 run_id: str | None = None,
+                 session_factory: Callable[..., Any] | None = None) -> None:
+        self.options = options
+        self.run_id = run_id or new_run_id()
+        self.log = RunLog(log_stream, run_id=self.run_id)
+        self.status = RunStatus(self.run_id, options.config_path, time.time())
+        self._session_factory = session_factory
+        self._critical = False
+        self._pending_signal: int | None = None
+        self._pending_phase = ""
+        self._in_post = False
+        self._stops = 0  # stop signals received so far
+
+    # -- signals ------------------------------------------------------------------------------
+
+    def handle_signal(self, signum: int, frame: object = None) -> None:
+        """Signal handler: defer inside the freeze window, stop the cycle outside it.
+
+        The post-script releases what the pre-script took, so the first stop signal of a run
+        that arrives while it runs lets it finish (it is bounded by timeoutInSeconds) and is
+        reported after it; a second stop signal stops it like any other phase.
+        """
+        self._stops += 1
+        if self._critical:
+            self._pending_signal = signum
+            self._pending_phase = self._current_phase()
+            return
+        if self._in_post and self._stops == 1:
+            self._pending_signal = signum
+            self._pending_phase = "post"
+            with contextlib.suppress(OSError):  # raw write: no buffered-stream re-entry
+                os.write(2, f"quiesce run: {signal.Signals(signum).name}: letting the "
+                            "post-script finish (it releases what the pre-script took); "
+                            "send it again to stop the post-script\n".encode())
+            return
+        raise Interrupted(signum, self._current_phase())
+
+    @contextlib.contextmanager
+    def signal_handlers(self) -> Iterator[None]:
+        # SIGHUP too: a dropped SSH session must not skip the post-script.
+        previous = {s: signal.signal(s, self.handle_signal)
+                    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    @contextlib.contextmanager
+    def _window(self) -> Iterator[None]:
+        """The freeze window: logs held in memory, signals deferred."""
+        self._critical = True
+        self.log.hold()
+        try:
+            yield
+        finally:
+            self._critical = False
+            self.log.release()
+
+    def _raise_pending(self) -> None:
+        if self._pending_signal is not None:
+            signum, self._pending_signal = self._pending_signal, None
+            raise Interrupted(signum, self._pending_phase)
+
+    # -- the cycle ----------------------------------------------------------------------------
+
+    def run(self) -> RunStatus:
+        status = self.status
+        self.log(f"run {self.run_id}: config {self.options.config_path}")
+        record = status.phase("validate")
+        record.start, t0 = time.time(), time.monotonic()
+        try:
+            prepared, errors = validate(self.options)
+        except Interrupted as exc:
+            prepared, errors = None, [RunError(report.INTERRUPTED, None, "validate", str(exc),
+                                               "nothing was run; run again")]
+        record.duration_ms = (time.monotonic() - t0) * 1000
+        for name in ("pre", "sync", "freeze", "snapshot", "thaw", "post"):
+            status.phase(name)
+        status.freeze = {"enabled": None, "mounts": [], "planned": [], "window_ms": None,
+                         "timeout_s": self.options.freeze_timeout, "watchdog_fired": False}
+        status.snapshot = {"provider": None, "taken": False}
+        if prepared is None:
+            record.status = "failed"
+            record.detail = f"{len(errors)} problem(s); nothing was run"
+            status.errors.extend(errors)
+            for error in errors:
+                self.log(f"validate: {error.code}: {error.message}")
+            return self._finish()
+        record.status = "ok"
+        status.notes.extend(prepared.notes)
+        status.freeze["enabled"] = prepared.config.fs_freeze
+        status.freeze["planned"] = [m.mount_point for m in prepared.mounts]
+        status.snapshot["provider"] = prepared.provider.name
+        try:
+            self._cycle(prepared)
+        except Interrupted as exc:
+            finished = exc.phase == "post" and status.phase("post").status != "interrupted"
+            status.errors.append(RunError(report.INTERRUPTED, None,
+                                          exc.phase or self._current_phase(),
+                                          f"{exc} during the post-script, which was let finish"
+                                          if finished else f"{exc}; the cycle was stopped",
+                                          "run again when the interruption is resolved"))
+        except Exception as exc:  # a bug must not hide the status or skip the post-script
+            status.errors.append(RunError(report.INTERNAL_ERROR, None, self._current_phase(),
+                                          f"{type(exc).__name__}: {exc}",
+                                          "please report this as a quiesce bug"))
+            self.log(f"internal error: {exc!r}")
+        finally:
+            prepared.close()
+        return self._finish()
+
+    def _current_phase(self) -> str:
+        started = [p.name for p in self.status.phases.values() if p.start is not None]
+        return started[-1] if started else "validate"
+
+    def _finish(self) -> RunStatus:
+        status = self.status
+        status.finished_at = time.time()
+        if not status.snapshot_taken:
+            status.consistency = "none"
+        self.log(f"done: consistency {status.consistency}, snapshot "
+                 f"{'taken' if status.snapshot_taken else 'NOT taken'}, exit {status.exit_code}")
+        if self.options.status_file:
+            try:
+                report.write_atomically(self.options.status_file, status.to_json())
+            except OSError as exc:
+                self.log(f"cannot write the status file {self.options.status_file}: {exc}")
+                status.notes.append(f"the status file could not be written: {exc}")
+        return status
+
+    def _cycle(self, prepared: Prepared) -> None:
+        config = prepared.config
+        pre_ok = False
+        try:
+            pre = self._script_phase("pre", prepared)
+            pre_ok = pre is not None and pre.ok
+            if not pre_ok and not config.continue_on_failure:
+                self.log("pre-script failed and continueBackupOnFailure is false: no snapshot")
+                self.status.notes.append("no snapshot: the pre-script failed and "
+                                         "continueBackupOnFailure is false")
+                for name in ("sync", "freeze", "snapshot", "thaw"):
+                    self.status.phase(name).detail = "skipped: the pre-script failed"
+                return
+            self._raise_pending()
+            self._snapshot_phases(prepared, pre_ok)
+        finally:
+            # The post-script runs whenever the pre-script was started, whatever happened.
+            self._in_post = True
+            try:
+                self._script_phase("post", prepared)
+            finally:
+                self._in_post = False
+            if sys.exc_info()[1] is None:
+                self._raise_pending()  # a stop signal that let the post-script finish
+
+    def _script_phase(self, phase: str, prepared: Prepared) -> scripts.ScriptResult | None:
+        spec = prepared.config.script(phase)
+        record = self.status.phase(phase)
+        record.start, t0 = time.time(), time.monotonic()
+        self.log(f"{phase}: running {spec.path} (timeout {spec.timeout}s, "
+                 f"retries {spec.retries})")
+        env = dict(os.environ)
+        env["QUIESCE_RUN_ID"] = self.run_id
+        env["QUIESCE_PHASE"] = phase
+        try:
+            result = scripts.run_script(
+                phase, spec.path, spec.params, timeout=spec.timeout, retries=spec.retries,
+                fd=prepared.scripts[phase].fd, env=env,
+                sink=lambda stream, line: self.log(f"{phase} {stream}: {line}"))
+        except ScriptError as exc:
+            record.duration_ms = (time.monotonic() - t0) * 1000
+            record.status = "failed"
+            record.detail = str(exc)
+            self.status.errors.append(RunError.azure(
+                exc.code or AzureCode.for_phase(phase, "failed"), phase, str(exc), exc.hint))
+            self.log(f"{phase}: {exc}")
+            return None
+        except Interrupted:
+            record.duration_ms = (time.monotonic() - t0) * 1000
+            record.status = "interrupted"
+            raise
+        record.duration_ms = (time.monotonic() - t0) * 1000
+        record.attempts = len(result.attempts)
+        record.extra = {
+            "exit_codes": result.exit_codes,
+            "attempt_results": [
+                {"number": a.number, "start": report.iso(a.started_at),
+                 "duration": round(a.duration_s, 6),
+                 "duration_ms": round(a.duration_s * 1000, 3), "exit_code": a.exit_code,
+                 "signal": a.signal, "timed_out": a.timed_out,
+                 "output_bytes": a.output_bytes()}
+                for a in result.attempts],
+            "output": result.output_json(),
+        }
+        if result.ok:
+            record.status = "ok"
+            self.log(f"{phase}: ok ({record.attempts} attempt(s), "
+                     f"{result.duration_s:.2f}s)")
+            return result
+        record.status = "timeout" if result.timed_out else "failed"
+        record.detail = result.describe()
+        code = result.code
+        assert code is not None
+        tail = "; last output: " + " | ".join(result.output_tail[-3:]) \
+            if result.output_tail else ""
+        if result.timed_out:
+            hint = (f"make the {phase}-script finish within timeoutInSeconds "
+                    f"({spec.timeout}s), or raise timeoutInSeconds (at most 1800)")
+        else:
+            hint = f"run {spec.path} by hand as {_runner_word()} to see why it fails"
+        self.status.errors.append(RunError.azure(code, phase, result.describe() + tail, hint))
+        self.log(f"{phase}: {result.describe()}")
+        return result
+
+    def _snapshot_phases(self, prepared: Prepared, pre_ok: bool) -> None:
+        status = self.status
+        config = prepared.config
+        freezing = config.fs_freeze and bool(prepared.mounts)
+
+        record = status.phase("sync")
+        record.start, t0 = time.time(), time.monotonic()
+        if freezing:
+            # FreezeSession syncs exactly the filesystems it freezes (syncfs), so a hung
+            # network filesystem elsewhere cannot stall the cycle; counted in its phase.
+            record.detail = "each filesystem to freeze is synced by the freeze step"
+        else:
+            os.sync()  # no freeze: flushing everything makes the crash-consistent copy fresher
+        record.duration_ms = (time.monotonic() - t0) * 1000
+        record.status = "ok"
+
+        session: Any = None
+        frozen_ok = False
+        if freezing:
+            from quiesce.freezing.freeze import FreezeSession
+
+            factory = self._session_factory or FreezeSession
+            session = factory(prepared.mounts, self.options.freeze_timeout, sync=True)
+        else:
+            reason = "fsFreezeEnabled is false" if not config.fs_freeze else \
+                "no freezable filesystem"
+            for name in ("freeze", "thaw"):
+                status.phase(name).status = "disabled"
+                status.phase(name).detail = reason
+
+        freeze_rec, snap_rec, thaw_rec = (status.phase(n) for n in ("freeze", "snapshot",
+                                                                    "thaw"))
+        result: snapshot.SnapshotResult | None = None
+        freeze_error: FreezeError | None = None
+        frozen_started = time.monotonic()
+        with self._window():
+            try:
+                if session is not None:
+                    freeze_rec.start, t0 = time.time(), time.monotonic()
+                    try:
+                        session.freeze()
+                    except FreezeError as exc:
+                        freeze_error = exc
+                        freeze_rec.status = "failed"
+                        freeze_rec.detail = str(exc)
+                    else:
+                        frozen_ok = True
+                        freeze_rec.status = "ok"
+                    freeze_rec.duration_ms = (time.monotonic() - t0) * 1000
+                    frozen_started = t0
+                if session is None or frozen_ok or config.continue_on_failure:
+                    snap_rec.start, t1 = time.time(), time.monotonic()
+                    if session is not None and frozen_ok:
+                        used = time.monotonic() - frozen_started
+                        budget = self.options.freeze_timeout - used - SNAPSHOT_MARGIN
+                        budget = max(budget, min(0.1, self.options.freeze_timeout / 2))
+                        mounts = [m.mount_point for m in session.frozen]
+                    else:
+                        budget = max(self.options.freeze_timeout, 1.0)
+                        mounts = []
+                    result = prepared.provider.take(self.run_id, mounts, budget)
+                    snap_rec.duration_ms = (time.monotonic() - t1) * 1000
+                    snap_rec.status = "ok" if result.taken else (
+                        "timeout" if result.timed_out else "failed")
+                    snap_rec.detail = result.detail
+            finally:
+                if session is not None:
+                    thaw_rec.start, t2 = time.time(), time.monotonic()
+                    session.thaw()
+                    thaw_rec.duration_ms = (time.monotonic() - t2) * 1000
+                    thaw_rec.status = "failed" if session.thaw_errors else (
+                        "ok" if frozen_ok else "skipped")
+                    if not frozen_ok:
+                        thaw_rec.detail = "nothing was frozen"
+
+        # After the thaw: report what happened in the window.
+        if session is not None:
+            status.freeze["mounts"] = [m.mount_point for m in session.frozen]
+            status.freeze["window_ms"] = None if session.window_ms is None else round(
+                session.window_ms, 3)
+            status.freeze["watchdog_fired"] = bool(session.watchdog_fired)
+            status.freeze["notes"] = list(session.notes)
+            self.log(f"freeze: {', '.join(status.freeze['mounts']) or 'nothing'} frozen, "
+                     f"window {status.freeze['window_ms']} ms")
+        if freeze_error is not None:
+            status.errors.append(RunError(report.FREEZE_FAILED, None, "freeze",
+                                          str(freeze_error), freeze_error.hint))
+            self.log(f"freeze: {freeze_error}")
+            if not config.continue_on_failure:
+                snap_rec.detail = "skipped: the freeze failed and continueBackupOnFailure is " \
+                                  "false"
+        if session is not None:
+            for text in session.thaw_errors:
+                status.errors.append(RunError(
+                    report.THAW_FAILED, None, "thaw", text,
+                    "check `fsfreeze -u <mount>` by hand and the kernel log (dmesg)"))
+                self.log(f"thaw: {text}")
+            if session.watchdog_fired:
+                status.errors.append(RunError(
+                    report.WATCHDOG_THAWED, None, "thaw",
+                    f"the watchdog thawed the filesystems after {self.options.freeze_timeout:g}"
+                    " s, before the snapshot step ended: the snapshot may not be consistent",
+                    "raise --freeze-timeout or make the snapshot faster"))
+
+        if result is not None:
+            status.snapshot = {**status.snapshot, **result.as_dict()}
+            for line in result.output:
+                self.log(f"snapshot {line}")
+            self.log(f"snapshot: {result.detail}")
+            if not result.taken:
+                status.errors.append(RunError(
+                    report.SNAPSHOT_FAILED, None, "snapshot",
+                    f"{prepared.provider.describe()}: {result.detail}",
+                    "run the snapshot command by hand to see why it fails"
+                    if isinstance(prepared.provider, snapshot.CommandSnapshot) else ""))
+        status.snapshot_taken = bool(result and result.taken)
+        status.consistency = self._consistency(pre_ok, freezing, frozen_ok, session)
+        self._raise_pending()
+
+    @staticmethod
+    def _consistency(pre_ok: bool, freezing: bool, frozen_ok: bool, session: Any) -> str:
+        if freezing and (not frozen_ok or session.watchdog_fired):
+            return "crash"
+        if pre_ok:
+            return "application"
+        return "filesystem" if freezing else "crash"
+
+
+def run(options: RunOptions, *, log_stream: TextIO | None = None,
+        install_signal_handlers: bool = False) -> RunStatus:
+    """Run one cycle and return its status."""
+    runner = Runner(options, log_stream=log_stream)
+    if install_signal_handlers:
+        with runner.signal_handlers():
+            return runner.run()
+    return runner.run()
+
+
+# -- quiesce check ------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    config_path: str
+    config: azure_config.AzureConfig | None = None
+    errors: list[RunError] = field(default_factory=list)
+    checked: list[tuple[str, str]] = field(default_factory=list)  # (what, "ok"/"problems")
+    mounts: list[Any] = field(default_factory=list)
+    freeze_enabled: bool | None = None
+    freeze_refused: bool = False  # fsFreezeEnabled true, but freezing needs root
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _lenient_script_paths(path: str) -> dict[str, str]:
+    """Script locations from a config that failed validation, to check them anyway."""
+    import json
+
+    try:
+        with open_trusted(path, "config") as trusted:
+            document = json.loads(trusted.read_bytes(azure_config.MAX_CONFIG_BYTES))
+    except (QuiesceError, ValueError, OSError, RecursionError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    out = {}
+    for phase in ("pre", "post"):
+        value = document.get(f"{phase}ScriptLocation")
+        if isinstance(value, str) and value.startswith("/"):
+            out[phase] = value
+    return out
+
+
+def check(config_path: str, freeze_mounts: Sequence[str] | None = None) -> CheckResult:
+    """Everything ``quiesce run`` would validate, reported in full; nothing is run or frozen."""
+    result = CheckResult(config_path)
+    cannot_freeze: list[Problem] = []
+
+    def add(problems: Sequence[Problem], default: str = report.VALIDATION_FAILED) -> None:
+        result.errors.extend(RunError.from_problem(p, "check", default) for p in problems)
+
+    script_paths: dict[str, str] = {}
+    try:
+        result.config = azure_config.load_azure_config(config_path)
+        script_paths = {p: result.config.script(p).path for p in ("pre", "post")}
+        result.checked.append(("config", "ok"))
+        cannot_freeze = freeze_privilege_problems("check", result.config.fs_freeze)
+        add(cannot_freeze)
+        result.freeze_refused = bool(cannot_freeze)
+    except (ValidationError, TrustedFileNotFound) as exc:
+        add(exc.problems)
+        result.checked.append(("config", "problems"))
+        if isinstance(exc, azure_config.ConfigError):
+            script_paths = _lenient_script_paths(config_path)
+
+    for phase, path in script_paths.items():
+        before = len(result.errors)
+        try:
+            with open_trusted(path, "script",
+                              code=AzureCode.for_phase(phase, "permission")) as trusted:
+                unrunnable = scripts.interpreter_problem(trusted.fd, path)
+                if unrunnable is not None:
+                    result.errors.append(RunError.azure(
+                        AzureCode.for_phase(phase, "failed"), "check", *unrunnable))
+                else:
+                    note = scripts.azure_shell_note(path, trusted.fd)
+                    if note:
+                        result.notes.append(note)
+        except TrustedFileNotFound as exc:
+            result.errors.append(RunError.azure(
+                AzureCode.for_phase(phase, "not-found"), "check", str(exc),
+                f"create the {phase}-script at {path} (mode 700, owned by {_owner_word()}) "
+                f"or fix {phase}ScriptLocation"))
+        except PermissionProblem as exc:
+            add(exc.problems)
+        result.checked.append((f"{phase}-script {path}",
+                               "ok" if len(result.errors) == before else "problems"))
+
+    result.freeze_enabled = result.config.fs_freeze if result.config else None
+    if result.freeze_enabled and not cannot_freeze:  # a rejected config freezes nothing
+        from quiesce.freezing.freeze import discover_mounts
+
+        try:
+            result.mounts = discover_mounts(list(freeze_mounts) if freeze_mounts else None)
+        except FreezeError as exc:
+            result.errors.append(RunError(report.FREEZE_FAILED, None, "check", str(exc),
+                                          exc.hint))
+    return result
+
+
+def format_check(result: CheckResult) -> str:
+    lines = [f"quiesce check {result.config_path}"]
+    for what, verdict in result.checked:
+        lines.append(f"  {what}: {verdict}")
+    if result.freeze_enabled is None:
+        lines.append("  freeze: nothing (the config was rejected; see the problems below)")
+    elif result.freeze_enabled is False:
+        lines.append("  freeze: off (fsFreezeEnabled is false)")
+    elif result.freeze_refused:
+        lines.append("  freeze: refused (it needs root; see the problem below)")
+    elif result.mounts:
+        lines.append("  would freeze, in this order:")
+        lines.extend(f"    {m.mount_point} ({m.fstype} on {m.source})" for m in result.mounts)
+    else:
+        lines.append("  would freeze: nothing (no freezable filesystem found)")
+    lines.extend(f"note: {note}" for note in result.notes)
+    for error in result.errors:
+        number = f" ({error.number})" if error.number is not None else ""
+        lines.append(f"problem {error.code}{number}: {error.message}")
+        if error.hint:
+            lines.append(f"  fix: {error.hint}")
+    lines.append("all good" if result.ok else f"{len(result.errors)} problem(s)")
+    return "\n".join(lines) + "\n"
