@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *,
@@ -16,6 +15,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *
     chowns it to root when we are root; ``backup`` hard-links the current file there before it
     is replaced. The directory is fsynced so the rename survives a crash.
     """
+    import tempfile  # not at import: this module is on 'post''s start-up path
+
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     # mkstemp: a random name created with O_EXCL|O_NOFOLLOW, mode 0600, so nothing planted in

@@ -8,7 +8,9 @@ runner can report the exact string (``Pre-ScriptTimeout``) and number (308) user
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+# No dataclasses here: this module is on 'post''s start-up path (the locks are still held while
+# it starts), and dataclasses pulls in inspect, which costs more than everything else it needs.
 
 
 class AzureCode(enum.Enum):
@@ -46,14 +48,41 @@ class AzureCode(enum.Enum):
         return table[kind][0 if pre else 1]
 
 
-@dataclass(frozen=True)
 class Problem:
-    """One finding: where it is (a key path or file), what is wrong, and how to fix it."""
+    """One finding: where it is (a key path or file), what is wrong, and how to fix it.
 
+    Immutable and compared by value."""
+
+    __slots__ = ("code", "hint", "message", "where")
     where: str
     message: str
-    hint: str = ""
-    code: AzureCode | None = None
+    hint: str
+    code: AzureCode | None
+
+    def __init__(self, where: str, message: str, hint: str = "",
+                 code: AzureCode | None = None) -> None:
+        for name, value in (("where", where), ("message", message), ("hint", hint),
+                            ("code", code)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Problem is immutable (tried to set {name})")
+
+    def _key(self) -> tuple[str, str, str, AzureCode | None]:
+        return (self.where, self.message, self.hint, self.code)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Problem) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"Problem(where={self.where!r}, message={self.message!r}, hint={self.hint!r}, "
+                f"code={self.code!r})")
+
+    def with_code(self, code: AzureCode | None) -> Problem:
+        return Problem(self.where, self.message, self.hint, code)
 
     def __str__(self) -> str:
         text = f"{self.where}: {self.message}" if self.where else self.message

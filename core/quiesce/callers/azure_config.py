@@ -9,7 +9,6 @@ so its ownership, mode and directories are checked on the descriptor that is rea
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -138,7 +137,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def _with_code(problems: list[Problem]) -> list[Problem]:
-    return [dataclasses.replace(p, code=CODE) for p in problems]
+    return [p.with_code(CODE) for p in problems]
 
 
 def parse_azure_config(data: bytes, source: str = DEFAULT_PATH) -> AzureConfig:

@@ -103,6 +103,8 @@ class RunStatus:
     phases: dict[str, PhaseRecord] = field(default_factory=dict)
     freeze: dict[str, Any] = field(default_factory=dict)
     snapshot: dict[str, Any] = field(default_factory=dict)
+    #: The hold a quiesce post-script releases: released by the runner at the thaw, or not.
+    hold: dict[str, Any] = field(default_factory=dict)
 
     def phase(self, name: str) -> PhaseRecord:
         if name not in self.phases:
@@ -134,6 +136,7 @@ class RunStatus:
             "phases": [p.as_dict() for p in self.phases.values()],
             "freeze": dict(self.freeze),
             "snapshot": dict(self.snapshot),
+            "hold": dict(self.hold),
         }
 
     def to_json(self) -> str:

@@ -53,6 +53,8 @@ from quiesce.hold.records import new_run_id
 from quiesce.security import TrustedFile, TrustedFileNotFound, open_trusted
 
 DEFAULT_FREEZE_TIMEOUT = 60.0
+#: How long the runner waits for the holder's early release before leaving it to the post-script.
+EARLY_RELEASE_TIMEOUT = 30.0
 #: The snapshot must end this long before the watchdog would thaw (kill grace included).
 SNAPSHOT_MARGIN = 1.0
 
@@ -117,6 +119,9 @@ class Prepared:
     mounts: list[Any]  # quiesce.freezing.freeze.Mount
     provider: snapshot.SnapshotProvider
     notes: list[str] = field(default_factory=list)
+    #: The runtime dir of the hold the post-script's 'quiesce post' would release, when the
+    #: post-script is a quiesce wrapper: the runner then releases at the thaw (early_release).
+    hold_runtime_dir: str | None = None
 
     def close(self) -> None:
         for trusted in self.scripts.values():
@@ -267,6 +272,8 @@ def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
         notes.append("fsFreezeEnabled is false in the config: --freeze-mount is ignored")
 
     prepared = Prepared(config, opened, mounts, provider, notes)
+    if "post" in opened:
+        prepared.hold_runtime_dir = early_release_dir(opened["post"], config.script("post"))
     if errors:
         prepared.close()
         return None, errors
@@ -289,6 +296,7 @@ class Runner:
         self._pending_signal: int | None = None
         self._pending_phase = ""
         self._in_post = False
+        self.early_release: dict[str, Any] | None = None
         self._stops = 0  # stop signals received so far
 
     # -- signals ------------------------------------------------------------------------------
@@ -563,12 +571,25 @@ class Runner:
                     thaw_rec.start, t2 = time.time(), time.monotonic()
                     session.thaw()
                     thaw_rec.duration_ms = (time.monotonic() - t2) * 1000
+                if pre_ok:
+                    # The snapshot is over: end the application's write stall now rather
+                    # than after the post-script's interpreter has started.
+                    self.early_release = release_at_thaw(prepared.hold_runtime_dir,
+                                                         self.run_id)
+                if session is not None:
                     thaw_rec.status = "failed" if session.thaw_errors else (
                         "ok" if frozen_ok else "skipped")
                     if not frozen_ok:
                         thaw_rec.detail = "nothing was frozen"
 
         # After the thaw: report what happened in the window.
+        if self.early_release is not None:
+            status.hold = {"released_at_thaw": self.early_release["ok"],
+                           "runtime_dir": prepared.hold_runtime_dir,
+                           "error": self.early_release.get("error")}
+            self.log("hold: released at the thaw" if self.early_release["ok"] else
+                     f"hold: not released at the thaw ({self.early_release.get('error')}); "
+                     "the post-script releases it")
         if session is not None:
             status.freeze["mounts"] = [m.mount_point for m in session.frozen]
             status.freeze["window_ms"] = None if session.window_ms is None else round(
@@ -619,6 +640,42 @@ class Runner:
         if pre_ok:
             return "application"
         return "filesystem" if freezing else "crash"
+
+
+def early_release_dir(trusted: TrustedFile, spec: Any) -> str | None:
+    """The runtime dir of the hold the post-script releases, when it is a quiesce post
+    wrapper whose call can be read (else None: the post-script releases as it always did)."""
+    from quiesce.callers.check_hold import WrapperArgumentError, find_wrapper_call, parse_call
+    from quiesce.errors import QuiesceError
+    from quiesce.hold import protocol as proto
+
+    try:
+        text = trusted.read_bytes(1024 * 1024).decode("utf-8", "replace")
+        call = find_wrapper_call(text, spec.path, list(spec.params))
+        if call is None or call.command != "post" or call.expanded:
+            return None
+        args = parse_call(call)
+        return proto.runtime_dir(getattr(args, "runtime_dir", None))
+    except (WrapperArgumentError, QuiesceError, OSError, ValueError):
+        return None
+
+
+def release_at_thaw(rundir: str | None, run_id: str) -> dict[str, Any] | None:
+    """Ask the holder to release the moment the snapshot is over (its post then only collects
+    the outcome). Only this run's hold (QUIESCE_RUN_ID) is released; any failure leaves the
+    release to the post-script, as before. Writes nothing and logs nothing here."""
+    if rundir is None:
+        return None
+    from quiesce.errors import QuiesceError
+    from quiesce.hold import protocol as proto
+
+    try:
+        answer = proto.request(rundir, "release", timeout=EARLY_RELEASE_TIMEOUT,
+                               run_id=run_id, keep=True)
+    except QuiesceError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": bool(answer.get("ok")), "state": answer.get("state"),
+            "error": answer.get("error")}
 
 
 def run(options: RunOptions, *, log_stream: TextIO | None = None,

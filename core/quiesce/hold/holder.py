@@ -278,6 +278,7 @@ class Holder:
         self.collected = False  # the outcome reached 'post' directly
         self.record_thread: threading.Thread | None = None
         self.record_error: str | None = None
+        self.record_outcome: list[str | None] = []
         # Requests that arrived while busy, answered once the main thread is free.
         self.pending: list[Request] = []
         self.liveness_stop = threading.Event()
@@ -606,11 +607,19 @@ class Holder:
                     f"the active hold belongs to run {self.run_id}, not {wanted}: left "
                     "untouched")})
                 return False
+            keep = request.fields.get("keep") is True
             if self.state == "holding":
-                answer = self._release()
+                answer = self._release("the runner, at the thaw" if keep else "'post'")
             else:
                 answer = dict(self.final or {})
                 answer["collected_from"] = "holder"
+            if keep:
+                # 'quiesce run' released at the thaw; its post-script collects the outcome.
+                request.answer({"ok": True, "state": self.state, "run_id": self.run_id})
+                self._record_bounded(0)
+                self.linger_until = time.monotonic() + max(MIN_LINGER_SECONDS,
+                                                           self.settings.max_hold_seconds)
+                return False
             # Locks are already released: now make the run record exist before 'post' returns
             # (so 'post && quiesce restore-label' works), bounded in case the state dir's
             # filesystem is still frozen.
@@ -657,7 +666,8 @@ class Holder:
                 "remaining_seconds": remaining, "instances": instances}
 
     # ------------------------------------------------------------------ releasing
-    def _outcome(self, state: str, message: str | None = None) -> dict[str, Any]:
+    def _outcome(self, state: str, message: str | None = None,
+                 by: str = "'post'") -> dict[str, Any]:
         """The outcome of a hold that was complete: consistent only when 'post' released it
         and every instance was held from 'pre's answer (within the deadline) until then."""
         assert self.hold is not None
@@ -665,16 +675,16 @@ class Holder:
         consistent = state == "released" and bool(results) and all(
             r["status"] == RELEASED for r in results)
         if message is None:
-            message = ("every instance was held until 'post': the snapshot is "
+            message = (f"every instance was held until released by {by}: the snapshot is "
                        "application-consistent" if consistent else
-                       "not every instance was held until 'post': the snapshot may NOT be "
-                       "application-consistent")
+                       f"not every instance was held until released by {by}: the snapshot "
+                       "may NOT be application-consistent")
         return {"ok": True, "state": state, "consistent": consistent, "message": message,
                 "run_id": self.run_id, "holder_pid": os.getpid(), "config": self.config,
                 "since": iso(self.since), "until": iso(self.until),
                 "released_at": iso(time.time()), "instances": results}
 
-    def _release(self) -> dict[str, Any]:
+    def _release(self, by: str = "'post'") -> dict[str, Any]:
         assert self.hold is not None
         self.liveness_stop.set()
         self.state = "releasing"
@@ -682,8 +692,9 @@ class Holder:
             self.hold.release_all(RELEASED)
         self.guardian.send(op="released")
         self.state = "released"
-        self.final = self._outcome("released")
-        self.log(f"released by 'post': {self.final['message']}")
+        self.final = self._outcome("released", by=by)
+        self.final["released_by"] = by
+        self.log(f"released by {by}: {self.final['message']}")
         return self.final
 
     def _auto_release(self, why: str) -> None:
@@ -732,7 +743,7 @@ class Holder:
     def _record_bounded(self, timeout: float) -> str | None:
         """Write the record in a thread that retries for RECORD_RETRY_SECONDS; its path once
         written within ``timeout``, else None (the thread goes on; shutdown waits for it)."""
-        outcome: list[str | None] = []
+        outcome = self.record_outcome
 
         def keep_trying() -> None:
             give_up = time.monotonic() + RECORD_RETRY_SECONDS
@@ -743,9 +754,10 @@ class Holder:
                     return
                 time.sleep(RECORD_RETRY_PERIOD)
 
-        self.record_thread = threading.Thread(target=keep_trying, daemon=True,
-                                              name="run-record")
-        self.record_thread.start()
+        if self.record_thread is None:  # one writer per hold, however many ask
+            self.record_thread = threading.Thread(target=keep_trying, daemon=True,
+                                                  name="run-record")
+            self.record_thread.start()
         self.record_thread.join(timeout)
         return outcome[0] if outcome else None
 
