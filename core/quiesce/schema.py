@@ -64,7 +64,7 @@ def document_problems(document: Any, *, max_depth: int = MAX_DEPTH,
         if isinstance(value, Mapping):
             children = [(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()]
         elif isinstance(value, list):
-            children = [(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            children = [(v, f"{path}[{i}]") for i, v in enumerate(value, 1)]
         else:
             continue
         if depth >= max_depth and any(isinstance(v, Mapping | list) for v, _ in children):
@@ -178,7 +178,7 @@ class Field:
             )
             return _MISSING
         if self.items is not None and isinstance(value, list):
-            for i, item in enumerate(value):
+            for i, item in enumerate(value, 1):  # key paths are one-based, as in the docs
                 if is_nonfinite(item):
                     problems.append(Problem(f"{path}[{i}]", nonfinite_message(item),
                                             NONFINITE_HINT))
@@ -263,7 +263,8 @@ class TableList:
         if not isinstance(value, list):
             problems.append(Problem(path, f"expected a list of tables, found {_found(value)}"))
             return []
-        out = [self.table.validate(item, f"{path}[{i}]", problems) for i, item in enumerate(value)]
+        out = [self.table.validate(item, f"{path}[{i}]", problems)
+               for i, item in enumerate(value, 1)]
         if self.unique_key:
             seen: dict[Any, int] = {}
             for i, item in enumerate(out):
@@ -273,8 +274,8 @@ class TableList:
                 if key in seen:
                     problems.append(
                         Problem(
-                            f"{path}[{i}].{self.unique_key}",
-                            f"{key!r} is already used by {path}[{seen[key]}]",
+                            f"{path}[{i + 1}].{self.unique_key}",
+                            f"{key!r} is already used by {path}[{seen[key] + 1}]",
                             f"give every {path} section its own {self.unique_key}",
                         )
                     )

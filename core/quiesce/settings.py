@@ -162,24 +162,8 @@ def _read(path: str, problems: list[Problem], check_permissions: bool) -> bytes 
         return None
 
 
-def load_settings(
-    path: str = DEFAULT_PATH,
-    *,
-    plugins: Sequence[str] | None = None,
-    check_permissions: bool = True,
-    plugin_manager: Plugins | None = None,
-) -> Settings:
-    """Read, check and validate quiesce.toml; raise ConfigError listing every problem.
-
-    ``plugins`` (from ``--plugins``) overrides the file's ``plugins`` selection.
-    ``check_permissions=False`` skips the ownership/mode checks of the file and of the secret
-    files it names (unit tests, ``--help`` style tooling); quiesce itself never passes it.
-    ``plugin_manager`` is a :class:`quiesce.plugins.Plugins` to use instead of a fresh one
-    (tests and embedders that register plugin objects directly).
-    """
-    from quiesce.plugins import Plugins
-
-    problems: list[Problem] = []
+def _document(path: str, problems: list[Problem], check_permissions: bool) -> dict[str, Any]:
+    """Read and parse quiesce.toml; raise ConfigError when there is no usable document."""
     raw = _read(path, problems, check_permissions)
     document: dict[str, Any] = {}
     if raw is not None:
@@ -202,6 +186,59 @@ def load_settings(
     if any(p.message.startswith("is nested more than") for p in shape):
         raise ConfigError(path, problems)
 
+    return document
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    """The engine-neutral keys of quiesce.toml: what 'pre' needs before it starts the holder."""
+
+    path: str
+    max_hold_seconds: float
+    pre_timeout_seconds: float
+    state_dir: str
+
+
+def load_core_settings(path: str = DEFAULT_PATH, *,
+                       check_permissions: bool = True) -> CoreSettings:
+    """Read and check quiesce.toml and validate only its engine-neutral keys: no plugin, no
+    driver is imported. 'pre' uses it so that the full validation (load_settings, which
+    imports the selected engines and e.g. psycopg) happens once, in the holder, before it
+    quiesces anything. With a problem among those keys, the full validation runs here and
+    raises with every problem of the file at once."""
+    problems: list[Problem] = []
+    document = _document(path, problems, check_permissions)
+    core = Table(CORE_FIELDS).validate(
+        {k: v for k, v in document.items() if k in CORE_FIELDS}, "", problems)
+    state_dir = core.get("state_dir") or _default_state_dir(problems)
+    if problems:
+        load_settings(path, check_permissions=check_permissions)  # raises with everything
+        raise ConfigError(path, unique(problems))
+    max_hold = float(core.get("max_hold_seconds", DEFAULT_MAX_HOLD))
+    pre_timeout = float(core.get("pre_timeout_seconds", DEFAULT_PRE_TIMEOUT))
+    return CoreSettings(path=os.path.abspath(path), max_hold_seconds=max_hold,
+                        pre_timeout_seconds=min(pre_timeout, max_hold), state_dir=state_dir)
+
+
+def load_settings(
+    path: str = DEFAULT_PATH,
+    *,
+    plugins: Sequence[str] | None = None,
+    check_permissions: bool = True,
+    plugin_manager: Plugins | None = None,
+) -> Settings:
+    """Read, check and validate quiesce.toml; raise ConfigError listing every problem.
+
+    ``plugins`` (from ``--plugins``) overrides the file's ``plugins`` selection.
+    ``check_permissions=False`` skips the ownership/mode checks of the file and of the secret
+    files it names (unit tests, ``--help`` style tooling); quiesce itself never passes it.
+    ``plugin_manager`` is a :class:`quiesce.plugins.Plugins` to use instead of a fresh one
+    (tests and embedders that register plugin objects directly).
+    """
+    from quiesce.plugins import Plugins
+
+    problems: list[Problem] = []
+    document = _document(path, problems, check_permissions)
     core_doc = {k: v for k, v in document.items() if k in CORE_FIELDS}
     core = Table(CORE_FIELDS).validate(core_doc, "", problems)
     sections = {k: v for k, v in document.items() if k not in CORE_FIELDS}
@@ -351,7 +388,7 @@ def _instances(etype: EngineType, value: Any, problems: list[Problem], *, max_ho
     several = len(tables) > 1
     out: list[InstanceSettings] = []
     for i, options in enumerate(tables):
-        where = f"{name}[{i}]"
+        where = f"{name}[{i + 1}]"  # one-based, like the docs and the file's order
         instance_name = options.pop("name", None)
         if instance_name is None:
             if several:

@@ -117,7 +117,7 @@ def test_a_wrapper_with_another_config_is_checked_against_that_file(tree: Tree) 
     proc = tree.check()
     assert proc.returncode == 2
     assert problems(proc) == [
-        f"problem IncorrectQuiesceConfigFile: {other}: postgresql[0].mode: 'fast' is not one "
+        f"problem IncorrectQuiesceConfigFile: {other}: postgresql[1].mode: 'fast' is not one "
         "of 'backup', 'checkpoint'"]
 
 
@@ -147,9 +147,9 @@ def test_a_bad_quiesce_toml_is_reported_whole_with_key_paths(tree: Tree) -> None
         f"{head}: is owned by uid 65534",
         f"{head}: mode 0644",
         f"{head}: max_hold_secs: unknown key",
-        f"{head}: postgresql[0].conninfo: contains a password",
-        f"{head}: postgresql[0].passfile: {passfile}: mode 0640",
-        f"{head}: mysql[0].port: expected an integer, found the string '3306'",
+        f"{head}: postgresql[1].conninfo: contains a password",
+        f"{head}: postgresql[1].passfile: {passfile}: mode 0640",
+        f"{head}: mysql[1].port: expected an integer, found the string '3306'",
     ):
         assert expected in found, (expected, proc.stdout)
     assert "fix: did you mean 'max_hold_seconds'?" in proc.stdout

@@ -75,8 +75,8 @@ def test_pre_with_nan_names_every_key(cli: QuiesceCli) -> None:
     write_config(cli, text.encode())
     report = assert_refused_and_nothing_held(cli, "nan")
     where = {p["where"] for p in report["error"]["problems"]}
-    assert {"max_hold_seconds", "mysql[0].lock_wait_seconds",
-            "mysql[0].kill_blockers_after"} <= where
+    assert {"max_hold_seconds", "mysql[1].lock_wait_seconds",
+            "mysql[1].kill_blockers_after"} <= where
 
 
 @pytest.mark.parametrize("conninfo", [
@@ -88,7 +88,7 @@ def test_pre_never_prints_the_password_of_a_bad_conninfo(cli: QuiesceCli, connin
         '"host=127.0.0.1 port=1 user=postgres dbname=postgres"', json.dumps(conninfo))
     write_config(cli, text.encode())
     report = assert_refused_and_nothing_held(cli, conninfo)
-    assert any(p["where"] == "postgresql[0].conninfo" for p in report["error"]["problems"])
+    assert any(p["where"] == "postgresql[1].conninfo" for p in report["error"]["problems"])
     plain = cli.run("pre")  # the text form on stderr too
     assert plain.returncode == 2 and "Hunter2" not in plain.stderr + plain.stdout
     assert "conninfo" in plain.stderr

@@ -356,12 +356,12 @@ def test_a_bad_config_reports_every_problem_and_starts_nothing(q: Q) -> None:
         "max_hold_seconds: expected an integer or a number, found the string '30' "
         "(write 30 without quotes)",
         "max_hold: unknown key (did you mean 'max_hold_seconds'?)",
-        "flock[1].name: 'a' is already used by flock[0]",
-        "flock[1].sticky: expected a boolean",
+        "flock[2].name: 'a' is already used by flock[1]",
+        "flock[2].sticky: expected a boolean",
         "sqlite: no engine plugin named 'sqlite' is installed",
-        "flock[0].password_file",
+        "flock[1].password_file",
         "missing: no such file",
-        f"flock[1].password_file: {open_secret}: mode 0644 gives permissions to group/other",
+        f"flock[2].password_file: {open_secret}: mode 0644 gives permissions to group/other",
     ]
     missing = [text for text in expected if text not in err]
     assert not missing, err

@@ -108,7 +108,7 @@ def test_wrong_types(key: str, value: Any) -> None:
 
 def test_non_string_param_names_its_index() -> None:
     (problem,) = problems_of(with_(postScriptParams=["a", 3]))
-    assert problem.where == "postScriptParams[1]"
+    assert problem.where == "postScriptParams[2]"  # one-based, as in the docs
 
 
 @pytest.mark.parametrize(

@@ -188,7 +188,7 @@ def test_a_partly_filled_file_keeps_the_precise_problems(tmp_path: Path) -> None
     assert not any("has no database instance section" in p for p in found)
     assert any(p.startswith("plugins: selects 'postgresql' but the file has no "
                             "[[postgresql]] section") for p in found)
-    assert any(p.startswith("flock[0].sticky: expected a boolean") for p in found)
+    assert any(p.startswith("flock[1].sticky: expected a boolean") for p in found)
 
 
 def test_a_valid_file_gives_its_settings(tmp_path: Path) -> None:

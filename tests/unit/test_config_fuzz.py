@@ -107,7 +107,7 @@ def test_nonfinite_plugin_numbers_are_refused_with_the_key_path(tmp_path: Path, 
     path.write_text(text[:line_start] + f"{key} = nan" + text[line_end:])
     with pytest.raises(ConfigError) as info:
         load_settings(str(path), check_permissions=False)
-    index = {"postgresql": 0, "mysql": 0, "mongodb": 0}[section]
+    index = {"postgresql": 1, "mysql": 1, "mongodb": 1}[section]  # one-based
     assert [p.where for p in info.value.problems] == [f"{section}[{index}].{key}"]
 
 

@@ -130,10 +130,10 @@ def test_the_problem_the_page_quotes_is_the_one_reported(plugins: Plugins,
     with pytest.raises(ConfigError) as caught:
         settings_for(plugins, tmp_path, extra="retry_seconds = 3\n")
     assert [str(p) for p in caught.value.problems] == [
-        "filelock[0].retry_seconds: 3 is not below lock_wait_seconds (2) (lower "
+        "filelock[1].retry_seconds: 3 is not below lock_wait_seconds (2) (lower "
         "retry_seconds, or raise lock_wait_seconds)"]
     page = " ".join(PAGE.read_text(encoding="utf-8").split())
-    assert ("`filelock[0].retry_seconds: 3 is not below lock_wait_seconds (2) (lower "
+    assert ("`filelock[1].retry_seconds: 3 is not below lock_wait_seconds (2) (lower "
             "retry_seconds, or raise lock_wait_seconds)`") in page
 
 
@@ -142,10 +142,10 @@ def test_schema_problems_have_key_paths(plugins: Plugins, tmp_path: Path) -> Non
         settings_for(plugins, tmp_path, replace={"lock_wait_seconds = 2": "lock_wait_secs = 2"},
                      extra='\n[[filelock]]\nname = "second"\npath = "relative.lock"\n')
     assert [str(p) for p in caught.value.problems] == [
-        "filelock[0].lock_wait_secs: unknown key (did you mean 'lock_wait_seconds'?)",
-        "filelock[1].path: 'relative.lock' is not an absolute path (write the absolute path "
+        "filelock[1].lock_wait_secs: unknown key (did you mean 'lock_wait_seconds'?)",
+        "filelock[2].path: 'relative.lock' is not an absolute path (write the absolute path "
         "of the file, e.g. /run/app/backup.lock)",
-        "filelock[0].name: required when there are several [[filelock]] sections (add name = "
+        "filelock[1].name: required when there are several [[filelock]] sections (add name = "
         '"..." to every [[filelock]] section)',
     ]
 

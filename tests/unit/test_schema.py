@@ -35,7 +35,7 @@ def test_every_problem_is_reported_with_its_key_path() -> None:
         },
     )
     where = {p.where: p for p in result.problems}
-    assert set(where) == {"timeout", "enabled", "mode", "params[1]", "timout"}
+    assert set(where) == {"timeout", "enabled", "mode", "params[2]", "timout"}
     assert "write 30 without quotes" in where["timeout"].hint
     assert "write true without quotes" in where["enabled"].hint
     assert "'timeout'" in where["timout"].hint
@@ -62,7 +62,7 @@ def test_table_lists_check_each_entry_and_unique_names() -> None:
         {"timeout": 1, "inner": [{"name": "a"}, {"name": "a", "port": "5433"}, {"nme": "c"}]},
     )
     where = sorted(p.where for p in result.problems)
-    assert where == ["inner[1].name", "inner[1].port", "inner[2].nme"]
+    assert where == ["inner[2].name", "inner[2].port", "inner[3].nme"]  # one-based
     assert result.data["inner"][0] == {"name": "a", "port": 5432}
 
 
@@ -117,7 +117,7 @@ def test_every_numeric_field_of_core_and_engines_refuses_nan_and_infinities() ->
 def test_nonfinite_items_of_a_number_list_are_refused() -> None:
     problems: list[Problem] = []
     Field(list, items=float).validate([1.0, float("nan"), 2], "xs", problems)
-    assert [p.where for p in problems] == ["xs[1]"]
+    assert [p.where for p in problems] == ["xs[2]"]
 
 
 def test_out_of_range_numbers_are_left_out_so_cross_checks_never_compute_with_them() -> None:
@@ -129,8 +129,8 @@ def test_out_of_range_numbers_are_left_out_so_cross_checks_never_compute_with_th
 def test_document_problems_find_nan_anywhere_and_bound_depth_without_recursion() -> None:
     doc = {"a": [1, {"b": float("nan")}], "c": {"d": [float("-inf")]}}
     found = {(p.where, p.message) for p in document_problems(doc)}
-    assert found == {("a[1].b", "nan is not a finite number"),
-                     ("c.d[0]", "-inf is not a finite number")}
+    assert found == {("a[2].b", "nan is not a finite number"),
+                     ("c.d[1]", "-inf is not a finite number")}
     deep: list[object] = []
     inner = deep
     for _ in range(100_000):  # far past Python's recursion limit
@@ -138,7 +138,7 @@ def test_document_problems_find_nan_anywhere_and_bound_depth_without_recursion()
         inner = inner[0]  # type: ignore[assignment]
     problems = document_problems({"x": deep})
     assert len(problems) == 1 and f"nested more than {MAX_DEPTH} levels" in problems[0].message
-    assert problems[0].where.startswith("x[0]")
+    assert problems[0].where.startswith("x[1]")
     assert document_problems({"x": [[[1]]]}) == []
 
 
@@ -153,4 +153,4 @@ def test_validate_reports_a_too_deep_document_once() -> None:
 def test_allow_unknown_tables_keep_no_nonfinite_value() -> None:
     problems: list[Problem] = []
     out = Table({}, allow_unknown=True).validate({"x": [float("inf")], "y": 1}, "t", problems)
-    assert out == {"y": 1} and [p.where for p in problems] == ["t.x[0]"]
+    assert out == {"y": 1} and [p.where for p in problems] == ["t.x[1]"]

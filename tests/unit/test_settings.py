@@ -61,8 +61,8 @@ def test_several_instances_need_unique_names(tmp_path: Path) -> None:
     found = problems_of(tmp_path, '[[flock]]\npath = "/a"\n[[flock]]\nname = "x"\npath = "/b"\n'
                         '[[flock]]\nname = "x"\npath = "/c"\n')
     text = "\n".join(found)
-    assert "flock[0].name: required when there are several" in text
-    assert "flock[2].name: 'x' is already used by flock[1]" in text
+    assert "flock[1].name: required when there are several" in text
+    assert "flock[3].name: 'x' is already used by flock[2]" in text
 
 
 def test_every_problem_is_reported_at_once_with_its_key_path(tmp_path: Path) -> None:
@@ -74,9 +74,9 @@ def test_every_problem_is_reported_at_once_with_its_key_path(tmp_path: Path) -> 
            "(write 30 without quotes)" in text
     assert "state_dir: 'relative' is not an absolute path" in text
     assert "max_hold: unknown key (did you mean 'max_hold_seconds'?)" in text
-    assert "flock[0].path: expected a string, found the number 7" in text
-    assert "flock[0].stiky: unknown key (did you mean 'sticky'?)" in text
-    assert "flock[0].name: 'bad name' is not a valid instance name" in text
+    assert "flock[1].path: expected a string, found the number 7" in text
+    assert "flock[1].stiky: unknown key (did you mean 'sticky'?)" in text
+    assert "flock[1].name: 'bad name' is not a valid instance name" in text
     assert "postgersql: no engine plugin named 'postgersql' is installed" in text
     assert "did you mean 'postgresql'?" in text
     assert len(found) == 7
@@ -142,7 +142,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_secret_file_must_exist(tmp_path: Path) -> None:
     found = problems_of(tmp_path, '[[flock]]\npath = "/a"\npassword_file = "/nonexistent/pw"\n')
-    assert any(p.startswith("flock[0].password_file: /nonexistent/pw: no such file")
+    assert any(p.startswith("flock[1].password_file: /nonexistent/pw: no such file")
                for p in found)
     found = problems_of(tmp_path, '[[flock]]\npath = "/a"\npassword_file = "pw"\n')
     assert any("is not an absolute path" in p for p in found)
@@ -162,8 +162,8 @@ def test_cross_key_rules_of_engines_are_reported_with_the_rest(tmp_path: Path) -
         '[[mongodb]]\nuri = "mongodb://127.0.0.1:27017/"\nuri_file = "/etc/quiesce/m.uri"\n',
     )
     assert any(p.startswith("max_hold_seconds") for p in found)
-    assert any("mysql[0].kill_blockers_after" in p and "lock_wait_seconds" in p for p in found)
-    assert any(p.startswith("mongodb[0]") and "both uri and uri_file" in p for p in found)
+    assert any("mysql[1].kill_blockers_after" in p and "lock_wait_seconds" in p for p in found)
+    assert any(p.startswith("mongodb[1]") and "both uri and uri_file" in p for p in found)
 
 
 def test_mongodb_needs_a_uri_or_a_uri_file(tmp_path: Path) -> None:
@@ -195,7 +195,7 @@ def test_nan_and_infinity_are_refused_with_the_key_path(tmp_path: Path, line: st
 def test_nan_anywhere_in_the_file_is_refused_even_outside_the_schema(tmp_path: Path) -> None:
     found = problems_of(tmp_path, '[[flock]]\npath = "/x"\n[[unselected]]\nx = [1, nan]\n',
                         plugins=["flock"])
-    assert any(p.startswith("unselected[0].x[1]: nan is not a finite number") for p in found)
+    assert any(p.startswith("unselected[1].x[2]: nan is not a finite number") for p in found)
 
 
 def test_an_integer_of_thousands_of_digits_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
