@@ -123,6 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_main", None):
         parser.print_help()
         return 2
+    try:
+        return _dispatch(args)
+    except BrokenPipeError:
+        # `quiesce post | head`: the reader left. The command itself has done its work (a
+        # release is never undone by its output); say nothing more and exit like a shell's
+        # SIGPIPE (128 + 13), with stdout on /dev/null so the final flush cannot raise again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from quiesce.errors import QuiesceError
 
     try:
