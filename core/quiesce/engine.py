@@ -30,6 +30,10 @@ class InstanceSettings:
     # Settings shared by every instance (from the top level of quiesce.toml).
     max_hold_seconds: float = 300.0
     state_dir: str = "/var/lib/quiesce"
+    # What the caller freezes together before its snapshot, as
+    # quiesce.freezing.freeze_set.CallerFreeze.to_dict(); None: the engine reads it from the
+    # environment 'pre' ran in (freeze_set.caller_freeze). Only ``level = "auto"`` uses it.
+    caller_freeze: Mapping[str, Any] | None = None
 
 
 class Quiescer(abc.ABC):

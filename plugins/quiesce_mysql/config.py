@@ -12,6 +12,7 @@ Keys (``name`` is added by the core)::
     user = "quiesce"
     password_file = "/etc/quiesce/mysql.pw"    # root-owned, chmod 600; first line is used
     lock = "auto"              # "auto" | "ftwrl" | "instance" | "backup-stage"
+    level = "full"             # "full" | "auto": allow the light level where it is verified
     lock_wait_seconds = 10     # bounded wait for the lock behind running statements
     kill_blockers_after = 5    # optional: KILL QUERY what still blocks after this many seconds
     connect_timeout = 5
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quiesce.errors import ConfigError, EngineError, Problem
+from quiesce.freezing.freeze_set import LEVEL_SETTINGS
 from quiesce.schema import Field, Table
 from quiesce_mysql.flavour import LOCK_MODES
 
@@ -74,12 +76,27 @@ SCHEMA = Table({
                                "left out, quiesce sends no password (e.g. for unix_socket "
                                "authentication)"),
     "lock": Field(str, default="auto", choices=LOCK_MODES,
-                  hint='"auto" picks LOCK INSTANCE FOR BACKUP on MySQL 8.0+ and BACKUP STAGE '
-                       'on MariaDB 10.4+',
-                  doc='how writes are blocked: "instance" (LOCK INSTANCE FOR BACKUP), '
-                      '"backup-stage" (BACKUP STAGE), "ftwrl" (FLUSH TABLES WITH READ LOCK), '
-                      'or "auto": LOCK INSTANCE FOR BACKUP on MySQL 8.0+, BACKUP STAGE on '
-                      "MariaDB 10.4+"),
+                  hint='"auto" picks BACKUP STAGE on MariaDB 10.4+ and LOCK INSTANCE FOR '
+                       "BACKUP plus FLUSH TABLES WITH READ LOCK on MySQL 8.0+ (the light "
+                       'level, with level = "auto", only where verified)',
+                  doc='how writes are blocked: "instance" (LOCK INSTANCE FOR BACKUP alone: '
+                      'commits go on), "backup-stage" (BACKUP STAGE up to BLOCK_COMMIT), '
+                      '"ftwrl" (FLUSH TABLES WITH READ LOCK), or "auto": BACKUP STAGE on '
+                      "MariaDB 10.4+, LOCK INSTANCE FOR BACKUP plus FLUSH TABLES WITH READ "
+                      "LOCK on MySQL 8.0+, FTWRL elsewhere; level decides whether commits "
+                      "are blocked"),
+    "level": Field(str, default="full", choices=LEVEL_SETTINGS,
+                   hint='"full" always blocks commits too; "auto" allows the light level '
+                        "where pre verifies its conditions (docs/engines.md)",
+                   doc='"full" (the default) blocks DDL and commits for the whole hold; '
+                       '"auto" lets pre choose the light level (DDL blocked, commits go on: '
+                       "BACKUP STAGE BLOCK_DDL on MariaDB 10.6+, LOCK INSTANCE FOR BACKUP on "
+                       "MySQL 8.0+) only when it verifies that every data, redo, undo, binlog, "
+                       "relay and Aria log file is on filesystems the caller freezes together "
+                       "(quiesce run; Azure with fsFreezeEnabled), every table is "
+                       "transactional and innodb_flush_log_at_trx_commit and sync_binlog are "
+                       "1; the choice and its evidence go into the run record. Needs lock = "
+                       '"auto"'),
     "lock_wait_seconds": Field((int, float), default=DEFAULT_LOCK_WAIT, minimum=1, maximum=600,
                                hint="seconds to wait for the lock behind running statements",
                                doc="seconds to wait for the lock behind running statements "
@@ -116,6 +133,12 @@ def section_problems(section: Mapping[str, Any], where: str = "mysql") -> list[P
             f"{kill:g} is not below lock_wait_seconds ({wait:g}), so it could never act",
             "set kill_blockers_after lower than lock_wait_seconds, or leave it out",
         ))
+    if section.get("level") == "auto" and section.get("lock", "auto") != "auto":
+        problems.append(Problem(f"{where}.level",
+                                f'"auto" needs lock = "auto"; lock = "{section.get("lock")}" '
+                                "is used as configured, whatever the caller freezes",
+                                'remove the lock key (or set lock = "auto"), or set '
+                                'level = "full"'))
     if section.get("tls_ca") is not None and section.get("tls", "auto") != "required":
         problems.append(Problem(f"{where}.tls_ca", "is only used with tls = \"required\"",
                                 'set tls = "required", or remove tls_ca'))
@@ -132,6 +155,7 @@ class MySQLOptions:
     user: str = DEFAULT_USER
     password_file: str | None = None
     lock: str = "auto"
+    level: str = "full"
     lock_wait_seconds: float = DEFAULT_LOCK_WAIT
     kill_blockers_after: float | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -150,6 +174,7 @@ class MySQLOptions:
         return cls(
             host=data["host"], port=data["port"], unix_socket=data.get("unix_socket"),
             user=data["user"], password_file=data.get("password_file"), lock=data["lock"],
+            level=data["level"],
             lock_wait_seconds=float(data["lock_wait_seconds"]),
             kill_blockers_after=(float(data["kill_blockers_after"])
                                  if data.get("kill_blockers_after") is not None else None),

@@ -6,8 +6,9 @@ Lifecycle (driven by the core, in the holder process):
     Reads the password from its trusted file, opens the holding session (autocommit, never
     reconnects) and a second, short-query "probe" session, reads ``@@version`` to tell MySQL
     from MariaDB, sets ``wait_timeout`` on the holding session so an idle hold is not cut by the
-    server, checks the privileges the hold will need (binlog and replica status), counts
-    non-transactional tables when ``lock = "auto"`` on MySQL, and chooses the lock plan
+    server, checks the privileges the hold will need (binlog and replica status), chooses the
+    level (``level = "auto"``: the light level only when every condition is verified, see
+    :meth:`MySQLQuiescer._choose_level`) and the lock plan
     (:func:`quiesce_mysql.flavour.plan_locks`). When the plan includes FLUSH TABLES WITH READ
     LOCK it pre-flushes tables (``FLUSH LOCAL TABLES``, never written to the binlog) so the
     global lock that follows has little left to flush.
@@ -17,7 +18,9 @@ Lifecycle (driven by the core, in the holder process):
     reads the process list to name what blocks the lock and, once ``kill_blockers_after``
     seconds have passed, sends KILL QUERY to it. After ``lock_wait_seconds`` (or the deadline)
     it gives up with :class:`LockWaitTimeout` naming the blocking statements, having released
-    whatever it had taken. Then it proves the lock is held from the probe session
+    whatever it had taken. At the light level, once DDL is blocked (so no table can change
+    engine), it counts the non-transactional tables and, if there are any, adds the commit
+    block: the full level. Then it proves the lock is held from the probe session
     (:mod:`quiesce_mysql.verify`) and fails - unlocking - if it cannot.
 ``check_alive()``
     ``COM_PING`` on the holding session without reconnect; :class:`SessionLost` if it is gone.
@@ -34,6 +37,7 @@ Lifecycle (driven by the core, in the holder process):
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from typing import Any
@@ -41,18 +45,25 @@ from typing import Any
 from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings, Quiescer
 from quiesce.errors import EngineError, LockWaitTimeout, SessionLost
+from quiesce.freezing.freeze_set import LEVEL_LIGHT, LevelChoice
 from quiesce_mysql.config import MySQLOptions, read_password
 from quiesce_mysql.flavour import (
     LockPlan,
     LockStep,
     ServerInfo,
     binlog_status_statement,
+    commit_block,
+    durability_problem,
     gtid_variables,
+    level_variables_query,
+    light_level_support,
     nontransactional_count_query,
     parse_server,
     plan_locks,
+    recovery_paths,
     replica_status_statement,
     sees_every_table,
+    tablespace_files_query,
 )
 from quiesce_mysql.processlist import (
     Statement,
@@ -117,6 +128,8 @@ class MySQLQuiescer(Quiescer):
         self._nontransactional: int | None = None
         self._lock_report: dict[str, Any] = {}
         self._notes: list[str] = []
+        self.level = LevelChoice(self.options.level)
+        self._coverage: dict[str, Any] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -139,23 +152,12 @@ class MySQLQuiescer(Quiescer):
         self._read_only = bool(int(row[5]))
         hold = int(self.settings.max_hold_seconds) + WAIT_TIMEOUT_MARGIN
         self._run("SET SESSION wait_timeout = %s", (hold,), deadline=deadline)
-        if self.options.lock == "auto" and not self.info.is_mariadb \
-                and self.info.at_least(8, 0, 0):
-            grants = [column_text(r[0]) for r in self._run("SHOW GRANTS", deadline=deadline)]
-            if not sees_every_table(grants):
-                raise EngineError(
-                    f"{self.name}: lock = \"auto\" on {self.info.describe()} must count the "
-                    f"non-transactional tables, but {self.options.user!r} cannot see every "
-                    "table (information_schema shows only tables an account has privileges "
-                    "on), so MyISAM tables could go unprotected",
-                    hint='GRANT SELECT ON *.* to the account, or choose the lock yourself: '
-                         'lock = "instance" when every table is InnoDB, lock = "ftwrl" '
-                         "otherwise",
-                )
-            sql, params = nontransactional_count_query()
-            self._nontransactional = int(self._run(sql, params, deadline=deadline,
-                                                   timeout=30)[0][0])
-        self.plan = plan_locks(self.info, self.options.lock, self._nontransactional)
+        if self.options.level == "auto" and self.options.lock == "auto":
+            self._choose_level(deadline)
+        else:
+            self.level.decide()
+        self.plan = plan_locks(self.info, self.options.lock,
+                               light=self.level.chosen == LEVEL_LIGHT)
         self._check_status_privileges(deadline)
         self._probe = connect(self._endpoint, deadline, purpose="probe")
         if any(step.kind == "ftwrl" for step in self.plan.steps):
@@ -171,6 +173,8 @@ class MySQLQuiescer(Quiescer):
         try:
             for step in self.plan.steps:
                 self._acquire(step, budget, deadline, report)
+            if self.level.chosen == LEVEL_LIGHT:
+                self._confirm_light(budget, deadline, report)
             self._locked_at = time.monotonic()
             report["wait_seconds"] = round(self._locked_at - started, 3)
             self._verify_held(deadline, report)
@@ -271,6 +275,100 @@ class MySQLQuiescer(Quiescer):
                 self._notes.append("pre-flush skipped: tables stayed busy")
                 return
             time.sleep(RETRY_GAP)
+
+    # -- the level --------------------------------------------------------------------------
+
+    def _choose_level(self, deadline: Deadline) -> None:
+        """Check every condition of the light level and record each with its evidence; the
+        light level is chosen only when all hold (the table engines are checked later, once
+        DDL is blocked: :meth:`_confirm_light`)."""
+        from quiesce.freezing import freeze_set
+
+        assert self.info is not None
+        level = self.level
+        unsupported = light_level_support(self.info)
+        level.check("server", unsupported is None,
+                    unsupported or f"{self.info.describe()}: "
+                    + ("atomic DDL, BACKUP STAGE BLOCK_DDL" if self.info.is_mariadb
+                       else "LOCK INSTANCE FOR BACKUP"))
+        sql, params = level_variables_query()
+        variables = {column_text(r[0]).lower(): column_text(r[1])
+                     for r in self._run(sql, params, deadline=deadline)}
+        durable = durability_problem(variables)
+        level.check("durability", durable is None, durable or (
+            "innodb_flush_log_at_trx_commit = 1"
+            + (", sync_binlog = 1" if variables.get("log_bin", "").upper() in ("1", "ON")
+               else ", binary log off")))
+        grants = [column_text(r[0]) for r in self._run("SHOW GRANTS", deadline=deadline)]
+        sees = sees_every_table(grants)
+        level.check("table engines can be counted", sees,
+                    "the account holds SELECT (or ALL) on *.*, so information_schema shows "
+                    "every table" if sees else
+                    f"{self.options.user!r} cannot see every table (information_schema shows "
+                    "only tables an account has privileges on): GRANT SELECT ON *.* to allow "
+                    "the light level")
+        datadir = variables.get("datadir", "")
+        pid, how = self._server_pid(variables)
+        problem = how if pid is None else freeze_set.server_process_problem(pid, datadir)
+        level.check("server on this machine", problem is None,
+                    problem or f"{how}; it works in {datadir} in this mount namespace")
+        freeze = freeze_set.for_instance(self.settings.caller_freeze)
+        level.check("caller freezes", freeze.verified,
+                    freeze.evidence + (f": {', '.join(freeze.mounts)}" if freeze.mounts
+                                       else ""))
+        files: list[str] = []
+        try:
+            files = [column_text(r[0]) for r in self._run(
+                tablespace_files_query(self.info), deadline=deadline, timeout=30)]
+        except EngineError as exc:
+            level.check("files recovery needs", False,
+                        f"cannot list InnoDB files outside the data directory ({exc}); GRANT "
+                        "PROCESS to the account to allow the light level")
+        else:
+            paths = recovery_paths(variables, files)
+            coverage = freeze_set.all_frozen_together(freeze, paths)
+            self._coverage = coverage.to_dict()
+            level.check("files recovery needs", coverage.frozen_together, coverage.reason)
+        level.decide()
+
+    def _server_pid(self, variables: dict[str, str]) -> tuple[int | None, str]:
+        from quiesce.freezing import freeze_set
+
+        sock = getattr(self._conn, "_sock", None)
+        if sock is None:
+            return None, "the connection has no socket"
+        pid_file = variables.get("pid_file", "")
+        if pid_file and not os.path.isabs(pid_file):
+            pid_file = os.path.join(variables.get("datadir", ""), pid_file)
+        listed = freeze_set.read_pid_file(pid_file) if pid_file else None
+        return freeze_set.server_pid(sock, listed)
+
+    def _confirm_light(self, budget: Deadline, deadline: Deadline,
+                       report: dict[str, Any]) -> None:
+        """With DDL blocked, count the non-transactional tables; any -> the full level."""
+        assert self.info is not None and self.plan is not None
+        sql, params = nontransactional_count_query()
+        try:
+            count = int(self._run(sql, params, deadline=deadline, timeout=30)[0][0])
+        except SessionLost:
+            raise
+        except EngineError as exc:
+            count = None
+            why = f"the non-transactional tables could not be counted ({exc})"
+        else:
+            why = (f"{count} non-transactional table(s) (MyISAM, Aria, CSV...) found with DDL "
+                   "blocked: their files need the commit block")
+        self._nontransactional = count
+        self.level.check("transactional tables only", count == 0,
+                         "every application table is transactional (counted with DDL "
+                         "blocked, so none can change engine)" if count == 0 else why)
+        if count == 0:
+            return
+        step = commit_block(self.info, self.plan)
+        self.level.fall_back(why)
+        self.plan = LockPlan(self.plan.requested, (*self.plan.steps, step),
+                             f"full level: {why}; {step.kind} added")
+        self._acquire(step, budget, deadline, report)
 
     # -- locking ----------------------------------------------------------------------------
 
@@ -426,11 +524,19 @@ class MySQLQuiescer(Quiescer):
                 "statements": [sql for step in self.plan.steps for sql in step.acquire],
                 **self._lock_report,
             },
-            # With LOCK INSTANCE FOR BACKUP alone DML keeps committing during the hold: the
-            # binlog position (read at release) is where the hold ended, later than the
-            # snapshot's; the restored server's own InnoDB recovery knows the exact one.
+            # Without the commit block (LOCK INSTANCE FOR BACKUP or BLOCK_DDL alone) DML keeps
+            # committing during the hold: the binlog position (read at release) is where the
+            # hold ended, later than the snapshot's; the restored server's own InnoDB recovery
+            # knows the exact one.
             "binlog_position_exact": self.plan.blocks_writes,
+            "binlog_position_note": (
+                "read while commits were blocked: the snapshot's position" if
+                self.plan.blocks_writes else
+                "read at release while commits went on: at or after the snapshot's; the "
+                "restored server's crash recovery reports the exact one"),
             "nontransactional_tables": self._nontransactional,
+            "level": {**self.level.to_dict(),
+                      **({"files": self._coverage} if self._coverage else {})},
         }
 
     def _coordinates(self, deadline: Deadline) -> dict[str, Any]:

@@ -16,7 +16,9 @@ Statement choices, from the servers' manuals:
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from quiesce.errors import EngineError
@@ -169,6 +171,33 @@ BACKUP_STAGE = LockStep(
 )
 
 
+# The light level on MariaDB 10.6+ (atomic DDL): START then BLOCK_DDL (FLUSH implied). DDL and
+# writes to non-transactional tables wait; InnoDB commits go on. Safe only when every file
+# recovery needs is frozen together before the snapshot (quiesce.freezing.freeze_set).
+BACKUP_STAGE_DDL = LockStep(
+    kind="backup-stage-ddl",
+    acquire=("BACKUP STAGE START", "BACKUP STAGE BLOCK_DDL"),
+    release=("BACKUP STAGE END",),
+    undo=("BACKUP STAGE END",),
+    pfs_evidence=None,
+    mdl_info_mode="MDL_BACKUP_WAIT_DDL",
+    blocks_writes=False,
+)
+
+# The commit block added on top of BACKUP_STAGE_DDL when the light level falls back to the full
+# one (non-transactional tables found once DDL was blocked): the stage moves on to
+# BLOCK_COMMIT; BACKUP_STAGE_DDL's END releases both.
+BACKUP_STAGE_COMMIT = LockStep(
+    kind="backup-stage-commit",
+    acquire=("BACKUP STAGE BLOCK_COMMIT",),
+    release=(),
+    undo=("BACKUP STAGE END",),
+    pfs_evidence=None,
+    mdl_info_mode="MDL_BACKUP_WAIT_COMMIT",
+    blocks_writes=True,
+)
+
+
 @dataclass(frozen=True)
 class LockPlan:
     """The steps to take in order (released in reverse), and why they were chosen."""
@@ -190,16 +219,18 @@ class LockPlan:
         return " + ".join(self.kinds)
 
 
-def plan_locks(info: ServerInfo, requested: str, nontransactional_tables: int | None) -> LockPlan:
+def plan_locks(info: ServerInfo, requested: str, *, light: bool = False) -> LockPlan:
     """The lock steps for ``requested`` on this server.
 
-    ``nontransactional_tables`` is how many tables outside the system schemas use an engine
-    whose files a crash-consistent snapshot does not protect (MyISAM, Aria, CSV, ARCHIVE...);
-    ``None`` when it was not counted (only ``auto`` on MySQL needs it).
+    ``light``: the light level's conditions were verified (``level = "auto"``, every file
+    recovery needs frozen together by the caller, durable settings; see
+    :func:`light_level_support`), so ``lock = "auto"`` blocks DDL only. The engine then counts
+    non-transactional tables with DDL held and adds :func:`commit_block` if there are any.
+    Without ``light``, ``auto`` always blocks commits as well.
     """
     if requested not in LOCK_MODES:
         raise EngineError(f"lock {requested!r} is not one of {', '.join(LOCK_MODES)}")
-    ftwrl = FTWRL_MARIADB if info.is_mariadb and info.at_least(10, 4, 0) else FTWRL_MYSQL
+    ftwrl = _ftwrl(info)
     if requested == "ftwrl":
         return LockPlan(requested, (ftwrl,), "FLUSH TABLES WITH READ LOCK as configured")
     if requested == "instance":
@@ -214,7 +245,9 @@ def plan_locks(info: ServerInfo, requested: str, nontransactional_tables: int | 
                 f"lock = \"instance\" needs MySQL 8.0 or later; this is {info.describe()}",
                 hint='use lock = "ftwrl" (or "auto") on this server',
             )
-        return LockPlan(requested, (INSTANCE,), "LOCK INSTANCE FOR BACKUP as configured")
+        return LockPlan(requested, (INSTANCE,),
+                        "LOCK INSTANCE FOR BACKUP as configured (commits are not blocked: "
+                        "consistent only when the caller freezes every file together)")
     if requested == "backup-stage":
         if not info.is_mariadb:
             raise EngineError(
@@ -230,6 +263,18 @@ def plan_locks(info: ServerInfo, requested: str, nontransactional_tables: int | 
             )
         return LockPlan(requested, (BACKUP_STAGE,), "BACKUP STAGE as configured")
     # auto
+    if light:
+        problem = light_level_support(info)
+        if problem is not None:
+            raise EngineError(f"internal: the light level was chosen on {info.describe()}, "
+                              f"which cannot have it: {problem}")
+        if info.is_mariadb:
+            return LockPlan(requested, (BACKUP_STAGE_DDL,),
+                            "light level: BACKUP STAGE START + BLOCK_DDL (commits go on; the "
+                            "caller freezes every file recovery needs together)")
+        return LockPlan(requested, (INSTANCE,),
+                        "light level: LOCK INSTANCE FOR BACKUP (commits go on; the caller "
+                        "freezes every file recovery needs together)")
     if info.is_mariadb:
         if info.at_least(10, 4, 1):
             return LockPlan(requested, (BACKUP_STAGE,),
@@ -237,17 +282,33 @@ def plan_locks(info: ServerInfo, requested: str, nontransactional_tables: int | 
         return LockPlan(requested, (ftwrl,), "MariaDB before 10.4.1 has no BACKUP STAGE")
     if not info.at_least(8, 0, 0):
         return LockPlan(requested, (ftwrl,), "MySQL before 8.0 has no LOCK INSTANCE FOR BACKUP")
-    if nontransactional_tables is None:
-        raise EngineError("internal: lock = auto on MySQL needs the count of "
-                          "non-transactional tables")
-    if nontransactional_tables:
-        return LockPlan(
-            requested, (INSTANCE, ftwrl),
-            f"MySQL 8.0+: LOCK INSTANCE FOR BACKUP, plus FLUSH TABLES WITH READ LOCK because "
-            f"{nontransactional_tables} non-transactional table(s) exist",
-        )
-    return LockPlan(requested, (INSTANCE,),
-                    "MySQL 8.0+ with InnoDB tables only: LOCK INSTANCE FOR BACKUP")
+    return LockPlan(requested, (INSTANCE, ftwrl),
+                    "MySQL 8.0+ at the full level: LOCK INSTANCE FOR BACKUP, plus FLUSH TABLES "
+                    "WITH READ LOCK to block commits (the light level's conditions are not "
+                    "verified)")
+
+
+def _ftwrl(info: ServerInfo) -> LockStep:
+    return FTWRL_MARIADB if info.is_mariadb and info.at_least(10, 4, 0) else FTWRL_MYSQL
+
+
+def light_level_support(info: ServerInfo) -> str | None:
+    """None when this server can be held at the light level, else why not."""
+    if info.is_mariadb:
+        if not info.at_least(10, 6, 0):
+            return (f"{info.describe()} is older than 10.6: without atomic DDL a snapshot "
+                    "taken during DDL may not recover")
+        return None
+    if not info.at_least(8, 0, 0):
+        return f"{info.describe()} has no LOCK INSTANCE FOR BACKUP (MySQL 8.0+)"
+    return None
+
+
+def commit_block(info: ServerInfo, plan: LockPlan) -> LockStep:
+    """The step that adds the commit block to a light plan (the fall back to the full level)."""
+    if plan.steps == (BACKUP_STAGE_DDL,):
+        return BACKUP_STAGE_COMMIT
+    return _ftwrl(info)
 
 
 # Schemas whose tables are not the application's data: their non-transactional tables (MySQL's
@@ -291,3 +352,91 @@ def sees_every_table(grant_lines: list[str]) -> bool:
         if "SELECT" in privileges or any(p.startswith("ALL") for p in privileges):
             return True
     return False
+
+
+# --- the light level's evidence ----------------------------------------------------------------
+
+#: Server variables the light level reads (SHOW GLOBAL VARIABLES returns those that exist).
+LEVEL_VARIABLES = (
+    "datadir", "innodb_data_home_dir", "innodb_log_group_home_dir", "innodb_undo_directory",
+    "log_bin", "log_bin_basename", "log_bin_index", "relay_log_basename", "relay_log_index",
+    "aria_log_dir_path", "pid_file", "innodb_flush_log_at_trx_commit", "sync_binlog",
+)
+
+
+def level_variables_query() -> tuple[str, tuple[str, ...]]:
+    marks = ", ".join(["%s"] * len(LEVEL_VARIABLES))
+    return (f"SHOW GLOBAL VARIABLES WHERE Variable_name IN ({marks})", LEVEL_VARIABLES)
+
+
+def tablespace_files_query(info: ServerInfo) -> str:
+    """InnoDB files named by an absolute path (a DATA DIRECTORY outside the data directory);
+    files named relative to the data directory ("./db/t.ibd") lie under it."""
+    if info.is_mariadb:
+        return ("SELECT DISTINCT FILENAME FROM information_schema.INNODB_SYS_TABLESPACES "
+                "WHERE FILENAME LIKE '/%' LIMIT 10000")
+    return ("SELECT DISTINCT FILE_NAME FROM information_schema.FILES "
+            "WHERE ENGINE = 'InnoDB' AND FILE_NAME LIKE '/%' LIMIT 10000")
+
+
+def _on(value: str | None) -> bool:
+    return str(value or "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def durability_problem(variables: Mapping[str, str]) -> str | None:
+    """None when every commit is durable on disk when acknowledged, else why not."""
+    flush = str(variables.get("innodb_flush_log_at_trx_commit", "")).strip()
+    if flush != "1":
+        return (f"innodb_flush_log_at_trx_commit is {flush or 'unknown'}, not 1: acknowledged "
+                "commits may be missing from the redo log a snapshot holds")
+    if _on(variables.get("log_bin")):
+        sync = str(variables.get("sync_binlog", "")).strip()
+        if sync != "1":
+            return (f"sync_binlog is {sync or 'unknown'}, not 1, with the binary log on: the "
+                    "binlog a snapshot holds may lag the commits InnoDB recovers")
+    return None
+
+
+def recovery_paths(variables: Mapping[str, str],
+                   tablespace_files: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """Every (what, absolute path) crash recovery needs: the data directory, InnoDB system,
+    redo and undo files, the binary and relay logs with their indexes, Aria's logs (MariaDB),
+    and InnoDB files outside the data directory. Relative settings are under the data
+    directory; unset or empty ones default to it."""
+    datadir = str(variables.get("datadir") or "").strip()
+    if not datadir:
+        return []
+
+    def resolve(value: str | None) -> str | None:
+        text = str(value or "").strip()
+        if not text:
+            return None
+        return os.path.normpath(text if os.path.isabs(text) else os.path.join(datadir, text))
+
+    out: list[tuple[str, str]] = [("data directory", os.path.normpath(datadir))]
+    for key, what in (("innodb_data_home_dir", "InnoDB system tablespace directory"),
+                      ("innodb_log_group_home_dir", "InnoDB redo log directory"),
+                      ("innodb_undo_directory", "InnoDB undo directory"),
+                      ("aria_log_dir_path", "Aria log directory")):
+        path = resolve(variables.get(key))
+        if path is not None:
+            out.append((what, path))
+    if _on(variables.get("log_bin")):
+        for key, what in (("log_bin_basename", "binary log"),
+                          ("log_bin_index", "binary log index")):
+            path = resolve(variables.get(key))
+            if path is not None:
+                out.append((what, path))
+    for key, what in (("relay_log_basename", "relay log"), ("relay_log_index", "relay log index")):
+        path = resolve(variables.get(key))
+        if path is not None:
+            out.append((what, path))
+    for name in tablespace_files:
+        out.append(("InnoDB tablespace outside the data directory", os.path.normpath(name)))
+    seen: set[str] = set()
+    unique: list[tuple[str, str]] = []
+    for what, path in out:
+        if path not in seen:
+            seen.add(path)
+            unique.append((what, path))
+    return unique

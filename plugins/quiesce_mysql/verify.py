@@ -9,9 +9,11 @@ hold. Evidence is looked for in this order, and the first conclusive source wins
    with MariaDB; ``INSTALL SONAME 'metadata_lock_info'`` enables it): a row of the expected
    lock mode for the holding thread.
 3. A conflict probe that changes nothing, run with ``lock_wait_timeout`` at its minimum:
-   - BACKUP STAGE (MariaDB): a second ``BACKUP STAGE START`` must time out, because only one
-     backup stage can be active on a server. (Our own START succeeded, so the active one is
-     ours.) If it does not time out, the probe's own stage is ended at once.
+   - BACKUP STAGE (MariaDB, any stage: BLOCK_DDL at the light level, BLOCK_COMMIT at the full
+     one): a second ``BACKUP STAGE START`` must time out, because only one backup stage can be
+     active on a server. (Our own START succeeded, so the active one is ours.) If it does not
+     time out, the probe's own stage is ended at once. It cannot tell the stages apart: that
+     the stage reached BLOCK_COMMIT rests on the statement's success.
    - FTWRL and LOCK INSTANCE: ``ALTER TABLE`` on a table of a schema that does not exist must
      time out waiting for the global/backup lock; "no such table" means nothing blocks DDL.
      It needs ALTER privilege on that name to be conclusive (root has it), so least-privileged
@@ -85,17 +87,22 @@ def from_lock_rows(step: LockStep, rows: list[tuple[Any, ...]], *, source: str) 
 
 def from_probe_error(step: LockStep, exc: BaseException | None) -> Evidence:
     """Judge the outcome of a conflict probe (None: the probe statement succeeded)."""
-    method = "probe: BACKUP STAGE START" if step.kind == "backup-stage" else "probe: DDL"
+    method = "probe: BACKUP STAGE START" if _is_backup_stage(step) else "probe: DDL"
     if exc is None:
         return Evidence(FREE, method, "the conflicting statement went through")
     number = error_number(exc)
     if number == ER_LOCK_WAIT_TIMEOUT:
         return Evidence(HELD, method, "the conflicting statement had to wait")
-    if step.kind != "backup-stage" and number in (ER_NO_SUCH_TABLE, ER_BAD_DB):
+    if not _is_backup_stage(step) and number in (ER_NO_SUCH_TABLE, ER_BAD_DB):
         return Evidence(FREE, method, "DDL was not blocked (reached the table lookup)")
     if number in ACCESS_DENIED:
         return Evidence(UNKNOWN, method, f"not permitted ({describe_error(exc)})")
     return Evidence(UNKNOWN, method, describe_error(exc))
+
+
+def _is_backup_stage(step: LockStep) -> bool:
+    """BACKUP STAGE steps (any stage): proven by a second BACKUP STAGE START having to wait."""
+    return step.kind.startswith("backup-stage")
 
 
 class LockVerifier:
@@ -166,7 +173,7 @@ class LockVerifier:
         run(self.probe, "SET SESSION lock_wait_timeout = %s", (minimum,), timeout=self.timeout)
         failure: BaseException | None = None
         try:
-            if step.kind == "backup-stage":
+            if _is_backup_stage(step):
                 run(self.probe, "BACKUP STAGE START", timeout=self.timeout + minimum)
             else:
                 run(self.probe, PROBE_DDL, timeout=self.timeout + minimum)
@@ -174,7 +181,7 @@ class LockVerifier:
             if error_number(exc) is None:
                 raise
             failure = exc
-        if failure is None and step.kind == "backup-stage":
+        if failure is None and _is_backup_stage(step):
             run(self.probe, "BACKUP STAGE END", timeout=self.timeout)
         return from_probe_error(step, failure)
 

@@ -7,13 +7,17 @@ import pytest
 from quiesce.errors import EngineError
 from quiesce_mysql.flavour import (
     BACKUP_STAGE,
+    BACKUP_STAGE_COMMIT,
+    BACKUP_STAGE_DDL,
     FTWRL_MARIADB,
     FTWRL_MYSQL,
     INSTANCE,
     SAFE_ENGINES,
     SYSTEM_SCHEMAS,
     binlog_status_statement,
+    commit_block,
     gtid_variables,
+    light_level_support,
     nontransactional_count_query,
     parse_server,
     plan_locks,
@@ -86,30 +90,46 @@ MYSQL84 = parse_server("8.4.0", "MySQL Community Server")
 MYSQL57 = parse_server("5.7.44", "MySQL Community Server")
 
 
-@pytest.mark.parametrize(("info", "requested", "nontx", "steps"), [
-    (MARIADB, "auto", None, [BACKUP_STAGE]),
-    (MARIADB, "backup-stage", None, [BACKUP_STAGE]),
-    (MARIADB, "ftwrl", None, [FTWRL_MARIADB]),
-    (MARIADB_103, "auto", None, [FTWRL_MYSQL]),  # no BACKUP STAGE before 10.4.1
-    (MYSQL8, "auto", 0, [INSTANCE]),
-    (MYSQL8, "auto", 3, [INSTANCE, FTWRL_MYSQL]),
-    (MYSQL84, "auto", 0, [INSTANCE]),
-    (MYSQL8, "instance", None, [INSTANCE]),
-    (MYSQL8, "ftwrl", None, [FTWRL_MYSQL]),
-    (MYSQL57, "auto", None, [FTWRL_MYSQL]),
+@pytest.mark.parametrize(("info", "requested", "light", "steps"), [
+    (MARIADB, "auto", False, [BACKUP_STAGE]),
+    (MARIADB, "auto", True, [BACKUP_STAGE_DDL]),
+    (MARIADB, "backup-stage", False, [BACKUP_STAGE]),
+    (MARIADB, "ftwrl", False, [FTWRL_MARIADB]),
+    (MARIADB_103, "auto", False, [FTWRL_MYSQL]),  # no BACKUP STAGE before 10.4.1
+    (MYSQL8, "auto", False, [INSTANCE, FTWRL_MYSQL]),  # full level: the commit block too
+    (MYSQL8, "auto", True, [INSTANCE]),
+    (MYSQL84, "auto", False, [INSTANCE, FTWRL_MYSQL]),
+    (MYSQL84, "auto", True, [INSTANCE]),
+    (MYSQL8, "instance", False, [INSTANCE]),
+    (MYSQL8, "ftwrl", False, [FTWRL_MYSQL]),
+    (MYSQL57, "auto", False, [FTWRL_MYSQL]),
 ])
-def test_plan_locks(info, requested, nontx, steps) -> None:  # type: ignore[no-untyped-def]
-    plan = plan_locks(info, requested, nontx)
+def test_plan_locks(info, requested, light, steps) -> None:  # type: ignore[no-untyped-def]
+    plan = plan_locks(info, requested, light=light)
     assert list(plan.steps) == steps
     assert plan.requested == requested
     assert plan.reason
 
 
-def test_auto_on_mysql_says_why_it_adds_a_read_lock() -> None:
-    plan = plan_locks(MYSQL8, "auto", 2)
-    assert "2 non-transactional table(s)" in plan.reason
-    assert plan.blocks_writes is True
-    assert plan_locks(MYSQL8, "auto", 0).blocks_writes is False  # DML keeps running
+def test_auto_blocks_commits_unless_the_light_level_was_verified() -> None:
+    """MySQL's auto used to take LOCK INSTANCE FOR BACKUP alone whatever the caller froze."""
+    for info in (MYSQL8, MARIADB):
+        full = plan_locks(info, "auto")
+        assert full.blocks_writes is True
+        light = plan_locks(info, "auto", light=True)
+        assert light.blocks_writes is False
+        assert "light level" in light.reason
+        added = commit_block(info, light)
+        assert added.blocks_writes is True
+    assert commit_block(MARIADB, plan_locks(MARIADB, "auto", light=True)) == BACKUP_STAGE_COMMIT
+    assert commit_block(MYSQL8, plan_locks(MYSQL8, "auto", light=True)) == FTWRL_MYSQL
+
+
+@pytest.mark.parametrize("info", [MARIADB_103, parse_server("10.5.22-MariaDB"), MYSQL57])
+def test_light_level_refused_where_the_server_cannot_have_it(info) -> None:  # type: ignore[no-untyped-def]
+    assert light_level_support(info)
+    with pytest.raises(EngineError, match="internal: the light level"):
+        plan_locks(info, "auto", light=True)
 
 
 @pytest.mark.parametrize(("info", "requested", "message", "hint"), [
@@ -120,13 +140,13 @@ def test_auto_on_mysql_says_why_it_adds_a_read_lock() -> None:
 ])
 def test_unsupported_lock_is_a_clear_error(info, requested, message, hint) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(EngineError, match=message) as exc:
-        plan_locks(info, requested, 0)
+        plan_locks(info, requested)
     assert hint in exc.value.hint
 
 
 def test_unknown_lock_mode_is_refused() -> None:
     with pytest.raises(EngineError, match="not one of"):
-        plan_locks(MARIADB, "everything", None)
+        plan_locks(MARIADB, "everything")
 
 
 def test_lock_steps_release_what_they_take() -> None:
