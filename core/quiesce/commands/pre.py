@@ -93,12 +93,13 @@ def main(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace, started: float) -> int:
     from quiesce.errors import HoldActive, HolderError, QuiesceError
     from quiesce.hold import protocol as proto
-    from quiesce.settings import load_settings, parse_plugin_list
+    from quiesce.settings import load_core_settings, parse_plugin_list
 
     rundir = proto.runtime_dir(args.runtime_dir)
     plugins = parse_plugin_list(args.plugins)
-    # Validate in this process: every configuration problem is reported before anything starts.
-    settings = load_settings(args.config, plugins=plugins)
+    # Only the engine-neutral keys here (no plugin, no driver): the holder validates the whole
+    # file once, before it quiesces anything, and its problems come back as ours.
+    settings = load_core_settings(args.config)
     seconds = deadline_seconds(settings.pre_timeout_seconds, args.deadline, args.azure_config)
     from quiesce.hold.records import check_writable
 
@@ -124,6 +125,9 @@ def _main(args: argparse.Namespace, started: float) -> int:
             with contextlib.suppress(QuiesceError):
                 proto.request(rundir, "retire", timeout=5.0)
 
+    # An outcome nobody collected (an automatic release, a lost hold) is superseded by this
+    # hold: say so now (its run record stays in the state dir).
+    previous = _uncollected(rundir)
     read_fd, write_fd = os.pipe()
     # -B: the holder writes no .pyc (see quiesce.hold.holder.main: frozen filesystems).
     argv = [sys.executable, "-B", "-m", "quiesce.hold.holder", "--config", settings.path,
@@ -152,11 +156,21 @@ def _main(args: argparse.Namespace, started: float) -> int:
             f"the holder (pid {holder.pid}) exited without reporting (exit status {code})",
             hint=f"run {' '.join(argv[:4])} by hand to see why") from None
     ready.setdefault("runtime_dir", rundir)
+    if previous is not None:
+        ready["uncollected"] = previous
+        ready.setdefault("warnings", []).append(previous["warning"])
+    _journal(ready)
     if ready.get("ok"):
         _print_held(ready, args.json)
         return 0
     if ready.get("kind") == "HoldActive":
         raise HoldActive(str(ready.get("error")), hint=str(ready.get("hint") or ""))
+    if ready.get("kind") == "ConfigError" and ready.get("problems"):
+        from quiesce.errors import ConfigError, Problem
+
+        raise ConfigError(settings.path, [
+            Problem(p.get("where", ""), p.get("message", ""), p.get("hint") or "")
+            for p in ready["problems"]])
     if not ready.get("instances"):
         # Nothing was attempted (a hold already active, the configuration changed under us, the
         # runtime dir is unusable): same treatment as a configuration error in this process.
@@ -198,6 +212,7 @@ def _gave_up(rundir: str, holder_pid: int, seconds: float, as_json: bool) -> int
         proto.request(rundir, "abort", timeout=ABORT_WAIT_SECONDS)
     message = (f"not every instance was held within the deadline ({seconds:g} s): nothing is "
                "held for this snapshot; a lock granted later is released at once")
+    _journal({"ok": False, "state": "failed", "error": message, "holder_pid": holder_pid})
     if as_json:
         print(json.dumps({"ok": False, "state": "failed", "error": message,
                           "holder_pid": holder_pid, "runtime_dir": rundir,
@@ -259,3 +274,49 @@ def _print_failed(ready: dict[str, Any], as_json: bool) -> None:
         print(line, file=sys.stderr)
     if not ready.get("instances"):
         print(f"  {ready.get('error')}", file=sys.stderr)
+
+
+def _uncollected(rundir: str) -> dict[str, Any] | None:
+    """The result a previous hold left for a 'post' that never came (result.json), as the
+    warning this 'pre' reports; None when there is none (or it cannot be read)."""
+    from quiesce.errors import QuiesceError
+    from quiesce.hold import protocol as proto
+
+    if not os.path.isdir(rundir):
+        return None
+    try:
+        result = proto.read_result(rundir)
+    except QuiesceError:
+        return None
+    if result is None:
+        return None
+    record = result.get("record")
+    warning = (f"the previous hold (run {result.get('run_id')}) ended {result.get('state')} "
+               f"and no 'post' collected it: {result.get('message')}"
+               + (f"; its record: {record}" if record else ""))
+    from quiesce import journal
+
+    journal.log_event("pre", "uncollected", warning, priority=journal.WARNING,
+                      run_id=result.get("run_id"), state=result.get("state"),
+                      consistent=False, record=record)
+    return {"run_id": result.get("run_id"), "state": result.get("state"),
+            "released_at": result.get("released_at"), "record": record, "warning": warning}
+
+
+def _journal(ready: dict[str, Any]) -> None:
+    """One event for this 'pre': held, or failed with why (sent before 'pre' exits, never
+    blocking: see quiesce.journal)."""
+    from quiesce import journal
+
+    instances = ready.get("instances") or []
+    names = ", ".join(f"{i.get('plugin')}/{i.get('name')}" for i in instances)
+    if ready.get("ok"):
+        journal.log_event("pre", "held", f"holding {len(instances)} instance(s): {names}",
+                          run_id=ready.get("run_id"), holder_pid=ready.get("holder_pid"),
+                          until=ready.get("until"), instances=len(instances))
+        return
+    failed = [f"{i.get('plugin')}/{i.get('name')}: {i.get('error')}" for i in instances
+              if i.get("error")]
+    journal.log_event("pre", "failed", "; ".join(failed) or str(ready.get("error")),
+                      priority=journal.ERR, run_id=ready.get("run_id"),
+                      holder_pid=ready.get("holder_pid"), instances=len(instances))

@@ -872,7 +872,9 @@ def main(argv: list[str] | None = None) -> int:
             ready = holder.start()
         except QuiesceError as exc:
             ready = {"ok": False, "error": str(exc), "hint": exc.hint,
-                     "kind": type(exc).__name__, "instances": []}
+                     "kind": type(exc).__name__, "instances": [],
+                     "problems": [{"where": p.where, "message": p.message, "hint": p.hint}
+                                  for p in getattr(exc, "problems", [])]}
         except Exception as exc:
             ready = {"ok": False, "error": f"internal error in the holder: {describe(exc)}",
                      "kind": type(exc).__name__, "instances": []}
