@@ -12,7 +12,6 @@ import a plugin here.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from collections.abc import Sequence
@@ -21,6 +20,9 @@ from typing import TYPE_CHECKING
 from quiesce import __version__
 
 if TYPE_CHECKING:
+    import argparse
+
+    from quiesce.errors import QuiesceError
     from quiesce.plugins import Command
 
 # name -> (module, one-line help). Order is the order shown in --help.
@@ -32,11 +34,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("quiesce.commands.status", "show what is held, by whom, until when"),
     "install": ("quiesce.commands.install", "install quiesce as the Azure pre/post scripts"),
     "drill": ("quiesce.commands.drill", "restore snapshots into throwaway servers and verify"),
+    "images": ("quiesce.commands.images", "build the drill's container images from distro packages"),
 }
 
 
 def build_parser(only: str | None = None,
                  plugin_commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
+    import argparse
     """The parser; only the ``only`` command (every command when None) is configured.
 
     ``plugin_commands`` follow the built-in commands, in the order given.
@@ -110,6 +114,29 @@ def error_document(exc: BaseException) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `quiesce post | head`: the reader left. The command itself has done its work (a
+        # release is never undone by its output); say nothing more and exit like a shell's
+        # SIGPIPE (128 + 13), with stdout on /dev/null so the final flush cannot raise again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
+
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] == ["post"]:
+        # 'post' runs while the locks are held: its usual arguments are read without argparse,
+        # so the release request goes out before anything else is imported.
+        from quiesce.commands.post import fast_main
+
+        code = fast_main(argv[1:])
+        if code is not None:
+            return code
     # Only the chosen subcommand's module is imported: start-up time matters for 'post'.
     chosen = next((a for a in argv if not a.startswith("-")), None)
     if chosen in COMMANDS:
@@ -123,18 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_main", None):
         parser.print_help()
         return 2
-    try:
-        return _dispatch(args)
-    except BrokenPipeError:
-        # `quiesce post | head`: the reader left. The command itself has done its work (a
-        # release is never undone by its output); say nothing more and exit like a shell's
-        # SIGPIPE (128 + 13), with stdout on /dev/null so the final flush cannot raise again.
-        import os
-
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return 141
+    return _dispatch(args)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -143,18 +159,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         return int(args._main(args))
     except QuiesceError as exc:
-        print(f"quiesce {args.command}: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"  fix: {exc.hint}", file=sys.stderr)
-        if getattr(args, "json", False):
-            # Automation that asked for JSON gets JSON on stdout for failures too.
-            import json
-
-            print(json.dumps({"command": args.command, "error": error_document(exc)}, indent=2))
-        return 2
+        return report_error(args.command, exc, bool(getattr(args, "json", False)))
     except KeyboardInterrupt:
         print(f"quiesce {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def report_error(command: str, exc: QuiesceError, as_json: bool) -> int:
+    """A command's QuiesceError: the message and its fix on stderr (and as JSON on stdout when
+    the command was asked for JSON); exit status 2."""
+    print(f"quiesce {command}: {exc}", file=sys.stderr)
+    if exc.hint:
+        print(f"  fix: {exc.hint}", file=sys.stderr)
+    if as_json:
+        # Automation that asked for JSON gets JSON on stdout for failures too.
+        import json
+
+        print(json.dumps({"command": command, "error": error_document(exc)}, indent=2))
+    return 2
 
 
 if __name__ == "__main__":

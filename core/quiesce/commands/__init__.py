@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # 'post' imports this package: no argparse on its start-up path
+    import argparse
 
 
 def add_runtime_dir_option(parser: argparse.ArgumentParser) -> None:

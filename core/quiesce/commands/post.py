@@ -14,15 +14,17 @@ active hold belongs to another run).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quiesce.commands import add_runtime_dir_option
 from quiesce.hold import protocol as proto
+
+if TYPE_CHECKING:
+    import argparse
 
 GUARDIAN_WAIT_SECONDS = 90.0
 
@@ -34,10 +36,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def fast_main(argv: list[str]) -> int | None:
+    """``post`` with its usual arguments (``--runtime-dir DIR``, ``--config PATH``, ``--json``)
+    read without argparse; None for anything else (``--help``, a typo), which then goes
+    through the full parser and its messages."""
+    from quiesce.errors import QuiesceError
+
+    values = {"--runtime-dir": None, "--config": None}
+    as_json = False
+    rest = list(argv)
+    while rest:
+        item = rest.pop(0)
+        name, eq, value = item.partition("=")
+        if item == "--json":
+            as_json = True
+        elif name in values and eq and value:
+            values[name] = value
+        elif item in values and rest and not rest[0].startswith("-"):
+            values[item] = rest.pop(0)
+        else:
+            return None
+    try:
+        return run(values["--runtime-dir"], as_json)
+    except QuiesceError as exc:
+        from quiesce.cli import report_error
+
+        return report_error("post", exc, as_json)
+
+
 def main(args: argparse.Namespace) -> int:
+    return run(args.runtime_dir, args.json)
+
+
+def run(runtime_dir: str | None, as_json: bool) -> int:
     from quiesce.errors import NoActiveHold
 
-    rundir = proto.runtime_dir(args.runtime_dir)
+    rundir = proto.runtime_dir(runtime_dir)
     fields = {}
     run_id = os.environ.get("QUIESCE_RUN_ID")
     if run_id:
@@ -65,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
         outcome["message"] = _message(consistent)
     elif not consistent and "NOT" not in str(outcome["message"]):
         outcome["message"] = f"{outcome.get('message')}: {_message(False)}"
-    _print(outcome, args.json)
+    _print(outcome, as_json)
     if outcome.get("record_error"):
         return 1  # the record (and with it e.g. the backup_label) is not on disk
     return 0 if consistent else 1
