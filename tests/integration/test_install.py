@@ -225,11 +225,12 @@ def test_the_installed_wrapper_refuses_once_its_quiesce_becomes_replaceable(
     import argparse
 
     from quiesce.callers import azure_install
+    from quiesce.callers.install import base as install_base
     from quiesce.commands import install as install_command
 
     bindir = base / "venv" / "bin"
     launcher = _launcher(bindir)
-    monkeypatch.setattr(azure_install, "quiesce_command", lambda: [str(launcher)])
+    monkeypatch.setattr(install_base, "quiesce_command", lambda: [str(launcher)])
     prefix = base / "prefix"
     args = argparse.Namespace(prefix=str(prefix), plugins="postgresql", force=False,
                               dry_run=False, max_hold_seconds=None)
@@ -304,14 +305,14 @@ def test_install_refuses_to_wire_a_replaceable_command(base: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
-    from quiesce.callers import azure_install
+    from quiesce.callers.install import base as install_base
     from quiesce.commands import install as install_command
     from quiesce.errors import QuiesceError
 
     open_dir = base / "open" / "bin"
     unsafe = _launcher(open_dir)
     open_dir.chmod(0o777)
-    monkeypatch.setattr(azure_install, "quiesce_command", lambda: [str(unsafe)])
+    monkeypatch.setattr(install_base, "quiesce_command", lambda: [str(unsafe)])
     args = argparse.Namespace(prefix=str(base / "prefix"), plugins="postgresql", force=False,
                               dry_run=False, max_hold_seconds=None)
     with pytest.raises(QuiesceError, match="users other than root can replace") as caught:
