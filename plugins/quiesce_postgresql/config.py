@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from quiesce.freezing.freeze_set import LEVEL_SETTINGS
 from quiesce.schema import Field, Table
 
 CONNINFO_HINT = (
@@ -85,11 +86,25 @@ SCHEMA = Table({
     "passfile": Field(str, check=_absolute,
                       hint="a libpq password file, root-owned, mode 0600",
                       doc="a libpq password file, root-owned, mode 0600"),
-    "mode": Field(str, default="backup", choices=("backup", "checkpoint"),
+    # No default in the schema: the engine needs to know whether "backup" was set explicitly
+    # (level = "auto" never drops an explicit backup mode); left out, it is "backup".
+    "mode": Field(str, choices=("backup", "checkpoint"),
                   hint="\"backup\" brackets the snapshot with pg_backup_start/stop; "
                        "\"checkpoint\" only flushes",
-                  doc="\"backup\" brackets the snapshot with pg_backup_start/stop; "
-                      "\"checkpoint\" only flushes"),
+                  doc="\"backup\" (used when left out) brackets the snapshot with "
+                      "pg_backup_start/stop; \"checkpoint\" only flushes. Set to \"backup\" "
+                      "explicitly, level = \"auto\" never drops backup mode"),
+    "level": Field(str, default="full", choices=LEVEL_SETTINGS,
+                   hint='"full" always uses mode; "auto" allows the light level where pre '
+                        "verifies its conditions (docs/engines.md)",
+                   doc='"full" (the default) uses mode as configured; "auto" lets pre choose '
+                       "the light level (no backup mode and no checkpoint: the restore is a "
+                       "crash recovery from the recorded LSN) only when it verifies that the "
+                       "data directory, pg_wal and every tablespace are on filesystems the "
+                       "caller freezes together (quiesce run; Azure with fsFreezeEnabled), "
+                       "mode is not set to \"backup\", archive_mode is off, the server is a "
+                       "primary with fsync on and synchronous_commit not off; the choice and "
+                       "its evidence go into the run record"),
     "label": Field(str, default="quiesce", check=_label_problem,
                    doc=f"the prefix of the backup label (printable ASCII, at most "
                        f"{MAX_LABEL_PREFIX} characters); the instance name and time follow"),

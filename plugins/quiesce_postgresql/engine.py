@@ -20,6 +20,12 @@ Lifecycle (driven by the core, in the holder process):
     that this session is in backup mode. The probe runs in a PL/pgSQL block that catches that
     refusal, so nothing is written to the server log.
     checkpoint mode: checks the session is alive; the flush already happened in prepare.
+    light level (``level = "auto"`` with every condition verified, see
+    :meth:`PostgresQuiescer._choose_level`): neither backup mode nor a checkpoint - each
+    checkpoint makes the writes that follow carry full-page images the freeze must flush.
+    ``quiesce`` records ``pg_current_wal_lsn()``; the snapshot, taken while the caller freezes
+    every filesystem holding the data directory, pg_wal and the tablespaces at once, restores
+    by crash recovery (WAL replay from the last checkpoint), like after a power cut.
     Backup mode does NOT block writes: consistency comes from restoring the snapshot with the
     recorded backup_label and the WAL from start_lsn to stop_lsn.
 ``check_alive``
@@ -56,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings, Quiescer
 from quiesce.errors import EngineError, SessionLost
+from quiesce.freezing.freeze_set import LEVEL_LIGHT, LevelChoice
 from quiesce_postgresql import wal
 from quiesce_postgresql.config import DEFAULT_ARCHIVE_WAIT_SECONDS
 
@@ -108,6 +115,13 @@ class PostgresQuiescer(Quiescer):
         self._checkpoint: dict[str, Any] | None = None
         self._severed: float | None = None
         self.alive_timeout = ALIVE_SECONDS
+        self.level = LevelChoice(str(self.options.get("level", "full")))
+        self._coverage: dict[str, Any] | None = None
+        self._light: dict[str, Any] = {}
+
+    @property
+    def light(self) -> bool:
+        return self.level.chosen == LEVEL_LIGHT
 
     # ----------------------------------------------------------------- helpers
     def _where(self) -> str:
@@ -239,8 +253,17 @@ class PostgresQuiescer(Quiescer):
         try:
             self._setup_session()
             self._detect()
-            self._check_preconditions()
-            self._flush(deadline)
+            if self.level.setting == "auto":
+                self._choose_level()
+            else:
+                self.level.decide()
+            if self.light:
+                self._checkpoint = {"status": "skipped",
+                                    "reason": "light level: no checkpoint just before the "
+                                              "freeze (it would add full-page writes to flush)"}
+            else:
+                self._check_preconditions()
+                self._flush(deadline)
         except BaseException:
             self.close()
             raise
@@ -303,6 +326,75 @@ class PostgresQuiescer(Quiescer):
             "system_identifier": system_identifier,
         }
 
+    def _choose_level(self) -> None:
+        """Check every condition of the light level and record each with its evidence."""
+        from quiesce.freezing import freeze_set
+
+        level = self.level
+        explicit = self.options.get("mode")
+        level.check("mode", explicit != "backup",
+                    'mode = "backup" is set explicitly: its backup_label makes the snapshot a '
+                    "base backup for point-in-time recovery, which a crash-consistent copy is "
+                    "not" if explicit == "backup" else
+                    f'mode = "{explicit}"' if explicit else "mode is left out")
+        archive = self.info["archive_mode"]
+        level.check("archive_mode", archive == "off",
+                    "archive_mode is off" if archive == "off" else
+                    f"archive_mode is {archive}: WAL is archived for point-in-time recovery, "
+                    "which needs the backup_label of backup mode")
+        level.check("primary", not self.info["standby"],
+                    "the server is a primary" if not self.info["standby"] else
+                    "the server is a standby: the light level is not verified for standbys")
+        ((fsync, sync_commit, data_dir),) = self._query(
+            """
+            SELECT current_setting('fsync'), current_setting('synchronous_commit'),
+                   CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                          OR pg_has_role(current_user, 'pg_read_all_settings', 'MEMBER')
+                        THEN current_setting('data_directory') END
+            """, what="reading the settings of the light level")
+        durable = fsync == "on" and sync_commit != "off"
+        level.check("durability", durable,
+                    f"fsync = {fsync}, synchronous_commit = {sync_commit}" + (
+                        "" if durable else ": acknowledged commits may be missing from the "
+                        "WAL a snapshot holds"))
+        tablespaces = self._query(
+            "SELECT spcname::text, pg_tablespace_location(oid) FROM pg_tablespace "
+            "WHERE spcname NOT IN ('pg_default', 'pg_global')", what="listing tablespaces")
+        if not data_dir:
+            level.check("server on this machine", False,
+                        f"role {self.info['user']!r} may not read data_directory: GRANT "
+                        "pg_read_all_settings to allow the light level")
+        else:
+            pid, how = self._server_pid(str(data_dir))
+            problem = how if pid is None else freeze_set.server_process_problem(
+                pid, str(data_dir))
+            level.check("server on this machine", problem is None,
+                        problem or f"{how}; it works in {data_dir} in this mount namespace")
+        freeze = freeze_set.for_instance(self.settings.caller_freeze)
+        level.check("caller freezes", freeze.verified,
+                    freeze.evidence + (f": {', '.join(freeze.mounts)}" if freeze.mounts
+                                       else ""))
+        if data_dir:
+            paths = [("data directory", str(data_dir)),
+                     ("pg_wal", os.path.join(str(data_dir), "pg_wal"))]
+            paths += [(f"tablespace {name}", str(location)) for name, location in tablespaces]
+            coverage = freeze_set.all_frozen_together(freeze, paths)
+            self._coverage = coverage.to_dict()
+            level.check("files recovery needs", coverage.frozen_together, coverage.reason)
+        level.decide()
+
+    def _server_pid(self, data_dir: str) -> tuple[int | None, str]:
+        from quiesce.freezing import freeze_set
+
+        conn = self._session()
+        try:
+            sock = freeze_set.connection_socket(conn.pgconn.socket)
+        except OSError as exc:
+            return None, f"cannot inspect the connection: {exc.strerror}"
+        with sock:
+            listed = freeze_set.read_pid_file(os.path.join(data_dir, "postmaster.pid"))
+            return freeze_set.server_pid(sock, listed)
+
     @staticmethod
     def _backup_functions(version: int) -> tuple[str, str]:
         if version >= 150000:
@@ -346,6 +438,17 @@ class PostgresQuiescer(Quiescer):
                             "seconds": round(time.monotonic() - started, 3)}
 
     def quiesce(self, deadline: Deadline) -> None:
+        if self.light:
+            ((lsn, at, timeline),) = self._query(
+                "SELECT pg_current_wal_lsn()::text, now()::text, "
+                "(SELECT timeline_id FROM pg_control_checkpoint()) "
+                if self.info.get("can_read_control") else
+                "SELECT pg_current_wal_lsn()::text, now()::text, NULL::int",
+                timeout=min(5.0, max(deadline.remaining(), 0.5)),
+                what="reading the current WAL LSN")
+            self._light = {"lsn": lsn, "lsn_read_at": at, "timeline": timeline}
+            self.check_alive()
+            return
         if self.mode == "checkpoint":
             self.check_alive()
             return
@@ -460,6 +563,8 @@ class PostgresQuiescer(Quiescer):
                 exc.args = (f"{exc.args[0]}; the server aborted backup mode, so there is no "
                             "backup_label for this snapshot",)
             raise
+        if self.light:
+            return self._light_metadata()
         if self.mode == "checkpoint":
             return self._checkpoint_metadata()
         version = self.info["server_version_num"]
@@ -548,8 +653,29 @@ class PostgresQuiescer(Quiescer):
         meta.update(self._common_metadata())
         return meta
 
+    def _light_metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "mode": "crash-recovery",
+            "lsn": self._light.get("lsn"),
+            "lsn_read_at": self._light.get("lsn_read_at"),
+            "timeline": self._light.get("timeline"),
+            "restore": "crash recovery: the restored server replays WAL from its last "
+                       "checkpoint, as after a power cut; no backup_label (this snapshot is "
+                       "no base backup for point-in-time recovery). Every commit "
+                       "acknowledged before lsn_read_at is in it.",
+        }
+        if self.info.get("can_read_control"):
+            ((checkpoint_lsn, redo_lsn),) = self._query(
+                "SELECT checkpoint_lsn::text, redo_lsn::text FROM pg_control_checkpoint()",
+                timeout=5.0, what="reading pg_control_checkpoint()")
+            meta.update(checkpoint_lsn=checkpoint_lsn, redo_lsn=redo_lsn)
+        meta.update(self._common_metadata())
+        return meta
+
     def _common_metadata(self) -> dict[str, Any]:
         return {
+            "level": {**self.level.to_dict(),
+                      **({"files": self._coverage} if self._coverage else {})},
             "server_version": self.info.get("server_version"),
             "server_version_num": self.info.get("server_version_num"),
             "system_identifier": self.info.get("system_identifier"),

@@ -18,7 +18,8 @@ def problems(doc: dict) -> list[str]:
 def test_defaults_filled_in() -> None:
     result = validate(SCHEMA, {"conninfo": "host=/run/postgresql user=quiesce dbname=postgres"})
     assert result.ok, result.problems
-    assert result.data["mode"] == "backup"
+    assert "mode" not in result.data  # left out means backup, but not set explicitly
+    assert result.data["level"] == "full"
     assert result.data["fast_checkpoint"] is True
     assert result.data["connect_timeout"] == 10
     assert result.data["wait_for_archive"] == "auto"
