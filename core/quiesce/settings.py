@@ -63,6 +63,15 @@ def _absolute(value: Any) -> str | None:
     return None
 
 
+def _record_command(value: Any) -> str | None:
+    if isinstance(value, list) and not value:
+        return "names no command"
+    if isinstance(value, list) and isinstance(value[0], str) and not os.path.isabs(value[0]):
+        return (f"{value[0]!r} is not an absolute path: the command runs as the user 'post' "
+                "runs as, so name it by its absolute path")
+    return None
+
+
 def _instance_name(value: Any) -> str | None:
     if isinstance(value, str) and not _NAME_RE.match(value):
         return (f"{value!r} is not a valid instance name: use 1-64 letters, digits, '.', '_' "
@@ -88,6 +97,21 @@ CORE_FIELDS: dict[str, Field] = {
                        hint="an absolute directory such as /var/lib/quiesce",
                        doc="the directory of the run records (default /var/lib/quiesce as "
                            "root)"),
+    "keep_days": Field(int, minimum=1, maximum=100_000,
+                       hint="at least as many days as your snapshots are kept, e.g. 400",
+                       doc="days 'quiesce prune' keeps run records; at least as long as the "
+                           "snapshots are kept, since a record is the only copy of its "
+                           "snapshot's backup_label (left out, 'prune' needs --keep-days)"),
+    "record_command": Field(list, items=str, check=_record_command,
+                            hint='e.g. record_command = ["/usr/local/bin/ship", "{record}"]',
+                            doc="a command 'post' runs after the release with the run record "
+                                "(argv list, no shell; {record} is the record's path, {run_id} "
+                                "its run id), e.g. to keep it next to the snapshot"),
+    "record_command_timeout_seconds": Field((int, float), default=60, minimum=1,
+                                            maximum=3600,
+                                            hint="seconds record_command may run",
+                                            doc="seconds record_command may run before it is "
+                                                "killed"),
 }
 
 NAME_FIELD = Field(str, check=_instance_name,
@@ -197,6 +221,9 @@ class CoreSettings:
     max_hold_seconds: float
     pre_timeout_seconds: float
     state_dir: str
+    keep_days: int | None = None
+    record_command: tuple[str, ...] = ()
+    record_command_timeout_seconds: float = 60.0
 
 
 def load_core_settings(path: str = DEFAULT_PATH, *,
@@ -217,7 +244,11 @@ def load_core_settings(path: str = DEFAULT_PATH, *,
     max_hold = float(core.get("max_hold_seconds", DEFAULT_MAX_HOLD))
     pre_timeout = float(core.get("pre_timeout_seconds", DEFAULT_PRE_TIMEOUT))
     return CoreSettings(path=os.path.abspath(path), max_hold_seconds=max_hold,
-                        pre_timeout_seconds=min(pre_timeout, max_hold), state_dir=state_dir)
+                        pre_timeout_seconds=min(pre_timeout, max_hold), state_dir=state_dir,
+                        keep_days=core.get("keep_days"),
+                        record_command=tuple(core.get("record_command") or ()),
+                        record_command_timeout_seconds=float(
+                            core.get("record_command_timeout_seconds", 60)))
 
 
 def load_settings(

@@ -248,3 +248,103 @@ def _check_state_dir(state_dir: str) -> None:
         raise CatalogError(f"state dir {state_dir} is not safe (owner uid {st.st_uid}, mode "
                            f"{stat.S_IMODE(st.st_mode):04o}); its records cannot be trusted",
                            hint=fix)
+
+
+# -- retention -----------------------------------------------------------------------------------
+
+
+def run_id_time(run_id: str) -> float | None:
+    """When a run started, from its id (``20260131T235959.123456Z-...``): UTC seconds."""
+    import calendar
+
+    if not valid_run_id(run_id):
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(run_id[:15], "%Y%m%dT%H%M%S")))
+    except ValueError:
+        return None
+
+
+def prune(state_dir: str, keep_days: float, *, now: float | None = None,
+          dry_run: bool = False) -> tuple[list[str], list[str]]:
+    """Remove the run records that started more than ``keep_days`` days ago; return (removed,
+    kept) run ids. The newest record (the one ``latest`` names) is always kept, and nothing but
+    ``runs/<run id>.json`` files is ever removed.
+
+    Keep records at least as long as the snapshots they describe: a record is the only copy of
+    its snapshot's metadata (PostgreSQL's backup_label), and no snapshot contains its own.
+    """
+    if not keep_days > 0:
+        raise CatalogError(f"keep_days {keep_days!r} must be a positive number of days",
+                           hint="set keep_days to at least your snapshots' retention")
+    _check_state_dir(state_dir)
+    now = time.time() if now is None else now
+    cutoff = now - keep_days * 86400
+    runs = list_runs(state_dir)
+    try:
+        newest: str | None = latest_run_id(state_dir)
+    except CatalogError:
+        newest = runs[-1] if runs else None
+    removed, kept = [], []
+    for run_id in runs:
+        started = run_id_time(run_id)
+        if run_id == newest or started is None or started >= cutoff:
+            kept.append(run_id)
+            continue
+        if not dry_run:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(record_path(state_dir, run_id))
+        removed.append(run_id)
+    return removed, kept
+
+
+# -- handing a record over -----------------------------------------------------------------------
+
+
+def ship_record(command: list[str] | tuple[str, ...], timeout: float, record: str,
+                run_id: str) -> dict[str, Any]:
+    """Run ``command`` (an argv list, never a shell; ``{record}`` and ``{run_id}`` in any
+    argument are replaced) to hand the record over, e.g. to store it next to the snapshot.
+
+    Bounded by ``timeout`` (the command and everything it started are killed then); its
+    output is kept (at most 64 KiB) for the report. The program must pass the same trust
+    check as a script's interpreter (root-owned, not writable by others). Never raises: the
+    outcome says what happened.
+    """
+    import signal
+    import subprocess
+
+    from quiesce.security import executable_problems
+
+    argv = [arg.replace("{record}", record).replace("{run_id}", run_id) for arg in command]
+    outcome: dict[str, Any] = {"command": argv, "ok": False, "exit_status": None,
+                               "error": None, "output": ""}
+    problems = executable_problems(argv[0])
+    if problems:
+        outcome["error"] = "; ".join(str(p) for p in problems)
+        return outcome
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd="/")
+    except OSError as exc:
+        outcome["error"] = f"cannot start {argv[0]}: {exc.strerror or exc}"
+        return outcome
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            output, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # something left the group and keeps the pipe open
+            assert proc.stdout is not None
+            proc.stdout.close()
+            proc.wait()
+            output = b""
+        outcome["error"] = f"did not finish within {timeout:g} s and was killed"
+    outcome["output"] = output[-65536:].decode("utf-8", "replace")
+    outcome["exit_status"] = proc.returncode
+    if outcome["error"] is None and proc.returncode != 0:
+        outcome["error"] = f"exited with status {proc.returncode}"
+    outcome["ok"] = outcome["error"] is None
+    return outcome
