@@ -34,6 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="accepted for symmetry with 'pre'; the holder already knows it")
     add_runtime_dir_option(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--metrics-file", metavar="PATH",
+                        help="after the release, write a Prometheus node-exporter textfile "
+                             "(atomically) with the run records' health (see 'quiesce status')")
 
 
 def fast_main(argv: list[str]) -> int | None:
@@ -42,7 +45,7 @@ def fast_main(argv: list[str]) -> int | None:
     through the full parser and its messages."""
     from quiesce.errors import QuiesceError
 
-    values = {"--runtime-dir": None, "--config": None}
+    values = {"--runtime-dir": None, "--config": None, "--metrics-file": None}
     as_json = False
     rest = list(argv)
     while rest:
@@ -57,7 +60,7 @@ def fast_main(argv: list[str]) -> int | None:
         else:
             return None
     try:
-        return run(values["--runtime-dir"], as_json)
+        return run(values["--runtime-dir"], as_json, metrics_file=values["--metrics-file"])
     except QuiesceError as exc:
         from quiesce.cli import report_error
 
@@ -65,10 +68,10 @@ def fast_main(argv: list[str]) -> int | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    return run(args.runtime_dir, args.json)
+    return run(args.runtime_dir, args.json, metrics_file=args.metrics_file)
 
 
-def run(runtime_dir: str | None, as_json: bool) -> int:
+def run(runtime_dir: str | None, as_json: bool, *, metrics_file: str | None = None) -> int:
     from quiesce.errors import NoActiveHold
 
     rundir = proto.runtime_dir(runtime_dir)
@@ -99,7 +102,9 @@ def run(runtime_dir: str | None, as_json: bool) -> int:
         outcome["message"] = _message(consistent)
     elif not consistent and "NOT" not in str(outcome["message"]):
         outcome["message"] = f"{outcome.get('message')}: {_message(False)}"
+    _aftercare(outcome, metrics_file)  # everything here runs after the release
     _print(outcome, as_json)
+    _print_aftercare(outcome, as_json)
     if outcome.get("record_error"):
         return 1  # the record (and with it e.g. the backup_label) is not on disk
     return 0 if consistent else 1
@@ -199,3 +204,63 @@ def _print(outcome: dict[str, Any], as_json: bool) -> None:
         print(f"  record: {outcome['record']}", file=stream)
     if outcome.get("record_error"):
         print(f"  RECORD NOT WRITTEN: {outcome['record_error']}", file=sys.stderr)
+
+
+def _aftercare(outcome: dict[str, Any], metrics_file: str | None) -> None:
+    """After the release: hand the record to ``record_command``, log one event, write the
+    metrics file. Their failures are reported, never change the outcome's consistency."""
+    from quiesce import journal
+    from quiesce.errors import QuiesceError
+
+    settings = None
+    config = outcome.get("config")
+    if isinstance(config, str) and (outcome.get("record") or metrics_file):
+        from quiesce.settings import load_core_settings
+
+        try:
+            settings = load_core_settings(config)
+        except QuiesceError as exc:
+            outcome.setdefault("warnings", []).append(
+                f"cannot read {config} after the release, so record_command and the metrics "
+                f"were skipped: {exc}")
+    record = outcome.get("record")
+    if settings is not None and settings.record_command and isinstance(record, str):
+        from quiesce.hold.records import ship_record
+
+        outcome["record_command"] = ship_record(settings.record_command,
+                                                settings.record_command_timeout_seconds,
+                                                record, str(outcome.get("run_id")))
+    consistent = outcome.get("consistent") is True
+    journal.log_event("post", str(outcome.get("state") or "released"),
+                      str(outcome.get("message")), priority=journal.priority_for(consistent),
+                      run_id=outcome.get("run_id"), consistent=consistent, record=record,
+                      collected_from=outcome.get("collected_from"),
+                      record_error=outcome.get("record_error"),
+                      record_command_error=(outcome.get("record_command") or {}).get("error"))
+    if metrics_file:
+        from quiesce.hold import health
+
+        state_dir = settings.state_dir if settings is not None else None
+        try:
+            records = health.read_records(state_dir) if state_dir else []
+            health.write_metrics(metrics_file,
+                                 health.metrics_text(health.assess(records)))
+        except OSError as exc:
+            outcome.setdefault("warnings", []).append(
+                f"cannot write the metrics file {metrics_file}: {exc}")
+
+
+def _print_aftercare(outcome: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        return
+    shipped = outcome.get("record_command")
+    if shipped is not None:
+        if shipped.get("ok"):
+            print(f"  record handed to {shipped['command'][0]}", file=sys.stdout)
+        else:
+            print(f"  RECORD NOT HANDED OVER: {' '.join(shipped['command'])}: "
+                  f"{shipped.get('error')}", file=sys.stderr)
+            for line in str(shipped.get("output") or "").splitlines()[-10:]:
+                print(f"    {line}", file=sys.stderr)
+    for warning in outcome.get("warnings") or []:
+        print(f"  warning: {warning}", file=sys.stderr)
