@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "post": ("quiesce.commands.post", "release what 'pre' holds and report it"),
     "status": ("quiesce.commands.status", "show what is held, by whom, until when"),
     "install": ("quiesce.commands.install", "install quiesce as the Azure pre/post scripts"),
+    "uninstall": ("quiesce.commands.uninstall", "remove exactly what 'install' wrote"),
+    "prune": ("quiesce.commands.prune", "remove run records older than keep_days"),
     "drill": ("quiesce.commands.drill", "restore snapshots into throwaway servers and verify"),
     "images": ("quiesce.commands.images", "build the drill's container images from distro packages"),
 }
