@@ -33,6 +33,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="/etc/quiesce/quiesce.toml",
                         help="accepted for symmetry with 'pre'; the holder already knows it")
     add_runtime_dir_option(parser)
+    parser.add_argument("--caller-failed", metavar="REASON",
+                        help="the snapshot agent reported a failure (e.g. VMware's "
+                             "freezeFail): release, and record the run as NOT consistent "
+                             "with REASON")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--metrics-file", metavar="PATH",
                         help="after the release, write a Prometheus node-exporter textfile "
@@ -68,10 +72,12 @@ def fast_main(argv: list[str]) -> int | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    return run(args.runtime_dir, args.json, metrics_file=args.metrics_file)
+    return run(args.runtime_dir, args.json, getattr(args, "caller_failed", None),
+               metrics_file=args.metrics_file)
 
 
-def run(runtime_dir: str | None, as_json: bool, *, metrics_file: str | None = None) -> int:
+def run(runtime_dir: str | None, as_json: bool, caller_failed: str | None = None, *,
+        metrics_file: str | None = None) -> int:
     from quiesce.errors import NoActiveHold
 
     rundir = proto.runtime_dir(runtime_dir)
@@ -79,6 +85,8 @@ def run(runtime_dir: str | None, as_json: bool, *, metrics_file: str | None = No
     run_id = os.environ.get("QUIESCE_RUN_ID")
     if run_id:
         fields["run_id"] = run_id  # never release (or report) another run's hold
+    if caller_failed:
+        fields["caller_failed"] = caller_failed[:500]  # the holder records it
     try:
         outcome = proto.request(rundir, "release", timeout=120.0, **fields)
         outcome["collected_from"] = outcome.get("collected_from", "holder")
@@ -97,6 +105,13 @@ def run(runtime_dir: str | None, as_json: bool, *, metrics_file: str | None = No
     # and every instance.
     consistent = (outcome.get("consistent") is True and bool(instances)
                   and all(i.get("status") == proto.RELEASED for i in instances))
+    if caller_failed:
+        # Whatever quiesce held, the agent says its snapshot failed: never consistent.
+        consistent = False
+        outcome["caller_failed"] = caller_failed
+        if caller_failed not in str(outcome.get("message") or ""):
+            outcome["message"] = (f"the snapshot agent reported a failure ({caller_failed}): "
+                                  f"{outcome.get('message') or _message(False)}")
     outcome["consistent"] = consistent
     if not outcome.get("message"):
         outcome["message"] = _message(consistent)

@@ -613,6 +613,17 @@ class Holder:
             else:
                 answer = dict(self.final or {})
                 answer["collected_from"] = "holder"
+            failed = request.fields.get("caller_failed")
+            if isinstance(failed, str) and failed.strip() and self.final is not None:
+                # The snapshot agent says its snapshot failed (VMware's freezeFail): whatever
+                # was held, the run is recorded NOT consistent, with the agent's reason.
+                note = f"the snapshot agent reported a failure ({failed[:500]})"
+                self.final.update(consistent=False, caller_failed=failed[:500], message=(
+                    f"{note}: the snapshot is NOT application-consistent, whatever quiesce "
+                    f"held ({self.final.get('message')})"))
+                answer.update(consistent=False, caller_failed=failed[:500],
+                              message=self.final["message"])
+                self.log(note)
             if keep:
                 # 'quiesce run' released at the thaw; its post-script collects the outcome.
                 request.answer({"ok": True, "state": self.state, "run_id": self.run_id})
@@ -722,6 +733,8 @@ class Holder:
                                    f"{why}: the snapshot may NOT be application-consistent")
         self.final["record"] = self._record_path()
         self._leave_result()
+        # Nobody else is there to tell: 'post' logs a release it asked for, this one is ours.
+        journal_outcome(self.final)  # after the release, never blocking (quiesce.journal)
         self.linger_until = time.monotonic() + max(MIN_LINGER_SECONDS,
                                                    self.settings.max_hold_seconds)
 
@@ -819,6 +832,17 @@ class Holder:
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
+
+
+def journal_outcome(final: dict[str, Any]) -> None:
+    """One event for a hold that ended without 'post' (auto-released, lost, aborted). Sent
+    only once nothing is held, as a non-blocking datagram: see quiesce.journal."""
+    from quiesce import journal
+
+    journal.log_event("holder", str(final.get("state")), str(final.get("message")),
+                      priority=journal.WARNING, run_id=final.get("run_id"), consistent=False,
+                      holder_pid=final.get("holder_pid"), since=final.get("since"),
+                      released_at=final.get("released_at"), record=final.get("record"))
 
 
 def _write_ready(fd: int, message: dict[str, Any]) -> bool:
