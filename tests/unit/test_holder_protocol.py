@@ -71,7 +71,9 @@ def test_request_round_trip(tmp_path: Path) -> None:
     finally:
         thread.join(10)
         server.close()
-    assert json.loads(seen[0]) == {"op": "status"}
+    # The request carries its protocol version; the answer had none (an older holder) and was
+    # taken as it is.
+    assert json.loads(seen[0]) == {"op": "status", "protocol": proto.PROTOCOL_VERSION}
 
 
 def test_result_file_is_read_once(tmp_path: Path) -> None:

@@ -162,6 +162,12 @@ class Guardian:
             proto.write_json_atomic(os.path.join(self.rundir, proto.RESULT_NAME), outcome)
         except OSError as exc:
             self.note(f"cannot write the result file: {exc}")
+        from quiesce import journal  # nothing is held any more: a non-blocking datagram
+
+        journal.log_event("guardian", "recovered", str(outcome["message"]),
+                          priority=journal.ERR, run_id=outcome["run_id"], consistent=False,
+                          holder_pid=self.holder_pid,
+                          failed=sum(1 for i in instances if i["status"] == proto.FAILED))
         # Recovery is finished and recorded on tmpfs: a new hold may start now. The state dir
         # may be on a filesystem that is still frozen, so it is written last, without the lock.
         if self.lock_fd >= 0:

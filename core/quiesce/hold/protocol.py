@@ -66,6 +66,11 @@ SOCKET_NAME = "holder.sock"
 LOCK_NAME = "holder.lock"
 RESULT_NAME = "result.json"
 MAX_MESSAGE = 16 * 1024 * 1024
+# The version of the request/answer protocol, sent in every request and answer as "protocol".
+# A peer that sends none is an older quiesce (before versions): it is served as version 1, so
+# an upgrade between 'pre' and 'post' never strands a hold. Every change keeps the ops and
+# fields older peers use; a field a peer does not know is ignored.
+PROTOCOL_VERSION = 1
 
 # Instance states while a hold is alive, and the final statuses of issue 3.
 HELD = "held"
@@ -418,7 +423,7 @@ def _request(rd: RuntimeDir, op: str, timeout: float, fields: dict[str, Any]) ->
                                hint="run 'quiesce pre' first, or pass the --runtime-dir "
                                     "that 'pre' used") from exc
         _check_listener(rd, sock)
-        line = json.dumps({"op": op, **fields}).encode() + b"\n"
+        line = json.dumps({"op": op, "protocol": PROTOCOL_VERSION, **fields}).encode() + b"\n"
         sock.sendall(line)
         data = _read_line(sock)
     except TimeoutError as exc:

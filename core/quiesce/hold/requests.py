@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from quiesce.hold.protocol import PROTOCOL_VERSION
+
 READ_LIMIT = 2.0  # seconds for a whole request line, however slowly it trickles in
 MAX_REQUEST = 65536
 
@@ -34,8 +36,11 @@ class Request:
     fields: dict[str, Any] = field(default_factory=dict)
 
     def answer(self, message: dict[str, Any]) -> None:
+        # Every answer says its protocol version (quiesce.hold.protocol.PROTOCOL_VERSION);
+        # the request's own version may be missing (an older client): it is answered alike.
+        document = {"protocol": PROTOCOL_VERSION, **message}
         with contextlib.suppress(OSError):
-            self.conn.sendall(json.dumps(message, default=str).encode() + b"\n")
+            self.conn.sendall(json.dumps(document, default=str).encode() + b"\n")
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
