@@ -78,6 +78,8 @@ class PostgresTarget(Target):
     engine = "postgresql"
     section = "postgresql"
     copy_log_after_post = True
+    #: The drill's --level: "auto" leaves mode out (an explicit "backup" keeps backup mode).
+    level = "full"
     data_subdir = "pgdata"
     log_subdir = "pg_wal"
 
@@ -150,8 +152,9 @@ class PostgresTarget(Target):
         host = c.unix_socket or c.host
         text = ("[[postgresql]]\n"
                 'name = "drill"\n'
-                f'conninfo = "host={host} port={c.port} user={c.user} dbname=postgres"\n'
-                'mode = "backup"\n')
+                f'conninfo = "host={host} port={c.port} user={c.user} dbname=postgres"\n')
+        if self.level == "full":
+            text += 'mode = "backup"\n'
         if c.password:  # Docker images use password authentication: a libpq passfile
             passfile = config_dir / "pgpass"
             fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

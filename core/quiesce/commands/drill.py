@@ -1,8 +1,9 @@
 """``quiesce drill``: snapshot a throwaway database under load, restore it, prove it.
 
     quiesce drill [--engine postgresql|mysql|mariadb|mongodb] [--backend auto|docker|local]
-                  [--disks loop|dir] [--cycles N] [--mode quiesced|crash|unsafe-staggered]
-                  [--image IMAGE] [--json] [--keep]
+                  [--disks loop|dir] [--cycles N]
+                  [--mode quiesced|crash|unsafe-staggered|unsafe-light-staggered]
+                  [--level full|auto] [--image IMAGE] [--json] [--keep]
 
 Without root: ``--disks dir`` (the default then) with ``--mode quiesced`` or
 ``unsafe-staggered``; loop disks and ``--mode crash`` need root (losetup, mount, FIFREEZE).
@@ -34,10 +35,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="filesystem of the loop disks (default ext4)")
     parser.add_argument("--cycles", type=int, default=3, help="snapshot/restore cycles (3)")
     parser.add_argument("--mode", default="quiesced",
-                        choices=("quiesced", "crash", "unsafe-staggered"),
+                        choices=("quiesced", "crash", "unsafe-staggered",
+                                 "unsafe-light-staggered"),
                         help="quiesced: the full pre/freeze/snapshot/thaw/post cycle; crash: "
                              "freeze and snapshot only; unsafe-staggered: a negative control "
-                             "that must NOT verify")
+                             "that must NOT verify; unsafe-light-staggered: the light level "
+                             "with the disks copied one by one and no freeze, which must NOT "
+                             "verify either")
+    parser.add_argument("--level", default="full", choices=("full", "auto"),
+                        help='auto: level = "auto" in the drill\'s quiesce.toml; each cycle '
+                             "then also checks that the light level was chosen (loop disks)")
     parser.add_argument("--image", help="container image for the Docker backend")
     parser.add_argument("--workers", type=int, default=3, help="workload writers (3)")
     parser.add_argument("--json", action="store_true",
@@ -59,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     opts = DrillOptions(engine=args.engine, backend=args.backend, disks=args.disks,
                         cycles=args.cycles, mode=args.mode, image=args.image, keep=args.keep,
-                        fstype=args.fstype, workers=args.workers,
+                        fstype=args.fstype, workers=args.workers, level=args.level,
                         fail_at=os.environ.get("QUIESCE_DRILL_FAIL_AT") or None)
     try:
         result = Drill(opts).run()

@@ -10,6 +10,17 @@ Snapshot per mode:
 - ``unsafe-staggered``: the negative control: no quiesce, no freeze; the log disk is copied
   first, a checkpoint is forced, then the data disk is copied, with the workload running.
   (Data first, then WAL is how pg_basebackup works and is safe; log first is not.)
+- ``unsafe-light-staggered``: the light level's negative control: ``quiesce pre`` runs with
+  ``level = "auto"`` and is told (falsely) that the caller freezes both disks together, so it
+  chooses the light level (checked: the cycle fails with an error otherwise); then the disks
+  are copied one by one as in ``unsafe-staggered``, with no freeze, and ``quiesce post``
+  releases. Commits went on during the hold, so this copy must NOT verify: the light level is
+  safe only under a real simultaneous freeze.
+
+``level`` (``--level``): ``auto`` writes ``level = "auto"`` into the drill's quiesce.toml
+section; in ``quiesced`` mode a ``level`` check then requires the run record to show the light
+level chosen (``quiesce run`` tells ``pre`` what it freezes), with every condition and its
+evidence in the check's detail.
 """
 
 from __future__ import annotations
@@ -57,7 +68,7 @@ class CycleFiles:
     """The Azure config, wrapper scripts and quiesce.toml of the drill (written once)."""
 
     def __init__(self, ws: Workspace, target: Target, server: Server, mode: str,
-                 freeze: bool) -> None:
+                 freeze: bool, *, level: str = "full") -> None:
         self.ws = ws
         self.mode = mode
         self.toml = ws.cfg / "quiesce.toml"
@@ -68,10 +79,12 @@ class CycleFiles:
         self.pre = ws.cfg / "pre-script.sh"
         self.post = ws.cfg / "post-script.sh"
         py = shlex.quote(sys.executable)
-        if mode == "quiesced":
+        self.level = level
+        if mode in ("quiesced", "unsafe-light-staggered"):
             toml = (f"max_hold_seconds = {MAX_HOLD_SECONDS}\n"
                     f'state_dir = "{self.state_dir}"\n\n'
-                    + target.toml_section(server, ws.cfg))
+                    + target.toml_section(server, ws.cfg)
+                    + (f'level = "{level}"\n' if level != "full" else ""))
             _write(self.toml, toml, 0o600)
             common = (f"--config {shlex.quote(str(self.toml))} "
                       f"--runtime-dir {shlex.quote(str(self.runtime))}")
@@ -96,7 +109,7 @@ class CycleFiles:
 
     def release_leftover_hold(self) -> str | None:
         """After an interrupted cycle: make a holder still running release and exit."""
-        if self.mode != "quiesced" or not self.runtime.exists():
+        if self.mode not in ("quiesced", "unsafe-light-staggered") or not self.runtime.exists():
             return None
         argv = [sys.executable, "-m", "quiesce", "post", "--config", str(self.toml),
                 "--runtime-dir", str(self.runtime), "--json"]
@@ -125,8 +138,9 @@ class Cycle:
     def __init__(self, *, number: int, total: int, mode: str, target: Target, server: Server,
                  workload: Workload, disks: DiskSet, ws: Workspace, files: CycleFiles | None,
                  progress: Callable[[str], None], keep: bool,
-                 fail_at: str | None = None) -> None:
+                 fail_at: str | None = None, level: str = "full") -> None:
         self.n = number
+        self.level = level
         self.total = total
         self.mode = mode
         self.target = target
@@ -155,12 +169,19 @@ class Cycle:
             self.say("snapshot" + {"quiesced": quiesced,
                                    "crash": " (quiesce run: freeze, copy, thaw; no plugin)",
                                    "unsafe-staggered": " (negative control: log disk, "
-                                   "checkpoint, data disk)"}[self.mode])
+                                   "checkpoint, data disk)",
+                                   "unsafe-light-staggered": " (negative control: pre at the "
+                                   "light level, log disk, checkpoint, data disk, post; no "
+                                   "freeze)"}[self.mode])
             began = time.monotonic()
             if self.mode == "unsafe-staggered":
                 pre_began, ended = self._staggered()
+            elif self.mode == "unsafe-light-staggered":
+                pre_began, ended = self._light_staggered()
             else:
                 pre_began, ended = self._quiesce_run()
+                if self.level == "auto":
+                    self._check_level()
             r.snapshot_seconds = time.monotonic() - began
             r.write_stall_ms = longest_gap_ms((a.acked for a in self.workload.log.acks()),
                                               pre_began, ended)
@@ -273,6 +294,73 @@ class Cycle:
             raise DrillError("failure injected after the snapshot (QUIESCE_DRILL_FAIL_AT)")
         return pre_began, time.monotonic()
 
+    def _check_level(self) -> None:
+        """The run record must show the light level, every condition with its evidence."""
+        assert self.files is not None
+        from quiesce.errors import QuiesceError
+        from quiesce.hold.records import load_record
+
+        try:
+            record = load_record(str(self.files.state_dir))
+        except QuiesceError as exc:
+            self.result.checks.append(Check("level", False, f"no run record to read: {exc}"))
+            return
+        level = _level_of(record)
+        self.result.checks.append(Check("level", level.get("chosen") == "light",
+                                        _describe_level(level)))
+
+    def _light_staggered(self) -> tuple[float, float]:
+        """pre at the light level (a freeze claimed, none done), disks copied one by one."""
+        assert self.files is not None
+        from quiesce.freezing.freeze_set import (
+            FREEZE_MOUNTS_ENV,
+            RUN_ID_ENV,
+            freeze_mounts_value,
+        )
+        from quiesce.hold.records import new_run_id
+
+        f = self.files
+        run_id = new_run_id()
+        env = {**os.environ, RUN_ID_ENV: run_id,
+               FREEZE_MOUNTS_ENV: freeze_mounts_value(
+                   run_id, [str(self.disks.roots[name]) for name in DISKS])}
+        common = ["--config", str(f.toml), "--runtime-dir", str(f.runtime), "--json"]
+        pre_began = time.monotonic()
+        pre = _quiesce(["pre", *common], env)
+        if pre.returncode != 0:
+            raise DrillError(f"quiesce pre failed (exit {pre.returncode}): "
+                             f"{(pre.stderr or pre.stdout).strip()[-800:]}")
+        try:
+            self._copy_staggered()
+        finally:
+            post = _quiesce(["post", *common], env)
+        ended = time.monotonic()
+        try:
+            level = _level_of(json.loads(post.stdout))
+        except json.JSONDecodeError as exc:
+            raise DrillError(f"quiesce post exited {post.returncode} without JSON: "
+                             f"{(post.stderr or post.stdout).strip()[-800:]}") from exc
+        self.result.notes.append(f"quiesce: {_describe_level(level)}")
+        if level.get("chosen") != "light":
+            raise DrillError("the light level was not chosen, so this negative control proves "
+                             f"nothing: {_describe_level(level)}")
+        return pre_began, ended
+
+    def _copy_staggered(self) -> None:
+        from quiesce.harness.drill.snapshot_images import copy_source
+
+        self.snap.mkdir(mode=0o700, parents=True)
+        log_src, data_src = self._sources(("log",))[0], self._sources(("data",))[0]
+        copy_source(log_src, self.snap)
+        count = self.workload.log.count()
+        self.workload.wait_for_acks(count + 20, timeout=10)
+        what = self.target.checkpoint(self.server)
+        count = self.workload.log.count()
+        self.workload.wait_for_acks(count + 20, timeout=10)
+        copy_source(data_src, self.snap)
+        self.result.notes.append(f"log disk copied first, then {what}, then the data disk, "
+                                 "with no freeze")
+
     # ---------------------------------------------------------------- restore
     def _restore_and_verify(self, pre_began: float) -> None:
         r = self.result
@@ -338,6 +426,37 @@ class Cycle:
         except Exception as exc:
             r.checks.append(Check("integrity_check", False, f"{type(exc).__name__}: {exc}"))
         r.checks += self.target.log_checks(restored)
+
+
+def _quiesce(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run([sys.executable, "-m", "quiesce", *args], env=env, cwd="/",
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=SCRIPT_TIMEOUT + 30, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise DrillError(f"quiesce {args[0]} did not finish in {SCRIPT_TIMEOUT + 30}s") from exc
+
+
+def _level_of(document: dict[str, Any]) -> dict[str, Any]:
+    """The level record of the drill's one instance in a run record or post's JSON."""
+    for instance in document.get("instances") or []:
+        metadata = instance.get("metadata") or {}
+        if isinstance(metadata.get("level"), dict):
+            return dict(metadata["level"])
+    return {}
+
+
+def _describe_level(level: dict[str, Any]) -> str:
+    if not level:
+        return "no level recorded"
+    failed = [c for c in level.get("conditions", []) if not c.get("ok")]
+    text = f"level {level.get('chosen')} ({level.get('setting')}): {level.get('reason')}"
+    if level.get("chosen") == "light":
+        text += "; " + "; ".join(f"{c['condition']}: {c['evidence']}"
+                                 for c in level.get("conditions", []))[:600]
+    elif failed:
+        text += f" [{len(failed)} condition(s) not met]"
+    return text
 
 
 def _startup_failure(exc: BaseException) -> str:

@@ -32,7 +32,8 @@ from quiesce.harness.drill.targets.docker import docker_status
 from quiesce.harness.drill.workload import Workload
 from quiesce.harness.drill.workspace import DISK_SIZE_MB, Workspace
 
-MODES = ("quiesced", "crash", "unsafe-staggered")
+MODES = ("quiesced", "crash", "unsafe-staggered", "unsafe-light-staggered")
+LEVELS = ("full", "auto")
 WARMUP_ACKS = 200
 
 
@@ -53,6 +54,7 @@ class DrillOptions:
     workers: int = 3
     base_dir: Path | None = None
     fail_at: str | None = None  # tests: "snapshot" | "restore" | "setup"
+    level: str = "full"  # "auto": level = "auto" in the drill's quiesce.toml (loop disks)
 
 
 def resolve_backend(opts: DrillOptions) -> tuple[Backend, Target]:
@@ -120,6 +122,7 @@ class Drill:
             # own backup bracketing, with the cycle run by `quiesce run` as this user).
             raise DrillError("--disks loop needs root (loop devices, mount, FIFREEZE)",
                              hint="run as root, or use --disks dir (the default without root)")
+        self.level = _level(opts, self.disks_kind)
         self._cleaning = False
         self._pending_signal: int | None = None
         self._cycle: Cycle | None = None
@@ -150,6 +153,11 @@ class Drill:
     def run(self) -> DrillResult:
         opts = self.opts
         backend, target = resolve_backend(opts)
+        if self.level != "full":
+            if not hasattr(target, "level"):
+                raise DrillError(f"{opts.engine} has no light quiesce level",
+                                 hint="use --level full (the default) with this engine")
+            target.level = self.level  # type: ignore[attr-defined]
         result = DrillResult(engine=opts.engine, backend=backend.name, disks=self.disks_kind,
                              mode=opts.mode,
                              fstype=opts.fstype if self.disks_kind == "loop" else None)
@@ -218,12 +226,16 @@ class Drill:
                                 "reports its own status for them; the snapshot is only as good "
                                 "as a simultaneous freeze of every disk")
         if opts.mode != "unsafe-staggered":
-            files = CycleFiles(ws, target, server, opts.mode, freeze=self.disks_kind == "loop")
+            files = CycleFiles(ws, target, server, opts.mode, freeze=self.disks_kind == "loop",
+                               level=self.level)
+            if self.level != "full":
+                result.notes.append(f'level = "{self.level}" in the drill\'s quiesce.toml')
             stack.callback(self._release_hold, files)
         for n in range(1, opts.cycles + 1):
             cycle = Cycle(number=n, total=opts.cycles, mode=opts.mode, target=target,
                           server=server, workload=workload, disks=disks, ws=ws, files=files,
-                          progress=self.progress, keep=opts.keep, fail_at=opts.fail_at)
+                          progress=self.progress, keep=opts.keep, fail_at=opts.fail_at,
+                          level=self.level)
             self._cycle = cycle
             try:
                 result.cycles.append(cycle.run())
@@ -267,6 +279,24 @@ class Drill:
             os.chmod(disk.mount_point, 0o755)  # noqa: S103 - service users traverse it
         return DiskSet(roots=roots, images=images, kind=self.disks_kind,
                        fstype=self.opts.fstype if self.disks_kind == "loop" else None)
+
+
+def _level(opts: DrillOptions, disks_kind: str) -> str:
+    """The quiesce level the drill's quiesce.toml allows; refuses combinations that prove
+    nothing (the light level needs a freeze set, so loop disks)."""
+    if opts.level not in LEVELS:
+        raise DrillError(f"unknown level {opts.level!r}", hint=f"use one of {', '.join(LEVELS)}")
+    level = "auto" if opts.mode == "unsafe-light-staggered" else opts.level
+    if opts.level == "auto" and opts.mode in ("crash", "unsafe-staggered"):
+        raise DrillError(f"--level auto has no meaning with --mode {opts.mode}: nothing is "
+                         "quiesced", hint="use --mode quiesced, or unsafe-light-staggered for "
+                                          "the light level's negative control")
+    if level == "auto" and disks_kind != "loop":
+        raise DrillError("the light level (--level auto, --mode unsafe-light-staggered) needs "
+                         "--disks loop: it is chosen only for files on filesystems frozen "
+                         "together, and plain directories cannot be frozen",
+                         hint="run as root with --disks loop (the default as root)")
+    return level
 
 
 def _check_config_dir_trusted(cfg: Path) -> None:
