@@ -10,11 +10,16 @@ the sha256 of the content it wrote, its mode and what it did:
 - ``same``: the file was already there with exactly this content (not written by this install):
   it is left alone.
 
+A file another agent's manifest also lists (the quiesce.toml of two installs) is left alone
+while that install remains.
+
 A file that changed since (other content, other mode, not a regular file any more) is never
 removed: nothing at all is removed while one does, and the report says which and what to do
-(move it away or put the installed version back, then run uninstall again). A file already
-gone is fine. The manifest goes last, once everything it lists is dealt with. Directories the
-install made are left (they may hold the DBA's files, such as secrets or run records).
+(move it away or put the installed version back, then run uninstall again), or, with
+``--keep-changed``, everything else is removed and the changed files stay (the DBA's edited
+quiesce.toml, typically). A file already gone is fine. The manifest goes last, once everything
+it lists is dealt with. Directories the install made are left (they may hold the DBA's files,
+such as secrets or run records).
 
 The manifest itself must be trustworthy (root-owned, not writable by others, like a config):
 whoever could write it could make root remove files.
@@ -37,7 +42,7 @@ REMOVE = "remove"
 RESTORE = "restore"  # remove ours, put the backup back
 LEAVE = "leave"  # not written by the install
 GONE = "gone"  # already removed
-CHANGED = "changed"  # refused
+CHANGED = "changed"  # refused, or kept with --keep-changed
 
 
 class UninstallRefused(QuiesceError):
@@ -133,11 +138,37 @@ def _newest_backup(prefix: str, inner: str, backups: list[Any]) -> str | None:
     return None
 
 
+def _shared(prefix: str, agent: str) -> dict[str, str]:
+    """Paths the other agents' manifests under ``prefix`` list -> one such agent."""
+    import json
+
+    directory = _join(prefix, f"/{MANIFEST_DIR}")
+    out: dict[str, str] = {}
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return out
+    for name in names:
+        other = name[:-len(".json")] if name.endswith(".json") else ""
+        if not other or other == agent:
+            continue
+        try:
+            with open(os.path.join(directory, name), "rb") as handle:
+                document = json.loads(handle.read(4 * 1024 * 1024))
+        except (OSError, ValueError):
+            continue
+        for entry in document.get("files", []) if isinstance(document, dict) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                out.setdefault(entry["path"], other)
+    return out
+
+
 def plan_uninstall(prefix: str, agent: str) -> UninstallPlan:
     """What uninstall would do with each file of the manifest; changes nothing."""
     path, document = load_manifest(prefix, agent)
     real_prefix = os.path.realpath(prefix)
     plan = UninstallPlan(agent, prefix, path)
+    shared = _shared(prefix, agent)
     backups = document.get("backups") if isinstance(document.get("backups"), list) else []
     for entry in document["files"]:
         if not isinstance(entry, dict) or not _inner_ok(entry.get("path")):
@@ -151,6 +182,9 @@ def plan_uninstall(prefix: str, agent: str) -> UninstallPlan:
         if action == "same":
             step.action, step.why = LEAVE, "was already there before the install"
             continue
+        if inner in shared:
+            step.action, step.why = LEAVE, f"the {shared[inner]} install uses it too"
+            continue
         if action not in ("create", "replace"):
             raise UninstallRefused(f"{path}: unknown action {action!r} for {inner}")
         try:
@@ -158,10 +192,10 @@ def plan_uninstall(prefix: str, agent: str) -> UninstallPlan:
         except FileNotFoundError:
             step.action, step.why = GONE, "already removed"
             continue
-        if os.path.realpath(host) != host:
-            step.action, step.why = CHANGED, "a directory on its path is a symbolic link now"
-        elif not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
             step.action, step.why = CHANGED, "is no longer a regular file"
+        elif os.path.realpath(os.path.dirname(host)) != os.path.dirname(host):
+            step.action, step.why = CHANGED, "a directory on its path is a symbolic link now"
         elif _sha256(host) != entry.get("sha256"):
             step.action, step.why = CHANGED, "its content changed since the install"
         elif f"{stat.S_IMODE(st.st_mode):04o}" != str(entry.get("mode")):
@@ -177,15 +211,17 @@ def plan_uninstall(prefix: str, agent: str) -> UninstallPlan:
     return plan
 
 
-def apply_uninstall(plan: UninstallPlan) -> None:
-    """Carry ``plan`` out; refuses (changing nothing) while a file changed since the install."""
-    if plan.changed:
+def apply_uninstall(plan: UninstallPlan, *, keep_changed: bool = False) -> None:
+    """Carry ``plan`` out; refuses (changing nothing) while a file changed since the install,
+    unless ``keep_changed``: then the changed files stay where they are."""
+    if plan.changed and not keep_changed:
         listed = "; ".join(f"{s.host}: {s.why}" for s in plan.changed)
         raise UninstallRefused(
             f"{len(plan.changed)} file(s) changed since 'quiesce install {plan.agent}', so "
             f"nothing was removed: {listed}",
             hint="keep your version under another name (mv FILE FILE.mine) or put the "
-                 "installed one back, then run 'quiesce uninstall' again")
+                 "installed one back, then run 'quiesce uninstall' again; or pass "
+                 "--keep-changed to leave the changed files where they are")
     for step in plan.steps:
         if step.action == RESTORE and step.backup is not None:
             os.replace(step.backup, step.host)
