@@ -108,6 +108,10 @@ class RunOptions:
     freeze_mounts: Sequence[str] | None = None
     freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT
     status_file: str | None = None
+    #: Consent to freeze every freezable local filesystem (``/`` included) when no
+    #: ``freeze_mounts`` are given. ``quiesce run`` sets it from --freeze-all, or in a real
+    #: Azure environment (:func:`real_azure_environment`); without it such a run is refused.
+    freeze_all: bool = True
 
 
 @dataclass
@@ -204,6 +208,35 @@ def _runner_word() -> str:
     return user_name(uid)
 
 
+WAAGENT_DIR = "/var/lib/waagent"
+VMSNAPSHOT_HANDLER = "Microsoft.Azure.RecoveryServices.VMSnapshotLinux-"
+FREEZE_CONSENT_HINT = ("a rehearsal: pass --freeze-mount PATH (a filesystem you may stall); a "
+                       "real backup of this machine: pass --freeze-all; --dry-run shows the "
+                       "plan without running anything")
+
+
+def real_azure_environment(waagent_dir: str = WAAGENT_DIR) -> bool:
+    """True only on an Azure VM where Azure VM Backup runs: the VMSnapshotLinux extension's
+    handler is installed (``/var/lib/waagent/Microsoft.Azure.RecoveryServices.
+    VMSnapshotLinux-<version>/HandlerEnvironment.json``). There, freezing every filesystem
+    is what the Azure extension itself does, so ``quiesce run`` needs no --freeze-all."""
+    try:
+        names = os.listdir(waagent_dir)
+    except OSError:
+        return False
+    return any(name.startswith(VMSNAPSHOT_HANDLER) and os.path.isfile(
+        os.path.join(waagent_dir, name, "HandlerEnvironment.json")) for name in names)
+
+
+def freeze_consent_message(mounts: Sequence[Any]) -> str:
+    listed = ", ".join(m.mount_point for m in mounts)
+    root = " (/ included: every process that writes stalls until the thaw)" if any(
+        m.mount_point == "/" for m in mounts) else ""
+    return (f"without --freeze-mount this run would freeze every freezable local "
+            f"filesystem{root}: {listed}; outside a real Azure VM Backup environment that "
+            "needs --freeze-all")
+
+
 def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
     """Check everything a run needs, collecting every problem; run nothing."""
     errors: list[RunError] = []
@@ -268,6 +301,9 @@ def validate(options: RunOptions) -> tuple[Prepared | None, list[RunError]]:
         else:
             if not mounts:
                 notes.append("no freezable filesystem found: nothing will be frozen")
+            elif not options.freeze_mounts and not options.freeze_all:
+                errors.append(RunError(report.VALIDATION_FAILED, None, "validate",
+                                       freeze_consent_message(mounts), FREEZE_CONSENT_HINT))
     elif options.freeze_mounts:
         notes.append("fsFreezeEnabled is false in the config: --freeze-mount is ignored")
 
@@ -700,6 +736,7 @@ class CheckResult:
     mounts: list[Any] = field(default_factory=list)
     freeze_enabled: bool | None = None
     freeze_refused: bool = False  # fsFreezeEnabled true, but freezing needs root
+    freeze_mounts: Sequence[str] | None = None  # the --freeze-mount limit, if any
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -728,7 +765,7 @@ def _lenient_script_paths(path: str) -> dict[str, str]:
 
 def check(config_path: str, freeze_mounts: Sequence[str] | None = None) -> CheckResult:
     """Everything ``quiesce run`` would validate, reported in full; nothing is run or frozen."""
-    result = CheckResult(config_path)
+    result = CheckResult(config_path, freeze_mounts=freeze_mounts)
     cannot_freeze: list[Problem] = []
 
     def add(problems: Sequence[Problem], default: str = report.VALIDATION_FAILED) -> None:
@@ -794,7 +831,10 @@ def format_check(result: CheckResult) -> str:
     elif result.freeze_refused:
         lines.append("  freeze: refused (it needs root; see the problem below)")
     elif result.mounts:
-        lines.append("  would freeze, in this order:")
+        lines.append("  'quiesce run' would freeze, in this order"
+                     + (":" if result.freeze_mounts else
+                        " (every freezable local filesystem: a real backup; 'run' needs "
+                        "--freeze-all for it outside Azure, or --freeze-mount PATH):"))
         lines.extend(f"    {m.mount_point} ({m.fstype} on {m.source})" for m in result.mounts)
     else:
         lines.append("  would freeze: nothing (no freezable filesystem found)")

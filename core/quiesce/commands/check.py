@@ -37,4 +37,11 @@ def main(args: argparse.Namespace) -> int:
     # A fact about this machine, not a problem nor a note on the config: a line of its own.
     result.checked.append(("helpers' cgroup", check_note()))
     sys.stdout.write(format_check(result))
+    from quiesce import journal
+
+    journal.log_event("check", "checked", "all good" if result.ok else
+                      "; ".join(f"{e.code}: {e.message}" for e in result.errors),
+                      priority=journal.INFO if result.ok else journal.WARNING,
+                      config=args.config, problems=len(result.errors),
+                      would_freeze=",".join(m.mount_point for m in result.mounts) or None)
     return 0 if result.ok else 2
