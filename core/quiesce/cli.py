@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "uninstall": ("quiesce.commands.uninstall", "remove exactly what 'install' wrote"),
     "prune": ("quiesce.commands.prune", "remove run records older than keep_days"),
     "drill": ("quiesce.commands.drill", "restore snapshots into throwaway servers and verify"),
-    "images": ("quiesce.commands.images", "build the drill's container images from distro packages"),
+    "images": ("quiesce.commands.images", "build the drill's container images from packages"),
 }
 
 

@@ -68,6 +68,8 @@ class MongoSession:
 class MongoTarget(Target):
     engine = "mongodb"
     section = "mongodb"
+    docker_profile = "quiesce_mongodb.image:profile"
+    docker_replset = "rs0"
 
     def check_available(self) -> None:
         if self.backend.name == "docker":
@@ -78,9 +80,7 @@ class MongoTarget(Target):
 
     def new_server(self, layout: ServerLayout) -> Server:
         if self.backend.name == "docker":
-            from quiesce.harness.drill.targets.docker import docker_server
-
-            return docker_server("mongodb", self.backend.image, layout, fresh=True)
+            return self.docker_server(layout, fresh=True)
         from quiesce_mongodb.server import LocalMongod
 
         server = LocalMongod(layout, replset="rs0")
@@ -89,9 +89,7 @@ class MongoTarget(Target):
 
     def open_restored(self, layout: ServerLayout, original: Server) -> Server:
         if self.backend.name == "docker":
-            from quiesce.harness.drill.targets.docker import docker_server
-
-            return docker_server("mongodb", self.backend.image, layout, fresh=False)
+            return self.docker_server(layout, fresh=False, original=original)
         from quiesce_mongodb.server import LocalMongod
 
         server = LocalMongod.open_existing(layout)

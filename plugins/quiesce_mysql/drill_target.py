@@ -81,6 +81,7 @@ class MySQLTarget(Target):
     section = "mysql"
     #: The drill's --level: "auto" writes level = "auto" and makes every table InnoDB.
     level = "full"
+    docker_profile = "quiesce_mysql.image:profile"
 
     def __init__(self, backend: Any, engine: str) -> None:
         super().__init__(backend)
@@ -107,18 +108,14 @@ class MySQLTarget(Target):
 
     def new_server(self, layout: ServerLayout) -> Server:
         if self.backend.name == "docker":
-            from quiesce.harness.drill.targets.docker import docker_server
-
-            return docker_server(self.engine, self.backend.image, layout, fresh=True)
+            return self.docker_server(layout, fresh=True)
         server = self._cls()(layout, settings=SETTINGS)
         server.start()
         return server
 
     def open_restored(self, layout: ServerLayout, original: Server) -> Server:
         if self.backend.name == "docker":
-            from quiesce.harness.drill.targets.docker import docker_server
-
-            return docker_server(self.engine, self.backend.image, layout, fresh=False)
+            return self.docker_server(layout, fresh=False, original=original)
         return self._cls().open_existing(layout, settings=SETTINGS)
 
     def toml_section(self, server: Server, config_dir: Path) -> str:

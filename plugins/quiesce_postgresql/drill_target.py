@@ -77,6 +77,7 @@ class PgSession:
 class PostgresTarget(Target):
     engine = "postgresql"
     section = "postgresql"
+    docker_profile = "quiesce_postgresql.image:profile"
     copy_log_after_post = True
     #: The drill's --level: "auto" leaves mode out (an explicit "backup" keeps backup mode).
     level = "full"
@@ -100,18 +101,14 @@ class PostgresTarget(Target):
 
     def new_server(self, layout: ServerLayout) -> Server:
         if self.backend.name == "docker":
-            from quiesce.harness.drill.targets.docker import docker_server
-
-            return docker_server("postgresql", self.backend.image, layout, fresh=True)
+            return self.docker_server(layout, fresh=True)
         server = self._local(layout)
         server.start()
         return server
 
     def open_restored(self, layout: ServerLayout, original: Server) -> Server:
         if self.backend.name == "docker":
-            from quiesce.harness.drill.targets.docker import docker_server
-
-            return docker_server("postgresql", self.backend.image, layout, fresh=False)
+            return self.docker_server(layout, fresh=False, original=original)
         from quiesce_postgresql.server import LocalPostgres
 
         before = self.restore_check(layout.data_dir)

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from quiesce.errors import DrillError, EngineUnavailable
+from quiesce.errors import DrillError, EngineUnavailable, QuiesceError
 from quiesce.harness.drill.cycle import DISKS, Cycle, CycleFiles, DiskSet
 from quiesce.harness.drill.report import DrillResult
 from quiesce.harness.drill.targets import Backend, Target, target_for
-from quiesce.harness.drill.targets.docker import docker_status
+from quiesce.harness.drill.targets.docker import docker_image, docker_status
 from quiesce.harness.drill.workload import Workload
 from quiesce.harness.drill.workspace import DISK_SIZE_MB, Workspace
 
@@ -58,28 +58,48 @@ class DrillOptions:
 
 
 def resolve_backend(opts: DrillOptions) -> tuple[Backend, Target]:
-    """The backend and target to use, or EngineUnavailable with one line naming the fix."""
+    """The backend and target to use, or EngineUnavailable with one line naming the fix.
+
+    ``auto`` takes Docker only when an engine answers and it has the image the target needs
+    (built here, present, or really pulled); otherwise the local binaries, and
+    :attr:`Backend.reason` says why. ``docker`` with no engine or no image is
+    EngineUnavailable (exit 3), naming how to start one or build or pull the image.
+    """
     if opts.backend not in ("auto", "docker", "local"):
         raise DrillError(f"unknown backend {opts.backend!r}", hint="use auto, docker or local")
     if opts.backend in ("auto", "docker"):
         ok, reason = docker_status()
         if ok:
-            backend = Backend("docker", opts.image)
-            target = target_for(opts.engine, backend)
-            return backend, target
-        if opts.backend == "docker":
+            try:
+                image = docker_image(opts.engine, opts.image)
+            except EngineUnavailable as exc:
+                if opts.backend == "docker" or opts.image:
+                    flag = "--backend docker" if opts.backend == "docker" else "--image"
+                    raise EngineUnavailable(f"{flag}: {exc}", hint=exc.hint) from exc
+                reason = f"the {reason} has no {opts.engine} image ({exc}; {exc.hint})"
+            except QuiesceError as exc:  # e.g. the engine's plugin has no Docker profile
+                if opts.backend == "docker" or opts.image:
+                    raise EngineUnavailable(f"--backend docker: {exc}", hint=exc.hint) from exc
+                reason = f"{opts.engine} cannot run on Docker: {exc}"
+            else:
+                backend = Backend("docker", image, reason=f"{reason}, image {image}")
+                target = target_for(opts.engine, backend)
+                return backend, target
+        elif opts.backend == "docker":
             raise EngineUnavailable(f"--backend docker: {reason}",
                                     hint="start a Docker engine or use --backend local")
-        if opts.image:  # the local binaries are not the version asked for
+        elif opts.image:  # the local binaries are not the version asked for
             raise EngineUnavailable(f"--image {opts.image} needs the Docker backend: {reason}",
                                     hint="start a Docker engine, or leave out --image to use "
                                          "the server binaries installed here")
+        reason = " ".join(reason.split())
     else:
         reason = ""
         if opts.image:
             raise DrillError(f"--image {opts.image} applies to the Docker backend only",
                              hint="leave out --image, or use --backend docker")
-    backend = Backend("local", None)
+    backend = Backend("local", None,
+                      reason=f"local binaries: {reason}" if reason else "--backend local")
     target = target_for(opts.engine, backend)
     try:
         target.check_available()
@@ -159,7 +179,7 @@ class Drill:
                                  hint="use --level full (the default) with this engine")
             target.level = self.level  # type: ignore[attr-defined]
         result = DrillResult(engine=opts.engine, backend=backend.name, disks=self.disks_kind,
-                             mode=opts.mode,
+                             mode=opts.mode, backend_reason=backend.reason,
                              fstype=opts.fstype if self.disks_kind == "loop" else None)
         stack = contextlib.ExitStack()
         with self._signals():
@@ -186,6 +206,7 @@ class Drill:
             stack.callback(_raise_problems, ws.remove)
         self.progress(f"{opts.engine} on {target.backend.name} backend, {self.disks_kind} "
                       f"disks, mode {opts.mode}, {opts.cycles} cycle(s); work dir {ws.root}")
+        self.progress(f"backend {target.backend.name}: {target.backend.reason}")
         if opts.mode != "unsafe-staggered":
             _check_config_dir_trusted(ws.cfg)
         disks = self._make_disks(stack, ws)

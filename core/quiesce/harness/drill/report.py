@@ -71,6 +71,8 @@ class DrillResult:
     notes: list[str] = field(default_factory=list)
     kept_dir: str | None = None
     workload_errors: dict[str, int] = field(default_factory=dict)
+    #: why this backend: the Docker engine and image used, or why Docker was not used
+    backend_reason: str = ""
 
     @property
     def verified(self) -> bool:
@@ -103,6 +105,7 @@ class DrillResult:
             "engine": self.engine,
             "version": self.version,
             "backend": self.backend,
+            "backend_reason": self.backend_reason,
             "disks": self.disks,
             "fstype": self.fstype,
             "mode": self.mode,

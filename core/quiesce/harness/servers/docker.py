@@ -1,50 +1,59 @@
 """Throwaway database servers in Docker containers (testcontainers), disks bind-mounted.
 
-One generic :class:`DockerServer` serves the official images ``postgres:16``/``postgres:17``,
-``mysql:8.4``, ``mariadb:11`` and ``mongo:7`` (or any tag of those repositories). The layout's
-data dir and log dir (pg_wal / InnoDB redo log / MongoDB journal) are bind-mounted from the
-host, so the host can freeze and snapshot them exactly as it would a VM's disks. Everything
-inside the container refers to the fixed container paths (``/qdata``, ``/qlog``), so a restore
-onto copies of the disks at other host paths needs no repointing: mount the copies instead.
+One generic :class:`DockerServer` runs any engine whose plugin provides a
+:class:`DockerProfile` (its ``image.py``, named by its drill target's ``docker_profile``): the
+profile knows the engine's port, container plan (environment, command, bind mounts), readiness
+probe and default official image, and, when the distribution packages the engine, the recipe of
+the image ``quiesce images build`` makes (:mod:`quiesce.harness.images`). This module knows no
+engine.
 
-The data lives in a sub-directory of each mount (``/qdata/pgdata``, ``/qdata/mysql``,
-``/qdata/db``) because the root of a freshly made ext4/xfs filesystem is not empty
-(``lost+found``), which initdb and mysqld --initialize refuse.
+The layout's data dir and log dir (pg_wal / InnoDB redo log / MongoDB journal) are bind-mounted
+from the host, so the host can freeze and snapshot them exactly as it would a VM's disks.
+Everything inside the container refers to the fixed container paths (``/qdata``, ``/qlog``),
+so a restore onto copies of the disks at other host paths needs no repointing: mount the
+copies instead.
 
-testcontainers and docker are imported inside functions only.
+Containers are named ``quiesce-drill-<engine>-<pid>-<random>`` and labelled
+``io.quiesce.drill=1`` with the owning process and host (:data:`LABEL`), so a crashed run's
+leftovers can be found (``docker ps -a --filter label=io.quiesce.drill``); a new server removes
+the leftovers of dead processes of this host before it starts. ``stop()`` removes the container
+and its anonymous volumes on every exit path of its caller.
+
+testcontainers' reaper (Ryuk) is used only when its image is already present: it is never
+pulled. testcontainers and docker are imported inside functions only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from quiesce.deadline import Deadline
 from quiesce.errors import EngineUnavailable, ServerError
 from quiesce.harness.servers.base import ConnectionInfo, Server, ServerLayout
 
+if TYPE_CHECKING:
+    from quiesce.harness.images import ImageRecipe
+
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 DATA_MOUNT = "/qdata"
 LOG_MOUNT = "/qlog"
-# The service user of all four official images (postgres, mysql, mongodb) is uid/gid 999.
+#: The service user of the official images and of the images quiesce builds.
 IMAGE_UID = 999
-
-ENGINES = ("postgresql", "mysql", "mariadb", "mongodb")
-DEFAULT_IMAGES = {
-    "postgresql": "postgres:17",
-    "mysql": "mysql:8.4",
-    "mariadb": "mariadb:11",
-    "mongodb": "mongo:7",
-}
-PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mongodb": 27017}
-_REPOSITORIES = {"postgres": "postgresql", "mysql": "mysql", "mariadb": "mariadb",
-                 "mongo": "mongodb"}
+LABEL = "io.quiesce.drill"
+LABEL_PID = "io.quiesce.pid"
+LABEL_HOST = "io.quiesce.host"
+LABEL_ENGINE = "io.quiesce.engine"
 
 
 def docker_host() -> str:
@@ -52,17 +61,24 @@ def docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
 
 
+def docker_client(timeout: float = 60.0) -> Any:
+    """A docker SDK client for :func:`docker_host` (the caller closes it)."""
+    import docker
+
+    return docker.from_env(timeout=max(1, int(timeout)))
+
+
 def docker_available(timeout: float = 3.0) -> tuple[bool, str]:
     """(True, where) when a Docker engine answers a ping, else (False, the exact reason)."""
     try:
-        import docker
+        import docker  # noqa: F401
         import testcontainers  # noqa: F401 - its absence is a reason to report
     except ImportError as exc:
         return False, (f"the Docker backend needs the docker and testcontainers packages "
                        f"({exc}); install them with: pip install 'quiesce[docker]'")
     host = docker_host()
     try:
-        client = docker.from_env(timeout=max(1, int(timeout)))
+        client = docker_client(timeout)
         try:
             client.ping()
         finally:
@@ -70,16 +86,6 @@ def docker_available(timeout: float = 3.0) -> tuple[bool, str]:
     except Exception as exc:
         return False, f"no Docker engine at {host}: {exc}"
     return True, f"Docker engine at {host}"
-
-
-def engine_for_image(image: str) -> str:
-    """The engine an image runs, from its repository name ("library/postgres:16" -> postgresql)."""
-    repo = image.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
-    try:
-        return _REPOSITORIES[repo]
-    except KeyError:
-        raise ServerError(f"unknown image {image!r}: expected a postgres, mysql, mariadb or "
-                         "mongo image") from None
 
 
 @dataclass
@@ -102,53 +108,88 @@ class ContainerPlan:
     database: str = ""
 
 
+class DockerProfile:
+    """What the Docker backend needs to know about one engine; each engine plugin provides
+    one (``quiesce_<engine>.image``). Subclasses set the class attributes and ``plan_env``."""
+
+    engine: str = ""
+    port: int = 0
+    #: The image used when none is given and quiesce built none (e.g. ``postgres:17``).
+    official_image: str = ""
+    #: Repository names that identify the engine in an image reference (``postgres``).
+    repositories: tuple[str, ...] = ()
+
+    def __init__(self, engine: str | None = None) -> None:
+        if engine:
+            self.engine = engine
+
+    def plan(self, layout: ServerLayout, *, image: str | None, password: str,
+             replset: str | None) -> ContainerPlan:
+        """The container for ``layout``: both disks bind-mounted; subclasses add the rest."""
+        if replset:
+            raise ServerError(f"replset is a MongoDB option, not one of {self.engine}")
+        plan = ContainerPlan(self.engine, image or self.official_image, self.port,
+                             password=password)
+        plan.volumes.append((str(layout.data_dir), DATA_MOUNT, "rw"))
+        if layout.log_dir is not None:
+            plan.volumes.append((str(layout.log_dir), LOG_MOUNT, "rw"))
+        return plan
+
+    def probe(self, info: ConnectionInfo) -> str:
+        """Connect once with the engine's driver; return the server version or raise."""
+        raise NotImplementedError
+
+    def after_ready(self, server: DockerServer, deadline: Deadline) -> None:
+        """Anything to do once the server answers (MongoDB: initiate the replica set)."""
+
+    def connection_extra(self, host: str, port: int) -> dict[str, Any]:
+        return {}
+
+    def recipe(self) -> ImageRecipe | None:
+        """How ``quiesce images build`` makes this engine's image from the distribution's
+        packages; None when the distribution has no package for it."""
+        return None
+
+
+@functools.cache
+def docker_profile(engine: str) -> DockerProfile:
+    """The profile of ``engine``, from the plugin whose drill target has that name."""
+    from quiesce.errors import DrillError
+    from quiesce.harness.drill.targets import drill_targets
+
+    try:
+        return drill_targets().docker_profile(engine)
+    except DrillError as exc:
+        raise ServerError(f"unknown engine {engine!r}: {exc}", hint=exc.hint) from exc
+
+
+def engine_for_image(image: str, engines: tuple[str, ...] | None = None) -> str:
+    """The engine an image runs, from its repository name ("library/postgres:16" ->
+    postgresql; "quiesce-drill/mariadb:10.11" -> mariadb)."""
+    from quiesce.harness.drill.targets import drill_targets
+
+    repo = image.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
+    names = engines if engines is not None else tuple(drill_targets().names())
+    for name in names:
+        with contextlib.suppress(ServerError):
+            profile = docker_profile(name)
+            if repo == name or repo in profile.repositories:
+                return name
+    raise ServerError(f"unknown image {image!r}: its repository {repo!r} is none of the "
+                      f"engines' images", hint="pass --engine with the engine it runs")
+
+
 def container_plan(engine: str, layout: ServerLayout, *, image: str | None = None,
                    password: str | None = None, replset: str | None = None) -> ContainerPlan:
     """The container for ``engine`` with the layout's data and log dirs bind-mounted.
 
     ``password`` (the superuser's; a random one when None) is for a throwaway server only.
+    ``image`` None: the engine's official image (the choice between a built and an official
+    image is :func:`quiesce.harness.images.resolve_image`'s).
     """
     if password is None:
         password = secrets.token_urlsafe(16)
-    if engine not in ENGINES:
-        raise ServerError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    if replset and engine != "mongodb":
-        raise ServerError("replset is a MongoDB option")
-    image = image or DEFAULT_IMAGES[engine]
-    data = Path(layout.data_dir)
-    log = Path(layout.log_dir) if layout.log_dir is not None else None
-    plan = ContainerPlan(engine, image, PORTS[engine], password=password)
-    plan.volumes.append((str(data), DATA_MOUNT, "rw"))
-    if log is not None:
-        plan.volumes.append((str(log), LOG_MOUNT, "rw"))
-    if engine == "postgresql":
-        plan.user, plan.database = "postgres", "postgres"
-        plan.env = {"POSTGRES_PASSWORD": password, "PGDATA": f"{DATA_MOUNT}/pgdata"}
-        if log is not None:
-            plan.env["POSTGRES_INITDB_WALDIR"] = f"{LOG_MOUNT}/pg_wal"
-    elif engine in ("mysql", "mariadb"):
-        plan.user, plan.database = "root", ""
-        key = "MYSQL_ROOT_PASSWORD" if engine == "mysql" else "MARIADB_ROOT_PASSWORD"
-        plan.env = {key: password}
-        plan.command = [f"--datadir={DATA_MOUNT}/mysql"]
-        plan.host_dirs.append(data / "mysql")
-        if log is not None:
-            # mysqld does not create innodb_log_group_home_dir: it must exist, owned by mysql.
-            plan.command.append(f"--innodb-log-group-home-dir={LOG_MOUNT}/redo")
-            plan.host_dirs.append(log / "redo")
-    else:  # mongodb: no authentication (a throwaway server bound to a mapped port)
-        plan.password = ""
-        plan.command = ["mongod", "--dbpath", f"{DATA_MOUNT}/db", "--bind_ip_all",
-                        "--wiredTigerCacheSizeGB", "0.25"]
-        if replset:
-            plan.command += ["--replSet", replset]
-        plan.host_dirs.append(data / "db")
-        if log is not None:
-            # The journal is <dbpath>/journal: a symlink to the log disk, by container path,
-            # so copies of the disks restore without repointing.
-            plan.host_dirs.append(log / "journal")
-            plan.symlinks.append((data / "db" / "journal", f"{LOG_MOUNT}/journal"))
-    return plan
+    return docker_profile(engine).plan(layout, image=image, password=password, replset=replset)
 
 
 def prepare_host_dirs(plan: ContainerPlan) -> None:
@@ -167,33 +208,79 @@ def prepare_host_dirs(plan: ContainerPlan) -> None:
             os.lchown(link, IMAGE_UID, IMAGE_UID)
 
 
-def _probe(engine: str, info: ConnectionInfo) -> str:
-    """Connect once with the engine's driver; return the server version or raise."""
-    if engine == "postgresql":
-        import psycopg
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
 
-        with psycopg.connect(host=info.host, port=info.port, user=info.user,
-                             password=info.password, dbname=info.database or "postgres",
-                             connect_timeout=3) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            return str(row[0]) if row else ""
-    if engine in ("mysql", "mariadb"):
-        import pymysql
 
-        conn = pymysql.connect(host=info.host, port=info.port, user=info.user,
-                               password=info.password, connect_timeout=3, read_timeout=5)
+def container_labels(engine: str) -> dict[str, str]:
+    return {LABEL: "1", LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname(),
+            LABEL_ENGINE: engine}
+
+
+def leftover_containers(client: Any, *, all_hosts: bool = False) -> list[Any]:
+    """Containers a quiesce process of this host (any host: ``all_hosts``) started and that
+    process is gone."""
+    found = []
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        labels = container.labels or {}
+        if not all_hosts and labels.get(LABEL_HOST) != socket.gethostname():
+            continue
         try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT VERSION()")
-                row = cur.fetchone()
-                return str(row[0]) if row else ""
-        finally:
-            conn.close()
-    import pymongo
+            pid = int(labels.get(LABEL_PID, ""))
+        except ValueError:
+            pid = 0
+        if all_hosts or not pid or not _pid_alive(pid):
+            found.append(container)
+    return found
 
-    with pymongo.MongoClient(info.host, info.port, directConnection=True,
-                             serverSelectionTimeoutMS=3000) as client:
-        return str(client.admin.command("buildInfo").get("version", ""))
+
+def remove_leftovers(client: Any, *, all_hosts: bool = False) -> list[str]:
+    """Remove :func:`leftover_containers` (with their anonymous volumes); their names."""
+    removed = []
+    for container in leftover_containers(client, all_hosts=all_hosts):
+        with contextlib.suppress(Exception):
+            container.remove(force=True, v=True)
+            removed.append(container.name)
+    return removed
+
+
+def published_address(ports: dict[str, Any], port: int, host: str | None = None) -> tuple[str,
+                                                                                          int]:
+    """(host, port) to reach ``port``/tcp from here, from a container's NetworkSettings.Ports.
+
+    An engine bound to one address (``dockerd --ip=127.0.0.1``) publishes there; a wildcard
+    binding is reached on 127.0.0.1 for a local engine, on the DOCKER_HOST's host otherwise.
+    testcontainers' own guess is not used: where ``/.dockerenv`` exists it assumes it runs
+    inside a container and connects to the bridge's gateway.
+    """
+    bindings = ports.get(f"{port}/tcp") or []
+    if not bindings:
+        raise ServerError(f"the container publishes no port for {port}/tcp")
+    ipv4 = [b for b in bindings if ":" not in (b.get("HostIp") or "")] or bindings
+    binding = ipv4[0]
+    address = binding.get("HostIp") or ""
+    if address in ("", "0.0.0.0", "::"):  # noqa: S104 - reading a binding, not binding
+        url = urlparse(host or docker_host())
+        address = url.hostname if url.scheme in ("tcp", "http", "https") and url.hostname \
+            else "127.0.0.1"
+    return address, int(binding["HostPort"])
+
+
+def _configure_testcontainers(client: Any) -> None:
+    """Use Ryuk only when its image is here (it is never pulled); otherwise quiesce's own
+    names, labels and cleanup are what removes containers."""
+    from testcontainers.core.config import testcontainers_config as config
+
+    if "TESTCONTAINERS_RYUK_DISABLED" in os.environ:
+        return
+    try:
+        client.images.get(config.ryuk_image)
+    except Exception:
+        config.ryuk_disabled = True
 
 
 class DockerServer(Server):
@@ -208,11 +295,14 @@ class DockerServer(Server):
         self.engine = engine
         self.layout = layout
         self.replset = replset
+        self.profile = docker_profile(engine)
+        self.requested_image = image
         self.plan = container_plan(engine, layout, image=image, password=password,
                                    replset=replset)
         self.start_timeout = start_timeout
-        self._probe = probe or _probe
+        self._probe = probe
         self.container: Any = None
+        self._address: tuple[str, int] | None = None
         self._version = ""
 
     @classmethod
@@ -226,14 +316,16 @@ class DockerServer(Server):
         return self._version
 
     @property
+    def name(self) -> str:
+        return getattr(self.container, "_name", None) or ""
+
+    @property
     def connection(self) -> ConnectionInfo:
-        if self.container is None:
+        if self.container is None or self._address is None:
             raise ServerError(f"{self.engine} container is not running")
-        host = self.container.get_container_host_ip()
-        port = int(self.container.get_exposed_port(self.plan.port))
-        extra: dict[str, Any] = {"image": self.plan.image}
-        if self.engine == "mongodb":
-            extra["uri"] = f"mongodb://{host}:{port}/?directConnection=true"
+        host, port = self._address
+        extra: dict[str, Any] = {"image": self.plan.image,
+                                 **self.profile.connection_extra(host, port)}
         return ConnectionInfo(host=host, port=port, user=self.plan.user,
                               password=self.plan.password, database=self.plan.database,
                               extra=extra)
@@ -245,29 +337,52 @@ class DockerServer(Server):
                                                  "backend (--backend local)")
         from testcontainers.core.container import DockerContainer
 
+        from quiesce.harness.images import resolve_image
+
+        self.plan.image = resolve_image(self.engine, self.requested_image)
+        client = docker_client()
+        try:
+            remove_leftovers(client)
+            _configure_testcontainers(client)
+        finally:
+            client.close()
         prepare_host_dirs(self.plan)
-        container = DockerContainer(self.plan.image).with_exposed_ports(self.plan.port)
+        name = f"quiesce-drill-{self.engine}-{os.getpid()}-{secrets.token_hex(3)}"
+        container = (DockerContainer(self.plan.image).with_exposed_ports(self.plan.port)
+                     .with_name(name)
+                     .with_kwargs(labels=container_labels(self.engine)))
         for key, value in self.plan.env.items():
             container = container.with_env(key, value)
         for host_path, container_path, mode in self.plan.volumes:
             container = container.with_volume_mapping(host_path, container_path, mode)
         if self.plan.command:
             container = container.with_command(self.plan.command)
-        self.container = container.start()
+        # Registered before it exists: a failure (or a signal) inside start() still removes
+        # whatever testcontainers created.
+        self.container = container
         try:
+            container.start()
+            wrapped = container.get_wrapped_container()
+            wrapped.reload()
+            self._address = published_address(wrapped.attrs["NetworkSettings"]["Ports"],
+                                               self.plan.port)
             deadline = Deadline(self.start_timeout)
             self._wait_ready(deadline)
-            if self.replset:
-                self._initiate_replset(deadline)
+            self.profile.after_ready(self, deadline)
         except BaseException:
             self.stop()
             raise
+
+    def _probe_once(self) -> str:
+        if self._probe is not None:
+            return self._probe(self.engine, self.connection)
+        return self.profile.probe(self.connection)
 
     def _wait_ready(self, deadline: Deadline) -> None:
         last: Exception | None = None
         while not deadline.expired():
             try:
-                self._version = self._probe(self.engine, self.connection)
+                self._version = self._probe_once()
                 return
             except Exception as exc:
                 last = exc
@@ -276,33 +391,10 @@ class DockerServer(Server):
                 if self.container.status in ("exited", "dead"):
                     raise ServerError(f"{self.plan.image} exited while starting; logs:\n"
                                      f"{self.logs_tail()}")
-            time.sleep(1.0)
+            time.sleep(0.5)
         raise ServerError(f"{self.plan.image} did not accept connections in "
                          f"{deadline.seconds:g}s (last error: {last}); logs:\n"
                          f"{self.logs_tail()}")
-
-    def _initiate_replset(self, deadline: Deadline) -> None:
-        """Make the container a one-member replica set (it names itself 127.0.0.1:27017)."""
-        import pymongo
-        from pymongo import errors
-
-        info = self.connection
-        config = {"_id": self.replset,
-                  "members": [{"_id": 0, "host": f"127.0.0.1:{PORTS['mongodb']}"}]}
-        with pymongo.MongoClient(info.host, info.port, directConnection=True,
-                                 serverSelectionTimeoutMS=5000) as client:
-            try:
-                client.admin.command({"replSetInitiate": config})
-            except errors.OperationFailure as exc:
-                if "already initialized" not in str(exc):
-                    raise ServerError(f"replSetInitiate failed: {exc}") from exc
-            while not deadline.expired():
-                with contextlib.suppress(errors.PyMongoError):
-                    if client.admin.command("hello").get("isWritablePrimary"):
-                        return
-                time.sleep(0.5)
-        raise ServerError(f"the {self.plan.image} container did not become primary of "
-                         f"{self.replset} in {deadline.seconds:g}s")
 
     def logs_tail(self, lines: int = 20) -> str:
         try:
@@ -313,10 +405,19 @@ class DockerServer(Server):
         return "\n".join(text[-lines:])
 
     def stop(self) -> None:
+        """Remove the container (SIGKILL if it does not stop) and its anonymous volumes."""
         container, self.container = self.container, None
-        if container is not None:
+        self._address = None
+        if container is None:
+            return
+        wrapped = getattr(container, "_container", None)
+        if wrapped is not None:
+            # A clean shutdown first (a restored copy is only reused by tests that ask for
+            # it, but a server killed mid-write would log recovery on the next start).
             with contextlib.suppress(Exception):
-                container.stop()
+                wrapped.stop(timeout=30)
+        with contextlib.suppress(Exception):
+            container.stop()
 
     def kill(self) -> None:
         """SIGKILL the database (an unclean crash); the container is removed by stop()."""
@@ -328,5 +429,9 @@ class DockerServer(Server):
         if self.container is None:
             self.start()
             return
-        self.container.get_wrapped_container().restart(timeout=30)
+        wrapped = self.container.get_wrapped_container()
+        wrapped.restart(timeout=30)
+        wrapped.reload()
+        self._address = published_address(wrapped.attrs["NetworkSettings"]["Ports"],
+                                          self.plan.port)
         self._wait_ready(Deadline(self.start_timeout))

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from quiesce.errors import DrillError
 from quiesce.harness.drill.targets.base import Backend, Target
+
+if TYPE_CHECKING:
+    from quiesce.harness.servers.docker import DockerProfile
 
 TargetFactory = Callable[[Backend, str], Target]
 
@@ -43,21 +47,49 @@ class DrillTargetRegistry:
     def names(self) -> list[str]:
         return sorted(self._factories)
 
-    def create(self, name: str, backend: Backend) -> Target:
+    def _load(self, name: str) -> tuple[str, str, object]:
         if name not in self._factories:
             known = ", ".join(self.names()) or "none"
             raise DrillError(f"no installed plugin provides a drill target {name!r} "
                              f"(available: {known})",
                              hint="pick one of those with --engine, or install the plugin")
         owner, reference = self._factories[name]
-        module, _, attribute = reference.partition(":")
-        try:
-            factory: TargetFactory = getattr(importlib.import_module(module), attribute)
-        except (ImportError, AttributeError) as exc:
-            raise DrillError(f"plugin {owner!r}: its drill target {name!r} ({reference}) "
-                             f"cannot be loaded: {exc}",
-                             hint="reinstall the plugin with its drill extras") from exc
-        return factory(backend, name)
+        return owner, reference, _import_reference(reference, owner, f"its drill target {name!r}")
+
+    def docker_profile(self, name: str) -> DockerProfile:
+        """The Docker profile of target ``name``: its factory's ``docker_profile`` attribute,
+        ``"package.module:callable"``, called with the target name. Raises ServerError when the
+        plugin has none (it cannot run on the Docker backend)."""
+        from quiesce.errors import ServerError
+
+        owner, _reference, factory = self._load(name)
+        ref = getattr(factory, "docker_profile", "") or ""
+        if not ref:
+            raise ServerError(f"plugin {owner!r} gives its drill target {name!r} no Docker "
+                              "profile: it cannot run on the Docker backend",
+                              hint="use --backend local")
+        make = _import_reference(ref, owner, f"the Docker profile of {name!r}")
+        profile: DockerProfile = make(name)  # type: ignore[operator]
+        return profile
+
+    def create(self, name: str, backend: Backend) -> Target:
+        if name not in self._factories:
+            known = ", ".join(self.names()) or "none"
+            raise DrillError(f"no installed plugin provides a drill target {name!r} "
+                             f"(available: {known})",
+                             hint="pick one of those with --engine, or install the plugin")
+        _owner, _reference, factory = self._load(name)
+        target: Target = factory(backend, name)  # type: ignore[operator]
+        return target
+
+
+def _import_reference(reference: str, owner: str, what: str) -> object:
+    module, _, attribute = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise DrillError(f"plugin {owner!r}: {what} ({reference}) cannot be loaded: {exc}",
+                         hint="reinstall the plugin with its drill extras") from exc
 
 
 def drill_targets() -> DrillTargetRegistry:

@@ -56,6 +56,8 @@ class Backend:
 
     name: str  # "local" | "docker"
     image: str | None = None
+    #: why this backend was chosen (``auto``: why Docker was or was not used)
+    reason: str = ""
 
 
 class Target(abc.ABC):
@@ -63,6 +65,27 @@ class Target(abc.ABC):
     section: str = ""  # quiesce.toml section / plugin name
     #: Restoring a non-simultaneous (dir) snapshot needs the WAL copied after ``post``.
     copy_log_after_post: bool = False
+    #: ``"package.module:callable"`` returning the engine's
+    #: :class:`quiesce.harness.servers.docker.DockerProfile` when called with the target name;
+    #: empty: the target cannot run on the Docker backend.
+    docker_profile: str = ""
+    #: The replica set a fresh Docker server is started as (MongoDB: transactions need one).
+    docker_replset: str | None = None
+
+    def docker_server(self, layout: ServerLayout, *, fresh: bool,
+                      original: Server | None = None) -> Server:
+        """A started container of this engine on ``layout`` (the Docker backend's server).
+
+        A restored copy (``fresh`` False) keeps ``original``'s superuser password: it is stored
+        in the copied data directory, which the new container does not initialise again."""
+        from quiesce.harness.servers.docker import DockerServer
+
+        plan = getattr(original, "plan", None)
+        server = DockerServer(self.engine, layout, image=self.backend.image,
+                              password=getattr(plan, "password", None),
+                              replset=self.docker_replset if fresh else None)
+        server.start()
+        return server
 
     def __init__(self, backend: Backend, name: str | None = None) -> None:
         """``name``: the drill target name it was registered and chosen under."""

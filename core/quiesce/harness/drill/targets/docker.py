@@ -1,8 +1,7 @@
-"""Docker-backed servers for the drill (thin glue over quiesce.harness.servers.docker)."""
+"""The Docker backend's availability, for the drill (thin glue over
+quiesce.harness.servers.docker and quiesce.harness.images)."""
 
 from __future__ import annotations
-
-from quiesce.harness.servers.base import Server, ServerLayout
 
 
 def docker_status() -> tuple[bool, str]:
@@ -14,11 +13,9 @@ def docker_status() -> tuple[bool, str]:
     return docker_available()
 
 
-def docker_server(engine: str, image: str | None, layout: ServerLayout, *, fresh: bool) -> Server:
-    """A started container whose data/log dirs are ``layout``'s host directories."""
-    from quiesce.harness.servers.docker import DockerServer
+def docker_image(engine: str, requested: str | None) -> str:
+    """The image the drill's containers run (present in the engine; pulled if it must be), or
+    ImageUnavailable with one line naming how to build or pull one."""
+    from quiesce.harness.images import resolve_image
 
-    server = (DockerServer(engine, layout, image=image) if fresh
-              else DockerServer.open_existing(engine, layout, image=image))
-    server.start()
-    return server
+    return resolve_image(engine, requested)
