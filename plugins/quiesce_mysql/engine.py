@@ -320,6 +320,8 @@ class MySQLQuiescer(Quiescer):
         try:
             files = [column_text(r[0]) for r in self._run(
                 tablespace_files_query(self.info), deadline=deadline, timeout=30)]
+        except SessionLost:
+            raise
         except EngineError as exc:
             level.check("files recovery needs", False,
                         f"cannot list InnoDB files outside the data directory ({exc}); GRANT "
