@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 from quiesce.callers.install import base
 from quiesce.callers.install.base import Context, Plan, PlannedFile
@@ -146,3 +147,40 @@ def make_plan(ctx: Context) -> Plan:
     ]
     return Plan(NAME, ctx.prefix, files, dir_modes={"etc/quiesce/aws": 0o700}, notes=notes,
                 deadline=deadline)
+
+
+def document_timeout(path: str) -> int | None:
+    """timeoutSeconds of the SSM document's step, None when it cannot be read."""
+    import re
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read(256 * 1024)
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = re.search(r"^\s*timeoutSeconds:\s*[\"']?(\d+)", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def check(prefix: str = "/") -> Any:
+    """``quiesce check --agent aws``: the hook and the SSM document; the policy's
+    ExecutionTimeout is invisible from the guest, so the check says what it must be."""
+    from quiesce.callers.install import checking
+
+    report = checking.AgentCheck(NAME, prefix)
+    checking.standard(report, HOOK)
+    doc_timeout = document_timeout(base.join(prefix, DOCUMENT))
+    if doc_timeout is None:
+        report.problem(checking.HOOK_CODE, f"{DOCUMENT} is missing or has no timeoutSeconds",
+                       checking.reinstall(NAME))
+    deadline = checking.effective_deadline(report)
+    if deadline is not None:
+        wanted = execution_timeout(deadline)
+        if doc_timeout is not None and doc_timeout < wanted:
+            report.problem(checking.DEADLINE_CODE,
+                           f"{DOCUMENT}: timeoutSeconds {doc_timeout} is shorter than pre's "
+                           f"deadline {deadline:g} s + {MARGIN:g} s", checking.reinstall(NAME))
+        report.checked.append(("deadline", f"pre's deadline {deadline:g} s; the DLM policy's "
+                               f"ExecutionTimeout must be at least {wanted} (it lives in the "
+                               "policy: not visible from here)"))
+    return report

@@ -16,6 +16,7 @@ hold). Writes instance_configs.cfg only when it is missing; an existing one is l
 from __future__ import annotations
 
 import configparser
+from typing import Any
 
 from quiesce.callers.install import base
 from quiesce.callers.install.base import Context, Plan, PlannedFile
@@ -113,3 +114,37 @@ def make_plan(ctx: Context) -> Plan:
     return Plan(NAME, ctx.prefix, files, dir_modes={"etc/google": 0o755,
                                                       "etc/google/snapshots": 0o700},
                 notes=notes, deadline=deadline)
+
+
+def check(prefix: str = "/") -> Any:
+    """``quiesce check --agent gce``: both scripts, snapshots enabled in the guest agent, and
+    the deadline against timeout_in_seconds."""
+    from quiesce.callers.install import checking
+
+    report = checking.AgentCheck(NAME, prefix)
+    checking.standard(report, PRE)
+    post_calls = checking.check_hook(report, POST)
+    if post_calls and not any(c.command == "post" for c in post_calls):
+        report.problem(checking.HOOK_CODE, f"{POST} runs no 'quiesce post': the locks wait "
+                       "for max_hold_seconds after every snapshot", checking.reinstall(NAME))
+    settings = snapshot_settings(base.join(prefix, INSTANCE_CONFIGS))
+    if not enabled(settings):
+        report.problem(checking.SWITCH_CODE, f"snapshot scripts are not enabled in "
+                       f"{INSTANCE_CONFIGS}: the guest agent never runs pre.sh",
+                       "set 'enabled = true' in its [Snapshots] group and restart "
+                       "google-guest-agent")
+    else:
+        report.checked.append(("agent switch", f"[Snapshots] enabled in {INSTANCE_CONFIGS}"))
+    timeout = agent_timeout(settings)
+    deadline = checking.effective_deadline(report)
+    if deadline is not None:
+        if deadline + MARGIN > timeout:
+            report.problem(checking.DEADLINE_CODE,
+                           f"pre's deadline {deadline:g} s does not fit timeout_in_seconds "
+                           f"{timeout} less {MARGIN:g} s: the agent would kill pre.sh first",
+                           f"raise timeout_in_seconds to {int(deadline + MARGIN) + 1} or "
+                           f"'quiesce install gce --force --deadline {timeout - MARGIN:g}'")
+        else:
+            report.checked.append(("deadline", f"pre's deadline {deadline:g} s; the guest "
+                                   f"agent's timeout_in_seconds {timeout}"))
+    return report

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import configparser
 import os
+from typing import Any
 
 from quiesce.callers.install import base
 from quiesce.callers.install.base import Context, Plan, PlannedFile
@@ -156,3 +157,47 @@ def hook_setting(path: str) -> str | None:
         return None
     value = parser.get("general", "fsfreeze-hook").strip()
     return value or DEFAULT_HOOK
+
+
+def check(prefix: str = "/") -> Any:
+    """``quiesce check --agent qemu-ga``: the hook (hook.d or direct, whichever is installed),
+    that the agent runs hooks at all, and the deadline (qemu-ga has no limit of its own)."""
+    from quiesce.callers.install import checking
+
+    report = checking.AgentCheck(NAME, prefix)
+    modes = [m for m in HOOK_MODES if os.path.lexists(base.join(prefix, hook_path(m)))]
+    mode = modes[0] if modes else "hook.d"
+    if len(modes) > 1:
+        report.notes.append(f"both {HOOK_D} and {DIRECT_HOOK} exist: with the hook setting "
+                            "below only one of them runs")
+    checking.standard(report, hook_path(mode))
+    if mode == "hook.d":
+        default = base.join(prefix, DEFAULT_HOOK)
+        if not (os.path.isfile(default) and os.access(default, os.X_OK)):
+            report.problem(checking.SWITCH_CODE, f"{DEFAULT_HOOK} (the distro's default hook, "
+                           "which runs fsfreeze-hook.d) is missing or not executable",
+                           "install the qemu-guest-agent package, or 'quiesce install "
+                           "qemu-ga --hook direct'")
+    conf = base.join(prefix, AGENT_CONF)
+    setting = hook_setting(conf)
+    wanted = agent_hook(mode)
+    if setting == wanted:
+        report.checked.append(("agent switch", f"fsfreeze-hook={wanted} in {AGENT_CONF}"))
+    elif setting is not None:
+        report.problem(checking.SWITCH_CODE, f"{AGENT_CONF} sets fsfreeze-hook={setting}, "
+                       f"so qemu-ga does not run {hook_path(mode)}",
+                       f"set fsfreeze-hook={wanted} in its [general] group and restart "
+                       "qemu-guest-agent")
+    else:
+        report.checked.append(("agent switch", "not in qemu-ga.conf (see the warning below)"))
+        report.notes.append(f"WARNING: {AGENT_CONF} does not enable the hook; qemu-ga runs it "
+                            f"only if started with -F{'' if mode == 'hook.d' else wanted} "
+                            f"(Debian's unit does not): set fsfreeze-hook={wanted} in its "
+                            "[general] group")
+    if report.deadline is not None:
+        report.checked.append(("deadline", f"pre's deadline {report.deadline:g} s (set by "
+                               "'install --deadline'; qemu-ga has no hook timeout of its own)"))
+    report.checked.append(("on failure", "the freeze goes ahead without the database lock; "
+                           f"logged to {AGENT_LOG}" if mode == "hook.d" else
+                           "qemu-ga refuses the freeze"))
+    return report

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import configparser
 import os
+from typing import Any
 
 from quiesce.callers.install import base
 from quiesce.callers.install.base import Context, Plan, PlannedFile
@@ -138,3 +139,42 @@ def make_plan(ctx: Context) -> Plan:
                 dir_modes={"etc/vmware-tools": 0o755,
                            "etc/vmware-tools/backupScripts.d": 0o755},
                 notes=notes, deadline=deadline)
+
+
+def check(prefix: str = "/") -> Any:
+    """``quiesce check --agent vmware``: the hook, execScripts, the deadline against the
+    vmbackup timeout, and a freezeFail branch that releases."""
+    from quiesce.callers.install import checking
+
+    report = checking.AgentCheck(NAME, prefix)
+    calls = checking.standard(report, HOOK)
+    if calls and not any(c.command == "post" and c.args is not None
+                         and getattr(c.args, "caller_failed", None) for c in calls):
+        report.problem(checking.HOOK_CODE, f"{HOOK} does not release with 'quiesce post "
+                       "--caller-failed' on freezeFail: a failed snapshot would be recorded "
+                       "as consistent", checking.reinstall(NAME))
+    settings = vmbackup_settings(base.join(prefix, TOOLS_CONF))
+    if settings is not None and is_false(settings.get("execscripts")):
+        report.problem(checking.SWITCH_CODE, f"{TOOLS_CONF} sets execScripts = false in "
+                       "[vmbackup]: VMware Tools runs no quiescing script",
+                       "set execScripts = true (or remove the line) and restart vmtoolsd")
+    else:
+        report.checked.append(("agent switch", "execScripts is on ([vmbackup] "
+                               + ("default)" if settings is None
+                                  or "execscripts" not in settings else "in tools.conf)")))
+    timeout = plugin_timeout(settings)
+    deadline = checking.effective_deadline(report)
+    if deadline is not None:
+        if timeout is not None and deadline + MARGIN > timeout:
+            report.problem(checking.DEADLINE_CODE,
+                           f"pre's deadline {deadline:g} s leaves less than {MARGIN:g} s of "
+                           f"the vmbackup timeout ({timeout} s) for the freeze and the snapshot",
+                           f"lower it ('quiesce install vmware --force --deadline "
+                           f"{max(1, timeout - MARGIN):g}') or raise [vmbackup] timeout")
+        else:
+            report.checked.append(("deadline", f"pre's deadline {deadline:g} s; vmbackup "
+                                   + (f"timeout {timeout} s" if timeout else "has no timeout")))
+    for legacy in LEGACY:
+        if os.path.lexists(base.join(prefix, legacy)):
+            report.notes.append(f"{legacy} exists: VMware Tools runs it too")
+    return report
