@@ -12,6 +12,7 @@ operation, which is what lets one long-lived connection use a different bound pe
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,9 @@ def connect(endpoint: Endpoint, deadline: Deadline, *, purpose: str) -> Any:
         "local_infile": False,
     }
     if options.unix_socket:
+        missing = socket_problem(options.unix_socket)
+        if missing is not None:
+            raise EngineError(missing, hint=FIND_SOCKET_HINT)
         kwargs["unix_socket"] = options.unix_socket
     else:
         kwargs["host"] = options.host
@@ -144,15 +148,12 @@ def connect(endpoint: Endpoint, deadline: Deadline, *, purpose: str) -> Any:
                 hint="check user and the password in password_file (its first line), and that "
                      "the account may connect from this host",
             ) from exc
-        if number in (CR_CONN_HOST_ERROR, CR_CONNECTION_ERROR) or isinstance(exc.__cause__,
-                                                                             OSError):
-            where = options.unix_socket or f"{options.host}:{options.port}"
-            raise EngineError(
-                f"cannot reach the MySQL/MariaDB server at {where} within "
-                f"{timeout:g}s ({describe_error(exc)})",
-                hint="check that the server runs and that host/port or unix_socket in "
-                     "quiesce.toml point at it",
-            ) from exc
+        cause = _os_cause(exc)
+        handshake = number in (CR_SERVER_LOST, CR_SERVER_GONE)  # connected, then silence
+        if number in (CR_CONN_HOST_ERROR, CR_CONNECTION_ERROR) or (cause is not None
+                                                                   and not handshake):
+            message, fix = _unreachable(options, exc, cause, timeout)
+            raise EngineError(message, hint=fix) from exc
         if number in (CR_SERVER_LOST, CR_SERVER_GONE):
             where = options.unix_socket or f"{options.host}:{options.port}"
             raise EngineError(
@@ -165,6 +166,70 @@ def connect(endpoint: Endpoint, deadline: Deadline, *, purpose: str) -> Any:
                           hint="check the [[mysql]] section of quiesce.toml") from exc
     set_io_timeout(conn, DEFAULT_IO_TIMEOUT)
     return conn
+
+
+FIND_SOCKET_HINT = (
+    "set unix_socket in quiesce.toml to the server's real socket: ask a running server with "
+    "mysql -e 'SELECT @@socket' (or: mysqladmin variables | grep socket), or read the socket "
+    "setting of its configuration (my_print_defaults mysqld | grep socket); Debian and "
+    "Ubuntu use /run/mysqld/mysqld.sock")
+
+
+def socket_problem(path: str) -> str | None:
+    """Why nothing can listen at ``path`` (missing, not a socket), said before any attempt:
+    no point waiting connect_timeout for a file that is not there."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (f"no MySQL/MariaDB socket at {path}: the file does not exist (the server is not "
+                "running, or its socket is elsewhere)")
+    except OSError as exc:
+        return f"cannot use the MySQL/MariaDB socket {path}: {exc.strerror}"
+    if not stat.S_ISSOCK(st.st_mode):
+        return f"{path} is not a socket, so no MySQL/MariaDB server listens there"
+    return None
+
+
+def _os_cause(exc: BaseException) -> OSError | None:
+    """The OSError under a PyMySQL connection error (it keeps it as original_exception)."""
+    for candidate in (getattr(exc, "original_exception", None), exc.__cause__,
+                      exc.__context__):
+        if isinstance(candidate, OSError):
+            return candidate
+    return None
+
+
+def _unreachable(options: MySQLOptions, exc: BaseException, cause: OSError | None,
+                 timeout: float) -> tuple[str, str]:
+    """The message and fix for a server that could not be reached. PyMySQL's own text names
+    its ``host`` ('localhost') even for a socket, so the socket is named here instead; "within
+    N s" only when the time really ran out."""
+    timed_out = isinstance(cause, TimeoutError)
+    if options.unix_socket:
+        path = options.unix_socket
+        if isinstance(cause, FileNotFoundError):
+            return (f"no MySQL/MariaDB socket at {path}: the file does not exist (the server is "
+                    "not running, or its socket is elsewhere)", FIND_SOCKET_HINT)
+        if isinstance(cause, ConnectionRefusedError):
+            return (f"nothing listens on the socket {path}: a socket file is left there but no "
+                    "server accepts on it (the server is stopped, or now uses another socket)",
+                    FIND_SOCKET_HINT)
+        if isinstance(cause, PermissionError):
+            return (f"permission denied on the socket {path}",
+                    "run quiesce as root, or give its user access to the socket's directory")
+        reason = cause.strerror if cause is not None and cause.strerror else describe_error(exc)
+        return (f"cannot reach the MySQL/MariaDB server on the socket {path}"
+                + (f" within {timeout:g}s" if timed_out else "") + f": {reason}",
+                FIND_SOCKET_HINT)
+    where = f"{options.host}:{options.port}"
+    reason = cause.strerror if cause is not None and cause.strerror else describe_error(exc)
+    if timed_out:
+        reason = f"no answer within {timeout:g}s"
+    return (f"cannot reach the MySQL/MariaDB server at {where}: {reason}",
+            "check that the server runs and listens there (SELECT @@port, @@bind_address), or "
+            "that host/port or unix_socket in quiesce.toml point at it")
 
 
 def set_io_timeout(conn: Any, seconds: float) -> None:
