@@ -12,7 +12,7 @@ PAGE = Path(__file__).resolve().parents[2] / "docs" / "engines.md"
 def name_rows() -> dict[str, str]:
     rows, section = {}, ""
     for line in PAGE.read_text(encoding="utf-8").splitlines():
-        if line.startswith("### Configuration keys (`[["):
+        if "Configuration keys" in line and "(`[[" in line:
             section = line.split("[[", 1)[1].split("]]", 1)[0]
         elif line.startswith("| `name` |") and section:
             rows[section] = line
