@@ -683,6 +683,21 @@ def prepare_engine(engine: str, store: Any, base: Path, private: Path, *, levels
     return setup
 
 
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether core/ or plugins/ differed from it (a shared tree)."""
+    def git(*words: str) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["git", "-C", str(ROOT), *words], capture_output=True,
+                                 text=True, timeout=30, check=False)
+            if out.returncode == 0:
+                return out.stdout.strip()
+        return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD") or None,
+            "core_or_plugins_modified": bool(git("status", "--porcelain", "--", "core",
+                                                 "plugins"))}
+
+
 def approaches_for(levels: list[str], polls: list[float]) -> list[str]:
     out = ["floor", "run"]
     if "auto" in levels:
@@ -796,6 +811,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "python": platform.python_version()},
+        "code": code_version(),
         "runs": runs,
         "quick": args.quick,
         "writer_rate_per_s": round(1 / INTERVAL),
