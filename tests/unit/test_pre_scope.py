@@ -54,3 +54,30 @@ def test_the_holder_starts_through_the_scope_decision(
         assert recorded[0] == "--scope" and recorded[1].startswith("--unit=quiesce-holder-")
     else:
         assert not args_file.exists()
+
+
+def test_pre_declares_azures_freeze_unless_a_runner_declared_its_own() -> None:
+    from types import SimpleNamespace
+
+    env: dict[str, str] = {}
+    pre.declare_azure_freeze(SimpleNamespace(fs_freeze=True), env)
+    assert env == {"QUIESCE_AZURE_FS_FREEZE": "true"}
+    env = {}
+    pre.declare_azure_freeze(SimpleNamespace(fs_freeze=False), env)
+    assert env == {"QUIESCE_AZURE_FS_FREEZE": "false"}
+    env = {"QUIESCE_FREEZE_MOUNTS": '{"run_id": "x", "mounts": []}'}
+    pre.declare_azure_freeze(SimpleNamespace(fs_freeze=True), env)
+    assert "QUIESCE_AZURE_FS_FREEZE" not in env
+
+
+def test_the_azure_deadline_is_the_timeout_less_the_poll_and_start_up() -> None:
+    from types import SimpleNamespace
+
+    azure = SimpleNamespace(timeout_seconds=30, poll_seconds=None)
+    assert pre.deadline_seconds(60, None, azure) == 30 - 5 - 1
+    assert pre.deadline_seconds(10, None, azure) == 10
+    assert pre.deadline_seconds(60, 7.5, azure) == 7.5
+    azure = SimpleNamespace(timeout_seconds=5000, poll_seconds=1)
+    assert pre.deadline_seconds(3000, None, azure) == 1800 - 1 - 1  # Azure caps at 1800
+    with pytest.raises(Exception, match="leaves no time"):
+        pre.deadline_seconds(60, None, SimpleNamespace(timeout_seconds=3, poll_seconds=3))

@@ -33,11 +33,3 @@ def azure_pre_deadline(config: Any) -> float:
     means no hold can be trusted under this config)."""
     timeout = min(int(config.timeout_seconds), AZURE_TIMEOUT_CAP)
     return float(timeout) - azure_poll_margin(config)
-
-
-def azure_deadline_from_file(path: str) -> float:
-    """:func:`azure_pre_deadline` of the Azure config at ``path``, read now (the user may have
-    edited ``timeoutInSeconds`` since install). Raises the config's own errors."""
-    from quiesce.callers.azure_config import load_azure_config
-
-    return azure_pre_deadline(load_azure_config(path))

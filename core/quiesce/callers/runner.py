@@ -487,6 +487,12 @@ class Runner:
         env = dict(os.environ)
         env["QUIESCE_RUN_ID"] = self.run_id
         env["QUIESCE_PHASE"] = phase
+        # What this run freezes together (maybe nothing): an engine allowed a lighter level
+        # checks its files against it; always set, so it overrides any other assumption.
+        from quiesce.freezing.freeze_set import FREEZE_MOUNTS_ENV, freeze_mounts_value
+
+        frozen = [m.mount_point for m in prepared.mounts] if prepared.config.fs_freeze else []
+        env[FREEZE_MOUNTS_ENV] = freeze_mounts_value(self.run_id, frozen)
         try:
             result = scripts.run_script(
                 phase, spec.path, spec.params, timeout=spec.timeout, retries=spec.retries,
@@ -609,9 +615,12 @@ class Runner:
                     thaw_rec.duration_ms = (time.monotonic() - t2) * 1000
                 if pre_ok:
                     # The snapshot is over: end the application's write stall now rather
-                    # than after the post-script's interpreter has started.
-                    self.early_release = release_at_thaw(prepared.hold_runtime_dir,
-                                                         self.run_id)
+                    # than after the post-script's interpreter has started. The holder also
+                    # learns whether the freeze held (a lighter level relies on it).
+                    self.early_release = release_at_thaw(
+                        prepared.hold_runtime_dir, self.run_id,
+                        frozen_together=session is None or (frozen_ok and not
+                                                            session.watchdog_fired))
                 if session is not None:
                     thaw_rec.status = "failed" if session.thaw_errors else (
                         "ok" if frozen_ok else "skipped")
@@ -696,7 +705,8 @@ def early_release_dir(trusted: TrustedFile, spec: Any) -> str | None:
         return None
 
 
-def release_at_thaw(rundir: str | None, run_id: str) -> dict[str, Any] | None:
+def release_at_thaw(rundir: str | None, run_id: str, *,
+                    frozen_together: bool = True) -> dict[str, Any] | None:
     """Ask the holder to release the moment the snapshot is over (its post then only collects
     the outcome). Only this run's hold (QUIESCE_RUN_ID) is released; any failure leaves the
     release to the post-script, as before. Writes nothing and logs nothing here."""
@@ -707,7 +717,7 @@ def release_at_thaw(rundir: str | None, run_id: str) -> dict[str, Any] | None:
 
     try:
         answer = proto.request(rundir, "release", timeout=EARLY_RELEASE_TIMEOUT,
-                               run_id=run_id, keep=True)
+                               run_id=run_id, keep=True, frozen_together=frozen_together)
     except QuiesceError as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": bool(answer.get("ok")), "state": answer.get("state"),

@@ -48,9 +48,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def deadline_seconds(pre_timeout: float, explicit: float | None,
-                     azure_config: str | None) -> float:
-    """pre's deadline in seconds from its start: the smallest limit that applies."""
+def deadline_seconds(pre_timeout: float, explicit: float | None, azure: Any = None,
+                     azure_path: str = "") -> float:
+    """pre's deadline in seconds from its start: the smallest limit that applies (``azure``:
+    the loaded Azure config the wrapper named)."""
     import math
 
     from quiesce.errors import QuiesceError
@@ -61,16 +62,26 @@ def deadline_seconds(pre_timeout: float, explicit: float | None,
             raise QuiesceError(f"--deadline {explicit:g} is not a positive number of seconds",
                                hint="pass the caller's time limit less a margin, e.g. 25")
         limits.append(explicit)
-    if azure_config is not None:
-        from quiesce.callers.caller_deadline import azure_deadline_from_file
+    if azure is not None:
+        from quiesce.callers.caller_deadline import azure_pre_deadline
 
-        azure = azure_deadline_from_file(azure_config)
-        if azure <= 0:
+        seconds = azure_pre_deadline(azure)
+        if seconds <= 0:
             raise QuiesceError(
-                f"timeoutInSeconds in {azure_config} leaves no time for 'pre' once Azure's "
+                f"timeoutInSeconds in {azure_path} leaves no time for 'pre' once Azure's "
                 "poll period is taken off", hint="raise timeoutInSeconds (see 'quiesce check')")
-        limits.append(azure)
+        limits.append(seconds)
     return min(limits)
+
+
+def declare_azure_freeze(azure: Any, environ: dict[str, str] | Any = None) -> None:
+    """Tell the holder (through its environment) whether Azure freezes filesystems, unless a
+    runner already declared exactly what it freezes (that declaration wins)."""
+    from quiesce.freezing.freeze_set import AZURE_FREEZE_ENV, FREEZE_MOUNTS_ENV
+
+    env = os.environ if environ is None else environ
+    if FREEZE_MOUNTS_ENV not in env:
+        env[AZURE_FREEZE_ENV] = "true" if azure.fs_freeze else "false"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -100,7 +111,14 @@ def _main(args: argparse.Namespace, started: float) -> int:
     # Only the engine-neutral keys here (no plugin, no driver): the holder validates the whole
     # file once, before it quiesces anything, and its problems come back as ours.
     settings = load_core_settings(args.config)
-    seconds = deadline_seconds(settings.pre_timeout_seconds, args.deadline, args.azure_config)
+    azure = None
+    if args.azure_config is not None:
+        from quiesce.callers.azure_config import load_azure_config
+
+        azure = load_azure_config(args.azure_config)  # read now: the user may have edited it
+        declare_azure_freeze(azure)
+    seconds = deadline_seconds(settings.pre_timeout_seconds, args.deadline, azure,
+                               args.azure_config or "")
     from quiesce.hold.records import check_writable
 
     check_writable(settings.state_dir)

@@ -43,6 +43,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from quiesce.errors import HoldActive, HolderError, QuiesceError
+from quiesce.freezing.freeze_set import LEVEL_LIGHT
 from quiesce.hold import protocol as proto
 from quiesce.hold.lifecycle import (
     ABORTED,
@@ -610,6 +611,8 @@ class Holder:
             keep = request.fields.get("keep") is True
             if self.state == "holding":
                 answer = self._release("the runner, at the thaw" if keep else "'post'")
+                if request.fields.get("frozen_together") is False:
+                    self._freeze_failed(answer)
             else:
                 answer = dict(self.final or {})
                 answer["collected_from"] = "holder"
@@ -707,6 +710,24 @@ class Holder:
         self.final["released_by"] = by
         self.log(f"released by {by}: {self.final['message']}")
         return self.final
+
+    def _freeze_failed(self, outcome: dict[str, Any]) -> None:
+        """The caller says its freeze did not hold: an instance held at a lighter level (no
+        commit block, relying on every disk being frozen together) was not consistent."""
+        light = [i for i in outcome.get("instances", [])
+                 if isinstance(i.get("metadata"), dict)
+                 and isinstance(i["metadata"].get("level"), dict)
+                 and i["metadata"]["level"].get("chosen") == LEVEL_LIGHT]
+        if not light:
+            return
+        outcome["consistent"] = False
+        outcome["message"] = (
+            "the caller's freeze did not hold, and " + ", ".join(
+                f"{i['plugin']}/{i['name']}" for i in light)
+            + " relied on it (lighter level): the snapshot may NOT be application-consistent")
+        for inst in light:
+            inst["note"] = "held at the lighter level, but the caller's freeze failed"
+        self.log(outcome["message"])
 
     def _auto_release(self, why: str) -> None:
         self._release_as(AUTO_RELEASED, why)
