@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,7 +38,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,49 @@ class QgaJail:
             self.work.rmdir()
         if problems:
             raise RuntimeError("; ".join(problems))
+
+
+@contextlib.contextmanager
+def jail_with_mariadb(progress: Callable[[str], None] = lambda _: None
+                      ) -> Iterator[tuple[QgaJail, Any]]:
+    """A built :class:`QgaJail` and a throwaway MariaDB (the host's binaries) whose data is on
+    the jail's /srv/db, with the ``app`` schema; quiesce inside the jail reaches it over TCP.
+    Everything is stopped and torn down at the end, even after a failure."""
+    from helpers.mysql import setup_schema
+    from quiesce.harness.servers.base import ServerLayout
+    from quiesce_mysql.server import LocalMySQL
+
+    jail = QgaJail(progress)
+    server = None
+    try:
+        jail.build()
+        server = LocalMySQL(ServerLayout(data_dir=jail.db_disk.mount_point / "data",
+                                         run_dir=jail.work / "mysqld"))
+        server.start()
+        setup_schema(server)
+        yield jail, server
+    finally:
+        with contextlib.suppress(Exception):
+            jail.stop_agent()
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.stop()
+        jail.close()
+
+
+def mariadb_toml(server: Any, *, max_hold: int = 120) -> str:
+    """A quiesce.toml for ``server`` as seen from the jail. lock_wait_seconds at its maximum,
+    so that a hook's deadline is what bounds a hung database."""
+    return (f'max_hold_seconds = {max_hold}\n\n[[mysql]]\nhost = "127.0.0.1"\n'
+            f'port = {server.port}\nuser = "root"\nlock_wait_seconds = 600\n')
+
+
+def gave_up_after(error: str, blocker_id: int) -> float:
+    """How long a failed hold waited, from its instance error: the engine's own report
+    ("... in 7.3s ... Blocking: id N ...") or the holder's ("... at the deadline (14.7 s)")."""
+    engine = re.search(r" in ([0-9.]+)s\b", error)
+    if engine is not None and f"Blocking: id {blocker_id}" in error:
+        return float(engine.group(1))
+    holder = re.search(r"at the deadline \(([0-9.]+) s\)", error)
+    assert holder is not None, error
+    return float(holder.group(1))

@@ -93,8 +93,9 @@ def hook_calls(text: str) -> list[tuple[int, str, tuple[str, ...], list[str]]]:
     return out
 
 
-def check_hook(report: AgentCheck, inner: str) -> list[HookCall]:
-    """The hook at ``inner`` (inside the tree): file checks, then its quiesce calls."""
+def check_hook(report: AgentCheck, inner: str, runs: str = "pre") -> list[HookCall]:
+    """The hook at ``inner`` (inside the tree): file checks, then its quiesce calls, among
+    which a ``quiesce <runs>``."""
     agent, prefix = report.agent, report.prefix
     path = base.join(prefix, inner)
     try:
@@ -146,8 +147,8 @@ def check_hook(report: AgentCheck, inner: str) -> list[HookCall]:
                                f"arguments: {exc}", reinstall(agent))
         calls.append(HookCall(number, command, program, args))
         _check_program(report, where, program)
-    if not any(c.command == "pre" for c in calls):
-        report.problem(HOOK_CODE, f"{inner} runs no 'quiesce pre'", reinstall(agent))
+    if not any(c.command == runs for c in calls):
+        report.problem(HOOK_CODE, f"{inner} runs no 'quiesce {runs}'", reinstall(agent))
     return calls
 
 

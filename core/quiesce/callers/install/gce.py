@@ -123,10 +123,7 @@ def check(prefix: str = "/") -> Any:
 
     report = checking.AgentCheck(NAME, prefix)
     checking.standard(report, PRE)
-    post_calls = checking.check_hook(report, POST)
-    if post_calls and not any(c.command == "post" for c in post_calls):
-        report.problem(checking.HOOK_CODE, f"{POST} runs no 'quiesce post': the locks wait "
-                       "for max_hold_seconds after every snapshot", checking.reinstall(NAME))
+    checking.check_hook(report, POST, runs="post")
     settings = snapshot_settings(base.join(prefix, INSTANCE_CONFIGS))
     if not enabled(settings):
         report.problem(checking.SWITCH_CODE, f"snapshot scripts are not enabled in "
