@@ -28,11 +28,13 @@ if TYPE_CHECKING:
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("quiesce.commands.run", "run one whole backup cycle of the Azure pre/post contract"),
-    "check": ("quiesce.commands.check", "validate an Azure config, its scripts and mounts"),
+    "check": ("quiesce.commands.check",
+              "validate the installed agent hooks (Azure: config, scripts and mounts)"),
     "pre": ("quiesce.commands.pre", "quiesce the configured databases and hold them"),
     "post": ("quiesce.commands.post", "release what 'pre' holds and report it"),
     "status": ("quiesce.commands.status", "show what is held, by whom, until when"),
-    "install": ("quiesce.commands.install", "install quiesce as the Azure pre/post scripts"),
+    "install": ("quiesce.commands.install",
+                "install quiesce as a snapshot agent's hook (azure, qemu-ga, vmware, gce, aws)"),
     "uninstall": ("quiesce.commands.uninstall", "remove exactly what 'install' wrote"),
     "prune": ("quiesce.commands.prune", "remove run records older than keep_days"),
     "drill": ("quiesce.commands.drill", "restore snapshots into throwaway servers and verify"),
