@@ -124,6 +124,21 @@ def test_a_replaced_file_gets_its_previous_version_back(tree: Path) -> None:
     assert "restored" in proc.stdout
 
 
+def test_a_backup_that_is_an_older_quiesce_hook_is_not_put_back(tree: Path) -> None:
+    """An upgrade re-ran 'install --force' over quiesce's own older hook: that backup is not
+    the state before quiesce, so uninstall removes the hook and leaves the backup."""
+    new = b"#!/bin/sh\n# Azure VM Backup pre-script, installed by 'quiesce install azure'.\nnew\n"
+    old = new.replace(b"new", b"old")
+    hook = put(tree, "/etc/azure/quiesce-pre.sh", new, 0o700)
+    backup = put(tree, "/etc/azure/quiesce-pre.sh.bak-20260101T000000", old, 0o700)
+    manifest(tree, "azure", [("/etc/azure/quiesce-pre.sh", new, 0o700, "replace")],
+             backups=["/etc/azure/quiesce-pre.sh.bak-20260101T000000"])
+    proc = quiesce("uninstall", "azure", "--prefix", str(tree))
+    assert proc.returncode == 0, proc.stderr
+    assert not hook.exists() and backup.read_bytes() == old
+    assert "is an older quiesce hook" in proc.stdout
+
+
 def test_a_file_another_install_lists_is_left(tree: Path) -> None:
     toml = put(tree, "/etc/quiesce/quiesce.toml", b"# skeleton\n", 0o600)
     manifest(tree, "azure", [("/etc/quiesce/quiesce.toml", b"# skeleton\n", 0o600, "create")])

@@ -163,6 +163,19 @@ def _shared(prefix: str, agent: str) -> dict[str, str]:
     return out
 
 
+OUR_MARKER = b", installed by 'quiesce install "
+
+
+def _ours(path: str) -> bool:
+    """A backup that is itself a hook an earlier 'quiesce install' wrote (its header says so)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return OUR_MARKER in head
+
+
 def plan_uninstall(prefix: str, agent: str) -> UninstallPlan:
     """What uninstall would do with each file of the manifest; changes nothing."""
     path, document = load_manifest(prefix, agent)
@@ -203,7 +216,12 @@ def plan_uninstall(prefix: str, agent: str) -> UninstallPlan:
                                               f"the install wrote {entry.get('mode')}")
         elif action == "replace":
             step.backup = _newest_backup(real_prefix, inner, backups)
-            if step.backup is not None:
+            if step.backup is not None and _ours(step.backup):
+                step.why = (f"its backup {step.backup} is an older quiesce hook (an upgrade's "
+                            "install --force), not the file before quiesce: removed, backup "
+                            "left")
+                step.backup = None
+            elif step.backup is not None:
                 step.action, step.why = RESTORE, f"the previous version comes back from " \
                                                  f"{step.backup}"
             else:
