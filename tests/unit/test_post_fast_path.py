@@ -20,7 +20,8 @@ from quiesce.commands import post
 def test_usual_arguments_take_the_fast_path(argv: list[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str | None, bool]] = []
-    monkeypatch.setattr(post, "run", lambda rundir, as_json: seen.append((rundir, as_json)) or 0)
+    monkeypatch.setattr(post, "run",
+                        lambda rundir, as_json, *_, **__: seen.append((rundir, as_json)) or 0)
     assert post.fast_main(argv) == 0
     assert seen == [("/x", "--json" in argv)]
 

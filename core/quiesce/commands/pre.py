@@ -132,7 +132,9 @@ def _main(args: argparse.Namespace, started: float) -> int:
         except QuiesceError:
             state = None
         if state is not None:
-            if state.get("state") in ("holding", "quiescing", "releasing", "starting"):
+            from quiesce.hold.states import ACTIVE
+
+            if state.get("state") in ACTIVE:
                 raise HoldActive(
                     f"a hold is already active (run {state.get('run_id')}, holder pid "
                     f"{state.get('holder_pid')}, state {state.get('state')}); it is left "

@@ -56,7 +56,9 @@ def main(args: argparse.Namespace) -> int:
     rundir = proto.runtime_dir(args.runtime_dir)
     try:
         state = proto.request(rundir, "status", timeout=10.0)
-        state["held"] = state.get("state") in ("holding", "quiescing", "releasing")
+        from quiesce.hold.states import MAY_HOLD
+
+        state["held"] = state.get("state") in MAY_HOLD
     except NoActiveHold:
         state = {"held": False, "state": "idle", "holder_pid": None, "instances": []}
         # A result file the holder did not write is reported (exit 2, as 'post' would), not

@@ -64,6 +64,7 @@ from quiesce.hold.records import (
     write_record,
 )
 from quiesce.hold.requests import Inbox, Request
+from quiesce.hold.states import MAY_HOLD, HoldState
 from quiesce.hold.trace import clear_trace, write_trace
 
 POLL_SECONDS = 1.0  # check_alive period while holding
@@ -185,7 +186,7 @@ def take_lock(rundir: str) -> int:
         state = None
         with contextlib.suppress(QuiesceError):
             state = proto.request(rundir, "status", timeout=2.0).get("state")
-        if state in ("holding", "quiescing", "releasing") or time.monotonic() > give_up:
+        if state in MAY_HOLD or time.monotonic() > give_up:
             os.close(fd)
             raise HoldActive(
                 f"a hold is already active in {rundir}"
@@ -256,7 +257,7 @@ class Holder:
         self.plugins = plugins
         self.log = MemoryLog()
         self.run_id = new_run_id()
-        self.state = "starting"
+        self.state: HoldState = HoldState.STARTING
         self.started_at = time.time()
         self.hold: Hold | None = None
         self.settings: Any = None
@@ -321,7 +322,7 @@ class Holder:
         self.lock_fd = take_lock(self.rundir)
         # The trace names this holder's pid before the socket exists: a client that checks
         # who answers (SO_PEERCRED against the trace) never sees an older hold's pid here.
-        self.state = "quiescing"
+        self.state = HoldState.QUIESCING
         self._trace()
         self._bind()
         # An older uncollected result belongs to a previous hold; a new hold supersedes it.
@@ -372,7 +373,7 @@ class Holder:
                 self.hold.quiesce_all()
         except QuiesceFailed as exc:
             self.guardian.send(op="released")
-            state = "aborted" if exc.abandoned is not None else "failed"
+            state = HoldState.ABORTED if exc.abandoned is not None else HoldState.FAILED
             return self._failure(str(exc), [r.to_dict() for r in exc.results], state)
         if self.stop_signal is not None:
             # Told to stop while quiescing: do not report a hold that is about to end.
@@ -380,12 +381,13 @@ class Holder:
             self.hold.release_all(ABORTED, note=f"the holder received {name}")
             self.guardian.send(op="released")
             return self._failure(f"the holder received {name} while quiescing",
-                                 [r.to_dict() for r in self.hold.results()], "aborted")
+                                 [r.to_dict() for r in self.hold.results()],
+                                 HoldState.ABORTED)
         held_since = self.hold.held_since() or time.monotonic()
         self.deadline = held_since + settings.max_hold_seconds
         self.since = time.time() - (time.monotonic() - held_since)
         self.until = self.since + settings.max_hold_seconds
-        self.state = "holding"
+        self.state = HoldState.HOLDING
         self._trace()
         self.guardian.send(op="hold", deadline=self.deadline,
                            backstop=self.deadline + guardian_grace(settings.max_hold_seconds),
@@ -438,7 +440,7 @@ class Holder:
         while not done.is_set():
             for request in self.inbox.wait(ANSWER_POLL_SECONDS):
                 self._answer_early(request)
-            if (self.state == "quiescing" and self.ready_fd >= 0 and self.hold is not None
+            if (self.state == HoldState.QUIESCING and self.ready_fd >= 0 and self.hold is not None
                     and client.poll(0)):
                 self.hold.abandon("'pre' exited before the hold was complete, so nobody "
                                   "relies on it")
@@ -447,7 +449,7 @@ class Holder:
         if request.op == "status":
             request.answer(self._status())
             request.close()
-        elif request.op in ("release", "abort") and self.state == "quiescing":
+        elif request.op in ("release", "abort") and self.state == HoldState.QUIESCING:
             why = ("'post' came while 'pre' was still acquiring" if request.op == "release"
                    else "'pre' gave up at its deadline")
             if self.hold is not None:
@@ -456,7 +458,7 @@ class Holder:
                 self.collected = True
                 request.answer(self._early_outcome(why))
             else:
-                request.answer({"ok": True, "state": "aborted"})
+                request.answer({"ok": True, "state": HoldState.ABORTED})
             request.close()
         else:
             self.pending.append(request)
@@ -464,7 +466,7 @@ class Holder:
     def _early_outcome(self, why: str) -> dict[str, Any]:
         """What 'post' learns when it comes before the hold was complete: never consistent."""
         instances = [r.to_dict() for r in self.hold.results()] if self.hold else []
-        return {"ok": True, "state": "aborted", "consistent": False,
+        return {"ok": True, "state": HoldState.ABORTED, "consistent": False,
                 "message": f"{why}: nothing was held for the snapshot; it is NOT "
                            "application-consistent (locks acquired from now on are released "
                            "at once)",
@@ -487,7 +489,7 @@ class Holder:
             answerer.join()
 
     def _failure(self, message: str, instances: list[dict[str, Any]],
-                 state: str = "failed") -> dict[str, Any]:
+                 state: HoldState = HoldState.FAILED) -> dict[str, Any]:
         """The readiness message of a hold that did not come about. Its record and result are
         written by :meth:`finish_failure`, after 'pre' has its answer."""
         self.state = state
@@ -551,24 +553,25 @@ class Holder:
                         other.close()
                     return
             now = time.monotonic()
-            if self.stop_signal is not None and self.state == "holding":
+            if self.stop_signal is not None and self.state == HoldState.HOLDING:
                 name = signal.Signals(self.stop_signal).name
                 self._auto_release(f"the holder received {name} before 'post'")
                 return
             if self.stop_signal is not None:
                 return
-            if self.state == "holding" and self.deadline is not None and now >= self.deadline:
+            holding = self.state == HoldState.HOLDING
+            if holding and self.deadline is not None and now >= self.deadline:
                 self._auto_release(
                     f"max_hold_seconds ({self.settings.max_hold_seconds:g} s) passed before "
                     "'post' came")
                 continue
-            if self.state == "holding" and not self.hold.held():
+            if self.state == HoldState.HOLDING and not self.hold.held():
                 self._finish_without_post("every held session was lost")
             if self.linger_until is not None and now >= self.linger_until:
                 self.log("nobody collected the result; exiting (result.json keeps it)")
                 return
             waits = [POLL_SECONDS]
-            if self.state == "holding" and self.deadline is not None:
+            if self.state == HoldState.HOLDING and self.deadline is not None:
                 waits.append(self.deadline - now)
             if self.linger_until is not None:
                 waits.append(self.linger_until - now)
@@ -578,7 +581,7 @@ class Holder:
         """Liveness thread: poll every held session about once a second until released."""
         assert self.hold is not None
         while not self.liveness_stop.wait(POLL_SECONDS):
-            if self.state != "holding":
+            if self.state != HoldState.HOLDING:
                 return
             for result in self.hold.check_alive():
                 self.guardian.send(op="dropped", plugin=result.plugin, name=result.name)
@@ -596,7 +599,7 @@ class Holder:
         if op == "abort":
             # 'pre' gave up at its deadline after the hold was complete (its answer came too
             # late): its caller snapshots without us, so this hold must not be relied on.
-            if self.state == "holding":
+            if self.state == HoldState.HOLDING:
                 self._release_as(ABORTED, "'pre' gave up at its deadline before it learned "
                                           "the hold was complete")
             request.answer({"ok": True, "state": self.state})
@@ -609,7 +612,7 @@ class Holder:
                     "untouched")})
                 return False
             keep = request.fields.get("keep") is True
-            if self.state == "holding":
+            if self.state == HoldState.HOLDING:
                 answer = self._release("the runner, at the thaw" if keep else "'post'")
                 if request.fields.get("frozen_together") is False:
                     self._freeze_failed(answer)
@@ -653,7 +656,7 @@ class Holder:
             clear_trace(self.rundir)
             return True
         if op == "retire":
-            if self.state == "holding":
+            if self.state == HoldState.HOLDING:
                 request.answer({"ok": False, "error": "a hold is active"})
                 return False
             request.answer({"ok": True})
@@ -670,7 +673,7 @@ class Holder:
                               else round(r.held_seconds, 3),
                               "error": r.error, "note": r.note})
         remaining = None
-        if self.state == "holding" and self.deadline is not None:
+        if self.state == HoldState.HOLDING and self.deadline is not None:
             remaining = round(max(0.0, self.deadline - time.monotonic()), 3)
         return {"ok": True, "state": self.state, "run_id": self.run_id,
                 "holder_pid": os.getpid(),
@@ -680,13 +683,13 @@ class Holder:
                 "remaining_seconds": remaining, "instances": instances}
 
     # ------------------------------------------------------------------ releasing
-    def _outcome(self, state: str, message: str | None = None,
+    def _outcome(self, state: HoldState, message: str | None = None,
                  by: str = "'post'") -> dict[str, Any]:
         """The outcome of a hold that was complete: consistent only when 'post' released it
         and every instance was held from 'pre's answer (within the deadline) until then."""
         assert self.hold is not None
         results = [r.to_dict() for r in self.hold.results()]
-        consistent = state == "released" and bool(results) and all(
+        consistent = state == HoldState.RELEASED and bool(results) and all(
             r["status"] == RELEASED for r in results)
         if message is None:
             message = (f"every instance was held until released by {by}: the snapshot is "
@@ -701,12 +704,12 @@ class Holder:
     def _release(self, by: str = "'post'") -> dict[str, Any]:
         assert self.hold is not None
         self.liveness_stop.set()
-        self.state = "releasing"
+        self.state = HoldState.RELEASING
         with self._answering():
             self.hold.release_all(RELEASED)
         self.guardian.send(op="released")
-        self.state = "released"
-        self.final = self._outcome("released", by=by)
+        self.state = HoldState.RELEASED
+        self.final = self._outcome(HoldState.RELEASED, by=by)
         self.final["released_by"] = by
         self.log(f"released by {by}: {self.final['message']}")
         return self.final
@@ -738,17 +741,17 @@ class Holder:
         assert self.hold is not None and self.settings is not None
         self.log(f"release without 'post' ({status}): {why}")
         self.liveness_stop.set()
-        self.state = "releasing"
+        self.state = HoldState.RELEASING
         with self._answering():
             self.hold.release_all(status, note=why)
         self.guardian.send(op="released")
-        self._finish_without_post(why, "aborted" if status == ABORTED else None)
+        self._finish_without_post(why, HoldState.ABORTED if status == ABORTED else None)
 
-    def _finish_without_post(self, why: str, state: str | None = None) -> None:
+    def _finish_without_post(self, why: str, state: HoldState | None = None) -> None:
         assert self.settings is not None and self.hold is not None
         if state is None:
-            state = "auto-released" if any(
-                r.status == AUTO_RELEASED for r in self.hold.results()) else "lost"
+            state = HoldState.AUTO_RELEASED if any(
+                r.status == AUTO_RELEASED for r in self.hold.results()) else HoldState.LOST
         self.state = state
         self.final = self._outcome(self.state,
                                    f"{why}: the snapshot may NOT be application-consistent")
@@ -846,7 +849,8 @@ class Holder:
             self.guardian.send(op="released")
         if self.record_thread is not None:
             self.record_thread.join()  # a record write still blocked (frozen state dir)
-        elif self.state in ("released", "auto-released", "lost", "aborted") and self.hold:
+        elif self.state in (HoldState.RELEASED, HoldState.AUTO_RELEASED, HoldState.LOST,
+                            HoldState.ABORTED) and self.hold:
             self._record()
         self.guardian.send(op="done")
         self.guardian.close()

@@ -36,16 +36,17 @@ from typing import Any
 from quiesce.deadline import Deadline
 from quiesce.engine import Quiescer
 from quiesce.errors import EngineError, QuiesceError, SessionLost
+from quiesce.hold.states import Status
 
-PENDING = "pending"
-HELD = "held"
-RELEASED = "released"
-AUTO_RELEASED = "auto-released"
-LOST = "lost"
-FAILED = "failed"
-SKIPPED = "skipped"  # never quiesced because another instance failed first
-LATE = "late"  # acquired after the cutoff or after the hold was abandoned; released at once
-ABORTED = "aborted"  # was held, released again because the hold as a whole never completed
+PENDING = Status.PENDING
+HELD = Status.HELD
+RELEASED = Status.RELEASED
+AUTO_RELEASED = Status.AUTO_RELEASED
+LOST = Status.LOST
+FAILED = Status.FAILED
+SKIPPED = Status.SKIPPED
+LATE = Status.LATE
+ABORTED = Status.ABORTED
 
 # Extra seconds a thread gets past its deadline before the call counts as hung (only without a
 # cutoff: with one, the cutoff is final).

@@ -58,6 +58,7 @@ from typing import Any
 
 from quiesce.atomic import write_atomic
 from quiesce.errors import HolderError, NoActiveHold
+from quiesce.hold.states import Status
 
 DEFAULT_RUNTIME_DIR = "/run/quiesce"
 RUNTIME_DIR_ENV = "QUIESCE_RUNTIME_DIR"
@@ -72,12 +73,12 @@ MAX_MESSAGE = 16 * 1024 * 1024
 # fields older peers use; a field a peer does not know is ignored.
 PROTOCOL_VERSION = 1
 
-# Instance states while a hold is alive, and the final statuses of issue 3.
-HELD = "held"
-RELEASED = "released"
-AUTO_RELEASED = "auto-released"
-LOST = "lost"
-FAILED = "failed"
+# Instance statuses (one definition: quiesce.hold.states).
+HELD = Status.HELD
+RELEASED = Status.RELEASED
+AUTO_RELEASED = Status.AUTO_RELEASED
+LOST = Status.LOST
+FAILED = Status.FAILED
 
 
 def default_runtime_dir(euid: int | None = None,
