@@ -115,7 +115,7 @@ class QuiesceFailed(EngineError):
 
 
 class _Slot:
-    __slots__ = ("busy", "closed", "held_at", "quiescer", "released_at", "result",
+    __slots__ = ("busy", "closed", "given_up", "held_at", "quiescer", "released_at", "result",
                  "taken_order")
 
     def __init__(self, quiescer: Quiescer) -> None:
@@ -128,6 +128,9 @@ class _Slot:
         self.released_at: float | None = None
         self.taken_order = -1
         self.closed = False
+        # The core stopped waiting for a call still inside the plugin (its note says "hung"):
+        # nobody may touch the quiescer from another thread; the late call undoes itself.
+        self.given_up = False
 
     def held_seconds(self, now: float | None = None) -> float | None:
         if self.held_at is None:
@@ -217,13 +220,13 @@ class Hold:
                 getattr(q, step)(deadline)
             except BaseException as exc:
                 with self._order_lock:
-                    if slot.result.note != "hung":
+                    if not slot.given_up:
                         slot.result.status = FAILED
                         slot.result.error = f"{step} failed: {describe(exc)}"
                 return
             with self._order_lock:
                 now = time.monotonic()
-                given_up = slot.result.note == "hung"
+                given_up = slot.given_up
                 late_reason = self._late_reason(now) if step == "quiesce" else None
                 if given_up or late_reason is not None:
                     # The core gave up on this call (or the hold's time is over): whatever it
@@ -285,6 +288,7 @@ class Hold:
                                              f"{deadline.seconds:g} s (the plugin ignored its "
                                              "deadline)")
                     slot.result.note = "hung"
+                    slot.given_up = True
                 elif slot.result.status == LATE:
                     pass  # counted below
             if slot.result.status in (FAILED, LATE):
@@ -310,7 +314,7 @@ class Hold:
                 slot.result.note = ("not quiesced: " + self.abandoned if self.abandoned
                                     is not None else "not quiesced because another instance "
                                     "failed")
-            if slot.result.note == "hung":
+            if slot.given_up:
                 # Another thread may still be inside the plugin: touching the object now could
                 # corrupt its connection. The holder exits next, which closes its sockets.
                 continue
@@ -383,6 +387,7 @@ class Hold:
                         slot.result.held_seconds = slot.held_seconds()
                         slot.result.status = FAILED
                         slot.result.note = "hung"
+                        slot.given_up = True
                         slot.result.error = (
                             f"release did not return within "
                             f"{self.release_timeout + RELEASE_GRACE:g} s (the plugin ignored "
@@ -429,7 +434,7 @@ class Hold:
 
     def close_all(self) -> None:
         for slot in reversed(self.slots):
-            if slot.result.note != "hung":
+            if not slot.given_up:
                 self._close(slot)
 
     def _abort(self, slot: _Slot) -> None:
