@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 from quiesce.callers.install import base
 from quiesce.callers.install.base import Context, Plan, PlannedFile
 from quiesce.errors import QuiesceError
+
+if TYPE_CHECKING:
+    from quiesce.callers.install.checking import AgentCheck
 
 NAME = "aws"
 TITLE = "Amazon Data Lifecycle Manager"
@@ -162,7 +165,7 @@ def document_timeout(path: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def check(prefix: str = "/") -> Any:
+def check(prefix: str = "/") -> AgentCheck:
     """``quiesce check --agent aws``: the hook and the SSM document; the policy's
     ExecutionTimeout is invisible from the guest, so the check says what it must be."""
     from quiesce.callers.install import checking

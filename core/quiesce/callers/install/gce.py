@@ -16,10 +16,13 @@ hold). Writes instance_configs.cfg only when it is missing; an existing one is l
 from __future__ import annotations
 
 import configparser
-from typing import Any
+from typing import TYPE_CHECKING
 
 from quiesce.callers.install import base
 from quiesce.callers.install.base import Context, Plan, PlannedFile
+
+if TYPE_CHECKING:
+    from quiesce.callers.install.checking import AgentCheck
 
 NAME = "gce"
 TITLE = "Compute Engine guest environment"
@@ -116,7 +119,7 @@ def make_plan(ctx: Context) -> Plan:
                 notes=notes, deadline=deadline)
 
 
-def check(prefix: str = "/") -> Any:
+def check(prefix: str = "/") -> AgentCheck:
     """``quiesce check --agent gce``: both scripts, snapshots enabled in the guest agent, and
     the deadline against timeout_in_seconds."""
     from quiesce.callers.install import checking

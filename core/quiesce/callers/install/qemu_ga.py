@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import configparser
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from quiesce.callers.install import base
 from quiesce.callers.install.base import Context, Plan, PlannedFile
+
+if TYPE_CHECKING:
+    from quiesce.callers.install.checking import AgentCheck
 
 NAME = "qemu-ga"
 TITLE = "QEMU guest agent"
@@ -159,7 +162,7 @@ def hook_setting(path: str) -> str | None:
     return value or DEFAULT_HOOK
 
 
-def check(prefix: str = "/") -> Any:
+def check(prefix: str = "/") -> AgentCheck:
     """``quiesce check --agent qemu-ga``: the hook (hook.d or direct, whichever is installed),
     that the agent runs hooks at all, and the deadline (qemu-ga has no limit of its own)."""
     from quiesce.callers.install import checking

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import configparser
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from quiesce.callers.install import base
 from quiesce.callers.install.base import Context, Plan, PlannedFile
+
+if TYPE_CHECKING:
+    from quiesce.callers.install.checking import AgentCheck
 
 NAME = "vmware"
 TITLE = "VMware Tools"
@@ -141,7 +144,7 @@ def make_plan(ctx: Context) -> Plan:
                 notes=notes, deadline=deadline)
 
 
-def check(prefix: str = "/") -> Any:
+def check(prefix: str = "/") -> AgentCheck:
     """``quiesce check --agent vmware``: the hook, execScripts, the deadline against the
     vmbackup timeout, and a freezeFail branch that releases."""
     from quiesce.callers.install import checking
