@@ -119,3 +119,44 @@ def test_a_real_azure_environment_is_the_vmsnapshot_handler(tmp_path: Path) -> N
     other.mkdir()
     (other / "Microsoft.Azure.Extensions.CustomScript-2.1").mkdir()
     assert real_azure_environment(str(other)) is False
+
+
+def test_run_logs_each_phase_and_writes_its_metrics(root_dir: Path,
+                                                    quiesce_cmd: list[str]) -> None:
+    """fsFreezeEnabled false: nothing is frozen, so no consent is needed, and the run's
+    journal events and textfile can be checked without touching any filesystem."""
+    import socket
+
+    config = azure_config(root_dir)
+    document = json.loads(config.read_text())
+    document["fsFreezeEnabled"] = False
+    config.write_text(json.dumps(document))
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(str(root_dir / "journal.sock"))
+    journal.settimeout(0.5)
+    metrics = root_dir / "run.prom"
+    env = {**os.environ, "QUIESCE_JOURNAL_SOCKET": str(root_dir / "journal.sock"),
+           "QUIESCE_SYSLOG_SOCKET": str(root_dir / "nolog.sock")}
+    try:
+        proc = subprocess.run([*quiesce_cmd, "run", "--config", str(config), "--json",
+                               "--snapshot-command", "/bin/true", "--metrics-file",
+                               str(metrics)],
+                              capture_output=True, text=True, timeout=60, check=False, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        events = []
+        while True:
+            try:
+                data = journal.recv(65536).decode()
+            except TimeoutError:
+                break
+            events.append(dict(line.split("=", 1) for line in data.splitlines() if "=" in line))
+    finally:
+        journal.close()
+    run_id = json.loads(proc.stdout)["run_id"]
+    phases = [e["QUIESCE_PHASE"] for e in events if e["QUIESCE_COMMAND"] == "run"]
+    assert phases[0] == "validate" and phases[-1] == "done"
+    assert {"pre", "snapshot", "post"} <= set(phases)
+    assert {e["QUIESCE_RUN_ID"] for e in events if e["QUIESCE_COMMAND"] == "run"} == {run_id}
+    text = metrics.read_text()
+    assert "quiesce_run_last_exit_code 0\n" in text
+    assert 'quiesce_run_last_phase_seconds{phase="snapshot"} ' in text
