@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from helpers import private_dir, wait_for
-from quiesce.hold.records import iso, write_record
+from quiesce.hold.records import write_record
+from quiesce.timefmt import iso
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "tests" / "example_plugin"

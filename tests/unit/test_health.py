@@ -9,7 +9,8 @@ import pytest
 
 from quiesce.errors import QuiesceError
 from quiesce.hold import health
-from quiesce.hold.records import iso, prune, write_record
+from quiesce.hold.records import prune, write_record
+from quiesce.timefmt import iso
 
 NOW = 1_800_000_000.0
 

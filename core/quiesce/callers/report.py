@@ -11,7 +11,6 @@ directory fsynced.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 from quiesce.atomic import write_atomic
 from quiesce.errors import AzureCode, Problem
+from quiesce.timefmt import iso
 
 SCHEMA_VERSION = 1
 
@@ -30,14 +30,6 @@ WATCHDOG_THAWED = "WatchdogThawed"
 SNAPSHOT_FAILED = "SnapshotFailed"
 INTERRUPTED = "Interrupted"
 INTERNAL_ERROR = "InternalError"
-
-
-def iso(ts: float | None) -> str | None:
-    """Wall-clock time as ISO 8601 UTC with milliseconds, or None."""
-    if ts is None:
-        return None
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from quiesce.errors import (
 )
 from quiesce.hold.records import new_run_id
 from quiesce.security import TrustedFile, TrustedFileNotFound, open_trusted
+from quiesce.timefmt import iso
 
 DEFAULT_FREEZE_TIMEOUT = 60.0
 #: How long the runner waits for the holder's early release before leaving it to the post-script.
@@ -515,7 +516,7 @@ class Runner:
         record.extra = {
             "exit_codes": result.exit_codes,
             "attempt_results": [
-                {"number": a.number, "start": report.iso(a.started_at),
+                {"number": a.number, "start": iso(a.started_at),
                  "duration": round(a.duration_s, 6),
                  "duration_ms": round(a.duration_s * 1000, 3), "exit_code": a.exit_code,
                  "signal": a.signal, "timed_out": a.timed_out,

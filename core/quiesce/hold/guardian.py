@@ -39,6 +39,7 @@ import time
 from typing import Any
 
 from quiesce.hold import protocol as proto
+from quiesce.timefmt import iso
 
 RECOVER_TIMEOUT = 60.0
 
@@ -151,9 +152,9 @@ class Guardian:
             "run_id": self.start.get("run_id"),
             "holder_pid": self.holder_pid,
             "config": self.start.get("config"),
-            "since": _iso(since),
-            "until": _iso((self.hold or {}).get("until")),
-            "released_at": _iso(time.time()),
+            "since": iso(since),
+            "until": iso((self.hold or {}).get("until")),
+            "released_at": iso(time.time()),
             "recovered_by": "guardian",
             "instances": instances,
             "log": self.log,
@@ -214,13 +215,6 @@ class Guardian:
             return f"recover did not finish within {RECOVER_TIMEOUT:g} s"
         return outcome[0]
 
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    from quiesce.hold.records import iso
-
-    return iso(timestamp)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 
 from quiesce.atomic import write_atomic
 from quiesce.hold.records import RUNS_DIR, list_runs
+from quiesce.timefmt import iso
 
 UNCOLLECTED = "uncollected"
 INCONSISTENT = "inconsistent"
@@ -110,18 +111,13 @@ class Health:
                 "consistent": bool(last.get("consistent")),
                 "released_at": last.get("released_at"),
                 "hold_seconds": hold_seconds(last), "quiesce_seconds": quiesce_seconds(last)},
-            "last_consistent_at": _iso(self.last_consistent_at),
+            "last_consistent_at": iso(self.last_consistent_at),
             "records": self.records,
             "records_by_state": dict(sorted(self.by_state.items())),
             "uncollected": self.uncollected,
             "max_age_hours": self.max_age_hours,
         }
 
-
-def _iso(when: float | None) -> str | None:
-    from quiesce.hold.records import iso
-
-    return iso(when)
 
 
 def assess(records: Iterable[dict[str, Any]], *, uncollected: dict[str, Any] | None = None,
@@ -154,7 +150,7 @@ def assess(records: Iterable[dict[str, Any]], *, uncollected: dict[str, Any] | N
             health.problems.append(STALE)
             health.details[STALE] = (
                 f"no application-consistent hold in the last {max_age_hours:g} hours"
-                + (f" (the last one was released at {_iso(newest)})" if newest else
+                + (f" (the last one was released at {iso(newest)})" if newest else
                    " (no run record says one ever was)"))
     return health
 

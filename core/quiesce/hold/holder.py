@@ -57,7 +57,6 @@ from quiesce.hold.lifecycle import (
 )
 from quiesce.hold.records import (
     base_run_id,
-    iso,
     new_run_id,
     next_attempt_id,
     valid_run_id,
@@ -66,6 +65,7 @@ from quiesce.hold.records import (
 from quiesce.hold.requests import Inbox, Request
 from quiesce.hold.states import MAY_HOLD, HoldState
 from quiesce.hold.trace import clear_trace, write_trace
+from quiesce.timefmt import iso
 
 POLL_SECONDS = 1.0  # check_alive period while holding
 ANSWER_POLL_SECONDS = 0.01  # wake-up period of the thread answering status while busy

@@ -107,14 +107,6 @@ def next_attempt_id(state_dir: str, run_id: str) -> str:
     return f"{base}_{attempt}"
 
 
-def iso(timestamp: float | None) -> str | None:
-    """Wall-clock seconds -> ISO 8601 UTC with milliseconds, or None."""
-    if timestamp is None:
-        return None
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
-    return f"{base}.{int((timestamp % 1) * 1000):03d}Z"
-
-
 def ensure_dir(path: str, mode: int = 0o700) -> None:
     """Create ``path`` (and parents: 0755 as root, 0700 as another user, as the XDG base
     directory spec asks) owned by us with ``mode``; refuse an unsafe one."""
