@@ -281,70 +281,11 @@ def load_settings(
         installed = set(plugin_manager.engines.names())
     else:
         installed = set(installed_engine_names())
-    known_keys = sorted(set(CORE_FIELDS) | installed)
 
-    # Which engines are selected: --plugins, else the file's `plugins`, else every section.
-    if plugins is not None:
-        selected = list(dict.fromkeys(plugins))
-        where_selected = "--plugins"
-        if not selected:
-            problems.append(Problem("--plugins", "names no engine",
-                                    "e.g. --plugins postgresql,mysql, or leave it out to use "
-                                    "every engine the file has a section for"))
-    elif "plugins" in core:
-        selected = list(dict.fromkeys(core["plugins"]))
-        where_selected = "plugins"
-    else:
-        selected = [k for k in sections if k in installed or _looks_like_section(sections[k])]
-        where_selected = ""
-
-    for key, value in sections.items():
-        if key in installed or key in selected:
-            continue
-        if _looks_like_section(value):
-            problems.append(Problem(
-                key, f"no engine plugin named {key!r} is installed "
-                f"(installed: {', '.join(sorted(installed)) or 'none'})",
-                _fix_unknown(key, known_keys, "install the distribution that provides it, "
-                             "or remove the section")))
-        else:
-            problems.append(Problem(key, "unknown key", closest_hint(key, known_keys)))
-
-    # Load only the selected engines' plugins; a missing or broken plugin is a problem.
-    engines: dict[str, EngineType] = {}
-    loadable: list[str] = []
-    for name in selected:
-        if name not in installed:
-            where = where_selected or name
-            problems.append(Problem(
-                where, f"no engine plugin named {name!r} is installed "
-                f"(installed: {', '.join(sorted(installed)) or 'none'})",
-                _fix_unknown(name, sorted(installed), "install the distribution providing it")))
-            continue
-        if plugin_manager is None:
-            try:
-                manager.load_entry_points(only=[name])
-            except PluginError as exc:
-                problems.append(Problem(where_selected or name, str(exc), exc.hint))
-                continue
-        loadable.append(name)
-    if loadable:
-        try:
-            registry = manager.engines
-        except PluginError as exc:
-            problems.append(Problem("plugins", str(exc), exc.hint))
-            registry = None
-        for name in loadable:
-            if registry is None:
-                continue
-            if name not in registry:
-                problems.append(Problem(
-                    where_selected or name,
-                    f"the plugin {name!r} loaded but registered no engine named {name!r} "
-                    f"(it registered: {', '.join(registry.names()) or 'nothing'})",
-                    "name the entry point after the engine it registers"))
-                continue
-            engines[name] = registry.get(name)
+    selected, where_selected = _selection(plugins, core, sections, installed, problems)
+    _unknown_sections(sections, installed, selected, problems)
+    engines = _load_engines(selected, where_selected, installed, manager,
+                            load=plugin_manager is None, problems=problems)
 
     # Validate each selected engine's instances.
     max_hold = float(core.get("max_hold_seconds", DEFAULT_MAX_HOLD))
@@ -386,6 +327,80 @@ def load_settings(
         state_dir=state_dir,
         selected=tuple(selected),
     )
+
+
+def _selection(plugins: Sequence[str] | None, core: Mapping[str, Any],
+               sections: Mapping[str, Any], installed: set[str],
+               problems: list[Problem]) -> tuple[list[str], str]:
+    """Which engines are selected (--plugins, else the file's ``plugins``, else every
+    section), and where that selection was made (for key paths in messages)."""
+    if plugins is not None:
+        selected = list(dict.fromkeys(plugins))
+        if not selected:
+            problems.append(Problem("--plugins", "names no engine",
+                                    "e.g. --plugins postgresql,mysql, or leave it out to use "
+                                    "every engine the file has a section for"))
+        return selected, "--plugins"
+    if "plugins" in core:
+        return list(dict.fromkeys(core["plugins"])), "plugins"
+    return [k for k in sections if k in installed or _looks_like_section(sections[k])], ""
+
+
+def _unknown_sections(sections: Mapping[str, Any], installed: set[str], selected: list[str],
+                      problems: list[Problem]) -> None:
+    """Top-level keys that are neither core keys nor an installed or selected engine."""
+    known_keys = sorted(set(CORE_FIELDS) | installed)
+    for key, value in sections.items():
+        if key in installed or key in selected:
+            continue
+        if _looks_like_section(value):
+            problems.append(Problem(
+                key, f"no engine plugin named {key!r} is installed "
+                f"(installed: {', '.join(sorted(installed)) or 'none'})",
+                _fix_unknown(key, known_keys, "install the distribution that provides it, "
+                             "or remove the section")))
+        else:
+            problems.append(Problem(key, "unknown key", closest_hint(key, known_keys)))
+
+
+def _load_engines(selected: list[str], where_selected: str, installed: set[str],
+                  manager: Plugins, *, load: bool,
+                  problems: list[Problem]) -> dict[str, EngineType]:
+    """The selected engines' types; only their plugins are imported (``load``), and a
+    missing or broken plugin is a problem, never a silently skipped engine."""
+    loadable: list[str] = []
+    for name in selected:
+        if name not in installed:
+            problems.append(Problem(
+                where_selected or name, f"no engine plugin named {name!r} is installed "
+                f"(installed: {', '.join(sorted(installed)) or 'none'})",
+                _fix_unknown(name, sorted(installed), "install the distribution providing it")))
+            continue
+        if load:
+            try:
+                manager.load_entry_points(only=[name])
+            except PluginError as exc:
+                problems.append(Problem(where_selected or name, str(exc), exc.hint))
+                continue
+        loadable.append(name)
+    if not loadable:
+        return {}
+    try:
+        registry = manager.engines
+    except PluginError as exc:
+        problems.append(Problem("plugins", str(exc), exc.hint))
+        return {}
+    engines: dict[str, EngineType] = {}
+    for name in loadable:
+        if name not in registry:
+            problems.append(Problem(
+                where_selected or name,
+                f"the plugin {name!r} loaded but registered no engine named {name!r} "
+                f"(it registered: {', '.join(registry.names()) or 'nothing'})",
+                "name the entry point after the engine it registers"))
+            continue
+        engines[name] = registry.get(name)
+    return engines
 
 
 def _default_state_dir(problems: list[Problem]) -> str:
