@@ -214,54 +214,12 @@ class Hold:
         return self.results()
 
     def _parallel(self, step: str, deadline: Deadline, slots: list[_Slot]) -> list[_Slot]:
-        def work(slot: _Slot) -> None:
-            q = slot.quiescer
-            try:
-                getattr(q, step)(deadline)
-            except BaseException as exc:
-                with self._order_lock:
-                    if not slot.given_up:
-                        slot.result.status = FAILED
-                        slot.result.error = f"{step} failed: {describe(exc)}"
-                return
-            with self._order_lock:
-                now = time.monotonic()
-                given_up = slot.given_up
-                late_reason = self._late_reason(now) if step == "quiesce" else None
-                if given_up or late_reason is not None:
-                    # The core gave up on this call (or the hold's time is over): whatever it
-                    # took now is nobody else's to release, so undo it here, at once.
-                    late = True
-                    if step == "quiesce":
-                        slot.held_at = now
-                        slot.result.status = LATE
-                        slot.result.error = (
-                            f"acquired too late ({late_reason or 'after the core gave up'}); "
-                            "released at once, never part of a hold")
-                        slot.result.note = None
-                else:
-                    late = False
-                    if step == "quiesce":
-                        slot.held_at = now
-                        slot.result.status = HELD
-                        slot.taken_order = self._order
-                        self._order += 1
-            if late:
-                self._abort(slot)
-                if step == "quiesce":
-                    slot.released_at = time.monotonic()
-                    slot.result.held_seconds = slot.held_seconds()
-                self._close(slot)
-                return
-            if step == "quiesce" and self.on_held is not None:
-                try:
-                    self.on_held(q)
-                except Exception as exc:
-                    self.log(f"{q.engine}/{q.name}: on_held callback failed: {describe(exc)}")
-
+        """Run ``step`` for every slot in a thread of its own; the slots that failed, were
+        late, or had not returned when the core stopped waiting."""
         threads = []
         for slot in slots:
-            thread = threading.Thread(target=work, args=(slot,), daemon=True,
+            thread = threading.Thread(target=self._work, args=(step, slot, deadline),
+                                      daemon=True,
                                       name=f"{step}-{slot.result.plugin}-{slot.result.name}")
             thread.start()
             threads.append((slot, thread))
@@ -277,24 +235,66 @@ class Hold:
                 thread.join(min(left, ABANDON_POLL))
             with self._order_lock:
                 if thread.is_alive():
-                    slot.result.status = FAILED
-                    if self.abandoned is not None:
-                        slot.result.error = f"{step} abandoned: {self.abandoned}"
-                    elif self.cutoff is not None:
-                        slot.result.error = (f"{step} had not returned at the deadline "
-                                             f"({deadline.seconds:g} s)")
-                    else:
-                        slot.result.error = (f"{step} did not return within "
-                                             f"{deadline.seconds:g} s (the plugin ignored its "
-                                             "deadline)")
-                    slot.result.note = "hung"
-                    slot.given_up = True
-                elif slot.result.status == LATE:
-                    pass  # counted below
+                    self._give_up(slot, step, deadline)
             if slot.result.status in (FAILED, LATE):
                 failed.append(slot)
                 self.log(f"{slot.result.plugin}/{slot.result.name}: {slot.result.error}")
         return failed
+
+    def _give_up(self, slot: _Slot, step: str, deadline: Deadline) -> None:
+        """The core stops waiting for a call still inside the plugin (caller holds the lock)."""
+        slot.result.status = FAILED
+        if self.abandoned is not None:
+            slot.result.error = f"{step} abandoned: {self.abandoned}"
+        elif self.cutoff is not None:
+            slot.result.error = (f"{step} had not returned at the deadline "
+                                 f"({deadline.seconds:g} s)")
+        else:
+            slot.result.error = (f"{step} did not return within {deadline.seconds:g} s (the "
+                                 "plugin ignored its deadline)")
+        slot.result.note = "hung"
+        slot.given_up = True
+
+    def _work(self, step: str, slot: _Slot, deadline: Deadline) -> None:
+        """One call of ``step`` in its worker thread. A lock that arrives after the core gave
+        up, after the cutoff or after the hold was abandoned is undone here, at once."""
+        q = slot.quiescer
+        try:
+            getattr(q, step)(deadline)
+        except BaseException as exc:
+            with self._order_lock:
+                if not slot.given_up:
+                    slot.result.status = FAILED
+                    slot.result.error = f"{step} failed: {describe(exc)}"
+            return
+        with self._order_lock:
+            now = time.monotonic()
+            late_reason = self._late_reason(now) if step == "quiesce" else None
+            late = slot.given_up or late_reason is not None
+            if step == "quiesce":
+                slot.held_at = now
+                if late:
+                    slot.result.status = LATE
+                    slot.result.error = (
+                        f"acquired too late ({late_reason or 'after the core gave up'}); "
+                        "released at once, never part of a hold")
+                    slot.result.note = None
+                else:
+                    slot.result.status = HELD
+                    slot.taken_order = self._order
+                    self._order += 1
+        if late:
+            self._abort(slot)
+            if step == "quiesce":
+                slot.released_at = time.monotonic()
+                slot.result.held_seconds = slot.held_seconds()
+            self._close(slot)
+            return
+        if step == "quiesce" and self.on_held is not None:
+            try:
+                self.on_held(q)
+            except Exception as exc:
+                self.log(f"{q.engine}/{q.name}: on_held callback failed: {describe(exc)}")
 
     def _unwind(self) -> None:
         """Abort what was taken (LIFO), then the failed ones, then close everything."""
