@@ -80,7 +80,8 @@ def build_wheels(target: Path) -> list[Path]:
             shutil.copy2(ROOT / name, Path(src) / name)
         run([str(ROOT / ".venv" / "bin" / "pip"), "wheel", "-q", "--no-deps", src, "-w",
              str(target)], timeout=600)
-    pins = [f"{name}=={metadata.version(name)}" for name in ("pluggy", "PyMySQL")]
+    pins = [f"{name}=={metadata.version(name)}"
+            for name in ("pluggy", "PyMySQL", "psycopg", "psycopg-binary", "typing_extensions")]
     run([str(ROOT / ".venv" / "bin" / "pip"), "download", "-q", "--only-binary", ":all:",
          *pins, "-d", str(target)], timeout=600)
     return sorted(target.glob("*.whl"))
@@ -99,6 +100,7 @@ class QgaJail:
         self.agent: subprocess.Popen[bytes] | None = None
         self.root_disk: Any = None
         self.db_disk: Any = None
+        self.postgres: Any = None  # a LocalPostgres on /srv/db, when asked for
 
     # ------------------------------------------------------------------ paths
     @property
@@ -144,7 +146,7 @@ class QgaJail:
         build_wheels(wheels)
         self.chroot("python3", "-m", "venv", "/opt/quiesce")
         self.chroot("/opt/quiesce/bin/pip", "install", "-q", "--no-index", "--find-links",
-                    "/tmp/wheels", "quiesce[mysql]", timeout=600)
+                    "/tmp/wheels", "quiesce[mysql,postgresql]", timeout=600)
         shutil.rmtree(wheels)
 
     def chroot(self, *argv: str, timeout: float = 120, check: bool = True,
@@ -300,11 +302,12 @@ class QgaJail:
 
 
 @contextlib.contextmanager
-def jail_with_mariadb(progress: Callable[[str], None] = lambda _: None
-                      ) -> Iterator[tuple[QgaJail, Any]]:
+def jail_with_mariadb(progress: Callable[[str], None] = lambda _: None, *,
+                      postgres: bool = False) -> Iterator[tuple[QgaJail, Any]]:
     """A built :class:`QgaJail` and a throwaway MariaDB (the host's binaries) whose data is on
     the jail's /srv/db, with the ``app`` schema; quiesce inside the jail reaches it over TCP.
-    Everything is stopped and torn down at the end, even after a failure."""
+    With ``postgres``, a throwaway PostgreSQL on /srv/db too (``jail.postgres``). Everything
+    is stopped and torn down at the end, even after a failure."""
     from helpers.mysql import setup_schema
     from quiesce.harness.servers.base import ServerLayout
     from quiesce_mysql.server import LocalMySQL
@@ -317,21 +320,31 @@ def jail_with_mariadb(progress: Callable[[str], None] = lambda _: None
                                          run_dir=jail.work / "mysqld"))
         server.start()
         setup_schema(server)
+        if postgres:
+            from quiesce_postgresql.server import LocalPostgres
+
+            jail.postgres = LocalPostgres(ServerLayout(
+                data_dir=jail.db_disk.mount_point / "pgdata", run_dir=jail.work / "pg"))
+            jail.postgres.start()
         yield jail, server
     finally:
         with contextlib.suppress(Exception):
             jail.stop_agent()
-        if server is not None:
-            with contextlib.suppress(Exception):
-                server.stop()
+        for running in (server, jail.postgres):
+            if running is not None:
+                with contextlib.suppress(Exception):
+                    running.stop()
         jail.close()
 
 
-def mariadb_toml(server: Any, *, max_hold: int = 120) -> str:
+def mariadb_toml(server: Any, *, max_hold: int = 120, postgres: Any = None) -> str:
     """A quiesce.toml for ``server`` as seen from the jail. lock_wait_seconds at its maximum,
     so that a hook's deadline is what bounds a hung database."""
-    return (f'max_hold_seconds = {max_hold}\n\n[[mysql]]\nhost = "127.0.0.1"\n'
+    text = (f'max_hold_seconds = {max_hold}\n\n[[mysql]]\nhost = "127.0.0.1"\n'
             f'port = {server.port}\nuser = "root"\nlock_wait_seconds = 600\n')
+    if postgres is not None:
+        text += f'\n[[postgresql]]\nconninfo = "{postgres.conninfo}"\n'
+    return text
 
 
 def gave_up_after(error: str, blocker_id: int) -> float:

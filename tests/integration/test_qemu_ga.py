@@ -45,6 +45,27 @@ def _skip_reason() -> str | None:
     return mysql_unavailable_reason()
 
 
+def _postgres_available() -> bool:
+    """PostgreSQL joins MariaDB when its binaries are installed (./dev setup installs them)."""
+    from quiesce.errors import QuiesceError
+    from quiesce_postgresql.server import find_bindir
+
+    try:
+        find_bindir(None)
+    except QuiesceError:
+        return False
+    return True
+
+
+def _engines(setup: Setup) -> set[str]:
+    return {"mysql", "postgresql"} if setup.jail.postgres is not None else {"mysql"}
+
+
+def _mysql_instance(record: dict[str, Any]) -> dict[str, Any]:
+    [instance] = [i for i in record["instances"] if i["plugin"] == "mysql"]
+    return instance
+
+
 class Setup:
     def __init__(self, jail: QgaJail, server: Any, install: subprocess.CompletedProcess[str]):
         self.jail = jail
@@ -90,14 +111,15 @@ def setup() -> Iterator[Setup]:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    with jail_with_mariadb() as (jail, server):
+    with jail_with_mariadb(postgres=_postgres_available()) as (jail, server):
         install = subprocess.run(
             [sys.executable, "-m", "quiesce", "install", "qemu-ga", "--prefix", str(jail.root),
              "--quiesce", QUIESCE_IN_JAIL, "--deadline", str(DEADLINE), "--plugins", "mysql"],
             capture_output=True, text=True, timeout=120, check=False, cwd="/")
         if install.returncode == 0:
             # The DBA's part: describe the database.
-            jail.host("/etc/quiesce/quiesce.toml").write_text(mariadb_toml(server))
+            jail.host("/etc/quiesce/quiesce.toml").write_text(
+                mariadb_toml(server, postgres=jail.postgres))
         jail.start_agent()
         yield Setup(jail, server, install)
 
@@ -139,13 +161,16 @@ def test_freeze_holds_the_database_and_thaw_releases_it(setup: Setup) -> None:
         assert setup.write_error() == 1205
         status = setup.status()
         assert status["held"] is True and status["state"] == "holding", status
-        assert [(i["plugin"], i["status"]) for i in status["instances"]] == [("mysql", "held")]
+        assert {(i["plugin"], i["status"]) for i in status["instances"]} == {
+            (engine, "held") for engine in _engines(setup)}
     finally:
         thawed = jail.thaw()
     assert thawed["return"] >= 1, thawed
     assert setup.write_error() is None  # writes go through again
     record = setup.latest_record(before)
     assert record["consistent"] is True and record["state"] == "released", record
+    assert {(i["plugin"], i["status"]) for i in record["instances"]} == {
+        (engine, "released") for engine in _engines(setup)}
     log = jail.hook_log()
     assert f"execute {HOOK} freeze" in log and f"execute {HOOK} thaw" in log
     assert f"{HOOK} finished with status=0" in log
@@ -204,7 +229,7 @@ def test_a_hung_database_does_not_hang_the_agent_past_the_hook_deadline(setup: S
         # The deadline ended it, not the engine's own lock_wait_seconds (600): the record
         # names the statement that hung the database and the wait it gave up after.
         assert record["state"] == "failed", record
-        [instance] = record["instances"]
+        instance = _mysql_instance(record)
         assert instance["status"] == "failed", instance
         assert gave_up_after(instance["error"], blocker.id) <= DEADLINE, instance
     finally:
