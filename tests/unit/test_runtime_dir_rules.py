@@ -308,7 +308,7 @@ def test_the_traced_holder_is_answered(rundir: Path) -> None:
                                   "state": "holding"})
         assert proto.request(str(rundir), "status", timeout=10) == {"ok": True,
                                                                      "state": "holding"}
-        assert json.loads(received(proc)) == {"op": "status"}
+        assert json.loads(received(proc)) == {"op": "status", "protocol": proto.PROTOCOL_VERSION}
 
 
 def test_a_trace_the_holder_did_not_write_is_reported_with_its_real_path(rundir: Path) -> None:
@@ -328,7 +328,7 @@ def test_the_socket_is_reached_through_the_checked_directory(rundir: Path) -> No
         rundir.rename(base / "rt.moved")
         rundir.mkdir(mode=0o700)  # nothing listens here
         assert proto._request(rd, "status", 10, {})["state"] == "holding"
-        assert json.loads(received(proc)) == {"op": "status"}
+        assert json.loads(received(proc)) == {"op": "status", "protocol": proto.PROTOCOL_VERSION}
     with pytest.raises(NoActiveHold, match="nothing listens"):
         proto.request(str(rundir), "status", timeout=10)
 
