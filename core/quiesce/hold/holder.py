@@ -355,6 +355,11 @@ class Holder:
                 "not quiesced because another instance failed")
             return self._failure("could not create every engine", errors + skipped)
 
+        return self._quiesce(quiescers, budget)
+
+    def _quiesce(self, quiescers: list[Any], budget: float) -> dict[str, Any]:
+        """Quiesce every instance (lifecycle.Hold); the readiness message, ok or not."""
+        settings = self.settings
         by_key = {(i.engine, i.name): i for i in settings.instances}
 
         def on_held(q: Any) -> None:
@@ -383,6 +388,12 @@ class Holder:
             return self._failure(f"the holder received {name} while quiescing",
                                  [r.to_dict() for r in self.hold.results()],
                                  HoldState.ABORTED)
+        return self._holding(quiescers)
+
+    def _holding(self, quiescers: list[Any]) -> dict[str, Any]:
+        """Every instance is held: arm the deadline and the guardian; the ok message."""
+        assert self.hold is not None
+        settings = self.settings
         held_since = self.hold.held_since() or time.monotonic()
         self.deadline = held_since + settings.max_hold_seconds
         self.since = time.time() - (time.monotonic() - held_since)
