@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace, started: float) -> int:
-    from quiesce.errors import HoldActive, HolderError, QuiesceError
+    from quiesce.errors import HolderError
     from quiesce.hold import protocol as proto
     from quiesce.settings import load_core_settings, parse_plugin_list
 
@@ -124,27 +124,7 @@ def _main(args: argparse.Namespace, started: float) -> int:
     check_writable(settings.state_dir)
     cutoff = started + seconds
 
-    if os.path.isdir(rundir):
-        proto.check_runtime_dir(rundir)
-        try:
-            state = proto.request(rundir, "status",
-                                  timeout=max(0.1, min(5.0, cutoff - time.monotonic())))
-        except QuiesceError:
-            state = None
-        if state is not None:
-            from quiesce.hold.states import ACTIVE
-
-            if state.get("state") in ACTIVE:
-                raise HoldActive(
-                    f"a hold is already active (run {state.get('run_id')}, holder pid "
-                    f"{state.get('holder_pid')}, state {state.get('state')}); it is left "
-                    "untouched",
-                    hint="run 'quiesce post' to release it first; 'quiesce status' shows it")
-            # A holder that already released by itself and is waiting for a 'post' that never
-            # came: its result stays in result.json and the run record; let the new hold start.
-            with contextlib.suppress(QuiesceError):
-                proto.request(rundir, "retire", timeout=5.0)
-
+    _refuse_an_active_hold(rundir, cutoff)
     # An outcome nobody collected (an automatic release, a lost hold) is superseded by this
     # hold: say so now (its run record stays in the state dir).
     previous = _uncollected(rundir)
@@ -180,24 +160,57 @@ def _main(args: argparse.Namespace, started: float) -> int:
         ready["uncollected"] = previous
         ready.setdefault("warnings", []).append(previous["warning"])
     _journal(ready)
+    return _report(ready, settings.path, args.json)
+
+
+def _refuse_an_active_hold(rundir: str, cutoff: float) -> None:
+    """HoldActive when a hold exists or is being set up in ``rundir`` (left untouched); a
+    holder that only waits for its outcome to be collected is retired."""
+    from quiesce.errors import HoldActive, QuiesceError
+    from quiesce.hold import protocol as proto
+    from quiesce.hold.states import ACTIVE
+
+    if not os.path.isdir(rundir):
+        return
+    proto.check_runtime_dir(rundir)
+    try:
+        state = proto.request(rundir, "status",
+                              timeout=max(0.1, min(5.0, cutoff - time.monotonic())))
+    except QuiesceError:
+        return
+    if state.get("state") in ACTIVE:
+        raise HoldActive(
+            f"a hold is already active (run {state.get('run_id')}, holder pid "
+            f"{state.get('holder_pid')}, state {state.get('state')}); it is left untouched",
+            hint="run 'quiesce post' to release it first; 'quiesce status' shows it")
+    # A holder that already released by itself and is waiting for a 'post' that never came:
+    # its result stays in result.json and the run record; let the new hold start.
+    with contextlib.suppress(QuiesceError):
+        proto.request(rundir, "retire", timeout=5.0)
+
+
+def _report(ready: dict[str, Any], config_path: str, as_json: bool) -> int:
+    """The holder's readiness message as pre's output and exit status."""
+    from quiesce.errors import HoldActive, QuiesceError
+
     if ready.get("ok"):
-        _print_held(ready, args.json)
+        _print_held(ready, as_json)
         return 0
     if ready.get("kind") == "HoldActive":
         raise HoldActive(str(ready.get("error")), hint=str(ready.get("hint") or ""))
     if ready.get("kind") == "ConfigError" and ready.get("problems"):
         from quiesce.errors import ConfigError, Problem
 
-        raise ConfigError(settings.path, [
+        raise ConfigError(config_path, [
             Problem(p.get("where", ""), p.get("message", ""), p.get("hint") or "")
             for p in ready["problems"]])
     if not ready.get("instances"):
         # Nothing was attempted (a hold already active, the configuration changed under us, the
         # runtime dir is unusable): same treatment as a configuration error in this process.
-        if args.json:
+        if as_json:
             print(json.dumps(ready, indent=2))
         raise QuiesceError(str(ready.get("error")), hint=str(ready.get("hint") or ""))
-    _print_failed(ready, args.json)
+    _print_failed(ready, as_json)
     return 1
 
 
