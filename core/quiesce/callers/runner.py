@@ -545,34 +545,14 @@ class Runner:
         return result
 
     def _snapshot_phases(self, prepared: Prepared, pre_ok: bool) -> None:
+        """sync -> freeze -> snapshot -> thaw: the bracket itself stays here, in one piece;
+        what comes before and after it is in the helpers below."""
         status = self.status
         config = prepared.config
         freezing = config.fs_freeze and bool(prepared.mounts)
-
-        record = status.phase("sync")
-        record.start, t0 = time.time(), time.monotonic()
-        if freezing:
-            # FreezeSession syncs exactly the filesystems it freezes (syncfs), so a hung
-            # network filesystem elsewhere cannot stall the cycle; counted in its phase.
-            record.detail = "each filesystem to freeze is synced by the freeze step"
-        else:
-            os.sync()  # no freeze: flushing everything makes the crash-consistent copy fresher
-        record.duration_ms = (time.monotonic() - t0) * 1000
-        record.status = "ok"
-
-        session: Any = None
+        self._sync_phase(freezing)
+        session = self._freeze_session(prepared, freezing)
         frozen_ok = False
-        if freezing:
-            from quiesce.freezing.freeze import FreezeSession
-
-            factory = self._session_factory or FreezeSession
-            session = factory(prepared.mounts, self.options.freeze_timeout, sync=True)
-        else:
-            reason = "fsFreezeEnabled is false" if not config.fs_freeze else \
-                "no freezable filesystem"
-            for name in ("freeze", "thaw"):
-                status.phase(name).status = "disabled"
-                status.phase(name).detail = reason
 
         freeze_rec, snap_rec, thaw_rec = (status.phase(n) for n in ("freeze", "snapshot",
                                                                     "thaw"))
@@ -628,7 +608,44 @@ class Runner:
                     if not frozen_ok:
                         thaw_rec.detail = "nothing was frozen"
 
-        # After the thaw: report what happened in the window.
+        self._report_window(prepared, session, freeze_error, result)
+        status.snapshot_taken = bool(result and result.taken)
+        status.consistency = self._consistency(pre_ok, freezing, frozen_ok, session)
+        self._raise_pending()
+
+    def _sync_phase(self, freezing: bool) -> None:
+        record = self.status.phase("sync")
+        record.start, t0 = time.time(), time.monotonic()
+        if freezing:
+            # FreezeSession syncs exactly the filesystems it freezes (syncfs), so a hung
+            # network filesystem elsewhere cannot stall the cycle; counted in its phase.
+            record.detail = "each filesystem to freeze is synced by the freeze step"
+        else:
+            os.sync()  # no freeze: flushing everything makes the crash-consistent copy fresher
+        record.duration_ms = (time.monotonic() - t0) * 1000
+        record.status = "ok"
+
+    def _freeze_session(self, prepared: Prepared, freezing: bool) -> Any:
+        """The FreezeSession for this cycle, or None (then freeze and thaw are "disabled")."""
+        if freezing:
+            from quiesce.freezing.freeze import FreezeSession
+
+            factory = self._session_factory or FreezeSession
+            return factory(prepared.mounts, self.options.freeze_timeout, sync=True)
+        reason = "fsFreezeEnabled is false" if not prepared.config.fs_freeze else \
+            "no freezable filesystem"
+        for name in ("freeze", "thaw"):
+            self.status.phase(name).status = "disabled"
+            self.status.phase(name).detail = reason
+        return None
+
+    def _report_window(self, prepared: Prepared, session: Any,
+                       freeze_error: FreezeError | None,
+                       result: snapshot.SnapshotResult | None) -> None:
+        """After the thaw (files may be written again): what happened in the window."""
+        status = self.status
+        config = prepared.config
+        snap_rec = status.phase("snapshot")
         if self.early_release is not None:
             status.hold = {"released_at_thaw": self.early_release["ok"],
                            "runtime_dir": prepared.hold_runtime_dir,
@@ -675,9 +692,6 @@ class Runner:
                     f"{prepared.provider.describe()}: {result.detail}",
                     "run the snapshot command by hand to see why it fails"
                     if isinstance(prepared.provider, snapshot.CommandSnapshot) else ""))
-        status.snapshot_taken = bool(result and result.taken)
-        status.consistency = self._consistency(pre_ok, freezing, frozen_ok, session)
-        self._raise_pending()
 
     @staticmethod
     def _consistency(pre_ok: bool, freezing: bool, frozen_ok: bool, session: Any) -> str:
