@@ -236,108 +236,129 @@ def open_runtime_dir(rundir: str, *, create: bool = False) -> RuntimeDir:
     prepare_runtime_dir` uses it. Without it a missing dir is :class:`NoActiveHold`.
     Raises :class:`HolderError` for every refusal; the caller closes the result.
     """
-    path = os.path.abspath(rundir)
-    me = os.geteuid()
-    parts = [p for p in path.split("/") if p and p != "."]
-    if not parts:
-        raise HolderError("the runtime dir cannot be /", hint="pass --runtime-dir DIR")
-    problems: list[str] = []
-    stack: list[tuple[int, str]] = []
+    return _Walk(os.path.abspath(rundir), create).run()
 
-    def reset() -> None:
-        for fd, _ in stack:
-            os.close(fd)
-        stack.clear()
-        stack.append((os.open("/", _DIR_FLAGS), "/"))
 
-    links = made = 0
-    created = False
-    try:
-        reset()
-        while parts:
-            name = parts.pop(0)
-            if name == "..":
-                if len(stack) > 1:
-                    os.close(stack.pop()[0])
-                continue
-            last = not parts
-            cur_fd, cur_path = stack[-1]
-            where = f"/{name}" if cur_path == "/" else f"{cur_path}/{name}"
-            entry: os.stat_result | None
-            try:
-                entry = os.stat(name, dir_fd=cur_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                entry = None
-            except OSError as exc:  # as a non-root user: a directory we may not search
-                raise HolderError(f"cannot reach the runtime dir {path}: {where}: "
-                                  f"{exc.strerror}",
-                                  hint=f"pass --runtime-dir DIR (or set {RUNTIME_DIR_ENV}) to "
-                                       "a directory of yours, ideally on tmpfs") from exc
-            problems += parent_problems(cur_path, os.fstat(cur_fd), entry, euid=me)
-            if problems:  # nothing below an untrusted directory is looked at, or created
-                raise _unsafe(path, problems)
-            if entry is None:
-                if not create:
-                    raise NoActiveHold(
-                        f"no hold is active: the runtime dir {path} does not exist",
-                        hint="run 'quiesce pre' first, or pass the --runtime-dir that 'pre' "
-                             "used")
-                made += 1
-                if made > len(path):  # a name that keeps vanishing after mkdir: give up
-                    raise HolderError(f"{where} keeps disappearing while the runtime dir "
-                                      f"{path} is being created",
-                                      hint="find out who removes it")
-                try:
-                    os.mkdir(name, 0o700 if last else 0o755, dir_fd=cur_fd)
-                    created = last
-                except FileExistsError:
-                    pass
-                except OSError as exc:  # e.g. not root and the directory above is not ours
-                    raise HolderError(
-                        f"cannot create the runtime dir {path}: {exc.strerror}",
-                        hint=f"pass --runtime-dir DIR (or set {RUNTIME_DIR_ENV}) to a "
-                             "directory you may create, ideally on tmpfs") from exc
-                parts.insert(0, name)  # look at what is there now, like any existing entry
-                continue
-            if stat.S_ISLNK(entry.st_mode) and not last:
-                links += 1
-                if links > _MAX_SYMLINKS:
-                    raise HolderError(f"cannot reach the runtime dir {path}: too many levels "
-                                      "of symbolic links", hint="pass the real path")
-                target = os.readlink(name, dir_fd=cur_fd)
-                if target.startswith("/"):
-                    reset()
-                parts = [p for p in target.split("/") if p and p != "."] + parts
-                continue
-            if not stat.S_ISDIR(entry.st_mode):
-                if last:
-                    message, hint = runtime_dir_problems(path, entry, euid=me) or ("", "")
-                    raise HolderError(message, hint=hint)
-                raise HolderError(f"cannot reach the runtime dir {path}: {where} is not a "
-                                  "directory", hint="check the path, or choose another "
-                                                    "--runtime-dir")
-            try:
-                fd = os.open(name, _DIR_FLAGS, dir_fd=cur_fd)
-            except OSError as exc:  # replaced (by a symlink, or removed) since the stat
-                raise HolderError(f"{where} changed while the runtime dir {path} was being "
-                                  f"checked ({exc.strerror})",
-                                  hint="retry; if it persists, find out who changes it") \
-                    from exc
-            opened = os.fstat(fd)
-            stack.append((fd, where))
-            if (opened.st_dev, opened.st_ino) != (entry.st_dev, entry.st_ino):
-                raise HolderError(f"{where} changed while the runtime dir {path} was being "
-                                  "checked", hint="retry; if it persists, find out who "
-                                                  "changes it")
-        if len(stack) < 2:  # e.g. through a symlink to "/": never use (or chmod) the root
-            raise HolderError(f"the runtime dir {path} resolves to /",
-                              hint="pass --runtime-dir DIR naming a directory of its own")
-        fd, _ = stack.pop()
-        rd = RuntimeDir(fd, path, os.fstat(fd), created)
-    finally:
-        for fd, _ in stack:
+class _Walk:
+    """One walk from ``/`` to the runtime dir, a directory descriptor per step: each parent
+    is checked before anything below it is looked at (or created), symlinks are followed by
+    the walk itself so their targets are checked too, and every directory opened is the one
+    that was checked (same device and inode)."""
+
+    def __init__(self, path: str, create: bool) -> None:
+        self.path = path
+        self.create = create
+        self.me = os.geteuid()
+        self.stack: list[tuple[int, str]] = []  # (descriptor, path) of each directory walked
+        self.links = 0
+        self.made = 0
+        self.created = False
+
+    def run(self) -> RuntimeDir:
+        parts = [p for p in self.path.split("/") if p and p != "."]
+        if not parts:
+            raise HolderError("the runtime dir cannot be /", hint="pass --runtime-dir DIR")
+        try:
+            self._reset()
+            while parts:
+                name = parts.pop(0)
+                if name == "..":
+                    if len(self.stack) > 1:
+                        os.close(self.stack.pop()[0])
+                    continue
+                parts[:0] = self._step(name, last=not parts)
+            if len(self.stack) < 2:  # e.g. through a symlink to "/": never use the root
+                raise HolderError(f"the runtime dir {self.path} resolves to /",
+                                  hint="pass --runtime-dir DIR naming a directory of its own")
+            fd, _ = self.stack.pop()
+            return RuntimeDir(fd, self.path, os.fstat(fd), self.created)
+        finally:
+            for fd, _ in self.stack:
+                os.close(fd)
+
+    def _reset(self) -> None:
+        for fd, _ in self.stack:
             os.close(fd)
-    return rd
+        self.stack.clear()
+        self.stack.append((os.open("/", _DIR_FLAGS), "/"))
+
+    def _step(self, name: str, *, last: bool) -> list[str]:
+        """Check ``name`` below the current directory and go into it; the path components
+        to walk before the rest (a symlink's target, or ``name`` again once created)."""
+        cur_fd, cur_path = self.stack[-1]
+        where = f"/{name}" if cur_path == "/" else f"{cur_path}/{name}"
+        entry = self._lookup(cur_fd, name, where)
+        problems = parent_problems(cur_path, os.fstat(cur_fd), entry, euid=self.me)
+        if problems:  # nothing below an untrusted directory is looked at, or created
+            raise _unsafe(self.path, problems)
+        if entry is None:
+            self._create(cur_fd, name, where, last=last)
+            return [name]  # look at what is there now, like any existing entry
+        if stat.S_ISLNK(entry.st_mode) and not last:
+            return self._follow(cur_fd, name)
+        if not stat.S_ISDIR(entry.st_mode):
+            if last:
+                message, hint = runtime_dir_problems(self.path, entry, euid=self.me) or ("", "")
+                raise HolderError(message, hint=hint)
+            raise HolderError(f"cannot reach the runtime dir {self.path}: {where} is not a "
+                              "directory", hint="check the path, or choose another "
+                                                "--runtime-dir")
+        self._descend(cur_fd, name, where, entry)
+        return []
+
+    def _lookup(self, cur_fd: int, name: str, where: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=cur_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # as a non-root user: a directory we may not search
+            raise HolderError(f"cannot reach the runtime dir {self.path}: {where}: "
+                              f"{exc.strerror}",
+                              hint=f"pass --runtime-dir DIR (or set {RUNTIME_DIR_ENV}) to a "
+                                   "directory of yours, ideally on tmpfs") from exc
+
+    def _create(self, cur_fd: int, name: str, where: str, *, last: bool) -> None:
+        if not self.create:
+            raise NoActiveHold(
+                f"no hold is active: the runtime dir {self.path} does not exist",
+                hint="run 'quiesce pre' first, or pass the --runtime-dir that 'pre' used")
+        self.made += 1
+        if self.made > len(self.path):  # a name that keeps vanishing after mkdir: give up
+            raise HolderError(f"{where} keeps disappearing while the runtime dir "
+                              f"{self.path} is being created", hint="find out who removes it")
+        try:
+            os.mkdir(name, 0o700 if last else 0o755, dir_fd=cur_fd)
+            self.created = last
+        except FileExistsError:
+            pass
+        except OSError as exc:  # e.g. not root and the directory above is not ours
+            raise HolderError(
+                f"cannot create the runtime dir {self.path}: {exc.strerror}",
+                hint=f"pass --runtime-dir DIR (or set {RUNTIME_DIR_ENV}) to a directory you "
+                     "may create, ideally on tmpfs") from exc
+
+    def _follow(self, cur_fd: int, name: str) -> list[str]:
+        self.links += 1
+        if self.links > _MAX_SYMLINKS:
+            raise HolderError(f"cannot reach the runtime dir {self.path}: too many levels of "
+                              "symbolic links", hint="pass the real path")
+        target = os.readlink(name, dir_fd=cur_fd)
+        if target.startswith("/"):
+            self._reset()
+        return [p for p in target.split("/") if p and p != "."]
+
+    def _descend(self, cur_fd: int, name: str, where: str, entry: os.stat_result) -> None:
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=cur_fd)
+        except OSError as exc:  # replaced (by a symlink, or removed) since the stat
+            raise HolderError(f"{where} changed while the runtime dir {self.path} was being "
+                              f"checked ({exc.strerror})",
+                              hint="retry; if it persists, find out who changes it") from exc
+        opened = os.fstat(fd)
+        self.stack.append((fd, where))
+        if (opened.st_dev, opened.st_ino) != (entry.st_dev, entry.st_ino):
+            raise HolderError(f"{where} changed while the runtime dir {self.path} was being "
+                              "checked", hint="retry; if it persists, find out who changes it")
 
 
 def check_runtime_dir(rundir: str) -> None:
