@@ -283,13 +283,7 @@ def build_image(recipe: ImageRecipe, *, cache_dir: Path | None = None,
             _stream_build(client, context, name, labels, progress)
         finally:
             shutil.rmtree(context, ignore_errors=True)
-        version = ""
-        if recipe.version_package:
-            out = client.containers.run(name, entrypoint=["dpkg-query", "-W", "-f",
-                                                          "${Version}", recipe.version_package],
-                                        command=[], remove=True, network_disabled=True,
-                                        labels={"io.quiesce.image.probe": "1"})
-            version = out.decode().strip()
+        version = _package_version(client, name, recipe.version_package)
         tags = [name]
         if version:
             short = recipe.short_version(version)
@@ -306,6 +300,26 @@ def build_image(recipe: ImageRecipe, *, cache_dir: Path | None = None,
     finally:
         if close:
             client.close()
+
+
+def _package_version(client: Any, image: str, package: str) -> str:
+    """The installed version of ``package`` in ``image`` (a short-lived, labelled container)."""
+    if not package:
+        return ""
+    container = client.containers.create(
+        image, entrypoint=["dpkg-query", "-W", "-f", "${Version}", package], command=[],
+        network_disabled=True, labels={"io.quiesce.image.probe": "1"})
+    try:
+        container.start()
+        status = container.wait(timeout=120)
+        out = container.logs(stdout=True, stderr=False).decode().strip()
+    finally:
+        container.remove(force=True)
+    if status.get("StatusCode") != 0:
+        raise ImageBuildError(f"{image} has no package {package} (dpkg-query exit "
+                              f"{status.get('StatusCode')})",
+                              hint="fix version_package in the engine's image recipe")
+    return out
 
 
 def recipes_for(engines: Sequence[str]) -> list[ImageRecipe]:

@@ -386,11 +386,13 @@ class DockerServer(Server):
                 return
             except Exception as exc:
                 last = exc
+            status = ""
             with contextlib.suppress(Exception):
                 self.container.reload()
-                if self.container.status in ("exited", "dead"):
-                    raise ServerError(f"{self.plan.image} exited while starting; logs:\n"
-                                     f"{self.logs_tail()}")
+                status = self.container.status
+            if status in ("exited", "dead"):
+                raise ServerError(f"{self.plan.image} exited while starting; logs:\n"
+                                  f"{self.logs_tail()}")
             time.sleep(0.5)
         raise ServerError(f"{self.plan.image} did not accept connections in "
                          f"{deadline.seconds:g}s (last error: {last}); logs:\n"
