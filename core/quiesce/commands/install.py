@@ -75,6 +75,11 @@ def main(args: argparse.Namespace) -> int:
                            "timeoutInSeconds from the Azure config at every backup",
                            hint="drop --deadline; size the Azure timeout with "
                                 "--max-hold-seconds")
+    if getattr(args, "quiesce", None) is not None and agent == "azure":
+        raise QuiesceError("--quiesce does not apply to azure: its wrappers run this quiesce, "
+                           "by its path on this machine",
+                           hint="run 'quiesce install azure' from the quiesce the wrappers "
+                                "should run")
     module = adapter(agent)
     ctx = base.Context(agent, args.prefix, parse_plugin_list(args.plugins), max_hold,
                        args.force, deadline, getattr(args, "quiesce", None),
