@@ -7,8 +7,10 @@ disks. The disks' images sit on an XFS store, itself a loop filesystem the bench
 (``cp --reflink=always``). The figure is the **stall**: the longest gap between two completed
 commits during one backup cycle. Approaches, per engine:
 
-- ``floor``: ``sync``, FIFREEZE both disks, the same ``cp --reflink=always`` snapshot,
-  FITHAW; no database lock at all;
+- ``floor``: ``sync``, FIFREEZE both disks in ``quiesce run``'s order, the same
+  ``cp --reflink=always`` snapshot, FITHAW in reverse; no database lock at all;
+- ``floor-log-last``: the same, but the data disk frozen first and the WAL/redo disk last
+  (thawed first): what the freeze order alone is worth;
 - ``run``: ``quiesce run`` with the wrappers of ``quiesce install azure --prefix`` as pre/post
   scripts, ``--freeze-mount`` on the two disks and the ``cp`` snapshot command; it must report
   the snapshot application-consistent (checked, and the run record must say consistent);
@@ -246,6 +248,7 @@ class EngineSetup:
     writer: Writer | None
     snapdir: Path
     jails: dict[str, Jail] = field(default_factory=dict)  # level -> jail
+    order: list[Any] = field(default_factory=list)  # the disks in quiesce run's freeze order
 
     @property
     def mounts(self) -> list[str]:
@@ -434,9 +437,10 @@ def hold_marks(cycle: Cycle, record: dict[str, Any]) -> None:
     cycle.info["record_consistent"] = record.get("consistent")
 
 
-def do_floor(setup: EngineSetup, cycle: Cycle) -> None:
+def do_floor(setup: EngineSetup, cycle: Cycle, order: list[Any]) -> None:
+    cycle.info["freeze_order"] = [str(d.mount_point) for d in order]
     os.sync()
-    with frozen(setup.disks, cycle.marks):
+    with frozen(order, cycle.marks):
         t = time.monotonic()
         pid = os.posix_spawnp("cp", setup.snapshot_argv(), os.environ)
         _, status = os.waitpid(pid, 0)
@@ -468,8 +472,13 @@ def do_run(setup: EngineSetup, cycle: Cycle, level: str) -> None:
         if start is not None and isinstance(ms, (int, float)):
             begin = cycle.wall_to_mono(start)
             cycle.marks[f"run-{phase['name']}"] = [begin, begin + ms / 1000]
-    if "run-freeze" in cycle.marks and "run-thaw" in cycle.marks:
-        cycle.marks["freeze"] = [cycle.marks["run-freeze"][0], cycle.marks["run-thaw"][1]]
+    window = (status.get("freeze") or {}).get("window_ms")
+    if "run-thaw" in cycle.marks and isinstance(window, (int, float)):
+        # First FIFREEZE to last FITHAW, which comes first in the thaw phase (the phase then
+        # stands the watchdog down). The freeze phase before the window also syncs and starts
+        # the watchdog: kept as 'run-freeze'.
+        end = cycle.marks["run-thaw"][0]
+        cycle.marks["freeze"] = [end - window / 1000, end]
     if "run-snapshot" in cycle.marks:
         cycle.marks["snapshot"] = cycle.marks.pop("run-snapshot")
     cycle.info["run_id"] = status.get("run_id")
@@ -499,7 +508,7 @@ def do_azure(setup: EngineSetup, cycle: Cycle, level: str, poll: float) -> None:
 
     def snapshot() -> None:
         os.sync()
-        with frozen(setup.disks, cycle.marks):
+        with frozen(setup.order, cycle.marks):
             t = time.monotonic()
             subprocess.run(setup.snapshot_argv(), check=True, timeout=60)
             cycle.marks["snapshot"] = [t, time.monotonic()]
@@ -535,7 +544,9 @@ def run_cycle(setup: EngineSetup, approach: str, run: int) -> dict[str, Any]:
     cycle.t0_mono, cycle.t0_wall = time.monotonic(), time.time()
     time.sleep(LEAD_S)
     if approach == "floor":
-        do_floor(setup, cycle)
+        do_floor(setup, cycle, setup.order)
+    elif approach == "floor-log-last":
+        do_floor(setup, cycle, setup.disks)  # data first; the WAL/redo disk last, thawed first
     elif approach.startswith("run"):
         do_run(setup, cycle, "auto" if approach.endswith("-auto") else "full")
     else:
@@ -671,6 +682,10 @@ def prepare_engine(engine: str, store: Any, base: Path, private: Path, *, levels
     server = start_server(engine, disks, run_dir)
     cleanup.add(f"stopping the {engine} server", server.stop)
     setup = EngineSetup(engine, disks, server, None, snapdir)
+    from quiesce.freezing.freeze import discover_mounts
+
+    by_mount = {str(d.mount_point): d for d in disks}
+    setup.order = [by_mount[m.mount_point] for m in discover_mounts(setup.mounts)]
     for level in levels:
         root = private / f"{engine}-{level}"
         root.mkdir(mode=0o700)
@@ -699,7 +714,7 @@ def code_version() -> dict[str, Any]:
 
 
 def approaches_for(levels: list[str], polls: list[float]) -> list[str]:
-    out = ["floor", "run"]
+    out = ["floor", "floor-log-last", "run"]
     if "auto" in levels:
         out.append("run-auto")
     for poll in polls:
