@@ -39,7 +39,10 @@ if [ "$(id -u)" = 0 ]; then
     if [ -n "$logdir" ]; then
         mkdir -p "$logdir"
         chown mysql:mysql "$logdir"
+        find "$logdir" \! -user mysql -exec chown mysql:mysql {} +
     fi
+    # A copy restored by root is root's: hand every file back, as the official image does.
+    find "$datadir" \! -user mysql -exec chown -h mysql:mysql {} +
     exec setpriv --reuid=mysql --regid=mysql --init-groups "$0" "$@"
 fi
 if [ "$1" = mariadbd ]; then

@@ -34,7 +34,10 @@ if [ "$(id -u)" = 0 ]; then
         mkdir -p "$POSTGRES_INITDB_WALDIR"
         chown postgres:postgres "$POSTGRES_INITDB_WALDIR"
         chmod 700 "$POSTGRES_INITDB_WALDIR"
+        find "$POSTGRES_INITDB_WALDIR" \! -user postgres -exec chown postgres:postgres {} +
     fi
+    # A copy restored by root is root's: hand every file back, as the official image does.
+    find "$PGDATA" \! -user postgres -exec chown -h postgres:postgres {} +
     exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
