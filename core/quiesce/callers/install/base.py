@@ -641,7 +641,14 @@ def write_manifest(plan: Plan) -> str:
     if not os.path.isdir(directory):
         ensure_dirs(plan.prefix, COMMON_DIR_MODES,
                     [PlannedFile(path, b"", 0o600)])
-    data = (json.dumps(manifest_document(plan), indent=2) + "\n").encode()
+    document = manifest_document(plan)
+    previous = read_manifest(plan.prefix, plan.agent)
+    st = os.stat(path) if previous is not None else None
+    if st is not None and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid() \
+            and {**previous, "installed_at": None} == {**document, "installed_at": None}:
+        plan.manifest = path  # nothing changed: installed_at stays when the files were written
+        return path
+    data = (json.dumps(document, indent=2) + "\n").encode()
     write_atomic(path, data, 0o600, root_owned=True)
     plan.manifest = path
     return path
