@@ -43,6 +43,7 @@ PRE_SCRIPT = "etc/azure/quiesce-pre.sh"
 POST_SCRIPT = "etc/azure/quiesce-post.sh"
 QUIESCE_TOML = base.QUIESCE_TOML
 AZURE_TIMEOUT_CAP = 1800
+POLL_SECONDS = 1  # ScriptsExecutionPollTimeSeconds written by install
 
 # Directory modes: /etc/azure is read by the extension (0755), /etc/quiesce may also hold the
 # secret files the TOML names (0700).
@@ -105,6 +106,9 @@ def azure_config(pre_path: str, post_path: str, timeout: int) -> bytes:
         "timeoutInSeconds": timeout,
         "continueBackupOnFailure": True,
         "fsFreezeEnabled": True,
+        # Azure sleeps a whole poll before each look at a script: 1 s, the shortest it
+        # accepts (1..5), keeps the hold between Azure's pre and post short (issue 10).
+        "ScriptsExecutionPollTimeSeconds": POLL_SECONDS,
     }
     return (json.dumps(document, indent=4) + "\n").encode()
 
