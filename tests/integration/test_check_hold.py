@@ -45,6 +45,8 @@ class Tree:
     def azure(self, **changes: object) -> None:
         document = json.loads((self / AZURE).read_text())
         document.update(changes)
+        for key in [k for k, v in changes.items() if v is None]:
+            del document[key]  # None: leave the key out
         self.write(AZURE, json.dumps(document, indent=4))
 
     def wrapper(self, relative: str, phase: str, toml: str, *extra: str,
@@ -231,7 +233,7 @@ def test_an_invalid_azure_config_does_not_hide_the_toml_problems(tree: Tree) -> 
 def test_an_azure_timeout_that_cannot_fit_pre_fails_the_check(tree: Tree) -> None:
     """Issue 7 item 4: pre_timeout_seconds + the poll margin must fit in timeoutInSeconds."""
     tree.write(TOML, "pre_timeout_seconds = 45\n" + VALID)
-    tree.azure(timeoutInSeconds=30)
+    tree.azure(timeoutInSeconds=30, ScriptsExecutionPollTimeSeconds=None)
     proc = tree.check()
     assert proc.returncode == 2, proc.stdout
     assert problems(proc) == [

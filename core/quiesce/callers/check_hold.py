@@ -347,87 +347,104 @@ def check_hold(config: Any, config_path: str) -> HoldCheck:
         if call is None:
             not_wrappers.add(phase)
             continue
-        failed = AzureCode.for_phase(phase, "failed")
-        if call.command != phase:
-            result.errors.append(RunError.azure(
-                failed, "check",
-                f"{path}:{call.line}: the {phase}-script runs 'quiesce {call.command}'",
-                f"the {phase}-script must run 'quiesce {phase}': swap preScriptLocation and "
-                "postScriptLocation, or rerun 'quiesce install azure --force'"))
-            continue
-        unusable = _program_problem(call, phase)
-        if unusable is not None:
-            result.errors.append(unusable)
-            continue
-        if call.expanded:
-            result.notes.append(
-                f"{path}:{call.line}: the quiesce {phase} call uses shell expansion; its "
-                "quiesce.toml was not checked (run 'quiesce check' on a wrapper with literal "
-                "arguments, or validate the file with 'quiesce pre' by hand)")
-            continue
-        try:
-            args = parse_call(call)
-        except WrapperArgumentError as exc:
-            message = f"{path}:{call.line}: 'quiesce {phase}' would refuse its arguments: {exc}"
-            hint = (f"fix the arguments in {path} or {phase}ScriptParams (see 'quiesce {phase} "
-                    "--help'), or rerun 'quiesce install azure --force'")
-            if "" in params:
-                message += (f" ({phase}ScriptParams holds empty strings, as in Azure's sample "
-                            "config; the wrapper passes them on as arguments)")
-                hint = f'set "{phase}ScriptParams": [] in {config_path}'
-            result.errors.append(RunError.azure(failed, "check", message, hint))
-            continue
-        if not os.path.isabs(args.config):
-            result.errors.append(RunError.azure(
-                failed, "check", f"{path}:{call.line}: --config {args.config!r} is a "
-                "relative path; it would be looked up in whatever directory the backup agent "
-                "runs the script from",
-                "give the absolute path of quiesce.toml, e.g. --config "
-                "/etc/quiesce/quiesce.toml"))
-            continue
-        calls[phase] = (call, args)
-
+        args = _usable_call(result, call, phase, path, params=params,
+                            config_path=config_path)
+        if args is not None:
+            calls[phase] = (call, args)
     if "pre" in calls:
-        call, args = calls["pre"]
-        toml_path = _resolve_config(args.config)
-        from quiesce.settings import parse_plugin_list
-
-        plugins = parse_plugin_list(getattr(args, "plugins", None))
-        problems, settings = toml_problems(toml_path, plugins)
-        what = f"quiesce.toml {toml_path} (used by the pre-script)"
-        if settings is None and [p.message for p in problems] == [SKELETON_MESSAGE]:
-            # The untouched skeleton of 'install azure': a valid installation that is not
-            # configured yet (issue 3: the install result passes check). Said loudly, as a
-            # warning, since the first backup's 'quiesce pre' will fail until it is filled in.
-            [skeleton] = problems
-            result.notes.append(f"WARNING: {toml_path} {skeleton.message}: {skeleton.hint}")
-            result.checked.append((what, "not configured yet (see the warning below)"))
-        elif settings is None:
-            result.errors.extend(_run_error(p, toml_path) for p in problems)
-            result.checked.append((what, "problems"))
-        else:
-            instances = [f"{i.engine}/{i.name}" for i in settings.instances]
-            result.instances[toml_path] = instances
-            result.checked.append((what, f"ok ({', '.join(instances)})"))
-            if config is not None:
-                timeout_error = timeout_problem(settings.pre_timeout_seconds, config,
-                                                toml_path, config_path)
-                if timeout_error is not None:
-                    result.errors.append(timeout_error)
-        _deadline_check(result, call, args, config_path)
-        if "post" in calls:
-            post_config = _resolve_config(calls["post"][1].config)
-            if post_config != toml_path:
-                result.notes.append(
-                    f"the post-script names --config {post_config} but the pre-script "
-                    f"{toml_path}; 'quiesce post' releases what 'pre' holds and reads no "
-                    "configuration, so only the pre-script's file is checked")
+        _check_pre_config(result, calls, config, config_path)
     elif "post" in calls and "pre" in not_wrappers:
         result.notes.append(
             f"{calls['post'][0].script} runs 'quiesce post' but the pre-script does not run "
             "'quiesce pre' in a way check recognises: if nothing is held, 'quiesce post' exits "
             "2 and the post-script fails at every backup")
     return result
+
+
+def _usable_call(result: HoldCheck, call: WrapperCall, phase: str, path: str, *,
+                 params: tuple[str, ...], config_path: str) -> argparse.Namespace | None:
+    """The parsed arguments of a wrapper's quiesce call, or None after reporting why it
+    cannot be used (wrong phase, unsafe program, shell expansion, bad arguments)."""
+    failed = AzureCode.for_phase(phase, "failed")
+    if call.command != phase:
+        result.errors.append(RunError.azure(
+            failed, "check",
+            f"{path}:{call.line}: the {phase}-script runs 'quiesce {call.command}'",
+            f"the {phase}-script must run 'quiesce {phase}': swap preScriptLocation and "
+            "postScriptLocation, or rerun 'quiesce install azure --force'"))
+        return None
+    unusable = _program_problem(call, phase)
+    if unusable is not None:
+        result.errors.append(unusable)
+        return None
+    if call.expanded:
+        result.notes.append(
+            f"{path}:{call.line}: the quiesce {phase} call uses shell expansion; its "
+            "quiesce.toml was not checked (run 'quiesce check' on a wrapper with literal "
+            "arguments, or validate the file with 'quiesce pre' by hand)")
+        return None
+    try:
+        args = parse_call(call)
+    except WrapperArgumentError as exc:
+        message = f"{path}:{call.line}: 'quiesce {phase}' would refuse its arguments: {exc}"
+        hint = (f"fix the arguments in {path} or {phase}ScriptParams (see 'quiesce {phase} "
+                "--help'), or rerun 'quiesce install azure --force'")
+        if "" in params:
+            message += (f" ({phase}ScriptParams holds empty strings, as in Azure's sample "
+                        "config; the wrapper passes them on as arguments)")
+            hint = f'set "{phase}ScriptParams": [] in {config_path}'
+        result.errors.append(RunError.azure(failed, "check", message, hint))
+        return None
+    if not os.path.isabs(args.config):
+        result.errors.append(RunError.azure(
+            failed, "check", f"{path}:{call.line}: --config {args.config!r} is a "
+            "relative path; it would be looked up in whatever directory the backup agent "
+            "runs the script from",
+            "give the absolute path of quiesce.toml, e.g. --config "
+            "/etc/quiesce/quiesce.toml"))
+        return None
+    return args
+
+
+def _check_pre_config(result: HoldCheck,
+                      calls: dict[str, tuple[WrapperCall, argparse.Namespace]],
+                      config: Any, config_path: str) -> None:
+    """The quiesce.toml the pre-wrapper uses, its deadline against Azure's timeout, and
+    whether the post-wrapper names the same file."""
+    call, args = calls["pre"]
+    toml_path = _resolve_config(args.config)
+    from quiesce.settings import parse_plugin_list
+
+    plugins = parse_plugin_list(getattr(args, "plugins", None))
+    problems, settings = toml_problems(toml_path, plugins)
+    what = f"quiesce.toml {toml_path} (used by the pre-script)"
+    if settings is None and [p.message for p in problems] == [SKELETON_MESSAGE]:
+        # The untouched skeleton of 'install azure': a valid installation that is not
+        # configured yet (issue 3: the install result passes check). Said loudly, as a
+        # warning, since the first backup's 'quiesce pre' will fail until it is filled in.
+        [skeleton] = problems
+        result.notes.append(f"WARNING: {toml_path} {skeleton.message}: {skeleton.hint}")
+        result.checked.append((what, "not configured yet (see the warning below)"))
+    elif settings is None:
+        result.errors.extend(_run_error(p, toml_path) for p in problems)
+        result.checked.append((what, "problems"))
+    else:
+        instances = [f"{i.engine}/{i.name}" for i in settings.instances]
+        result.instances[toml_path] = instances
+        result.checked.append((what, f"ok ({', '.join(instances)})"))
+        if config is not None:
+            timeout_error = timeout_problem(settings.pre_timeout_seconds, config,
+                                            toml_path, config_path)
+            if timeout_error is not None:
+                result.errors.append(timeout_error)
+    _deadline_check(result, call, args, config_path)
+    if "post" in calls:
+        post_config = _resolve_config(calls["post"][1].config)
+        if post_config != toml_path:
+            result.notes.append(
+                f"the post-script names --config {post_config} but the pre-script "
+                f"{toml_path}; 'quiesce post' releases what 'pre' holds and reads no "
+                "configuration, so only the pre-script's file is checked")
 
 
 def _program_problem(call: WrapperCall, phase: str) -> RunError | None:
