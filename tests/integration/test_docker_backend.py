@@ -213,8 +213,9 @@ def test_docker_drill(engine: str, mode: str, verified: bool, tmp_path: Path) ->
     image = image_for(engine)
     done = _drill(tmp_path, "--engine", engine, "--backend", "docker", "--mode", mode,
                   "--cycles", "2", "--json")
+    assert done.stdout.startswith("{"), done.stderr[-3000:]
     doc = json.loads(done.stdout)
-    assert doc["backend"] == "docker"
+    assert doc.get("backend") == "docker", (doc, done.stderr[-3000:])
     assert image in doc["backend_reason"]
     assert done.returncode == (0 if verified else 1), done.stderr[-3000:]
     for cycle in doc["cycles"]:
