@@ -12,6 +12,7 @@ together with nesting deeper than :data:`MAX_DEPTH`.
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import math
 from collections.abc import Callable, Mapping
@@ -150,13 +151,13 @@ class Field:
     install`` writes, so the text lives beside the rules that validate the key.
     """
 
-    type: type | tuple[type, ...]
+    type: builtins.type | tuple[builtins.type, ...]
     required: bool = False
     default: Any = _MISSING
     choices: tuple[Any, ...] | None = None
     minimum: int | float | None = None
     maximum: int | float | None = None
-    items: type | tuple[type, ...] | None = None
+    items: builtins.type | tuple[builtins.type, ...] | None = None
     check: Callable[[Any], str | None] | None = None
     hint: str = ""
     doc: str = ""

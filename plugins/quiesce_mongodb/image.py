@@ -47,6 +47,7 @@ class MongoProfile(DockerProfile):
     def probe(self, info: ConnectionInfo) -> str:
         import pymongo
 
+        client: Any
         with pymongo.MongoClient(info.host, info.port, directConnection=True,
                                  serverSelectionTimeoutMS=3000) as client:
             return str(client.admin.command("buildInfo").get("version", ""))
@@ -64,6 +65,7 @@ class MongoProfile(DockerProfile):
         info = server.connection
         config = {"_id": server.replset,
                   "members": [{"_id": 0, "host": f"127.0.0.1:{self.port}"}]}
+        client: Any
         with pymongo.MongoClient(info.host, info.port, directConnection=True,
                                  serverSelectionTimeoutMS=5000) as client:
             try:

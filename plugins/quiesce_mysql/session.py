@@ -70,7 +70,7 @@ def is_connection_lost(exc: BaseException) -> bool:
 
 def describe_error(exc: BaseException) -> str:
     number = error_number(exc)
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
     if number is not None and len(args) > 1:
         return f"error {number}: {args[1]}"
     return f"{type(exc).__name__}: {exc}"

@@ -36,7 +36,7 @@ import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,7 +284,7 @@ def remap_tablespaces(spcmap: bytes, mapping: Mapping[str, str],
     """
     lines = spcmap.decode("utf-8").split("\n")
     used: set[str] = set()
-    out = []
+    out: list[str] = []
     for line in lines:
         if not line:
             out.append(line)
@@ -507,7 +507,7 @@ def install_label(data_dir: str | os.PathLike[str], metadata: Mapping[str, Any],
     return result
 
 
-def match_runs(directory: Path, runs: list[tuple[str, Mapping[str, Any]]],
+def match_runs(directory: Path, runs: Sequence[tuple[str, Mapping[str, Any]]],
                name: str | None) -> tuple[list[str], list[str]]:
     """Which of ``runs`` (run id, record) carry a label that belongs to the copy.
 

@@ -156,3 +156,17 @@ def test_a_harness_import_is_seen(tmp_path: Path) -> None:
                                                        "quiesce.harness.drill.cycle"}
     finally:
         del MODULES["quiesce.fake_for_test"]
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_in_core_or_plugins_is_longer_than_80_lines() -> None:
+    long = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{module}.{node.name}: {length} lines")
+    assert long == []

@@ -42,6 +42,7 @@ from quiesce.callers import azure_config, report, scripts, snapshot
 from quiesce.callers.report import RunError, RunStatus
 from quiesce.errors import (
     AzureCode,
+    ConfigError,
     FreezeError,
     PermissionProblem,
     Problem,
@@ -807,7 +808,7 @@ def check(config_path: str, freeze_mounts: Sequence[str] | None = None) -> Check
     except (ValidationError, TrustedFileNotFound) as exc:
         add(exc.problems)
         result.checked.append(("config", "problems"))
-        if isinstance(exc, azure_config.ConfigError):
+        if isinstance(exc, ConfigError):
             script_paths = _lenient_script_paths(config_path)
 
     for phase, path in script_paths.items():

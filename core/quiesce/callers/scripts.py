@@ -388,7 +388,7 @@ class _Execution:
         for key, _ in self.selector.select(timeout):
             if key.data != "pipe":
                 continue
-            fd = int(key.fd)  # type: ignore[call-overload]
+            fd = int(key.fd)
             try:
                 data = os.read(fd, READ_SIZE)
             except BlockingIOError:

@@ -182,7 +182,8 @@ def plan_uninstall(prefix: str, agent: str) -> UninstallPlan:
     real_prefix = os.path.realpath(prefix)
     plan = UninstallPlan(agent, prefix, path)
     shared = _shared(prefix, agent)
-    backups = document.get("backups") if isinstance(document.get("backups"), list) else []
+    listed = document.get("backups")
+    backups: list[Any] = listed if isinstance(listed, list) else []
     for entry in document["files"]:
         if not isinstance(entry, dict) or not _inner_ok(entry.get("path")):
             raise UninstallRefused(f"{path} lists a file entry that is not an absolute, "

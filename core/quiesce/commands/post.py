@@ -49,7 +49,8 @@ def fast_main(argv: list[str]) -> int | None:
     through the full parser and its messages."""
     from quiesce.errors import QuiesceError
 
-    values = {"--runtime-dir": None, "--config": None, "--metrics-file": None}
+    values: dict[str, str | None] = {"--runtime-dir": None, "--config": None,
+                                     "--metrics-file": None}
     as_json = False
     rest = list(argv)
     while rest:
@@ -87,6 +88,7 @@ def run(runtime_dir: str | None, as_json: bool, caller_failed: str | None = None
         fields["run_id"] = run_id  # never release (or report) another run's hold
     if caller_failed:
         fields["caller_failed"] = caller_failed[:500]  # the holder records it
+    outcome: dict[str, Any] | None
     try:
         outcome = proto.request(rundir, "release", timeout=120.0, **fields)
         outcome["collected_from"] = outcome.get("collected_from", "holder")

@@ -104,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
                           else journal.INFO, state=state.get("state"),
                           problems=",".join(health.problems) or None)
     if alerting and health is not None:
-        return health.exit_code
+        return int(health.exit_code)
     return 0
 
 

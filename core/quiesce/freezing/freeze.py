@@ -403,14 +403,14 @@ class FreezeSession:
             raise
         self._state = "frozen"
         if failure is not None:
-            mount, exc = failure
+            bad, error = failure
             self.thaw()
             self._state = "failed"
             undone = ", ".join(m.mount_point for m in self.frozen) or "none"
             raise FreezeError(
-                f"cannot freeze {mount.mount_point} ({mount.fstype} on {mount.source}): "
-                f"{_errno_text(exc)}; thawed the ones already frozen ({undone})",
-                hint=_freeze_hint(exc, mount.mount_point)) from exc
+                f"cannot freeze {bad.mount_point} ({bad.fstype} on {bad.source}): "
+                f"{_errno_text(error)}; thawed the ones already frozen ({undone})",
+                hint=_freeze_hint(error, bad.mount_point)) from error
 
     def _abandon(self) -> None:
         if self._watchdog is not None:

@@ -233,8 +233,7 @@ def _locate(path: str, entries: Sequence[MountEntry]) -> tuple[MountEntry | None
         for entry in entries:
             if entry.mount_id == mount_id:
                 return entry, real
-    entry = containing_mount(real, entries)
-    return entry, real
+    return containing_mount(real, entries), real
 
 
 def all_frozen_together(freeze: CallerFreeze, paths: Sequence[tuple[str, str]], *,

@@ -238,8 +238,8 @@ def _select_only(entries: Sequence[MountEntry], only: Sequence[str]) -> list[Mou
     for requested in only:
         path = os.path.realpath(requested)
         shown = requested if path == requested else f"{requested} (= {path})"
-        entry = visible.get(path)
-        if entry is None:
+        found = visible.get(path)
+        if found is None:
             if not os.path.exists(path):
                 problems.append(f"{shown} does not exist")
                 continue
@@ -249,11 +249,11 @@ def _select_only(entries: Sequence[MountEntry], only: Sequence[str]) -> list[Mou
             problems.append(f"{shown} is not a mount point ({where}); name the mount point "
                             "of the filesystem to freeze")
             continue
-        reason = why_not_freezable(entry)
+        reason = why_not_freezable(found)
         if reason is not None:
             problems.append(f"{shown} cannot be frozen: {reason}")
             continue
-        picked.append(entry)
+        picked.append(found)
     if problems:
         raise FreezeError(
             "cannot freeze the requested mount(s):\n" + "\n".join(f"  - {p}" for p in problems),

@@ -319,7 +319,7 @@ def _package_version(client: Any, image: str, package: str) -> str:
         raise ImageBuildError(f"{image} has no package {package} (dpkg-query exit "
                               f"{status.get('StatusCode')})",
                               hint="fix version_package in the engine's image recipe")
-    return out
+    return str(out)
 
 
 def recipes_for(engines: Sequence[str]) -> list[ImageRecipe]:

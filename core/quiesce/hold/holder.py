@@ -238,7 +238,7 @@ def start_guardian(rundir: str, lock_fd: int, log: MemoryLog) -> GuardianLink:
 def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    return int(uid)
 
 
 def peer_allowed(uid: int) -> bool:

@@ -400,6 +400,8 @@ class Hold:
         with slot.busy:
             if result.status != HELD:
                 return  # lost while its liveness check held the turn
+            outcome: str
+            error: str | None
             try:
                 metadata = slot.quiescer.release(Deadline(self.release_timeout))
             except SessionLost as exc:

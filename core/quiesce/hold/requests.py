@@ -85,7 +85,8 @@ class Inbox:
         """Accept what is pending and return the requests read so far; waits at most
         ``timeout`` seconds for something to happen."""
         try:
-            ready, _, _ = select.select([self.listener, self._wake_r], [], [],
+            watched: list[Any] = [self.listener, self._wake_r]
+            ready, _, _ = select.select(watched, [], [],
                                         max(0.0, timeout))
         except InterruptedError:
             ready = []

@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 from collections.abc import Sequence
+from typing import Any
 
 from quiesce.callers.install import base
 from quiesce.callers.install.base import (
@@ -113,7 +114,7 @@ def azure_config(pre_path: str, post_path: str, timeout: int) -> bytes:
     return (json.dumps(document, indent=4) + "\n").encode()
 
 
-def _planned(prefix: str, relative: str, content: bytes, mode: int, **kw: bool) -> PlannedFile:
+def _planned(prefix: str, relative: str, content: bytes, mode: int, **kw: Any) -> PlannedFile:
     return PlannedFile(base.join(prefix, "/" + relative), content, mode, inner="/" + relative,
                        **kw)
 
@@ -135,7 +136,7 @@ def make_plan(ctx: Context) -> Plan:
     base.classify(toml, ctx.force, when)
     # An existing quiesce.toml that stays is the one 'quiesce pre' will use: the Azure timeout
     # must fit its pre_timeout_seconds, not the default's.
-    pre_timeout = DEFAULT_PRE_TIMEOUT
+    pre_timeout: float = DEFAULT_PRE_TIMEOUT
     if toml.action in (KEEP, UNCHANGED, FIX_MODE):
         pre_timeout = base.existing_pre_timeout(toml_path)
     files = [

@@ -644,7 +644,8 @@ def write_manifest(plan: Plan) -> str:
     document = manifest_document(plan)
     previous = read_manifest(plan.prefix, plan.agent)
     st = os.stat(path) if previous is not None else None
-    if st is not None and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid() \
+    if previous is not None and st is not None and stat.S_IMODE(st.st_mode) == 0o600 \
+            and st.st_uid == os.geteuid() \
             and {**previous, "installed_at": None} == {**document, "installed_at": None}:
         plan.manifest = path  # nothing changed: installed_at stays when the files were written
         return path

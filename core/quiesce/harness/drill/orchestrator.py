@@ -177,7 +177,7 @@ class Drill:
             if not hasattr(target, "level"):
                 raise DrillError(f"{opts.engine} has no light quiesce level",
                                  hint="use --level full (the default) with this engine")
-            target.level = self.level  # type: ignore[attr-defined]
+            target.level = self.level
         result = DrillResult(engine=opts.engine, backend=backend.name, disks=self.disks_kind,
                              mode=opts.mode, backend_reason=backend.reason,
                              fstype=opts.fstype if self.disks_kind == "loop" else None)
@@ -283,6 +283,7 @@ class Drill:
         roots: dict[str, Path] = {}
         images: dict[str, Path | None] = {}
         for name in DISKS:
+            disk: LoopDisk | DirDisk
             if self.disks_kind == "loop":
                 self.progress(f"disk {name}: {self.opts.fstype} loop device")
                 disk = LoopDisk.create(ws.disks, name, DISK_SIZE_MB[name], self.opts.fstype,

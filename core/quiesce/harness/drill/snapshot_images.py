@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-after", type=int, default=None)
     args = parser.parse_args(argv)
     args.dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-    done = []
+    done: list[dict[str, object]] = []
     for n, src in enumerate(args.sources):
         if args.fail_after is not None and n >= args.fail_after:
             print(json.dumps({"copies": done, "error": "failure injected by --fail-after"}))

@@ -101,8 +101,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, deadline: Deadline, proc: subprocess.Popen | None = None,
-                  what: str = "server") -> None:
+def wait_for_port(host: str, port: int, deadline: Deadline,
+                  proc: subprocess.Popen[Any] | None = None, what: str = "server") -> None:
     """Wait until ``host:port`` accepts TCP connections, the process dies, or the deadline."""
     while True:
         if proc is not None and proc.poll() is not None:
@@ -115,7 +115,7 @@ def wait_for_port(host: str, port: int, deadline: Deadline, proc: subprocess.Pop
         time.sleep(0.05)
 
 
-def stop_process_group(proc: subprocess.Popen, *, term: int = signal.SIGTERM,
+def stop_process_group(proc: subprocess.Popen[Any], *, term: int = signal.SIGTERM,
                        grace: float = 10.0) -> None:
     """Signal a process started with ``start_new_session=True`` and its whole group; then kill."""
     if proc.poll() is None:

@@ -107,7 +107,7 @@ class ServiceProcess(Server):
         if out.returncode != 0:
             raise ServerError(f"{what} failed (exit {out.returncode}): "
                              f"{(out.stderr or out.stdout).strip()[-2000:]}")
-        return out.stdout
+        return str(out.stdout)
 
     def _spawn(self, argv: list[str], output: Path) -> None:
         """Start the server (stdout and stderr appended to ``output``) and wait until a query
