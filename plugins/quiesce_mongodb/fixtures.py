@@ -47,7 +47,13 @@ def mongodb_unavailable_reason() -> tuple[str | None, str]:
         pass
     ok, reason = docker_available()
     if ok:
-        return "docker", ""
+        from quiesce.harness.images import ImageUnavailable, resolve_image
+
+        try:  # an engine that answers is not enough: it needs a MongoDB image too
+            resolve_image("mongodb")
+            return "docker", ""
+        except ImageUnavailable as exc:
+            reason = f"a Docker engine answers but {exc}"
     looked = ", ".join(dict.fromkeys([*mongod_search_dirs(), "/opt/mongodb*/bin"]))
     return None, f"no mongod on PATH (looked in {looked}) and {reason}"
 
