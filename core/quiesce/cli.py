@@ -180,6 +180,10 @@ def report_error(command: str, exc: QuiesceError, as_json: bool) -> int:
         import json
 
         print(json.dumps({"command": command, "error": error_document(exc)}, indent=2))
+    from quiesce import journal  # a wrapper's stderr may go nowhere: the journal keeps it
+
+    journal.log_event(command, "error", str(exc), priority=journal.ERR,
+                      error=type(exc).__name__, hint=exc.hint or None)
     return 2
 
 

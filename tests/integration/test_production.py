@@ -41,6 +41,20 @@ def lock_is_free(path: Path) -> bool:
                           timeout=30).returncode == 0
 
 
+def parse_native(data: bytes) -> dict[str, str]:
+    """journald's native protocol: KEY=value lines, or KEY, a 64-bit length and the value."""
+    fields: dict[str, str] = {}
+    while data:
+        line, _, rest = data.partition(b"\n")
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            fields[key.decode()], data = value.decode(), rest
+        else:
+            size = int.from_bytes(rest[:8], "little")
+            fields[line.decode()], data = rest[8:8 + size].decode(), rest[9 + size:]
+    return fields
+
+
 class Q:
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -73,7 +87,7 @@ class Q:
         return sock
 
     def events(self) -> list[dict[str, str]]:
-        """Every journal event received so far (native protocol, text values only)."""
+        """Every journal event received so far."""
         assert self.journal is not None
         out = []
         self.journal.settimeout(0.5)
@@ -82,12 +96,7 @@ class Q:
                 data = self.journal.recv(65536)
             except TimeoutError:
                 return out
-            fields = {}
-            for line in data.decode().splitlines():
-                key, sep, value = line.partition("=")
-                if sep:
-                    fields[key] = value
-            out.append(fields)
+            out.append(parse_native(data))
 
     def run(self, *args: str, stdout: Any = subprocess.PIPE,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -147,6 +156,19 @@ def test_pre_and_post_log_one_event_each_to_journald(q: Q) -> None:
     assert all(e["SYSLOG_IDENTIFIER"] == "quiesce" for e in events)
     assert {e["QUIESCE_RUN_ID"] for e in events} == {ready["run_id"]}
     assert events[1]["QUIESCE_CONSISTENT"] == "yes" and events[1]["PRIORITY"] == "5"
+
+
+def test_a_configuration_error_reaches_the_journal_too(q: Q) -> None:
+    """A wrapper's stderr may go nowhere: the error is in the journal as well."""
+    q.config.write_text("max_hold_seconds = 'x'\n")
+    os.chmod(q.config, 0o600)
+    q.listen()
+    proc = q.pre()
+    assert proc.returncode == 2
+    (event,) = q.events()
+    assert (event["QUIESCE_COMMAND"], event["QUIESCE_PHASE"], event["PRIORITY"]) == (
+        "pre", "error", "3")
+    assert "max_hold_seconds" in event["MESSAGE"] and event["QUIESCE_ERROR"] == "ConfigError"
 
 
 def test_an_uncollected_auto_release_is_reported_kept_and_alerted_on(q: Q) -> None:
