@@ -69,7 +69,8 @@ def test_quick_postgresql_run_writes_the_result_shape() -> None:
         f0, f1 = cycle["marks_ms"]["freeze"]
         assert 0 < f0 < f1 < cycle["duration_ms"], approach
         s0, s1 = cycle["marks_ms"]["snapshot"]
-        assert f0 <= s0 <= s1 <= f1 + 1, approach  # the snapshot ran inside the freeze
+        # The snapshot ran inside the freeze (quiesce run's phase times are ms-rounded).
+        assert f0 - 1 <= s0 <= s1 <= f1 + 1, approach
     assert "hold" not in cycles["floor"]["marks_ms"]
     for approach in ("run", "azure-1s"):
         info = cycles[approach]["info"]
