@@ -411,8 +411,8 @@ class Cycle:
             "duration_ms": rel(self.end_mono),
             "marks_ms": {k: [rel(v[0]), rel(v[1])] for k, v in self.marks.items()},
             "info": self.info,
-            # [start ms, latency ms] of every commit of the cycle, for the plot
-            "timeline": [[rel(c[0]), round((c[1] - c[0]) * 1000, 2)]
+            # [start ms, latency ms] of every commit of the cycle (0.1 ms), for the plot
+            "timeline": [[round(rel(c[0]), 1), round((c[1] - c[0]) * 1000, 1)]
                          for c in sorted(commits) if c[1] >= self.t0_mono],
         }
 
@@ -698,6 +698,14 @@ def prepare_engine(engine: str, store: Any, base: Path, private: Path, *, levels
     return setup
 
 
+def dump_result(result: dict[str, Any]) -> str:
+    """The result as JSON: the summary indented, each cycle (with its timeline) on one line."""
+    head = {k: v for k, v in result.items() if k != "cycles"}
+    text = json.dumps(head, indent=1)
+    cycles = ",\n".join("  " + json.dumps(c, separators=(",", ":")) for c in result["cycles"])
+    return f'{text[:-2]},\n "cycles": [\n{cycles}\n ]\n}}\n'
+
+
 def code_version() -> dict[str, Any]:
     """The commit measured, and whether core/ or plugins/ differed from it (a shared tree)."""
     def git(*words: str) -> str:
@@ -840,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
         "cycles": cycles,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=1) + "\n")
+    output.write_text(dump_result(result))
     print_table(summary)
     print(f"results in {output}")
     return 0
