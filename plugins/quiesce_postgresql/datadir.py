@@ -6,15 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from quiesce.processes import pid_alive
 
 
 def live_postmaster(data_dir: Path) -> int | None:

@@ -404,7 +404,7 @@ def _check_listener(rd: RuntimeDir, sock: socket.socket) -> None:
                           f"not {_trusted_owners(me)}: it is not quiesce's holder; {untouched}",
                           hint=look)
     try:
-        trace = read_trace(rd.via_fd)
+        trace = read_trace(rd)
     except HolderError as exc:
         raise HolderError(rd.shown(str(exc)), hint=rd.shown(exc.hint)) from exc
     holder_pid = trace.get("holder_pid") if trace else None
@@ -522,12 +522,23 @@ def read_result(rundir: str | RuntimeDir) -> dict[str, Any] | None:
     Raises HolderError when the runtime dir cannot be trusted or the file is not one the
     holder (or its guardian) wrote.
     """
+    result = read_holder_json(rundir, RESULT_NAME, MAX_MESSAGE)
+    return result if isinstance(result, dict) else None
+
+
+def read_holder_json(rundir: str | RuntimeDir, name: str, limit: int) -> Any:
+    """The JSON document ``name`` in the checked runtime dir, or None when it is absent.
+
+    Only a regular file the holder (or its guardian) can have written is read: ours or
+    root's, readable by nobody else. Anything else (a symlink, a FIFO, another owner, not
+    JSON) is a HolderError that says what to inspect, never taken as "nothing is there".
+    """
     with _opened(rundir) as rd:
         if rd is None:
             return None
-        path = os.path.join(rd.path, RESULT_NAME)
+        path = os.path.join(rd.path, name)
         try:
-            fd = os.open(RESULT_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                          dir_fd=rd.fd)
         except FileNotFoundError:
             return None
@@ -543,15 +554,14 @@ def read_result(rundir: str | RuntimeDir) -> dict[str, Any] | None:
                                   hint=f"inspect and remove {path}")
             with os.fdopen(fd, "rb") as handle:
                 fd = -1
-                data = handle.read(MAX_MESSAGE)
+                data = handle.read(limit)
         finally:
             if fd >= 0:
                 os.close(fd)
     try:
-        result = json.loads(data)
+        return json.loads(data)
     except ValueError as exc:
         raise HolderError(f"{path} is not valid JSON: {exc}", hint=f"remove {path}") from exc
-    return result if isinstance(result, dict) else None
 
 
 def consume_result(rundir: str | RuntimeDir) -> None:

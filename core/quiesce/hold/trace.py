@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quiesce.atomic import write_atomic
 from quiesce.errors import HolderError
+
+if TYPE_CHECKING:
+    from quiesce.hold.protocol import RuntimeDir
 
 TRACE_NAME = "hold.json"
 MAX_TRACE = 1024 * 1024
@@ -40,38 +42,17 @@ def write_trace(rundir: str, trace: dict[str, Any]) -> None:
     write_atomic(trace_path(rundir), data, 0o600)
 
 
-def read_trace(rundir: str) -> dict[str, Any] | None:
+def read_trace(rundir: str | RuntimeDir) -> dict[str, Any] | None:
     """The trace of a hold, or None when there is none.
 
     Raises HolderError for a file the holder cannot have written (another owner, readable by
     others, not JSON): that is reported, never taken as "nothing is held".
     """
-    path = trace_path(rundir)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise HolderError(f"cannot read {path}: {exc.strerror}",
-                          hint=f"inspect and remove {path}") from exc
-    try:
-        st = os.fstat(fd)
-        if (not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid())
-                or st.st_mode & 0o077):
-            raise HolderError(f"{path} is not a file the holder wrote (owner uid {st.st_uid}, "
-                              f"mode {stat.S_IMODE(st.st_mode):04o})",
-                              hint=f"inspect and remove {path}")
-        with os.fdopen(fd, "rb") as handle:
-            fd = -1
-            data = handle.read(MAX_TRACE)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    try:
-        trace = json.loads(data)
-    except ValueError as exc:
-        raise HolderError(f"{path} is not valid JSON: {exc}", hint=f"remove {path}") from exc
-    if not isinstance(trace, dict):
+    from quiesce.hold.protocol import read_holder_json
+
+    trace = read_holder_json(rundir, TRACE_NAME, MAX_TRACE)
+    if trace is not None and not isinstance(trace, dict):
+        path = trace_path(rundir if isinstance(rundir, str) else rundir.path)
         raise HolderError(f"{path} is not a hold trace", hint=f"remove {path}")
     return trace
 

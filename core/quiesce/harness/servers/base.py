@@ -184,11 +184,3 @@ def read_tail(path: Path, lines: int) -> str:
         return "(no log)"
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

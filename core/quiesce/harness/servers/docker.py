@@ -26,7 +26,6 @@ pulled. testcontainers and docker are imported inside functions only.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import os
 import secrets
@@ -41,6 +40,7 @@ from urllib.parse import urlparse
 from quiesce.deadline import Deadline
 from quiesce.errors import EngineUnavailable, ServerError
 from quiesce.harness.servers.base import ConnectionInfo, Server, ServerLayout
+from quiesce.processes import pid_alive
 
 if TYPE_CHECKING:
     from quiesce.harness.images import ImageRecipe
@@ -208,14 +208,6 @@ def prepare_host_dirs(plan: ContainerPlan) -> None:
             os.lchown(link, IMAGE_UID, IMAGE_UID)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True
-
-
 def container_labels(engine: str) -> dict[str, str]:
     return {LABEL: "1", LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname(),
             LABEL_ENGINE: engine}
@@ -233,7 +225,7 @@ def leftover_containers(client: Any, *, all_hosts: bool = False) -> list[Any]:
             pid = int(labels.get(LABEL_PID, ""))
         except ValueError:
             pid = 0
-        if all_hosts or not pid or not _pid_alive(pid):
+        if all_hosts or not pid or not pid_alive(pid):
             found.append(container)
     return found
 
