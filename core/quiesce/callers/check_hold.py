@@ -43,7 +43,7 @@ import re
 import shlex
 import stat
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -136,24 +136,30 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
     return out
 
 
-def find_wrapper_call(text: str, script: str, params: Sequence[str]) -> WrapperCall | None:
-    """The first line of a shell script that runs ``quiesce pre`` or ``quiesce post``.
-
-    ``params`` (the Azure config's params for this script) replace a ``"$@"`` argument, as the
-    shell would. Returns None when the script runs no quiesce pre/post: it is not a wrapper.
-    """
+def quiesce_calls(text: str) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(line, program, arguments after it) of every line of a shell script that runs quiesce;
+    comments, blank lines and lines the shell lexer cannot read (unbalanced quotes) are
+    passed over."""
     for number, line in _logical_lines(text):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         try:
             tokens = shlex.split(stripped, comments=True)
-        except ValueError:  # unbalanced quotes: not a line we can read
+        except ValueError:
             continue
         split = _split_quiesce(tokens)
-        if split is None:
-            continue
-        program, rest = split
+        if split is not None:
+            yield number, split[0], split[1]
+
+
+def find_wrapper_call(text: str, script: str, params: Sequence[str]) -> WrapperCall | None:
+    """The first line of a shell script that runs ``quiesce pre`` or ``quiesce post``.
+
+    ``params`` (the Azure config's params for this script) replace a ``"$@"`` argument, as the
+    shell would. Returns None when the script runs no quiesce pre/post: it is not a wrapper.
+    """
+    for number, program, rest in quiesce_calls(text):
         if not rest or rest[0] not in PHASES:
             continue
         argv: list[str] = []

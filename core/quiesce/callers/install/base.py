@@ -342,6 +342,20 @@ def guard_block(guard: Sequence[str], name: str, agent: str) -> str:
                             name=name, agent=agent))
 
 
+def ini_group(path: str, group: str) -> dict[str, str] | None:
+    """The keys of ``[group]`` in an agent's INI file ({} without the group), None when the
+    file is missing or unreadable (VMware's tools.conf, GCE's instance_configs.cfg)."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except (OSError, UnicodeDecodeError, configparser.Error):
+        return None
+    return dict(parser.items(group)) if parser.has_section(group) else {}
+
+
 def quoted(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(part) for part in argv)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import stat
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +27,9 @@ from quiesce.callers.check_hold import (
     SKELETON_MESSAGE,
     WrapperArgumentError,
     WrapperCall,
-    _logical_lines,
     _run_error,
-    _split_quiesce,
     parse_call,
+    quiesce_calls,
     toml_problems,
 )
 from quiesce.callers.install import base
@@ -75,22 +73,8 @@ def reinstall(agent: str) -> str:
 
 def hook_calls(text: str) -> list[tuple[int, str, tuple[str, ...], list[str]]]:
     """(line, command, program, arguments) of every quiesce call in a hook."""
-    out = []
-    for number, line in _logical_lines(text):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        try:
-            tokens = shlex.split(stripped, comments=True)
-        except ValueError:
-            continue
-        split = _split_quiesce(tokens)
-        if split is None:
-            continue
-        program, rest = split
-        if rest and rest[0] in COMMANDS:
-            out.append((number, rest[0], tuple(program), rest[1:]))
-    return out
+    return [(number, rest[0], tuple(program), rest[1:])
+            for number, program, rest in quiesce_calls(text) if rest and rest[0] in COMMANDS]
 
 
 def check_hook(report: AgentCheck, inner: str, runs: str = "pre") -> list[HookCall]:

@@ -15,7 +15,6 @@ hold). Writes instance_configs.cfg only when it is missing; an existing one is l
 
 from __future__ import annotations
 
-import configparser
 from typing import TYPE_CHECKING
 
 from quiesce.callers.install import base
@@ -36,13 +35,7 @@ MARGIN = 5.0
 def snapshot_settings(path: str) -> dict[str, str] | None:
     """The ``[Snapshots]`` keys of instance_configs.cfg ({} without the group), None when the
     file is missing or unreadable."""
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle)
-    except (OSError, UnicodeDecodeError, configparser.Error):
-        return None
-    return dict(parser.items("Snapshots")) if parser.has_section("Snapshots") else {}
+    return base.ini_group(path, "Snapshots")
 
 
 def agent_timeout(settings: dict[str, str] | None) -> int:

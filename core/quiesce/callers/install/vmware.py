@@ -18,7 +18,6 @@ recorded "not consistent" whatever quiesce held. Every file in backupScripts.d i
 
 from __future__ import annotations
 
-import configparser
 import os
 from typing import TYPE_CHECKING
 
@@ -45,13 +44,7 @@ FREEZE_FAIL_REASON = ("VMware Tools reported freezeFail: the quiesced snapshot f
 def vmbackup_settings(path: str) -> dict[str, str] | None:
     """The ``[vmbackup]`` keys of a tools.conf ({} when the group is absent), None when the
     file is missing or unreadable."""
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle)
-    except (OSError, UnicodeDecodeError, configparser.Error):
-        return None
-    return dict(parser.items("vmbackup")) if parser.has_section("vmbackup") else {}
+    return base.ini_group(path, "vmbackup")
 
 
 def is_false(value: str | None) -> bool:
