@@ -72,3 +72,10 @@ def test_prune_needs_a_positive_keep_days_and_keeps_the_newest(tmp_path: Path) -
     with pytest.raises(QuiesceError, match="positive number of days"):
         prune(str(state), 0)
     assert prune(str(state), 1) == ([], ["20000101T000000.000000Z-aaaaaa"])
+
+
+def test_unreadable_records_are_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(QuiesceError, match="cannot read the run records"):
+        health.read_records(str(tmp_path / "file"))  # ENOTDIR: an OSError like EACCES
+    assert health.read_records(str(tmp_path / "missing")) == []

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quiesce.atomic import write_atomic
-from quiesce.hold.records import RUNS_DIR, list_runs
+from quiesce.hold.records import RUNS_DIR, CatalogError, list_runs
 from quiesce.timefmt import iso
 
 UNCOLLECTED = "uncollected"
@@ -53,7 +53,14 @@ def read_records(state_dir: str) -> list[dict[str, Any]]:
     """Every readable run record, oldest first; unreadable ones are skipped (health reports
     on what it can read, it never fails on a damaged old record)."""
     out = []
-    for run_id in list_runs(state_dir):
+    try:
+        run_ids = list_runs(state_dir)
+    except OSError as exc:
+        raise CatalogError(f"cannot read the run records in {state_dir}: "
+                           f"{exc.strerror or exc}",
+                           hint="run as the user that owns the state dir (root), or pass "
+                                "--state-dir") from exc
+    for run_id in run_ids:
         path = os.path.join(state_dir, RUNS_DIR, f"{run_id}.json")
         try:
             with open(path, "rb") as handle:
