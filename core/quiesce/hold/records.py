@@ -284,8 +284,15 @@ def prune(state_dir: str, keep_days: float, *, now: float | None = None,
             kept.append(run_id)
             continue
         if not dry_run:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(record_path(state_dir, run_id))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise CatalogError(f"cannot remove {record_path(state_dir, run_id)}: "
+                                   f"{exc.strerror or exc} (removed so far: {len(removed)})",
+                                   hint="run 'quiesce prune' as the owner of the state dir "
+                                        "(root)") from exc
         removed.append(run_id)
     return removed, kept
 
