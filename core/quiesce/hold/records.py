@@ -277,7 +277,8 @@ def prune(state_dir: str, keep_days: float, *, now: float | None = None,
         newest: str | None = latest_run_id(state_dir)
     except CatalogError:
         newest = runs[-1] if runs else None
-    removed, kept = [], []
+    removed: list[str] = []
+    kept: list[str] = []
     for run_id in runs:
         started = run_id_time(run_id)
         if run_id == newest or started is None or started >= cutoff:
