@@ -777,6 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     from quiesce.harness.disks import LoopDisk
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigterm)  # also when started with SIGINT ignored
     cleanup = Cleanup()
     base = Path(tempfile.mkdtemp(prefix="quiesce-stall-", dir="/run"))
     base.chmod(0o755)  # the servers' accounts reach their disks' mount points through it
