@@ -399,7 +399,8 @@ class Holder:
         self.since = time.time() - (time.monotonic() - held_since)
         self.until = self.since + settings.max_hold_seconds
         self.state = HoldState.HOLDING
-        self._trace()
+        # The trace is rewritten once 'pre' has its answer (main): the lock is held, and
+        # every millisecond before 'pre' exits is part of the application's write stall.
         self.guardian.send(op="hold", deadline=self.deadline,
                            backstop=self.deadline + guardian_grace(settings.max_hold_seconds),
                            since=self.since, until=self.until,
@@ -945,6 +946,8 @@ def main(argv: list[str] | None = None) -> int:
             clear_trace(holder.rundir)
         delivered = _write_ready(ready_fd, ready)
         holder.ready_fd = -1
+        if ready.get("ok"):
+            holder._trace()  # now "holding", with since/until
         if not ready.get("ok"):
             if holder.final is not None:
                 holder.finish_failure()
