@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -452,9 +453,52 @@ def test_watchdog_that_cannot_start_means_nothing_frozen(loop_disk_factory,
     disk = loop_disk_factory()
     broken = [sys.executable, "-c", "import sys; sys.exit('watchdog: cannot arm')"]
     monkeypatch.setattr(freeze_module._WatchdogProcess, "command",
-                        staticmethod(lambda timeout, fds: broken))
+                        staticmethod(lambda timeout, fds, wait_for_arm=False: broken))
     session = FreezeSession(discover_mounts([str(disk.mount_point)]), timeout=60)
     with pytest.raises(FreezeError, match=r"watchdog failed to start.*cannot arm"):
         session.freeze()
     assert session.frozen == [] and session.events == []
+    assert not is_frozen(str(disk.mount_point))
+    early = FreezeSession(discover_mounts([str(disk.mount_point)]), timeout=60)
+    with pytest.raises(FreezeError, match=r"watchdog failed to start"):
+        early.prepare()
+    assert not is_frozen(str(disk.mount_point))
+
+
+def test_a_watchdog_started_early_counts_its_deadline_from_the_freeze(loop_disk_factory) -> None:
+    """prepare() starts the watchdog before the pre-script; its deadline must not run until
+    the freeze (else a slow pre-script would eat the freeze window), and it still thaws."""
+    disk = loop_disk_factory()
+    session = FreezeSession(discover_mounts([str(disk.mount_point)]), timeout=1.0)
+    session.prepare()
+    try:
+        time.sleep(1.5)  # longer than the timeout, before the freeze: nothing may happen
+        session.freeze()
+        assert is_frozen(str(disk.mount_point))  # it did not fire before the freeze
+        deadline = time.monotonic() + 30
+        while is_frozen(str(disk.mount_point)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not is_frozen(str(disk.mount_point))  # the armed deadline thawed it
+    finally:
+        session.thaw()
+    assert session.watchdog_fired
+
+
+def test_a_prepared_session_that_never_freezes_stops_its_watchdog(loop_disk_factory) -> None:
+    disk = loop_disk_factory()
+    session = FreezeSession(discover_mounts([str(disk.mount_point)]), timeout=30)
+    session.prepare()
+    pid = session.watchdog_pid
+    assert pid is not None
+    session.cancel()
+    assert session.watchdog_pid is None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the prepared watchdog is still running after cancel()")
     assert not is_frozen(str(disk.mount_point))

@@ -335,6 +335,7 @@ class Runner:
         self._pending_phase = ""
         self._in_post = False
         self.early_release: dict[str, Any] | None = None
+        self._early_session: Any = None
         self._stops = 0  # stop signals received so far
 
     # -- signals ------------------------------------------------------------------------------
@@ -458,6 +459,7 @@ class Runner:
     def _cycle(self, prepared: Prepared) -> None:
         config = prepared.config
         pre_ok = False
+        self._early_session = self._prepare_freeze(prepared)
         try:
             pre = self._script_phase("pre", prepared)
             pre_ok = pre is not None and pre.ok
@@ -471,6 +473,8 @@ class Runner:
             self._raise_pending()
             self._snapshot_phases(prepared, pre_ok)
         finally:
+            if self._early_session is not None:
+                self._early_session.cancel()  # no-op once it froze
             # The post-script runs whenever the pre-script was started, whatever happened.
             self._in_post = True
             try:
@@ -626,8 +630,31 @@ class Runner:
         record.duration_ms = (time.monotonic() - t0) * 1000
         record.status = "ok"
 
+    def _prepare_freeze(self, prepared: Prepared) -> Any:
+        """Before the pre-script: the FreezeSession with its watchdog already started (its
+        deadline waits for the freeze), so that start-up is not spent while the databases
+        are held. None when nothing will be frozen, or when it cannot start yet (the freeze
+        step then starts it as before)."""
+        if not (prepared.config.fs_freeze and prepared.mounts):
+            return None
+        from quiesce.freezing.freeze import FreezeSession
+
+        factory = self._session_factory or FreezeSession
+        session = factory(prepared.mounts, self.options.freeze_timeout, sync=True)
+        if not hasattr(session, "prepare"):
+            return None
+        try:
+            session.prepare()
+        except FreezeError as exc:
+            self.log(f"freeze: could not start the watchdog before the pre-script ({exc}); "
+                     "it starts at the freeze instead")
+            return None
+        return session
+
     def _freeze_session(self, prepared: Prepared, freezing: bool) -> Any:
         """The FreezeSession for this cycle, or None (then freeze and thaw are "disabled")."""
+        if freezing and self._early_session is not None:
+            return self._early_session
         if freezing:
             from quiesce.freezing.freeze import FreezeSession
 

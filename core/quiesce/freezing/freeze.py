@@ -163,9 +163,11 @@ def _read_until(fd: int, timeout: float, stop: bytes | None) -> tuple[bytes, boo
 class _WatchdogProcess:
     """Runner-side handle on the watchdog process (quiesce.freezing.watchdog has the protocol)."""
 
-    def __init__(self, fds: Sequence[int], timeout: float) -> None:
+    def __init__(self, fds: Sequence[int], timeout: float, *,
+                 wait_for_arm: bool = False) -> None:
         self.fds = list(fds)
         self.timeout = timeout
+        self.wait_for_arm = wait_for_arm
         self.proc: subprocess.Popen[bytes] | None = None
         self.control: socket.socket | None = None
         self.report = ""
@@ -173,12 +175,13 @@ class _WatchdogProcess:
         self.scope_reason = ""  # where it runs: its own systemd scope, or why not
 
     @staticmethod
-    def command(timeout: float, fds: Sequence[int]) -> list[str]:
+    def command(timeout: float, fds: Sequence[int], wait_for_arm: bool = False) -> list[str]:
         """argv of the watchdog: the standard library only, isolated, no .pyc written."""
         if not sys.executable:
             raise FreezeError("cannot start the freeze watchdog: sys.executable is unknown",
                               hint="run quiesce with a regular python interpreter")
-        args = ["--timeout", repr(float(timeout)), *(str(fd) for fd in fds)]
+        args = ["--timeout", repr(float(timeout)),
+                *(["--wait-for-arm"] if wait_for_arm else []), *(str(fd) for fd in fds)]
         path = os.path.abspath(watchdog_module.__file__ or "")
         if os.path.isfile(path):
             return [sys.executable, "-I", "-S", "-B", path, *args]
@@ -190,7 +193,7 @@ class _WatchdogProcess:
         fail, it starts again without one, as it would where systemd is not PID 1."""
         from quiesce.scope import in_own_scope, scope_unit_name
 
-        argv = self.command(self.timeout, self.fds)
+        argv = self.command(self.timeout, self.fds, self.wait_for_arm)
         decision = in_own_scope(argv, scope_unit_name(
             "watchdog", f"{os.getpid()}-{time.monotonic_ns()}"))
         self.scope_reason = decision.reason
@@ -251,6 +254,21 @@ class _WatchdogProcess:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
+
+    def arm(self) -> None:
+        """Start the deadline of a watchdog started with ``wait_for_arm`` (just before the
+        first FIFREEZE) and wait for its acknowledgement."""
+        proc, control = self.proc, self.control
+        assert proc is not None and proc.stdout is not None and control is not None
+        try:
+            control.send(b"arm\n", socket.MSG_NOSIGNAL)
+        except OSError as exc:
+            raise FreezeError(f"the freeze watchdog is gone ({exc}); nothing was frozen",
+                              hint="retry; check the kernel log if it keeps happening") from exc
+        got, timed_out = _read_until(proc.stdout.fileno(), WATCHDOG_READY_TIMEOUT, b"\n")
+        if timed_out or got != b"A\n":
+            raise FreezeError("the freeze watchdog did not confirm its deadline; nothing was "
+                              "frozen", hint="retry; the machine may be overloaded")
 
     def stand_down(self) -> bool:
         """Tell the watchdog we thawed; return whether it had fired (thawed by itself)."""
@@ -363,25 +381,57 @@ class FreezeSession:
 
     # -- the window -------------------------------------------------------------------------
 
-    def freeze(self) -> None:
+    def prepare(self) -> None:
+        """Open the mount points and start the watchdog now, its deadline not yet running:
+        the runner calls this before the pre-script, so the watchdog's ~100 ms of interpreter
+        start-up is not spent while the databases are held. :meth:`freeze` then only syncs,
+        arms the watchdog and freezes; :meth:`cancel` stops it when no freeze follows."""
         if self._state != "new":
             raise FreezeError(f"this freeze session is already {self._state}",
                               hint="create a new FreezeSession for each freeze")
+        if not self.mounts:
+            return
+        try:
+            self._open_descriptors()
+            self._watchdog = _WatchdogProcess(self._fds, self.timeout, wait_for_arm=True)
+            self._watchdog.start()
+        except BaseException:
+            self._abandon()
+            raise
+        self._state = "prepared"
+
+    def cancel(self) -> None:
+        """No freeze after all (the pre-script failed): stop a prepared watchdog."""
+        if self._state == "prepared":
+            self._abandon()
+            self._state = "cancelled"
+
+    def freeze(self) -> None:
+        if self._state not in ("new", "prepared"):
+            raise FreezeError(f"this freeze session is already {self._state}",
+                              hint="create a new FreezeSession for each freeze")
+        prepared = self._state == "prepared"
         self._state = "starting"
         if not self.mounts:
             self._state = "thawed"
             return
         try:
-            self._open_descriptors()
-            if self.sync:
-                _sync_filesystems(self._fds)
-            self._watchdog = _WatchdogProcess(self._fds, self.timeout)
-            self._watchdog.start()
-            if self.sync:
-                # Starting the watchdog takes ~100 ms of interpreter start-up, during which the
-                # database keeps writing: a second, cheap syncfs keeps what FIFREEZE must
-                # flush (and so the window) small.
-                _sync_filesystems(self._fds)
+            if prepared:
+                if self.sync:
+                    _sync_filesystems(self._fds)
+                assert self._watchdog is not None
+                self._watchdog.arm()
+            else:
+                self._open_descriptors()
+                if self.sync:
+                    _sync_filesystems(self._fds)
+                self._watchdog = _WatchdogProcess(self._fds, self.timeout)
+                self._watchdog.start()
+                if self.sync:
+                    # Starting the watchdog takes ~100 ms of interpreter start-up, during which
+                    # the database keeps writing: a second, cheap syncfs keeps what FIFREEZE
+                    # must flush (and so the window) small.
+                    _sync_filesystems(self._fds)
         except BaseException:
             self._abandon()
             raise
@@ -424,6 +474,9 @@ class FreezeSession:
 
         Failures are in ``thaw_errors`` (EINVAL, i.e. not frozen, only in ``notes``).
         """
+        if self._state == "prepared":  # never frozen: only the waiting watchdog to stop
+            self.cancel()
+            return
         if self._state != "frozen":
             return
         count = len(self.frozen)

@@ -15,7 +15,12 @@ mount points, inherited through ``pass_fds``, listed in freeze order. Protocol:
   runner has thawed: exit without touching anything. ``thaw\\n`` means thaw now. End of file
   without ``done`` means the runner died (even by SIGKILL): thaw at once, not at the deadline.
 - stdout is the report pipe to the runner: ``R\\n`` once everything is loaded and armed (the
-  deadline starts there); ``F <reason> <thawed> <einval> <failed>\\n`` if it thawed, where reason
+  deadline starts there). With ``--wait-for-arm`` (``--timeout SECONDS --wait-for-arm FD...``)
+  ``R\\n`` only says it is loaded: the runner starts it early, before the pre-script, so its
+  start-up is not part of the database's hold, and sends ``arm\\n`` just before the first
+  FIFREEZE; the deadline starts then and it answers ``A\\n``. EOF before ``arm`` thaws too
+  (FITHAW of a filesystem that is not frozen does nothing);
+  ``F <reason> <thawed> <einval> <failed>\\n`` if it thawed, where reason
   is ``deadline``, ``eof``, ``asked`` or ``signal``.
 - stderr carries start-up errors only; once ready it is pointed at /dev/null.
 - SIGTERM, SIGINT and SIGHUP make it thaw and exit rather than die with mounts frozen.
@@ -55,9 +60,14 @@ def _usage(message: str) -> int:
     return EXIT_USAGE
 
 
-def _parse(argv: list[str]) -> tuple[float, list[int]] | str:
+def _parse(argv: list[str]) -> tuple[float, bool, list[int]] | str:
     if len(argv) < 3 or argv[0] != "--timeout":
         return "expected --timeout SECONDS followed by at least one descriptor"
+    wait_for_arm = argv[2] == "--wait-for-arm"
+    if wait_for_arm:
+        argv = [argv[0], argv[1], *argv[3:]]
+        if len(argv) < 3:
+            return "expected at least one descriptor after --wait-for-arm"
     try:
         timeout = float(argv[1])
     except ValueError:
@@ -76,7 +86,7 @@ def _parse(argv: list[str]) -> tuple[float, list[int]] | str:
         except OSError as exc:
             return f"descriptor {fd} is not open ({exc.strerror}); pass it with pass_fds"
         fds.append(fd)
-    return timeout, fds
+    return timeout, wait_for_arm, fds
 
 
 def thaw_all(fds: list[int]) -> tuple[int, int, int]:
@@ -114,8 +124,9 @@ def _write(data: bytes) -> None:
         os.write(_REPORT, data)
 
 
-def watch(timeout: float, fds: list[int]) -> bytes | None:
-    """Wait for ``done``, EOF, a signal or the deadline; return why to thaw (None: stand down)."""
+def watch(timeout: float, fds: list[int], wait_for_arm: bool = False) -> bytes | None:
+    """Wait for ``done``, EOF, a signal or the deadline; return why to thaw (None: stand down).
+    With ``wait_for_arm`` the deadline starts at ``arm`` (answered ``A``), not at ``R``."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -125,13 +136,14 @@ def watch(timeout: float, fds: list[int]) -> bytes | None:
     poller.register(_CONTROL, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     buffer = b""
-    deadline = time.monotonic() + timeout
+    deadline = math.inf if wait_for_arm else time.monotonic() + timeout
     _write(b"R\n")
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return b"deadline"
-        for fd, _event in poller.poll(int(remaining * 1000) + 1):
+        wait = -1 if remaining == math.inf else int(remaining * 1000) + 1
+        for fd, _event in poller.poll(wait):
             if fd == wake_r:
                 return b"signal"
             try:
@@ -145,6 +157,11 @@ def watch(timeout: float, fds: list[int]) -> bytes | None:
                 return None
             if b"thaw\n" in buffer:
                 return b"asked"
+            if deadline == math.inf and b"arm\n" in buffer:
+                deadline = time.monotonic() + timeout
+                buffer = buffer[buffer.index(b"arm\n") + 4:]
+                _write(b"A\n")
+                continue
             buffer = buffer[-16:]
 
 
@@ -152,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parsed = _parse(sys.argv[1:] if argv is None else argv)
     if isinstance(parsed, str):
         return _usage(parsed)
-    timeout, fds = parsed
+    timeout, wait_for_arm, fds = parsed
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a vanished runner is EPIPE, not death
     _raise_oom_protection()
     devnull = os.open("/dev/null", os.O_WRONLY)
     os.dup2(devnull, 2)  # nothing may reach a log or terminal from here on
-    reason = watch(timeout, fds)
+    reason = watch(timeout, fds, wait_for_arm)
     if reason is None:
         os._exit(EXIT_OK)
     thawed, not_frozen, failed = thaw_all(fds)
