@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = {"quiesce": ROOT / "core" / "quiesce"}
 SOURCES.update({p.name: p for p in (ROOT / "plugins").glob("quiesce_*") if p.is_dir()})
 HARNESS_MODULES = ("server", "drill_target", "fixtures", "image")
-PRODUCTION_COMMANDS = ("pre", "post", "status", "run", "check", "install")
+PRODUCTION_COMMANDS = ("pre", "post", "status", "run", "check", "install", "uninstall", "prune")
 
 
 def module_files() -> dict[str, Path]:
