@@ -1,6 +1,7 @@
 """``quiesce drill``: snapshot a throwaway database under load, restore it, prove it.
 
-    quiesce drill [--engine postgresql|mysql|mariadb|mongodb] [--backend auto|docker|local]
+    quiesce drill [--engine postgresql|mysql|mariadb|mongodb|<a plugin's target>]
+                  [--backend auto|docker|local]
                   [--disks loop|dir] [--cycles N]
                   [--mode quiesced|crash|unsafe-staggered|unsafe-light-staggered]
                   [--level full|auto] [--image IMAGE] [--json] [--keep]
@@ -24,8 +25,11 @@ EXIT_UNAVAILABLE = 3
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    # No argparse choices: any installed plugin may provide a drill target; an unknown name
+    # is a DrillError listing the targets the installed plugins provide.
     parser.add_argument("--engine", default="postgresql",
-                        choices=("postgresql", "mysql", "mariadb", "mongodb"))
+                        help="a drill target of an installed engine plugin (bundled: "
+                             "postgresql, mysql, mariadb, mongodb)")
     parser.add_argument("--backend", default="auto", choices=("auto", "docker", "local"),
                         help="auto: Docker when an engine answers, else local binaries")
     parser.add_argument("--disks", choices=("loop", "dir"), default=None,

@@ -1,16 +1,20 @@
-"""The plugin module named by the entry point: registers the "flock" engine and the
-``flock-probe`` command; imports nothing heavy (the engine module is imported by the factory,
-only when the engine is selected; the command's module by the command hook, only when a
-command that is not built in is run)."""
+"""The plugin module named by the entry point: registers the "flock" engine, the
+``flock-probe`` command and the ``flock`` drill target; imports nothing heavy (the engine
+module is imported by the factory, only when the engine is selected; the command's module by
+the command hook, only when a command that is not built in is run; the drill target, by
+reference, only by ``quiesce drill --engine flock``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quiesce.engine import EngineType, InstanceSettings, Quiescer
 from quiesce.hookspecs import hookimpl
 from quiesce.plugins import Command, CommandRegistry, EngineRegistry
 from quiesce.schema import Field, Table
+
+if TYPE_CHECKING:
+    from quiesce.harness.drill.targets import DrillTargetRegistry
 
 SCHEMA = Table({
     "path": Field(str, required=True, hint="an absolute path, e.g. /run/app/backup.lock",
@@ -76,3 +80,10 @@ def quiesce_register_commands(registry: CommandRegistry) -> None:
         configure=probe.configure,
         main=probe.main,
     ))
+
+
+@hookimpl
+def quiesce_register_drill_targets(registry: DrillTargetRegistry) -> None:
+    # A reference, imported only when the drill runs this target: the harness stays out of
+    # every production command that loads this module.
+    registry.add("flock", "quiesce_example_flock.drill_target:FlockTarget")
