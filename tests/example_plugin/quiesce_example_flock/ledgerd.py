@@ -216,11 +216,16 @@ class Ledger:
     @contextlib.contextmanager
     def locked(self, until: float) -> Any:
         """flock(LOCK_SH) on the lock file: writes wait while a quiesce hold has LOCK_EX."""
+        waited = False
         while True:
             try:
                 fcntl.flock(self.lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not waited:
+                    say("LOG", f"a write waits: {LOCK_NAME} is locked exclusively (a quiesce "
+                               "hold?)")
+                    waited = True
                 if time.monotonic() >= until:
                     raise Refused(f"{LOCK_NAME} stayed locked for {LOCK_WAIT:g}s (a quiesce "
                                   "hold?); nothing was written") from None
