@@ -38,7 +38,6 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import socketserver
 import sys
 import threading
@@ -415,5 +414,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    socket.setdefaulttimeout(IDLE_TIMEOUT)
     sys.exit(main())
