@@ -81,3 +81,22 @@ def test_unsafe_state_dir_is_refused(tmp_path: Path) -> None:
         load_record(str(state))
     with pytest.raises(CatalogError, match="writable by group/other"):
         write_record(str(state), {"run_id": new_run_id()})
+
+
+def test_a_run_record_serialises_the_same_fields_for_every_writer(tmp_path: Path) -> None:
+    from quiesce.hold.records import RunRecord
+
+    record = RunRecord(run_id=new_run_id(), state="lost", consistent=0,  # type: ignore[arg-type]
+                       message="holder died", instances=[{"plugin": "x", "name": "y"}],
+                       extra={"recovered_by": "guardian", "state": "not this one"})
+    document = record.to_dict()
+    assert document["consistent"] is False  # always a bool in the file
+    assert document["state"] == "lost"  # the record's own fields win over extras
+    assert document["recovered_by"] == "guardian"
+    assert set(document) >= {"run_id", "state", "consistent", "message", "config",
+                             "holder_pid", "started_at", "since", "until", "released_at",
+                             "deadline", "max_hold_seconds", "instances", "log"}
+    path = write_record(str(tmp_path / "state"), record)
+    stored = load_record(str(tmp_path / "state"), record.run_id)
+    assert Path(path).exists() and stored["recovered_by"] == "guardian"
+    assert stored["instances"] == [{"plugin": "x", "name": "y"}]

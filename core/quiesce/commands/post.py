@@ -169,16 +169,17 @@ def _died(rundir: str) -> dict[str, Any] | None:
 
 def _record_lost(trace: dict[str, Any], outcome: dict[str, Any]) -> str | None:
     from quiesce.errors import QuiesceError
-    from quiesce.hold.records import valid_run_id, write_record
+    from quiesce.hold.records import RunRecord, valid_run_id, write_record
 
     state_dir, run_id = trace.get("state_dir"), str(trace.get("run_id"))
     if not isinstance(state_dir, str) or not valid_run_id(run_id):
         return None
-    record = {k: outcome[k] for k in ("run_id", "state", "consistent", "message", "config",
-                                      "since", "until", "instances")}
-    record["holder_pid"] = trace.get("holder_pid")
-    record["started_at"] = trace.get("started_at")
-    record["log"] = ["written by 'quiesce post' from the hold trace: the holder left none"]
+    record = RunRecord(
+        run_id=run_id, state=outcome["state"], consistent=False, message=outcome["message"],
+        config=outcome["config"], holder_pid=trace.get("holder_pid"),
+        started_at=trace.get("started_at"), since=outcome["since"], until=outcome["until"],
+        instances=outcome["instances"],
+        log=["written by 'quiesce post' from the hold trace: the holder left none"])
     try:
         return write_record(state_dir, record)
     except (OSError, QuiesceError):

@@ -143,22 +143,16 @@ class Guardian:
                 result["note"] = ("its session ended with the holder's connection, so the "
                                   "server released the lock at that moment")
             instances.append(result)
-        since = (self.hold or {}).get("since")
-        outcome = {
-            "ok": True,
-            "state": "lost",
-            "consistent": False,
-            "message": f"{why}: the snapshot may NOT be application-consistent",
-            "run_id": self.start.get("run_id"),
-            "holder_pid": self.holder_pid,
-            "config": self.start.get("config"),
-            "since": iso(since),
-            "until": iso((self.hold or {}).get("until")),
-            "released_at": iso(time.time()),
-            "recovered_by": "guardian",
-            "instances": instances,
-            "log": self.log,
-        }
+        from quiesce.hold.records import RunRecord
+
+        record = RunRecord(
+            run_id=str(self.start.get("run_id") or ""), state="lost", consistent=False,
+            message=f"{why}: the snapshot may NOT be application-consistent",
+            config=self.start.get("config"), holder_pid=self.holder_pid,
+            since=iso((self.hold or {}).get("since")), until=iso((self.hold or {}).get("until")),
+            released_at=iso(time.time()), instances=instances, log=self.log,
+            extra={"recovered_by": "guardian"})
+        outcome = {"ok": True, **record.to_dict()}
         try:
             proto.write_json_atomic(os.path.join(self.rundir, proto.RESULT_NAME), outcome)
         except OSError as exc:
@@ -179,7 +173,7 @@ class Guardian:
             with contextlib.suppress(Exception):
                 from quiesce.hold.records import write_record
 
-                write_record(state_dir, outcome)
+                write_record(state_dir, record)
 
     def _recover_one(self, message: dict[str, Any]) -> str | None:
         """Run the engine's recover() in a thread bounded by RECOVER_TIMEOUT; None = done."""

@@ -56,6 +56,7 @@ from quiesce.hold.lifecycle import (
     describe,
 )
 from quiesce.hold.records import (
+    RunRecord,
     base_run_id,
     new_run_id,
     next_attempt_id,
@@ -815,22 +816,15 @@ class Holder:
         if self.settings is None:
             return None
         final = self.final or {}
-        record = {
-            "run_id": self.run_id,
-            "state": final.get("state"),
-            "consistent": bool(final.get("consistent", False)),
-            "message": final.get("message"),
-            "deadline": iso(self._wall(self.cutoff)),
-            "config": self.settings.path,
-            "holder_pid": os.getpid(),
-            "started_at": iso(self.started_at),
-            "since": iso(self.since),
-            "until": iso(self.until),
-            "max_hold_seconds": self.settings.max_hold_seconds,
-            "released_at": final.get("released_at"),
-            "instances": final.get("instances", []),
-            "log": self.log.lines,
-        }
+        record = RunRecord(
+            run_id=self.run_id, state=final.get("state"),
+            consistent=bool(final.get("consistent", False)), message=final.get("message"),
+            deadline=iso(self._wall(self.cutoff)), config=self.settings.path,
+            holder_pid=os.getpid(), started_at=iso(self.started_at), since=iso(self.since),
+            until=iso(self.until), max_hold_seconds=self.settings.max_hold_seconds,
+            released_at=final.get("released_at"), instances=final.get("instances", []),
+            log=self.log.lines,
+            extra={k: final[k] for k in ("released_by",) if k in final})
         try:
             path = write_record(self.settings.state_dir, record)
         except (OSError, QuiesceError) as exc:

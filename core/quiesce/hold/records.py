@@ -26,6 +26,7 @@ import secrets
 import stat
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from quiesce.atomic import write_atomic
@@ -158,8 +159,39 @@ def record_path(state_dir: str, run_id: str) -> str:
     return os.path.join(state_dir, RUNS_DIR, f"{run_id}.json")
 
 
-def write_record(state_dir: str, record: dict[str, Any]) -> str:
+@dataclass
+class RunRecord:
+    """One hold's record, whoever writes it: the holder after its release, the guardian after
+    a recovery, or 'post' from the trace of a holder that left nothing. Serialised here only
+    (:meth:`to_dict`, :func:`write_record`), so every writer produces the same fields."""
+
+    run_id: str
+    state: str | None
+    consistent: bool
+    message: str | None
+    config: str | None = None
+    holder_pid: int | None = None
+    started_at: str | None = None
+    since: str | None = None
+    until: str | None = None
+    released_at: str | None = None
+    deadline: str | None = None
+    max_hold_seconds: float | None = None
+    instances: list[dict[str, Any]] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    #: Fields only some writers know (e.g. ``recovered_by``), kept as they are.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        document = {k: v for k, v in vars(self).items() if k != "extra"}
+        document["consistent"] = bool(self.consistent)
+        return {**self.extra, **document}
+
+
+def write_record(state_dir: str, record: RunRecord | dict[str, Any]) -> str:
     """Store ``record`` (must carry ``run_id``) and point ``latest`` at it; return its path."""
+    if isinstance(record, RunRecord):
+        record = record.to_dict()
     run_id = record.get("run_id")
     if not isinstance(run_id, str):
         raise CatalogError("a run record needs a run_id")
