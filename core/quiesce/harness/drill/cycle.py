@@ -276,20 +276,8 @@ class Cycle:
                 proc.wait(timeout=10)
 
     def _staggered(self) -> tuple[float, float]:
-        from quiesce.harness.drill.snapshot_images import copy_source
-
-        self.snap.mkdir(mode=0o700, parents=True)
-        log_src, data_src = self._sources(("log",))[0], self._sources(("data",))[0]
         pre_began = time.monotonic()
-        copy_source(log_src, self.snap)
-        # Let the workload move on past what the log copy holds, then checkpoint.
-        count = self.workload.log.count()
-        self.workload.wait_for_acks(count + 20, timeout=10)
-        what = self.target.checkpoint(self.server)
-        count = self.workload.log.count()
-        self.workload.wait_for_acks(count + 20, timeout=10)
-        copy_source(data_src, self.snap)
-        self.result.notes.append(f"log disk copied first, then {what}, then the data disk")
+        self._copy_staggered("")
         if self.fail_at == "snapshot":
             raise DrillError("failure injected after the snapshot (QUIESCE_DRILL_FAIL_AT)")
         return pre_began, time.monotonic()
@@ -331,7 +319,7 @@ class Cycle:
             raise DrillError(f"quiesce pre failed (exit {pre.returncode}): "
                              f"{(pre.stderr or pre.stdout).strip()[-800:]}")
         try:
-            self._copy_staggered()
+            self._copy_staggered(", with no freeze")
         finally:
             post = _quiesce(["post", *common], env)
         ended = time.monotonic()
@@ -346,7 +334,9 @@ class Cycle:
                              f"nothing: {_describe_level(level)}")
         return pre_began, ended
 
-    def _copy_staggered(self) -> None:
+    def _copy_staggered(self, how: str) -> None:
+        """The negative controls' copy: the log disk, then (the workload moving on, then a
+        checkpoint, then moving on again) the data disk: disks copied one by one."""
         from quiesce.harness.drill.snapshot_images import copy_source
 
         self.snap.mkdir(mode=0o700, parents=True)
@@ -358,8 +348,7 @@ class Cycle:
         count = self.workload.log.count()
         self.workload.wait_for_acks(count + 20, timeout=10)
         copy_source(data_src, self.snap)
-        self.result.notes.append(f"log disk copied first, then {what}, then the data disk, "
-                                 "with no freeze")
+        self.result.notes.append(f"log disk copied first, then {what}, then the data disk{how}")
 
     # ---------------------------------------------------------------- restore
     def _restore_and_verify(self, pre_began: float) -> None:
