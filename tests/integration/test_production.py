@@ -181,8 +181,10 @@ def test_an_uncollected_auto_release_is_reported_kept_and_alerted_on(q: Q) -> No
     assert [p["problem"] for p in state["health"]["problems"]] == ["uncollected"]
     assert state["health"]["problems"][0]["exit_code"] == 3
     assert q.status()[0] == 0  # the plain question still answers 0
-    # The holder told the journal itself: nobody else was there.
-    auto = [e for e in q.events() if e.get("QUIESCE_COMMAND") == "holder"]
+    # The holder told the journal itself: nobody else was there. It sends that event after
+    # its state reads "auto-released", so wait for the event rather than race it.
+    auto = wait_for(lambda: [e for e in q.events() if e.get("QUIESCE_COMMAND") == "holder"],
+                    30, "the holder's journal event")
     assert [(e["QUIESCE_PHASE"], e["QUIESCE_RUN_ID"], e["PRIORITY"]) for e in auto] == [
         ("auto-released", first["run_id"], "4")]
 
