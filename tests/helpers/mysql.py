@@ -40,3 +40,22 @@ def unlocked(server: Any, *, myisam: bool = True) -> bool:
     except Exception:
         return False
     return True
+
+
+def write_error(server: Any, value: int = 7) -> int | None:
+    """The error code of an InnoDB insert into app.inno with lock_wait_timeout = 0 (None: it
+    went through). Held by a lock it fails at once with 1205; a write stuck on a frozen
+    filesystem would end in a read timeout (2013) instead."""
+    import pymysql
+
+    conn = server.connect(read_timeout=20)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION lock_wait_timeout = 0")
+            cur.execute("INSERT INTO app.inno (v) VALUES (%s)", (value,))
+        conn.commit()
+    except pymysql.err.MySQLError as exc:
+        return int(exc.args[0])
+    finally:
+        conn.close()
+    return None

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from helpers.mysql import write_error
 from helpers.qga_jail import (
     QUIESCE_IN_JAIL,
     QgaJail,
@@ -93,20 +94,6 @@ def env() -> Iterator[Env]:
         yield environment
 
 
-def write_error(server: Any) -> int | None:
-    import pymysql
-
-    conn = server.connect(read_timeout=20)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION lock_wait_timeout = 0")
-            cur.execute("INSERT INTO app.inno (v) VALUES (3)")
-        conn.commit()
-    except pymysql.err.MySQLError as exc:
-        return int(exc.args[0])
-    finally:
-        conn.close()
-    return None
 
 
 def test_every_install_passes_check(env: Env) -> None:
@@ -126,10 +113,10 @@ def test_vmware_freeze_then_thaw_is_consistent(env: Env) -> None:
     freeze = env.hook(VMWARE_HOOK, "freeze")
     assert freeze.returncode == 0, freeze.stdout + freeze.stderr
     assert env.status()["state"] == "holding"
-    assert write_error(env.server) == 1205
+    assert write_error(env.server, 3) == 1205
     thaw = env.hook(VMWARE_HOOK, "thaw")
     assert thaw.returncode == 0, thaw.stdout + thaw.stderr
-    assert write_error(env.server) is None
+    assert write_error(env.server, 3) is None
     record = env.new_record(before)
     assert record["consistent"] is True and record["state"] == "released", record
 
@@ -140,7 +127,7 @@ def test_vmware_freeze_fail_releases_and_records_not_consistent(env: Env) -> Non
     failed = env.hook(VMWARE_HOOK, "freezeFail")
     assert failed.returncode == 0, failed.stdout + failed.stderr  # the snapshot already failed
     assert "VMware Tools reported freezeFail" in failed.stderr
-    assert write_error(env.server) is None  # released
+    assert write_error(env.server, 3) is None  # released
     record = env.new_record(before)
     assert record["consistent"] is False, record
     assert "VMware Tools reported freezeFail" in record["message"], record
@@ -161,7 +148,7 @@ def test_gce_pre_and_post_with_the_disk_list(env: Env) -> None:
     before = len(env.jail.records())
     pre = env.hook(GCE_PRE, "disk-1,disk-2", timeout=GCE_TIMEOUT)
     assert pre.returncode == 0, pre.stdout + pre.stderr
-    assert write_error(env.server) == 1205
+    assert write_error(env.server, 3) == 1205
     post = env.hook(GCE_POST, "disk-1,disk-2", timeout=GCE_TIMEOUT)
     assert post.returncode == 0, post.stdout + post.stderr
     assert env.new_record(before)["consistent"] is True
@@ -211,7 +198,7 @@ def test_aws_document_runs_pre_post_and_dry_run(env: Env) -> None:
     before = len(env.jail.records())
     pre = ssm_run_command(env, "pre-script")
     assert pre.returncode == 0, pre.stdout + pre.stderr
-    assert write_error(env.server) == 1205
+    assert write_error(env.server, 3) == 1205
     post = ssm_run_command(env, "post-script")
     assert post.returncode == 0, post.stdout + post.stderr
     assert env.new_record(before)["consistent"] is True

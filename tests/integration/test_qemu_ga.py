@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from helpers.mysql import write_error
 from helpers.qga_jail import (
     QUIESCE_IN_JAIL,
     QgaJail,
@@ -86,22 +87,8 @@ class Setup:
         return records[-1]
 
     def write_error(self) -> int | None:
-        """The error code of an InnoDB insert with lock_wait_timeout = 0 (None: it went
-        through). A write stuck on the frozen filesystem would end in a read timeout
-        (2013), not in the lock's 1205."""
-        import pymysql
-
-        conn = self.server.connect(read_timeout=20)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SET SESSION lock_wait_timeout = 0")
-                cur.execute("INSERT INTO app.inno (v) VALUES (7)")
-            conn.commit()
-        except pymysql.err.MySQLError as exc:
-            return int(exc.args[0])
-        finally:
-            conn.close()
-        return None
+        """See helpers.mysql.write_error: 1205 while held, None once writes go through."""
+        return write_error(self.server)
 
 
 @pytest.fixture(scope="module")
