@@ -5,6 +5,8 @@
   trusts configs, scripts and secrets only in directories no one but root can write, every
   parent included; pytest's tmp_path is under the world-writable /tmp, which that refuses.
 - :func:`trusted_python`: a Python interpreter quiesce will accept in a script's ``#!`` line.
+- :func:`example_plugin_env`: this environment with the example plugin (tests/example_plugin)
+  importable and no QUIESCE_RUNTIME_DIR/QUIESCE_RUN_ID leaking in from the caller.
 - ``helpers.cli``: the real quiesce CLI driven from a test's own directory.
 - ``helpers.mongodb``: probing and unlocking a MongoDB server a test locked.
 """
@@ -19,6 +21,20 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "example_plugin"
+
+
+def example_plugin_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``base`` (default: os.environ) for quiesce subprocesses that must find the
+    example ``flock`` engine (its dist-info and package are on PYTHONPATH) and must not
+    inherit a runtime dir or run id from whoever runs the tests."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(EXAMPLE_PLUGIN), *filter(None, [env.get("PYTHONPATH")])])
+    env.pop("QUIESCE_RUNTIME_DIR", None)
+    env.pop("QUIESCE_RUN_ID", None)
+    return env
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "",

@@ -24,10 +24,7 @@ from typing import Any
 
 import pytest
 
-from helpers import private_dir, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "tests" / "example_plugin"
+from helpers import example_plugin_env, private_dir, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -69,10 +66,7 @@ class Q:
         self.config = base / "quiesce.toml"
         self.rundir = base / "rt"
         self.state = base / "state"
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            [str(EXAMPLE), *filter(None, [os.environ.get("PYTHONPATH")])])
-        self.env.pop("QUIESCE_RUNTIME_DIR", None)
+        self.env = example_plugin_env()
 
     def toml(self, text: str, mode: int = 0o600) -> Path:
         self.config.write_text(f'state_dir = "{self.state}"\n' + text)

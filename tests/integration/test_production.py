@@ -23,12 +23,9 @@ from typing import Any
 
 import pytest
 
-from helpers import private_dir, wait_for
+from helpers import example_plugin_env, private_dir, wait_for
 from quiesce.hold.records import write_record
 from quiesce.timefmt import iso
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "tests" / "example_plugin"
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -62,11 +59,7 @@ class Q:
         self.rundir = base / "rt"
         self.state = base / "state"
         self.journal_path = base / "journal.sock"
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            [str(EXAMPLE), *filter(None, [os.environ.get("PYTHONPATH")])])
-        self.env.pop("QUIESCE_RUNTIME_DIR", None)
-        self.env.pop("QUIESCE_RUN_ID", None)
+        self.env = example_plugin_env()
         # Never the machine's journal or syslog: these paths exist only if a test binds them.
         self.env["QUIESCE_JOURNAL_SOCKET"] = str(self.journal_path)
         self.env["QUIESCE_SYSLOG_SOCKET"] = str(base / "nolog.sock")

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from helpers import wait_for
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "example_plugin"
+from helpers import example_plugin_env, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -49,10 +47,7 @@ class Cycle:
         self.seen = root / "post-saw"
         self.snapshot = root / "snap.py"
         self.snapshot.write_text(SNAPSHOT)
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            [str(EXAMPLE), *filter(None, [os.environ.get("PYTHONPATH")])])
-        self.env.pop("QUIESCE_RUNTIME_DIR", None)
+        self.env = example_plugin_env()
         quiesce = f"{sys.executable} -m quiesce"
         common = f"--config {self.toml} --runtime-dir {self.rundir}"
         self.script("pre.sh", f"exec {quiesce} pre {common} \"$@\"\n")
