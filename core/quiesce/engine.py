@@ -54,6 +54,13 @@ class Quiescer(abc.ABC):
     - ``recovery_token``: for engines whose lock outlives the session (MongoDB fsyncLock): the
       data a separate guardian process needs to undo the lock if the holder dies. ``None`` when
       the server releases everything by itself once the session's connection closes.
+    - ``defer_block`` / ``block`` (optional): when the caller runs the freeze itself
+      (``quiesce run``), it can ask for the part of the hold that stops the application's
+      writes to be taken at the freeze instead of in ``pre``. ``defer_block`` is asked after
+      ``prepare`` and before ``quiesce``; returning True means ``quiesce`` takes everything
+      except that part and ``block`` (called once, just before the first FIFREEZE) takes and
+      verifies it. Engines that cannot split their hold keep the default (False).
+    - ``blocks_writes``: whether the hold, as taken so far, stops the application's writes.
     """
 
     def __init__(self, settings: InstanceSettings) -> None:
@@ -84,6 +91,20 @@ class Quiescer(abc.ABC):
 
     def recovery_token(self) -> dict[str, Any] | None:
         return None
+
+    def defer_block(self) -> bool:
+        """Leave what stops writes out of ``quiesce`` for a later ``block``? (default: no)."""
+        return False
+
+    def block(self, deadline: Deadline) -> None:
+        """Take and verify the write block that ``defer_block`` left out of ``quiesce``."""
+        raise NotImplementedError(f"{self.engine}/{self.name} defers no write block")
+
+    @property
+    def blocks_writes(self) -> bool:
+        """Whether the hold, as taken so far, stops the application's writes (the safe
+        answer, True, unless the engine knows better)."""
+        return True
 
     def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Close connections. Called after release/abort; must not raise."""

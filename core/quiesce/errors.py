@@ -167,6 +167,10 @@ class NoActiveHold(HolderError):
     """``post`` found nothing to release."""
 
 
+class HoldIncomplete(HolderError):
+    """The write block deferred to the freeze (``quiesce run``) could not be taken."""
+
+
 class HarnessError(QuiesceError):
     """A throwaway resource of the drill or the tests (server, loop disk) failed."""
 

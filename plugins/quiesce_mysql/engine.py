@@ -63,6 +63,7 @@ from quiesce_mysql.flavour import (
     recovery_paths,
     replica_status_statement,
     sees_every_table,
+    split_at_commit_block,
     tablespace_files_query,
 )
 from quiesce_mysql.processlist import (
@@ -130,6 +131,12 @@ class MySQLQuiescer(Quiescer):
         self._notes: list[str] = []
         self.level = LevelChoice(self.options.level)
         self._coverage: dict[str, Any] | None = None
+        # Deferred to the caller's freeze (defer_block): the steps that stop writes, taken by
+        # block(); None when nothing is deferred.
+        self._early: tuple[LockStep, ...] = ()
+        self._late: tuple[LockStep, ...] | None = None
+        self._late_reason = ""
+        self._blocked_at: float | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -171,7 +178,8 @@ class MySQLQuiescer(Quiescer):
         report: dict[str, Any] = {"attempts": 0, "killed_blockers": [], "verified_by": []}
         self._lock_report = report
         try:
-            for step in self.plan.steps:
+            steps = self.plan.steps if self._late is None else self._early
+            for step in steps:
                 self._acquire(step, budget, deadline, report)
             if self.level.chosen == LEVEL_LIGHT:
                 self._confirm_light(budget, deadline, report)
@@ -181,6 +189,45 @@ class MySQLQuiescer(Quiescer):
         except BaseException:
             self._undo_all()
             raise
+
+    def defer_block(self) -> bool:
+        """At the full level, leave the commit block (BACKUP STAGE BLOCK_COMMIT, or FLUSH
+        TABLES WITH READ LOCK) for :meth:`block`; at the light level, leave for it the commit
+        block a fall back to the full level would add. False when the plan cannot be cut."""
+        if self.plan is None or self.info is None or self._locked_at is not None:
+            return False
+        if self.level.chosen == LEVEL_LIGHT:
+            self._early, self._late = self.plan.steps, ()
+            self._late_reason = "light level: nothing stops commits"
+            return True
+        cut = split_at_commit_block(self.plan)
+        if cut is None:
+            return False
+        self._early, self._late = cut
+        self._late_reason = (f"{' + '.join(s.kind for s in cut[1])} deferred to the caller's "
+                             "freeze")
+        return True
+
+    def block(self, deadline: Deadline) -> None:
+        """Take the deferred commit block and prove it held; nothing to do when the light
+        level kept (no non-transactional table was found)."""
+        if self._late is None or self.plan is None or self._locked_at is None:
+            raise EngineError(f"{self.name}: block() without a deferred commit block")
+        if not self._late or self._blocked_at is not None:
+            return
+        budget = deadline.sooner(self.options.lock_wait_seconds)
+        report = self._lock_report
+        before = len(self._taken)
+        for step in self._late:
+            self._acquire(step, budget, deadline, report)
+        self._blocked_at = time.monotonic()
+        self.plan = LockPlan(self.plan.requested, self._early + self._late,
+                             f"{self.plan.reason}; {self._late_reason}")
+        self._verify_held(deadline, report, self._taken[before:])
+
+    @property
+    def blocks_writes(self) -> bool:
+        return any(step.blocks_writes for step in self._taken)
 
     def check_alive(self) -> None:
         if self._lost:
@@ -368,6 +415,10 @@ class MySQLQuiescer(Quiescer):
             return
         step = commit_block(self.info, self.plan)
         self.level.fall_back(why)
+        if self._late is not None:  # deferred: block() takes it at the caller's freeze
+            self._late = (step,)
+            self._late_reason = f"full level: {why}; {step.kind} added at the caller's freeze"
+            return
         self.plan = LockPlan(self.plan.requested, (*self.plan.steps, step),
                              f"full level: {why}; {step.kind} added")
         self._acquire(step, budget, deadline, report)
@@ -419,7 +470,8 @@ class MySQLQuiescer(Quiescer):
                 raise self._engine_error(sql, exc) from exc
         return None
 
-    def _verify_held(self, deadline: Deadline, report: dict[str, Any]) -> None:
+    def _verify_held(self, deadline: Deadline, report: dict[str, Any],
+                     steps: list[LockStep] | None = None) -> None:
         assert self.info is not None and self.thread_id is not None
         verifier = LockVerifier(self._probe_conn(deadline), self.info, self.thread_id,
                                 timeout=min(SHORT_TIMEOUT, max(1.0, deadline.remaining())))
@@ -428,7 +480,7 @@ class MySQLQuiescer(Quiescer):
                 raise EngineError(f"{self.name}: the holding session (id {self.thread_id}) is "
                                   "not in the server's process list after locking",
                                   hint="connect to the server directly, not through a proxy")
-            for step in self._taken:
+            for step in self._taken if steps is None else steps:
                 evidence = verifier.check(step)
                 if evidence.result != HELD:
                     hint = (VERIFY_HINTS[self.info.flavour] if evidence.result == UNKNOWN
@@ -537,9 +589,24 @@ class MySQLQuiescer(Quiescer):
                 "read at release while commits went on: at or after the snapshot's; the "
                 "restored server's crash recovery reports the exact one"),
             "nontransactional_tables": self._nontransactional,
+            **self._deferral_metadata(),
             "level": {**self.level.to_dict(),
                       **({"files": self._coverage} if self._coverage else {})},
         }
+
+    def _deferral_metadata(self) -> dict[str, Any]:
+        """Whether the commit block waited for the caller's freeze, and for how long it held."""
+        if self._late is None:
+            return {}
+        held = None if self._blocked_at is None else round(time.monotonic() - self._blocked_at,
+                                                           3)
+        return {"commit_block": {
+            "deferred_to_freeze": True,
+            "steps": [step.kind for step in self._late],
+            "taken": bool(self._late) and self._blocked_at is not None,
+            "held_seconds": held,
+            "reason": self._late_reason,
+        }}
 
     def _coordinates(self, deadline: Deadline) -> dict[str, Any]:
         assert self.info is not None

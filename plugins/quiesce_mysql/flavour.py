@@ -288,6 +288,20 @@ def plan_locks(info: ServerInfo, requested: str, *, light: bool = False) -> Lock
                     "verified)")
 
 
+def split_at_commit_block(plan: LockPlan) -> tuple[tuple[LockStep, ...],
+                                                  tuple[LockStep, ...]] | None:
+    """The plan cut where it starts stopping writes: (steps for ``pre``, steps for the freeze),
+    or None when it cannot be cut (nothing in it stops writes, or a step that does is not the
+    last). BACKUP STAGE is cut between BLOCK_DDL and BLOCK_COMMIT: the server holds the stages
+    it passed, so taking BLOCK_COMMIT later ends in the same state as taking both at once."""
+    steps = plan.steps
+    if steps == (BACKUP_STAGE,):
+        return (BACKUP_STAGE_DDL,), (BACKUP_STAGE_COMMIT,)
+    if steps and steps[-1].blocks_writes and not any(s.blocks_writes for s in steps[:-1]):
+        return steps[:-1], steps[-1:]
+    return None
+
+
 def _ftwrl(info: ServerInfo) -> LockStep:
     return FTWRL_MARIADB if info.is_mariadb and info.at_least(10, 4, 0) else FTWRL_MYSQL
 

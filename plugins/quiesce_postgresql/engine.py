@@ -536,6 +536,11 @@ class PostgresQuiescer(Quiescer):
                 hint="connect to PostgreSQL directly, not through a connection pooler",
             )
 
+    @property
+    def blocks_writes(self) -> bool:
+        """Never: backup mode (and a checkpoint) let every commit through."""
+        return False
+
     def check_alive(self) -> None:
         import psycopg
 

@@ -28,6 +28,7 @@ FREEZE_FAILED = "FreezeFailed"
 THAW_FAILED = "ThawFailed"
 WATCHDOG_THAWED = "WatchdogThawed"
 SNAPSHOT_FAILED = "SnapshotFailed"
+HOLD_INCOMPLETE = "HoldIncomplete"
 INTERRUPTED = "Interrupted"
 INTERNAL_ERROR = "InternalError"
 

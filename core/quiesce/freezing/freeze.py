@@ -29,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from quiesce.errors import FreezeError
@@ -406,7 +406,11 @@ class FreezeSession:
             self._abandon()
             self._state = "cancelled"
 
-    def freeze(self) -> None:
+    def freeze(self, before: Callable[[], None] | None = None) -> None:
+        """Sync, then FIFREEZE every mount (all or nothing). ``before`` runs after the sync,
+        just before the watchdog is armed and the first FIFREEZE (``quiesce run`` completes the
+        databases' hold there); if it raises, nothing is frozen, the watchdog is stopped and
+        the exception propagates."""
         if self._state not in ("new", "prepared"):
             raise FreezeError(f"this freeze session is already {self._state}",
                               hint="create a new FreezeSession for each freeze")
@@ -419,6 +423,8 @@ class FreezeSession:
             if prepared:
                 if self.sync:
                     _sync_filesystems(self._fds)
+                if before is not None:
+                    before()
                 assert self._watchdog is not None
                 self._watchdog.arm()
             else:
@@ -432,6 +438,8 @@ class FreezeSession:
                     # the database keeps writing: a second, cheap syncfs keeps what FIFREEZE
                     # must flush (and so the window) small.
                     _sync_filesystems(self._fds)
+                if before is not None:
+                    before()
         except BaseException:
             self._abandon()
             raise

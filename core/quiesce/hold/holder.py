@@ -69,6 +69,9 @@ from quiesce.hold.trace import clear_trace, write_trace
 from quiesce.timefmt import iso
 
 POLL_SECONDS = 1.0  # check_alive period while holding
+# At most this long for the write blocks deferred to the caller's freeze ('block'): the
+# caller's freeze waits for them, and a lock that queues longer is better refused.
+BLOCK_SECONDS = 10.0
 ANSWER_POLL_SECONDS = 0.01  # wake-up period of the thread answering status while busy
 LOCK_WAIT_SECONDS = 10.0  # how long a new holder waits for a finishing one
 REQUEST_READ_TIMEOUT = 2.0
@@ -299,6 +302,17 @@ class Holder:
             return
         self.run_id = next_attempt_id(self.settings.state_dir, wanted)
 
+    def _defer_requested(self) -> bool:
+        """'quiesce run' runs the freeze itself and asks (for this run id only) that what stops
+        writes be taken at its freeze, over this socket ('block'), instead of now."""
+        wanted = os.environ.get(proto.DEFER_BLOCK_ENV, "")
+        if not wanted:
+            return False
+        if not valid_run_id(wanted) or base_run_id(self.run_id) != wanted:
+            self.log(f"ignoring {proto.DEFER_BLOCK_ENV}={wanted!r}: not this run's id")
+            return False
+        return True
+
     def _trace(self) -> None:
         """(Re)write hold.json: the sign that a hold exists, until its outcome is handed over."""
         trace = {"run_id": self.run_id, "holder_pid": os.getpid(), "uid": os.geteuid(),
@@ -371,7 +385,7 @@ class Holder:
                                    options=dict(instance.options), token=token)
 
         self.hold = Hold(quiescers, timeout=budget, log=self.log, on_held=on_held,
-                         cutoff=self.cutoff)
+                         cutoff=self.cutoff, defer_block=self._defer_requested())
         self.log(f"quiescing {len(quiescers)} instance(s) from {settings.path}"
                  + (f", deadline in {budget:.3f} s" if self.cutoff is not None else ""))
         try:
@@ -420,6 +434,7 @@ class Holder:
             "max_hold_seconds": settings.max_hold_seconds,
             "instances": [r.to_dict() for r in self.hold.results()],
             "warnings": self.warnings,
+            "block_deferred": self.hold.block_pending(),
         }
 
     @staticmethod
@@ -668,6 +683,9 @@ class Holder:
                 proto.consume_result(self.rundir)
             clear_trace(self.rundir)
             return True
+        if op == "block":
+            request.answer(self._block(request.fields.get("run_id")))
+            return False
         if op == "retire":
             if self.state == HoldState.HOLDING:
                 request.answer({"ok": False, "error": "a hold is active"})
@@ -678,6 +696,34 @@ class Holder:
         request.answer({"ok": False, "error": f"unknown op {op!r}"})
         return False
 
+    def _block(self, wanted: Any) -> dict[str, Any]:
+        """'quiesce run', just before its first FIFREEZE: take the write blocks deferred from
+        'pre'. If one cannot be taken the hold is not complete: everything is released now and
+        the answer says so (the runner then treats its pre-script as failed)."""
+        assert self.hold is not None and self.settings is not None
+        if wanted and valid_run_id(str(wanted)) and base_run_id(self.run_id) != wanted:
+            return {"ok": False, "error": f"the active hold belongs to run {self.run_id}, not "
+                                          f"{wanted}: left untouched"}
+        if self.state != HoldState.HOLDING:
+            return {"ok": False, "state": self.state,
+                    "error": f"no hold to complete (the hold is {self.state})"}
+        if not self.hold.block_pending():
+            return {"ok": True, "state": self.state, "blocked": False}
+        started = time.monotonic()
+        budget = min(BLOCK_SECONDS, max(0.0, (self.deadline or started) - started))
+        failed = self.hold.block_all(budget)
+        if failed:
+            why = "; ".join(f"{r.plugin}/{r.name}: {r.error}" for r in failed)
+            self._release_as(ABORTED, f"the write block deferred to the freeze could not be "
+                                      f"taken ({why})")
+            return {"ok": False, "state": self.state,
+                    "error": f"could not complete the hold at the freeze: {why}; everything "
+                             "was released"}
+        self.log(f"write block taken at the freeze in "
+                 f"{(time.monotonic() - started) * 1000:.1f} ms")
+        return {"ok": True, "state": self.state, "blocked": True,
+                "block_ms": round((time.monotonic() - started) * 1000, 3)}
+
     def _status(self) -> dict[str, Any]:
         instances = []
         for r in (self.hold.results() if self.hold is not None else []):
@@ -686,6 +732,7 @@ class Holder:
                               else round(r.held_seconds, 3),
                               "error": r.error, "note": r.note})
         remaining = None
+        hold = self.hold if self.state == HoldState.HOLDING else None
         if self.state == HoldState.HOLDING and self.deadline is not None:
             remaining = round(max(0.0, self.deadline - time.monotonic()), 3)
         return {"ok": True, "state": self.state, "run_id": self.run_id,
@@ -693,7 +740,9 @@ class Holder:
                 "guardian_pid": self.guardian.process.pid if self.guardian.process else None,
                 "config": self.config, "since": iso(self.since), "until": iso(self.until),
                 "deadline": iso(self._wall(self.cutoff)),
-                "remaining_seconds": remaining, "instances": instances}
+                "remaining_seconds": remaining, "instances": instances,
+                "blocks_writes": hold.blocks_writes() if hold is not None else None,
+                "block_pending": hold.block_pending() if hold is not None else None}
 
     # ------------------------------------------------------------------ releasing
     def _outcome(self, state: HoldState, message: str | None = None,
@@ -704,6 +753,13 @@ class Holder:
         results = [r.to_dict() for r in self.hold.results()]
         consistent = state == HoldState.RELEASED and bool(results) and all(
             r["status"] == RELEASED for r in results)
+        missed = self.hold.block_missed()
+        if consistent and missed:
+            consistent = False
+            message = message or (
+                f"the write block of {', '.join(missed)}, deferred to the caller's freeze, was "
+                f"never taken before the release by {by}: the snapshot may NOT be "
+                "application-consistent")
         if message is None:
             message = (f"every instance was held until released by {by}: the snapshot is "
                        "application-consistent" if consistent else

@@ -115,8 +115,8 @@ class QuiesceFailed(EngineError):
 
 
 class _Slot:
-    __slots__ = ("busy", "closed", "given_up", "held_at", "quiescer", "released_at", "result",
-                 "taken_order")
+    __slots__ = ("blocked_at", "busy", "closed", "deferred", "given_up", "held_at", "quiescer",
+                 "released_at", "result", "taken_order")
 
     def __init__(self, quiescer: Quiescer) -> None:
         self.quiescer = quiescer
@@ -131,6 +131,9 @@ class _Slot:
         # The core stopped waiting for a call still inside the plugin (its note says "hung"):
         # nobody may touch the quiescer from another thread; the late call undoes itself.
         self.given_up = False
+        # The engine left its write block for block_all() (defer_block), and when it took it.
+        self.deferred = False
+        self.blocked_at: float | None = None
 
     def held_seconds(self, now: float | None = None) -> float | None:
         if self.held_at is None:
@@ -152,10 +155,13 @@ class Hold:
     def __init__(self, quiescers: Sequence[Quiescer], *, timeout: float,
                  release_timeout: float = 30.0, log: Log | None = None,
                  on_held: Callable[[Quiescer], None] | None = None,
-                 cutoff: float | None = None) -> None:
+                 cutoff: float | None = None, defer_block: bool = False) -> None:
         """``on_held`` is called (from a worker thread) the moment an instance is held, e.g.
         to hand its recovery token to a guardian before anything else can go wrong.
-        ``cutoff`` (monotonic) is the hard deadline of the whole hold: see the module doc."""
+        ``cutoff`` (monotonic) is the hard deadline of the whole hold: see the module doc.
+        ``defer_block``: the caller freezes by itself and calls :meth:`block_all` just before
+        its first FIFREEZE; engines that can (``Quiescer.defer_block``) leave what stops writes
+        out of ``quiesce`` until then."""
         if not quiescers:
             raise ValueError("a hold needs at least one instance")
         self.slots = [_Slot(q) for q in quiescers]
@@ -169,6 +175,7 @@ class Hold:
         self.abandoned: str | None = None  # why, once abandoned
         self._abandon_event = threading.Event()
         self._workers: list[threading.Thread] = []
+        self.defer = defer_block
 
     def abandon(self, why: str) -> bool:
         """Stop waiting for the calls in flight: whatever they acquire from now on is released
@@ -207,6 +214,8 @@ class Hold:
         if self.abandoned is not None:
             self._unwind()
             raise QuiesceFailed(self.results(), self.abandoned)
+        if self.defer:
+            self._ask_deferral()
         failures = self._parallel("quiesce", deadline, self.slots)
         if failures or self.abandoned is not None:
             self._unwind()
@@ -322,7 +331,82 @@ class Hold:
                 self._abort(slot)
         self.close_all()
 
+    def _ask_deferral(self) -> None:
+        for slot in self.slots:
+            try:
+                slot.deferred = bool(slot.quiescer.defer_block())
+            except Exception as exc:  # a plugin that cannot say keeps its whole hold in pre
+                slot.deferred = False
+                self.log(f"{slot.result.plugin}/{slot.result.name}: defer_block raised "
+                         f"{describe(exc)}; its write block is taken now")
+
     # ----------------------------------------------------------------- holding
+    def block_pending(self) -> bool:
+        """Some held instance still waits for :meth:`block_all`."""
+        return any(s.deferred and s.blocked_at is None and s.result.status == HELD
+                   for s in self.slots)
+
+    def block_missed(self) -> list[str]:
+        """Instances whose deferred write block was never taken (whatever their status now)."""
+        return [f"{s.result.plugin}/{s.result.name}" for s in self.slots
+                if s.deferred and s.blocked_at is None]
+
+    def blocks_writes(self) -> bool:
+        """Whether any held instance stops the application's writes right now."""
+        for slot in self.slots:
+            if slot.result.status != HELD:
+                continue
+            try:
+                if slot.quiescer.blocks_writes:
+                    return True
+            except Exception:
+                return True  # cannot tell: assume it does
+        return False
+
+    def block_all(self, timeout: float) -> list[InstanceResult]:
+        """Take every deferred write block, in parallel, each under its instance's turn (the
+        liveness thread may be checking it). Returns the instances that failed; the caller
+        then releases the whole hold (it is not complete)."""
+        deadline = Deadline(timeout)
+        pending = [s for s in self.slots if s.deferred and s.blocked_at is None
+                   and s.result.status == HELD]
+        errors: dict[int, str] = {}
+
+        def take(index: int, slot: _Slot) -> None:
+            with slot.busy:
+                if slot.result.status != HELD:
+                    errors[index] = f"not held any more ({slot.result.status})"
+                    return
+                try:
+                    slot.quiescer.block(deadline)
+                except BaseException as exc:
+                    errors[index] = f"the write block deferred to the freeze failed: " \
+                                    f"{describe(exc)}"
+                    return
+                slot.blocked_at = time.monotonic()
+
+        threads = [threading.Thread(target=take, args=(i, s), daemon=True,
+                                    name=f"block-{s.result.plugin}-{s.result.name}")
+                   for i, s in enumerate(pending)]
+        for thread in threads:
+            thread.start()
+        for index, thread in enumerate(threads):
+            thread.join(max(0.0, deadline.remaining()) + JOIN_GRACE)
+            if thread.is_alive():
+                errors.setdefault(index, f"block did not return within {timeout:g} s")
+        failed = []
+        for index, slot in enumerate(pending):
+            if index in errors:
+                slot.result.error = errors[index]
+                self.log(f"{slot.result.plugin}/{slot.result.name}: {errors[index]}")
+                failed.append(slot.result)
+        return failed
+
+    def blocked_since(self) -> float | None:
+        """Monotonic time by which every deferred write block was taken (None: none was)."""
+        times = [s.blocked_at for s in self.slots if s.deferred and s.blocked_at is not None]
+        return max(times) if times else None
+
     def held(self) -> list[Quiescer]:
         return [s.quiescer for s in self.slots if s.result.status == HELD]
 

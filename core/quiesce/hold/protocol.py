@@ -67,6 +67,10 @@ SOCKET_NAME = "holder.sock"
 LOCK_NAME = "holder.lock"
 RESULT_NAME = "result.json"
 MAX_MESSAGE = 16 * 1024 * 1024
+# Set by 'quiesce run' (to its run id) for its pre-script: the holder of that run may leave the
+# part of the hold that stops writes for a 'block' request the runner sends just before its
+# first FIFREEZE (engines that cannot split their hold take it all in 'pre', as always).
+DEFER_BLOCK_ENV = "QUIESCE_DEFER_BLOCK"
 # The version of the request/answer protocol, sent in every request and answer as "protocol".
 # A peer that sends none is an older quiesce (before versions): it is served as version 1, so
 # an upgrade between 'pre' and 'post' never strands a hold. Every change keeps the ops and
