@@ -206,6 +206,9 @@ class MySQLQuiescer(Quiescer):
         self._early, self._late = cut
         self._late_reason = (f"{' + '.join(s.kind for s in cut[1])} deferred to the caller's "
                              "freeze")
+        # The plan says what is taken: until block() only the early steps (so the record of
+        # a hold whose block never came does not claim a commit block).
+        self.plan = LockPlan(self.plan.requested, cut[0], self.plan.reason)
         return True
 
     def block(self, deadline: Deadline) -> None:

@@ -502,3 +502,42 @@ def test_a_prepared_session_that_never_freezes_stops_its_watchdog(loop_disk_fact
     else:
         raise AssertionError("the prepared watchdog is still running after cancel()")
     assert not is_frozen(str(disk.mount_point))
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_the_before_step_runs_unfrozen_and_its_failure_freezes_nothing(
+        loop_disk_factory, prepared: bool) -> None:
+    """``freeze(before=...)`` (where ``quiesce run`` completes the databases' hold) runs after
+    the sync and before the first FIFREEZE; if it raises, nothing is frozen and the watchdog
+    is gone."""
+    disk = loop_disk_factory()
+    mount = str(disk.mount_point)
+    seen: list[bool] = []
+    ok = FreezeSession(discover_mounts([mount]), timeout=120)
+    if prepared:
+        ok.prepare()
+    with open(os.path.join(mount, "dirty"), "w") as fh:  # something for the sync to write
+        fh.write("x" * 4096)
+    ok.freeze(before=lambda: seen.append(is_frozen(mount)))
+    try:
+        assert seen == [False] and is_frozen(mount)
+    finally:
+        ok.thaw()
+
+    failing = FreezeSession(discover_mounts([mount]), timeout=120)
+    if prepared:
+        failing.prepare()
+        watchdog = failing.watchdog_pid
+        assert watchdog is not None
+
+    def refuse() -> None:
+        raise RuntimeError("the hold could not be completed")
+
+    with pytest.raises(RuntimeError, match="could not be completed"):
+        failing.freeze(before=refuse)
+    assert not is_frozen(mount)
+    assert failing.frozen == [] and failing.watchdog_pid is None
+    if prepared:
+        assert wait_for(lambda: not os.path.exists(f"/proc/{watchdog}"), 10)
+    failing.thaw()  # nothing to do, and harmless
+    assert not is_frozen(mount)

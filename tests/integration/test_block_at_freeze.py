@@ -1,0 +1,297 @@
+"""The commit block deferred to the freeze, against a real MariaDB through the real CLI.
+
+When ``quiesce run`` runs quiesce's own wrappers it sets QUIESCE_DEFER_BLOCK to its run id for
+the pre-script: the holder then holds MariaDB at BACKUP STAGE BLOCK_DDL only (DDL waits,
+commits go on) until the runner's 'block' request, sent just before the first FIFREEZE, adds
+BLOCK_COMMIT. Blocking is proven from the server's side with lock_wait_timeout = 0: a statement
+that must wait fails at once with 1205, one that must not goes through."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pymysql
+import pytest
+
+from helpers import wait_for
+from helpers.cli import QuiesceCli, cli_workspace
+from helpers.mysql import setup_schema, unlocked, write_error
+from quiesce.hold import protocol as proto
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("require_root")]
+
+RUN_ID = "20261130T230000Z-deadbeef"
+LOCK_WAIT = 1205
+
+
+@pytest.fixture
+def cli() -> Iterator[QuiesceCli]:
+    with cli_workspace(QuiesceCli, "quiesce-defer-") as workspace:
+        yield workspace
+
+
+@pytest.fixture
+def server(mysql_server: Any) -> Any:
+    setup_schema(mysql_server)
+    mysql_server.execute("DROP TABLE app.myi")  # InnoDB only unless a test adds MyISAM
+    assert unlocked(mysql_server, myisam=False), "an earlier test left the server locked"
+    return mysql_server
+
+
+def configure(cli: QuiesceCli, server: Any, *, max_hold: int = 120, **options: Any) -> None:
+    cli.write_sections([("mysql", {"name": "main", "unix_socket": str(server.socket),
+                                   "user": "root", **options})], max_hold=max_hold)
+
+
+def ddl_error(server: Any) -> int | None:
+    conn = server.connect(read_timeout=20)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION lock_wait_timeout = 0")
+            cur.execute("CREATE TABLE IF NOT EXISTS app.ddl_probe (id INT) ENGINE=InnoDB")
+            cur.execute("DROP TABLE app.ddl_probe")
+    except pymysql.err.MySQLError as exc:
+        return int(exc.args[0])
+    finally:
+        conn.close()
+    return None
+
+
+def deferred_pre(cli: QuiesceCli, monkeypatch: pytest.MonkeyPatch,
+                 defer_for: str = RUN_ID) -> dict[str, Any]:
+    monkeypatch.setenv("QUIESCE_RUN_ID", RUN_ID)
+    monkeypatch.setenv(proto.DEFER_BLOCK_ENV, defer_for)
+    out = cli.run("pre", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def record_of(cli: QuiesceCli, post: dict[str, Any]) -> dict[str, Any]:
+    path = post.get("record") or str(cli.state / "runs" / f"{post['run_id']}.json")
+    return json.loads(open(path, encoding="utf-8").read())
+
+
+@pytest.mark.parametrize("lock", ["auto", "backup-stage", "ftwrl"])
+def test_pre_blocks_ddl_only_and_block_adds_the_commit_block(
+        cli: QuiesceCli, server: Any, monkeypatch: pytest.MonkeyPatch, lock: str) -> None:
+    configure(cli, server, lock=lock)
+    deferred_pre(cli, monkeypatch)
+    assert write_error(server, 1) is None, "a commit waited before the freeze's block"
+    status = proto.request(str(cli.rundir), "status")
+    assert status["block_pending"] is True and status["blocks_writes"] is False
+    if lock != "ftwrl":  # FTWRL alone has nothing to take before the freeze
+        assert ddl_error(server) == LOCK_WAIT
+    answer = proto.request(str(cli.rundir), "block", run_id=RUN_ID)
+    assert answer["ok"] and answer["blocked"] is True, answer
+    assert write_error(server, 2) == LOCK_WAIT, "the block did not stop commits"
+    status = proto.request(str(cli.rundir), "status")
+    assert status["block_pending"] is False and status["blocks_writes"] is True
+    post = cli.post_json()
+    assert post["consistent"] is True, post["message"]
+    assert write_error(server, 3) is None and unlocked(server, myisam=False)
+    meta = post["instances"][0]["metadata"]
+    assert meta["commit_block"]["deferred_to_freeze"] is True
+    assert meta["commit_block"]["taken"] is True
+    assert meta["commit_block"]["held_seconds"] is not None
+    assert meta["binlog_position_exact"] is True
+    assert meta["lock"]["taken"][-1] in ("backup-stage-commit", "ftwrl")
+    assert record_of(cli, post)["consistent"] is True
+
+
+def test_a_release_without_the_block_is_recorded_not_consistent(
+        cli: QuiesceCli, server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(cli, server)
+    deferred_pre(cli, monkeypatch)
+    post = cli.post_json()
+    assert post["consistent"] is False
+    assert "never taken" in post["message"]
+    meta = post["instances"][0]["metadata"]
+    assert meta["commit_block"]["taken"] is False
+    assert meta["binlog_position_exact"] is False
+    assert record_of(cli, post)["consistent"] is False
+    assert unlocked(server, myisam=False)
+
+
+def test_another_runs_defer_request_is_ignored(
+        cli: QuiesceCli, server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUIESCE_DEFER_BLOCK left over from another run: pre takes the whole hold."""
+    configure(cli, server)
+    deferred_pre(cli, monkeypatch, defer_for="20261130T220000Z-0badf00d")
+    assert write_error(server, 1) == LOCK_WAIT
+    status = proto.request(str(cli.rundir), "status")
+    assert status["block_pending"] is False and status["blocks_writes"] is True
+    post = cli.post_json()
+    assert post["consistent"] is True
+    assert "commit_block" not in post["instances"][0]["metadata"]
+
+
+def test_block_for_another_run_is_refused_and_changes_nothing(
+        cli: QuiesceCli, server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(cli, server)
+    deferred_pre(cli, monkeypatch)
+    answer = proto.request(str(cli.rundir), "block", run_id="20261130T220000Z-0badf00d")
+    assert answer["ok"] is False and "belongs to run" in answer["error"]
+    assert write_error(server, 1) is None
+    post = cli.post_json()
+    assert post["consistent"] is False
+
+
+def test_a_deferred_hold_still_ends_at_max_hold_seconds(
+        cli: QuiesceCli, server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody sends 'block' or runs 'post' (the runner died): the DDL block ends at the
+    deadline like any hold, and the outcome is not consistent."""
+    configure(cli, server, max_hold=3)
+    deferred_pre(cli, monkeypatch)
+    assert ddl_error(server) == LOCK_WAIT
+    started = time.monotonic()
+    assert wait_for(lambda: ddl_error(server) is None, timeout=30)
+    assert time.monotonic() - started < 20
+    post = cli.post_json()
+    assert post["consistent"] is False
+    assert post["instances"][0]["status"] == "auto-released"
+
+
+def test_a_block_that_cannot_be_taken_releases_everything(
+        cli: QuiesceCli, mysql_server_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holding session is killed between pre and the freeze: 'block' fails, the whole
+    hold is released and the outcome says so."""
+    own = mysql_server_factory()
+    setup_schema(own)
+    configure(cli, own)
+    deferred_pre(cli, monkeypatch)
+    mine = own.connect(read_timeout=20)
+    try:
+        with mine.cursor() as cur:
+            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> "
+                        "CONNECTION_ID() AND USER = 'root'")
+            for (thread,) in cur.fetchall():
+                cur.execute("KILL %s", (thread,))
+    finally:
+        mine.close()
+    answer = proto.request(str(cli.rundir), "block", run_id=RUN_ID)
+    assert answer["ok"] is False, answer
+    assert write_error(own, 1) is None and unlocked(own, myisam=False)
+    post = cli.post_json()
+    assert post["consistent"] is False
+
+
+# --------------------------------------------------------------------------- quiesce run
+
+PROBE = """\
+import sys
+import pymysql
+conn = pymysql.connect(unix_socket=sys.argv[1], user="root", read_timeout=20, autocommit=True)
+try:
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION lock_wait_timeout = 0")
+        cur.execute("INSERT INTO app.inno (v) VALUES (9)")
+    result = "through"
+except pymysql.err.MySQLError as exc:
+    result = str(exc.args[0])
+open(sys.argv[2], "w").write(result)
+sys.exit(0 if sys.argv[3] in ("any", result) else 9)
+"""
+
+KILL_HOLD = """\
+import sys
+import pymysql
+conn = pymysql.connect(unix_socket=sys.argv[1], user="root", read_timeout=20, autocommit=True)
+with conn.cursor() as cur:
+    cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+                "AND USER = 'root'")
+    for (thread,) in cur.fetchall():
+        cur.execute("KILL %s", (thread,))
+"""
+
+
+def quiesce_run(cli: QuiesceCli, server: Any, mount: str, *, after_pre: str = "",
+                continue_on_failure: bool = False, expect: str = "1205"
+                ) -> tuple[int, dict[str, Any]]:
+    """``quiesce run`` with quiesce's pre/post wrappers, freezing ``mount``; the snapshot
+    command proves commits are blocked while it runs, the pre-script (after 'quiesce pre')
+    whether they still went through before the freeze."""
+    import os
+    import subprocess
+    import sys
+
+    root = cli.root
+    (root / "probe.py").write_text(PROBE)
+    (root / "kill.py").write_text(KILL_HOLD)
+    py, quiesce = sys.executable, f"{sys.executable} -m quiesce"
+    common = f"--config {cli.config} --runtime-dir {cli.rundir}"
+    scripts = {
+        "pre.sh": f"{quiesce} pre {common}\nrc=$?\n"
+                  f"{py} {root / 'probe.py'} {server.socket} {root / 'after-pre'} any\n"
+                  + after_pre + "exit $rc\n",
+        "post.sh": f"exec {quiesce} post {common} --json\n",
+    }
+    for name, body in scripts.items():
+        (root / name).write_text("#!/bin/sh\n" + body)
+        (root / name).chmod(0o700)
+    config = root / "azure.json"
+    config.write_text(json.dumps({
+        "pluginName": "ScriptRunner", "preScriptLocation": str(root / "pre.sh"),
+        "postScriptLocation": str(root / "post.sh"), "preScriptParams": [],
+        "postScriptParams": [], "preScriptNoOfRetries": 0, "postScriptNoOfRetries": 0,
+        "timeoutInSeconds": 60, "continueBackupOnFailure": continue_on_failure,
+        "fsFreezeEnabled": True}))
+    config.chmod(0o600)
+    snapshot = f"{py} {root / 'probe.py'} {server.socket} {root / 'during-snapshot'} {expect}"
+    proc = subprocess.run([py, "-m", "quiesce", "run", "--config", str(config), "--json",
+                           "--freeze-timeout", "30", "--snapshot-command", snapshot,
+                           "--freeze-mount", mount], capture_output=True, text=True,
+                          timeout=180, check=False, cwd="/",
+                          env={k: v for k, v in os.environ.items()
+                               if not k.startswith("QUIESCE_")})
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_quiesce_run_takes_the_commit_block_at_the_freeze(
+        cli: QuiesceCli, server: Any, loop_disk_factory: Any) -> None:
+    disk = loop_disk_factory("ext4", name="frozen")
+    configure(cli, server)
+    code, status = quiesce_run(cli, server, str(disk.mount_point))
+    assert code == 0, status
+    assert status["consistency"] == "application", status["errors"]
+    hold = status["hold"]
+    assert hold["block"]["ok"] is True and hold["block"]["blocked"] is True, hold
+    assert hold["released_at_thaw"] is True
+    assert (cli.root / "after-pre").read_text() == "through"  # no commit block before
+    assert (cli.root / "during-snapshot").read_text() == "1205"  # blocked during it
+    record = json.loads(wait_for(
+        lambda: next(iter((cli.state / "runs").glob("*.json")), None), 30, "the run record"
+    ).read_text())
+    assert record["consistent"] is True
+    assert record["instances"][0]["metadata"]["commit_block"]["taken"] is True
+    assert unlocked(server, myisam=False)
+
+
+@pytest.mark.parametrize("continue_on_failure", [False, True])
+def test_quiesce_run_whose_block_fails_is_not_application_consistent(
+        cli: QuiesceCli, mysql_server_factory: Any, loop_disk_factory: Any,
+        continue_on_failure: bool) -> None:
+    """The holding session dies between pre and the freeze: the run reports HoldIncomplete;
+    without continueBackupOnFailure there is no snapshot, with it a crash-consistent one."""
+    own = mysql_server_factory()
+    setup_schema(own)
+    disk = loop_disk_factory("ext4", name="frozen")
+    configure(cli, own)
+    code, status = quiesce_run(
+        cli, own, str(disk.mount_point), continue_on_failure=continue_on_failure, expect="any",
+        after_pre=f"{__import__('sys').executable} {cli.root / 'kill.py'} {own.socket}\n")
+    assert code != 0
+    assert status["consistency"] != "application"
+    codes = [e["code"] for e in status["errors"]]
+    # post then reports the hold it collects as not consistent (and exits non-zero)
+    assert codes[0] == "HoldIncomplete", status["errors"]
+    assert set(codes) <= {"HoldIncomplete", "Post-ScriptExecutionFailed"}, codes
+    assert status["hold"]["block"]["ok"] is False
+    assert status["snapshot_taken"] is continue_on_failure
+    if continue_on_failure:  # nothing held any more: the commit went through
+        assert (cli.root / "during-snapshot").read_text() == "through"
+        assert status["consistency"] == "filesystem"
+        assert status["freeze"]["mounts"] == [str(disk.mount_point)]
+    assert unlocked(own, myisam=False)

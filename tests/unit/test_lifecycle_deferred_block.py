@@ -1,0 +1,140 @@
+"""Hold with ``defer_block``: engines that can split their hold leave what stops writes for
+``block_all`` (taken by ``quiesce run`` just before its first FIFREEZE); the others take it all
+in ``quiesce`` as always. Pure logic, with in-test Quiescers that record what they were asked."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from quiesce.deadline import Deadline
+from quiesce.engine import InstanceSettings, Quiescer
+from quiesce.errors import EngineError
+from quiesce.hold.lifecycle import Hold
+
+
+class Splittable(Quiescer):
+    """Blocks writes only after ``block`` when deferral was accepted, at once otherwise."""
+
+    def __init__(self, name: str, *, can_defer: bool = True, fail_block: bool = False,
+                 on_block: threading.Event | None = None) -> None:
+        super().__init__(InstanceSettings(engine="fake", name=name, options={}))
+        self.can_defer = can_defer
+        self.fail_block = fail_block
+        self.on_block = on_block
+        self.deferred = False
+        self.writes_blocked = False
+        self.calls: list[str] = []
+
+    def prepare(self, deadline: Deadline) -> None:
+        self.calls.append("prepare")
+
+    def defer_block(self) -> bool:
+        self.calls.append("defer_block")
+        self.deferred = self.can_defer
+        return self.can_defer
+
+    def quiesce(self, deadline: Deadline) -> None:
+        self.calls.append("quiesce")
+        self.writes_blocked = not self.deferred
+
+    def block(self, deadline: Deadline) -> None:
+        self.calls.append("block")
+        if self.on_block is not None:
+            self.on_block.set()
+        if self.fail_block:
+            raise EngineError(f"{self.name}: lock wait timeout")
+        self.writes_blocked = True
+
+    @property
+    def blocks_writes(self) -> bool:
+        return self.writes_blocked
+
+    def check_alive(self) -> None:
+        pass
+
+    def release(self, deadline: Deadline) -> dict[str, Any]:
+        self.calls.append("release")
+        return {}
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+
+
+def test_without_defer_block_the_whole_hold_is_taken_in_quiesce() -> None:
+    q = Splittable("a")
+    hold = Hold([q], timeout=10)
+    hold.quiesce_all()
+    assert "defer_block" not in q.calls
+    assert hold.blocks_writes() and not hold.block_pending() and hold.block_missed() == []
+    hold.release_all()
+
+
+def test_deferred_hold_blocks_writes_only_after_block_all() -> None:
+    a, b = Splittable("a"), Splittable("b")
+    hold = Hold([a, b], timeout=10, defer_block=True)
+    hold.quiesce_all()
+    assert a.calls == ["prepare", "defer_block", "quiesce"]
+    assert not hold.blocks_writes() and hold.block_pending()
+    assert hold.block_missed() == ["fake/a", "fake/b"]
+    assert hold.block_all(5) == []
+    assert hold.blocks_writes() and not hold.block_pending() and hold.block_missed() == []
+    assert hold.blocked_since() is not None
+    assert hold.block_all(5) == []  # a second request takes nothing twice
+    assert a.calls.count("block") == 1
+    results = hold.release_all()
+    assert [r.status for r in results] == ["released", "released"]
+
+
+def test_an_engine_that_cannot_split_takes_everything_in_quiesce() -> None:
+    split, whole = Splittable("split"), Splittable("whole", can_defer=False)
+    hold = Hold([split, whole], timeout=10, defer_block=True)
+    hold.quiesce_all()
+    assert hold.blocks_writes()  # 'whole' blocks already: the runner must not wait
+    assert hold.block_pending()
+    assert hold.block_all(5) == []
+    assert "block" not in whole.calls and split.calls.count("block") == 1
+    hold.release_all()
+
+
+def test_a_failed_block_is_reported_and_the_release_records_it_missed() -> None:
+    good, bad = Splittable("good"), Splittable("bad", fail_block=True)
+    hold = Hold([good, bad], timeout=10, defer_block=True)
+    hold.quiesce_all()
+    failed = hold.block_all(5)
+    assert [r.name for r in failed] == ["bad"]
+    assert "lock wait timeout" in (failed[0].error or "")
+    hold.release_all()
+    assert hold.block_missed() == ["fake/bad"]
+
+
+def test_defer_block_raising_keeps_the_whole_hold_in_quiesce() -> None:
+    class Broken(Splittable):
+        def defer_block(self) -> bool:
+            raise RuntimeError("cannot tell")
+
+    q = Broken("x")
+    logged: list[str] = []
+    hold = Hold([q], timeout=10, defer_block=True, log=logged.append)
+    hold.quiesce_all()
+    assert hold.blocks_writes() and not hold.block_pending()
+    assert any("defer_block raised" in line for line in logged)
+    hold.release_all()
+
+
+def test_blocks_run_in_parallel() -> None:
+    """A slow block of one instance does not delay another's (both wait for each other)."""
+    first_in = threading.Event()
+    second_in = threading.Event()
+
+    class Waits(Splittable):
+        def block(self, deadline: Deadline) -> None:
+            other = second_in if self.name == "one" else first_in
+            (first_in if self.name == "one" else second_in).set()
+            assert other.wait(5), "the blocks ran one after the other"
+            super().block(deadline)
+
+    hold = Hold([Waits("one"), Waits("two")], timeout=10, defer_block=True)
+    hold.quiesce_all()
+    assert hold.block_all(10) == []
+    hold.release_all()
