@@ -428,6 +428,13 @@ def hold_marks(cycle: Cycle, record: dict[str, Any]) -> None:
     since, released = parse_stamp(record.get("since")), parse_stamp(record.get("released_at"))
     if since is not None and released is not None:
         cycle.marks["hold"] = [cycle.wall_to_mono(since), cycle.wall_to_mono(released)]
+    blocks = [((inst.get("metadata") or {}).get("commit_block") or {}).get("held_seconds")
+              for inst in record.get("instances", [])]
+    blocks = [b for b in blocks if isinstance(b, (int, float))]
+    if blocks and released is not None:
+        # The commit block deferred to the freeze: from 'block' to the release.
+        end = cycle.wall_to_mono(released)
+        cycle.marks["commit-block"] = [end - max(blocks), end]
     levels = []
     for inst in record.get("instances", []):
         level = (inst.get("metadata") or {}).get("level") or {}
@@ -582,12 +589,16 @@ def summarize(cycles: list[dict[str, Any]], engines: list[str],
                      if "hold" in c["marks_ms"]]
             freezes = [c["marks_ms"]["freeze"][1] - c["marks_ms"]["freeze"][0] for c in these
                        if "freeze" in c["marks_ms"]]
+            blocks = [c["marks_ms"]["commit-block"][1] - c["marks_ms"]["commit-block"][0]
+                      for c in these if "commit-block" in c["marks_ms"]]
             row: dict[str, Any] = {
                 "stall_ms": {"median": round(med, 1), "min": round(min(stalls), 1),
                              "max": round(max(stalls), 1), "n": len(stalls),
                              "all": stalls},
                 "hold_ms_median": round(statistics.median(holds), 1) if holds else None,
                 "freeze_ms_median": round(statistics.median(freezes), 1) if freezes else None,
+                "commit_block_ms_median": round(statistics.median(blocks), 1) if blocks
+                else None,
                 "levels": sorted({lv.get("chosen") or "?" for c in these
                                   for lv in c["info"].get("levels", [])}),
             }
@@ -612,7 +623,7 @@ def summarize(cycles: list[dict[str, Any]], engines: list[str],
 
 def print_table(summary: dict[str, Any]) -> None:
     head = (f"{'engine':<11}{'approach':<15}{'stall med':>10}{'min':>8}{'max':>8}"
-            f"{'x floor':>9}{'hold med':>10}{'freeze':>8}  {'level':<12}goal")
+            f"{'x floor':>9}{'hold med':>10}{'block':>7}{'freeze':>8}  {'level':<12}goal")
     print(head)
     print("-" * (len(head) + 30))
     for engine, rows in summary.items():
@@ -621,14 +632,17 @@ def print_table(summary: dict[str, Any]) -> None:
             ratio = f"{row['ratio_to_floor']:.2f}" if "ratio_to_floor" in row else "1"
             hold = "-" if row["hold_ms_median"] is None else f"{row['hold_ms_median']:.0f}"
             freeze = "-" if row["freeze_ms_median"] is None else f"{row['freeze_ms_median']:.0f}"
+            block = row.get("commit_block_ms_median")
+            block = "-" if block is None else f"{block:.0f}"
             goal = ""
             if "goal" in row:
                 goal = f"{row['goal']}: {'met' if row['met'] else 'NOT met'}"
             print(f"{ENGINE_NAMES[engine]:<11}{approach:<15}{s['median']:>10.1f}{s['min']:>8.1f}"
-                  f"{s['max']:>8.1f}{ratio:>9}{hold:>10}{freeze:>8}  "
+                  f"{s['max']:>8.1f}{ratio:>9}{hold:>10}{block:>7}{freeze:>8}  "
                   f"{','.join(row['levels']) or '-':<12}{goal}")
     print("stall = longest gap between two completed commits in the cycle (ms); hold = lock/"
-          "backup mode held (run record); freeze = first FIFREEZE to last FITHAW")
+          "backup mode held (run record); block = commit block deferred to the freeze, held "
+          "(run record); freeze = first FIFREEZE to last FITHAW")
 
 
 # ---------------------------------------------------------------------------- main

@@ -64,6 +64,10 @@ def draw(ax: Any, cycle: dict[str, Any]) -> None:
                         alpha=0.8, lw=0, label="hold: lock / backup mode held (run record)")
         ax.text(h1 - zero + 6, 0.935, f"hold {h1 - h0:.0f} ms", transform=band, ha="left",
                 va="center", fontsize=7, color="tab:orange")
+    if "commit-block" in marks:
+        b0, b1 = marks["commit-block"]
+        ax.fill_between([b0 - zero, b1 - zero], 0.82, 0.89, transform=band, color="tab:red",
+                        alpha=0.6, lw=0, label="commit block: taken at the freeze (run record)")
     points = [(t - zero, lat) for t, lat in cycle["timeline"] if lo <= t <= hi]
     top = max([y for _, y in points] or [1.0])
     if points:

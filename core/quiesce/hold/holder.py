@@ -11,7 +11,9 @@ Started by ``quiesce pre`` as ``python -m quiesce.hold.holder --config X --runti
    them all (lifecycle.Hold: parallel, all or nothing);
 3. writes one JSON line on the readiness pipe (held instances, or the failure with every
    instance's reason) and closes it: that is the moment ``pre`` returns;
-4. serves the socket: ``status`` and ``release`` requests, and releases everything by itself
+4. serves the socket: ``status``, ``release`` and ``block`` requests (``block``: ``quiesce
+   run`` completing, just before its first FIFREEZE, a hold whose write block was deferred
+   from ``pre``: protocol.DEFER_BLOCK_ENV), and releases everything by itself
    at ``max_hold_seconds`` ("auto-released"), then lingers so ``post`` can still learn that
    (the result also goes to ``result.json`` in the runtime dir). A liveness thread polls
    ``check_alive`` about once a second (a dead session becomes "lost", the others stay held);
