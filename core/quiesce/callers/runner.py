@@ -351,6 +351,7 @@ class Runner:
         # The hold deferred to the freeze: settle and block timings, and why it failed.
         self.hold_info: dict[str, Any] = {}
         self.hold_error: HoldIncomplete | None = None
+        self._block_connection: Any = None  # protocol.LingeringRequest, open until the thaw
         self._early_session: Any = None
         self._stops = 0  # stop signals received so far
 
@@ -639,6 +640,9 @@ class Runner:
                     if not frozen_ok:
                         thaw_rec.detail = "nothing was frozen"
 
+        if self._block_connection is not None:
+            self._block_connection.close()
+            self._block_connection = None
         self._report_window(prepared, session, freeze_error, result)
         status.snapshot_taken = bool(result and result.taken)
         status.consistency = self._consistency(pre_ok, freezing, frozen_ok, session)
@@ -694,8 +698,11 @@ class Runner:
         def complete() -> None:  # runs between the sync and the first FIFREEZE: no logging
             t0 = time.monotonic()
             try:
-                reply = proto.request(rundir, "block", timeout=HOLD_BLOCK_TIMEOUT,
-                                      run_id=self.run_id)
+                # Closed after the thaw (_snapshot_phases): a close here would lengthen the
+                # freeze that follows (protocol.LingeringRequest).
+                self._block_connection = proto.LingeringRequest(rundir, HOLD_STATUS_TIMEOUT)
+                reply = self._block_connection.request("block", timeout=HOLD_BLOCK_TIMEOUT,
+                                                       run_id=self.run_id)
             except QuiesceError as exc:
                 reply = {"ok": False, "error": f"the holder could not be asked ({exc})"}
             self.hold_info["block"] = {"ok": bool(reply.get("ok")),

@@ -617,7 +617,10 @@ class Holder:
                 self.guardian.send(op="dropped", plugin=result.plugin, name=result.name)
 
     def _dispatch(self, request: Request) -> bool:
-        """Answer one request; True when the holder should exit afterwards."""
+        """Answer one request; True when the holder should exit afterwards. A lingering
+        request's connection is closed by its reader once the client closes it."""
+        if request.linger:
+            return self._dispatch_open(request)
         with contextlib.closing(request.conn):
             return self._dispatch_open(request)
 

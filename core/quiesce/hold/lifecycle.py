@@ -385,11 +385,15 @@ class Hold:
                     return
                 slot.blocked_at = time.monotonic()
 
+        # The last one runs in this thread: a thread that ends just before the caller's
+        # FIFREEZE queues kernel work the freeze then waits for (docs/performance.md).
         threads = [threading.Thread(target=take, args=(i, s), daemon=True,
                                     name=f"block-{s.result.plugin}-{s.result.name}")
-                   for i, s in enumerate(pending)]
+                   for i, s in enumerate(pending[:-1])]
         for thread in threads:
             thread.start()
+        if pending:
+            take(len(pending) - 1, pending[-1])
         for index, thread in enumerate(threads):
             thread.join(max(0.0, deadline.remaining()) + JOIN_GRACE)
             if thread.is_alive():

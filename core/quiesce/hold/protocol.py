@@ -434,6 +434,15 @@ def request(rundir: str, op: str, timeout: float = 30.0, **fields: Any) -> dict[
 
 
 def _request(rd: RuntimeDir, op: str, timeout: float, fields: dict[str, Any]) -> dict[str, Any]:
+    sock = _connect(rd, timeout)
+    try:
+        return _exchange(rd, sock, op, timeout, fields)
+    finally:
+        sock.close()
+
+
+def _connect(rd: RuntimeDir, timeout: float) -> socket.socket:
+    """A connected socket to the holder whose listener passed :func:`_check_listener`."""
     path = socket_path(rd.path)
     address = socket_path(rd.via_fd)
     if len(os.fsencode(address)) >= 108:  # sizeof(sun_path): only the plain path can be long
@@ -448,7 +457,25 @@ def _request(rd: RuntimeDir, op: str, timeout: float, fields: dict[str, Any]) ->
             raise NoActiveHold(f"no hold is active (nothing listens on {path})",
                                hint="run 'quiesce pre' first, or pass the --runtime-dir "
                                     "that 'pre' used") from exc
+        except TimeoutError as exc:
+            raise HolderError(f"the holder at {path} did not accept within {timeout:g} s"
+                              ) from exc
+        except OSError as exc:
+            raise HolderError(f"cannot talk to the holder at {path}: "
+                              f"{rd.shown(str(exc))}") from exc
         _check_listener(rd, sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _exchange(rd: RuntimeDir, sock: socket.socket, op: str, timeout: float,
+              fields: dict[str, Any]) -> dict[str, Any]:
+    """Send one request on ``sock`` and read its answer (the socket stays open)."""
+    path = socket_path(rd.path)
+    try:
+        sock.settimeout(timeout)
         line = json.dumps({"op": op, "protocol": PROTOCOL_VERSION, **fields}).encode() + b"\n"
         sock.sendall(line)
         data = _read_line(sock)
@@ -460,8 +487,6 @@ def _request(rd: RuntimeDir, op: str, timeout: float, fields: dict[str, Any]) ->
                                hint="check 'quiesce status' again in a moment") from exc
         raise HolderError(f"cannot talk to the holder at {path}: "
                           f"{rd.shown(str(exc))}") from exc
-    finally:
-        sock.close()
     if not data:
         raise NoActiveHold(f"the holder at {path} closed the connection without answering",
                            hint="it was probably exiting; check 'quiesce status'")
@@ -472,6 +497,32 @@ def _request(rd: RuntimeDir, op: str, timeout: float, fields: dict[str, Any]) ->
     if not isinstance(answer, dict):
         raise HolderError(f"the holder at {path} sent a malformed answer")
     return answer
+
+
+class LingeringRequest:
+    """One request whose connection stays open after the answer, until :meth:`close`.
+
+    ``quiesce run`` sends 'block' between its sync and its first FIFREEZE. Closing a socket
+    there (on either side), or ending the holder thread that read it, queues kernel work (RCU
+    callbacks) that the FIFREEZE right after then waits for, lengthening the freeze window
+    by 15-20 ms (docs/performance.md). So the runner closes this connection after the thaw,
+    and the holder keeps its end (and its reader thread) until then (``linger`` field)."""
+
+    def __init__(self, rundir: str, timeout: float) -> None:
+        self.rd = client_runtime_dir(rundir)
+        try:
+            self.sock = _connect(self.rd, timeout)
+        except BaseException:
+            self.rd.close()
+            raise
+
+    def request(self, op: str, timeout: float, **fields: Any) -> dict[str, Any]:
+        return _exchange(self.rd, self.sock, op, timeout, {**fields, "linger": True})
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.rd.close()
 
 
 def _read_line(sock: socket.socket) -> bytes:

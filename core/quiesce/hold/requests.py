@@ -27,6 +27,9 @@ from quiesce.hold.protocol import PROTOCOL_VERSION
 
 READ_LIMIT = 2.0  # seconds for a whole request line, however slowly it trickles in
 MAX_REQUEST = 65536
+# A lingering request's connection (protocol.LingeringRequest) is closed by the client after
+# its freeze; the reader gives up waiting for that after this long.
+LINGER_LIMIT = 600.0
 
 
 @dataclass
@@ -34,6 +37,12 @@ class Request:
     conn: socket.socket
     op: str
     fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def linger(self) -> bool:
+        """The client closes this connection itself, later: the holder must not close it
+        (nor end the thread that read it) when it answers (protocol.LingeringRequest)."""
+        return self.fields.get("linger") is True
 
     def answer(self, message: dict[str, Any]) -> None:
         # Every answer says its protocol version (quiesce.hold.protocol.PROTOCOL_VERSION);
@@ -68,6 +77,18 @@ def read_line(conn: socket.socket, limit: float) -> bytes:
             break
         data += chunk
     return data
+
+
+def wait_for_close(conn: socket.socket, limit: float) -> None:
+    """Until the peer closes ``conn`` (or ``limit`` seconds), then close it."""
+    give_up = time.monotonic() + limit
+    with contextlib.suppress(OSError):
+        while (left := give_up - time.monotonic()) > 0:
+            conn.settimeout(left)
+            if not conn.recv(4096):
+                break
+    with contextlib.suppress(OSError):
+        conn.close()
 
 
 class Inbox:
@@ -139,9 +160,12 @@ class Inbox:
         if not isinstance(message, dict):
             message = {}
         op = message.get("op")
-        self.ready.put(Request(conn, op if isinstance(op, str) else "", message))
+        request = Request(conn, op if isinstance(op, str) else "", message)
+        self.ready.put(request)
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"!")
+        if request.linger:
+            wait_for_close(conn, LINGER_LIMIT)
 
     def close(self) -> None:
         while True:
