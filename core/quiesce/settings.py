@@ -22,7 +22,6 @@ and reported in one :class:`ConfigError`.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
 import tomllib
@@ -30,8 +29,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from quiesce import hookspecs
-from quiesce.engine import EngineType, InstanceSettings
 from quiesce.errors import ConfigError, PermissionProblem, PluginError, Problem
 from quiesce.schema import (
     Field,
@@ -45,6 +42,9 @@ from quiesce.schema import (
 )
 
 if TYPE_CHECKING:
+    # Imported where they are used: 'pre' reads the core keys (load_core_settings) before
+    # the holder starts, without pluggy, importlib.metadata or the engine API.
+    from quiesce.engine import EngineType, InstanceSettings
     from quiesce.plugins import Plugins
 
 DEFAULT_PATH = "/etc/quiesce/quiesce.toml"
@@ -138,6 +138,10 @@ class Settings:
 
 def installed_engine_names() -> list[str]:
     """Names in the ``quiesce`` entry-point group, read without importing any plugin."""
+    import importlib.metadata
+
+    from quiesce import hookspecs
+
     return sorted({ep.name for ep in
                    importlib.metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP)})
 
@@ -426,6 +430,8 @@ def _fix_unknown(key: str, known: list[str], fallback: str) -> str:
 
 def _instances(etype: EngineType, value: Any, problems: list[Problem], *, max_hold: float,
                state_dir: str, check_permissions: bool) -> list[InstanceSettings]:
+    from quiesce.engine import InstanceSettings
+
     name = etype.name
     schema = Table({**etype.schema.fields, "name": NAME_FIELD},
                    allow_unknown=etype.schema.allow_unknown)

@@ -34,6 +34,9 @@ ENGINE = EngineType(
     secret_file_keys=("uri_file",),
     recover=recover,
     section_problems=section_problems,
+    # Imported by the holder while 'pre' still checks (quiesce.hold.warmup), not on the hold's
+    # critical path; importing them has no side effects.
+    extra={"preload": ("quiesce_mongodb.engine", "pymongo")},
 )
 
 

@@ -28,6 +28,9 @@ ENGINE = EngineType(
                 "READ LOCK, held in one verified session",
     secret_file_keys=("password_file",),
     section_problems=section_problems,
+    # Imported by the holder while 'pre' still checks (quiesce.hold.warmup), not on the hold's
+    # critical path; importing them has no side effects.
+    extra={"preload": ("quiesce_mysql.engine", "pymysql", "pymysql.cursors")},
 )
 
 

@@ -74,14 +74,17 @@ def deadline_seconds(pre_timeout: float, explicit: float | None, azure: Any = No
     return min(limits)
 
 
-def declare_azure_freeze(azure: Any, environ: dict[str, str] | Any = None) -> None:
+def declare_azure_freeze(azure: Any, environ: dict[str, str] | Any = None) -> dict[str, str]:
     """Tell the holder (through its environment) whether Azure freezes filesystems, unless a
-    runner already declared exactly what it freezes (that declaration wins)."""
+    runner already declared exactly what it freezes (that declaration wins). Returns what was
+    set: the holder, started before the Azure config is read, gets it with its go message."""
     from quiesce.freezing.freeze_set import AZURE_FREEZE_ENV, FREEZE_MOUNTS_ENV
 
     env = os.environ if environ is None else environ
-    if FREEZE_MOUNTS_ENV not in env:
-        env[AZURE_FREEZE_ENV] = "true" if azure.fs_freeze else "false"
+    if FREEZE_MOUNTS_ENV in env:
+        return {}
+    env[AZURE_FREEZE_ENV] = "true" if azure.fs_freeze else "false"
+    return {AZURE_FREEZE_ENV: env[AZURE_FREEZE_ENV]}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -102,48 +105,20 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace, started: float) -> int:
-    from quiesce.errors import HolderError
     from quiesce.hold import protocol as proto
-    from quiesce.settings import load_core_settings, parse_plugin_list
 
     rundir = proto.runtime_dir(args.runtime_dir)
-    plugins = parse_plugin_list(args.plugins)
-    # Only the engine-neutral keys here (no plugin, no driver): the holder validates the whole
-    # file once, before it quiesces anything, and its problems come back as ours.
-    settings = load_core_settings(args.config)
-    azure = None
-    if args.azure_config is not None:
-        from quiesce.callers.azure_config import load_azure_config
-
-        azure = load_azure_config(args.azure_config)  # read now: the user may have edited it
-        declare_azure_freeze(azure)
-    seconds = deadline_seconds(settings.pre_timeout_seconds, args.deadline, azure,
-                               args.azure_config or "")
-    from quiesce.hold.records import check_writable
-
-    check_writable(settings.state_dir)
-    cutoff = started + seconds
-
-    _refuse_an_active_hold(rundir, cutoff)
-    # An outcome nobody collected (an automatic release, a lost hold) is superseded by this
-    # hold: say so now (its run record stays in the state dir).
-    previous = _uncollected(rundir)
-    read_fd, write_fd = os.pipe()
-    # -B: the holder writes no .pyc (see quiesce.hold.holder.main: frozen filesystems).
-    argv = [sys.executable, "-B", "-m", "quiesce.hold.holder", "--config", settings.path,
-            "--runtime-dir", rundir, "--ready-fd", str(write_fd), "--deadline-at", repr(cutoff)]
-    if plugins is not None:
-        argv += ["--plugins", ",".join(plugins)]
+    plugins = _plugin_list(args.plugins)
+    # The holder starts first and imports what it needs (plugins, drivers) while this process
+    # checks; it touches nothing before the go message (quiesce.hold.warmup).
+    holder = _Starting(rundir, os.path.abspath(args.config), plugins)
     try:
-        holder = _start_holder(argv, write_fd)
-    except OSError as exc:
-        raise HolderError(f"cannot start the holder ({argv[0]}): {exc}") from exc
-    finally:
-        os.close(write_fd)
-    try:
-        raw = _read_all(read_fd, cutoff - time.monotonic())
-    finally:
-        os.close(read_fd)
+        cutoff, environ, previous = _checks(args, started, rundir)
+    except BaseException:
+        holder.abandon()
+        raise
+    seconds = cutoff - started
+    raw = holder.go(cutoff, environ)
     if raw is not None and time.monotonic() > cutoff:
         raw = None  # the answer came after the deadline: the caller may be snapshotting now
     if raw is None:
@@ -151,16 +126,106 @@ def _main(args: argparse.Namespace, started: float) -> int:
     try:
         ready: dict[str, Any] = json.loads(raw)
     except ValueError:
-        code = holder.poll()
+        from quiesce.errors import HolderError
+
         raise HolderError(
-            f"the holder (pid {holder.pid}) exited without reporting (exit status {code})",
-            hint=f"run {' '.join(argv[:4])} by hand to see why") from None
+            f"the holder (pid {holder.pid}) exited without reporting (exit status "
+            f"{holder.process.poll()})",
+            hint=f"run {' '.join(holder.argv[:4])} by hand to see why") from None
     ready.setdefault("runtime_dir", rundir)
     if previous is not None:
         ready["uncollected"] = previous
         ready.setdefault("warnings", []).append(previous["warning"])
     _journal(ready)
-    return _report(ready, settings.path, args.json)
+    return _report(ready, holder.config, args.json)
+
+
+def _plugin_list(text: str | None) -> list[str] | None:
+    """``--plugins a,b`` -> ["a", "b"] (quiesce.settings.parse_plugin_list, without importing
+    the settings before the holder starts)."""
+    if text is None:
+        return None
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _checks(args: argparse.Namespace, started: float,
+            rundir: str) -> tuple[float, dict[str, str], dict[str, Any] | None]:
+    """Everything pre checks before the holder may start: (the deadline, the environment
+    declared for the holder, the uncollected outcome of a previous hold)."""
+    from quiesce.hold.records import check_writable
+    from quiesce.settings import load_core_settings
+
+    # Only the engine-neutral keys here (no plugin, no driver): the holder validates the whole
+    # file once, before it quiesces anything, and its problems come back as ours.
+    settings = load_core_settings(args.config)
+    azure = None
+    environ: dict[str, str] = {}
+    if args.azure_config is not None:
+        from quiesce.callers.azure_config import load_azure_config
+
+        azure = load_azure_config(args.azure_config)  # read now: the user may have edited it
+        environ = declare_azure_freeze(azure)
+    seconds = deadline_seconds(settings.pre_timeout_seconds, args.deadline, azure,
+                               args.azure_config or "")
+    check_writable(settings.state_dir)
+    cutoff = started + seconds
+    _refuse_an_active_hold(rundir, cutoff)
+    # An outcome nobody collected (an automatic release, a lost hold) is superseded by this
+    # hold: say so now (its run record stays in the state dir).
+    return cutoff, environ, _uncollected(rundir)
+
+
+class _Starting:
+    """The holder, started before pre's checks with a ready pipe and a go pipe."""
+
+    def __init__(self, rundir: str, config: str, plugins: list[str] | None) -> None:
+        from quiesce.errors import HolderError
+
+        self.config = config
+        read_fd, self.write_fd = os.pipe()
+        self.ready_fd, ready_write = os.pipe()
+        # -B: the holder writes no .pyc (see quiesce.hold.holder.main: frozen filesystems).
+        self.argv = [sys.executable, "-B", "-m", "quiesce.hold.holder", "--config", config,
+                     "--runtime-dir", rundir, "--ready-fd", str(ready_write),
+                     "--go-fd", str(read_fd)]
+        if plugins is not None:
+            self.argv += ["--plugins", ",".join(plugins)]
+        try:
+            self.process = _start_holder(self.argv, ready_write, read_fd)
+        except OSError as exc:
+            for fd in (self.write_fd, self.ready_fd):
+                os.close(fd)
+            raise HolderError(f"cannot start the holder ({self.argv[0]}): {exc}") from exc
+        finally:
+            os.close(read_fd)
+            os.close(ready_write)
+        self.pid = self.process.pid
+
+    def go(self, cutoff: float, environ: dict[str, str]) -> bytes | None:
+        """Say go; the holder's readiness message (b"" if it exited without one), or None
+        when none came by the deadline."""
+        from quiesce.hold.warmup import go_message
+
+        try:
+            os.write(self.write_fd, go_message(cutoff, environ))
+        except OSError:
+            pass  # the holder is gone: its ready pipe is at EOF, reported as such
+        finally:
+            os.close(self.write_fd)
+        try:
+            return _read_all(self.ready_fd, cutoff - time.monotonic())
+        finally:
+            os.close(self.ready_fd)
+
+    def abandon(self) -> None:
+        """pre attempts nothing: the holder, which has touched nothing yet, is stopped."""
+        for fd in (self.write_fd, self.ready_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
 
 
 def _refuse_an_active_hold(rundir: str, cutoff: float) -> None:
@@ -214,7 +279,7 @@ def _report(ready: dict[str, Any], config_path: str, as_json: bool) -> int:
     return 1
 
 
-def _start_holder(argv: list[str], ready_fd: int) -> subprocess.Popen[bytes]:
+def _start_holder(argv: list[str], ready_fd: int, *fds: int) -> subprocess.Popen[bytes]:
     """Start the holder (and with it its guardian) in a systemd scope of its own where systemd
     runs the machine, so a caller that kills its whole cgroup cannot take the processes that
     release the locks with it (quiesce.scope); else, or if systemd-run fails, directly."""
@@ -225,7 +290,8 @@ def _start_holder(argv: list[str], ready_fd: int) -> subprocess.Popen[bytes]:
     def start(command: Sequence[str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             list(command), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, pass_fds=(ready_fd,), start_new_session=True, cwd="/")
+            stderr=subprocess.DEVNULL, pass_fds=(ready_fd, *fds), start_new_session=True,
+            cwd="/")
 
     if not decision.wrapped:
         return start(argv)

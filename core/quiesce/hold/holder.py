@@ -47,6 +47,7 @@ from typing import Any
 from quiesce.errors import HoldActive, HolderError, QuiesceError
 from quiesce.freezing.freeze_set import LEVEL_LIGHT
 from quiesce.hold import protocol as proto
+from quiesce.hold import warmup
 from quiesce.hold.lifecycle import (
     ABORTED,
     AUTO_RELEASED,
@@ -960,6 +961,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--deadline-at", type=float, default=None,
                         help="CLOCK_MONOTONIC time by which every instance must be held")
+    parser.add_argument("--go-fd", type=int, default=None,
+                        help="import meanwhile, start only on pre's go here (hold.warmup)")
     args = parser.parse_args(argv)
     # A module imported for the first time while holding (a plugin's lazy import at release)
     # must not write its .pyc: that directory may be on a frozen filesystem, and the write
@@ -969,6 +972,15 @@ def main(argv: list[str] | None = None) -> int:
     ready_fd = args.ready_fd
     os.set_inheritable(ready_fd, False)
     os.chdir("/")
+    from quiesce.settings import parse_plugin_list
+
+    plugins, cutoff = parse_plugin_list(args.plugins), args.deadline_at
+    if args.go_fd is not None:  # started by 'pre' before its checks: touch nothing until go
+        go = warmup.start_when_told(args.go_fd, args.config, plugins)
+        if go is None:
+            return 0  # 'pre' attempted nothing (or is gone): no hold ever existed
+        cutoff = go.deadline_at if go.deadline_at is not None else cutoff
+        os.environ.update(go.environ)
 
     holder: Holder | None = None
 
@@ -979,10 +991,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
-    from quiesce.settings import parse_plugin_list
-
-    holder = Holder(args.config, args.runtime_dir, parse_plugin_list(args.plugins),
-                    cutoff=args.deadline_at, ready_fd=ready_fd)
+    holder = Holder(args.config, args.runtime_dir, plugins, cutoff=cutoff, ready_fd=ready_fd)
     try:
         try:
             ready = holder.start()
