@@ -36,10 +36,16 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
-from quiesce.hold import protocol as proto
 from quiesce.timefmt import iso
+
+if TYPE_CHECKING:
+    from typing import Any
+
+# quiesce.hold.protocol (sockets, the runtime dir checks) is imported only to recover: the
+# guardian starts while the holder quiesces, and every millisecond of CPU it spends then is
+# taken from the holder and the database server on a small machine.
 
 RECOVER_TIMEOUT = 60.0
 
@@ -122,6 +128,8 @@ class Guardian:
         if self.hold is None and not self.tokens:
             # Died before anything was held ('pre' reports that failure itself).
             return
+        from quiesce.hold import protocol as proto
+
         instances: list[dict[str, Any]] = []
         listed = (self.hold or {}).get("instances") or [
             {"plugin": p, "name": n} for (p, n) in self.tokens]
