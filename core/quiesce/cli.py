@@ -152,6 +152,9 @@ def _run(argv: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if argv == ["--version"]:  # without loading every plugin for the commands they add
+        print(f"quiesce {__version__}")
+        return 0
     if argv[:1] == ["post"]:
         # 'post' runs while the locks are held: its usual arguments are read without argparse,
         # so the release request goes out before anything else is imported.

@@ -27,3 +27,14 @@ def test_output_is_complete_after_the_skipped_collection() -> None:
     proc = subprocess.run([sys.executable, "-m", "quiesce", "--help"], capture_output=True,
                           text=True, check=False, timeout=60)
     assert proc.returncode == 0 and "usage: quiesce" in proc.stdout
+
+
+def test_version_loads_no_plugin() -> None:
+    code = ("import sys\nfrom quiesce.cli import main\nassert main(['--version']) == 0\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('quiesce_', 'pluggy',"
+            " 'quiesce.plugins'))))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    from quiesce import __version__
+
+    assert proc.stdout.splitlines() == [f"quiesce {__version__}", "[]"]
