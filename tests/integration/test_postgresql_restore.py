@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -50,7 +51,16 @@ class Scenario:
 
 
 def cp_a(src: Path, dst: Path) -> None:
-    subprocess.run(["cp", "-a", str(src), str(dst)], check=True, timeout=120)
+    """Copy a live server's directory. A file the server removes mid-copy (its WAL writer's
+    xlogtemp.N) makes cp fail; such a copy is simply taken again."""
+    for attempt in range(5):
+        done = subprocess.run(["cp", "-a", str(src), str(dst)], capture_output=True, text=True,
+                              timeout=120, check=False)
+        if done.returncode == 0:
+            return
+        if "No such file or directory" not in done.stderr or attempt == 4:
+            raise AssertionError(f"cp -a {src} {dst} failed: {done.stderr}")
+        shutil.rmtree(dst, ignore_errors=True)
 
 
 def point_wal(data: Path, wal_dir: Path) -> None:
