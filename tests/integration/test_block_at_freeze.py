@@ -208,7 +208,7 @@ with conn.cursor() as cur:
 
 
 def quiesce_run(cli: QuiesceCli, server: Any, mount: str, *, after_pre: str = "",
-                continue_on_failure: bool = False, expect: str = "1205"
+                continue_on_failure: bool = False, expect: str = "1205", probe: bool = True
                 ) -> tuple[int, dict[str, Any]]:
     """``quiesce run`` with quiesce's pre/post wrappers, freezing ``mount``; the snapshot
     command proves commits are blocked while it runs, the pre-script (after 'quiesce pre')
@@ -222,10 +222,11 @@ def quiesce_run(cli: QuiesceCli, server: Any, mount: str, *, after_pre: str = ""
     (root / "kill.py").write_text(KILL_HOLD)
     py, quiesce = sys.executable, f"{sys.executable} -m quiesce"
     common = f"--config {cli.config} --runtime-dir {cli.rundir}"
+    probe_after_pre = (f"{py} {root / 'probe.py'} {server.socket} {root / 'after-pre'} any\n"
+                       if probe else "")
     scripts = {
-        "pre.sh": f"{quiesce} pre {common}\nrc=$?\n"
-                  f"{py} {root / 'probe.py'} {server.socket} {root / 'after-pre'} any\n"
-                  + after_pre + "exit $rc\n",
+        "pre.sh": f"{quiesce} pre {common}\nrc=$?\n" + probe_after_pre + after_pre
+                  + "exit $rc\n",
         "post.sh": f"exec {quiesce} post {common} --json\n",
     }
     for name, body in scripts.items():
@@ -239,7 +240,8 @@ def quiesce_run(cli: QuiesceCli, server: Any, mount: str, *, after_pre: str = ""
         "timeoutInSeconds": 60, "continueBackupOnFailure": continue_on_failure,
         "fsFreezeEnabled": True}))
     config.chmod(0o600)
-    snapshot = f"{py} {root / 'probe.py'} {server.socket} {root / 'during-snapshot'} {expect}"
+    snapshot = (f"{py} {root / 'probe.py'} {server.socket} {root / 'during-snapshot'} {expect}"
+                if probe else "/bin/true")
     proc = subprocess.run([py, "-m", "quiesce", "run", "--config", str(config), "--json",
                            "--freeze-timeout", "30", "--snapshot-command", snapshot,
                            "--freeze-mount", mount], capture_output=True, text=True,
@@ -259,6 +261,8 @@ def test_quiesce_run_takes_the_commit_block_at_the_freeze(
     hold = status["hold"]
     assert hold["block"]["ok"] is True and hold["block"]["blocked"] is True, hold
     assert hold["released_at_thaw"] is True
+    # nothing stopped writes after pre: the freeze waited for the kernel to settle
+    assert 0 <= hold["settled_ms"] <= 50
     assert (cli.root / "after-pre").read_text() == "through"  # no commit block before
     assert (cli.root / "during-snapshot").read_text() == "1205"  # blocked during it
     record = json.loads(wait_for(
@@ -295,3 +299,18 @@ def test_quiesce_run_whose_block_fails_is_not_application_consistent(
         assert status["consistency"] == "filesystem"
         assert status["freeze"]["mounts"] == [str(disk.mount_point)]
     assert unlocked(own, myisam=False)
+
+
+def test_quiesce_run_with_postgresql_settles_and_completes_nothing(
+        cli: QuiesceCli, postgresql_server: Any, loop_disk_factory: Any) -> None:
+    """Backup mode never stops commits: the freeze waits for the kernel to settle after the
+    pre-script, and there is no write block to take at the freeze."""
+    disk = loop_disk_factory("ext4", name="frozen")
+    cli.write_sections([("postgresql", {"name": "pg",
+                                        "conninfo": postgresql_server.socket_conninfo})])
+    code, status = quiesce_run(cli, postgresql_server, str(disk.mount_point), probe=False)
+    assert code == 0, status
+    assert status["consistency"] == "application", status["errors"]
+    assert 0 <= status["hold"]["settled_ms"] <= 50
+    assert "block" not in status["hold"]
+    assert status["hold"]["released_at_thaw"] is True
