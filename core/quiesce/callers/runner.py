@@ -491,6 +491,7 @@ class Runner:
             self._raise_pending()
             self._snapshot_phases(prepared, pre_ok, pre_ended)
         finally:
+            self._close_block_connection()  # after the thaw (or on an error before it)
             if self._early_session is not None:
                 self._early_session.cancel()  # no-op once it froze
             # The post-script runs whenever the pre-script was started, whatever happened.
@@ -640,13 +641,16 @@ class Runner:
                     if not frozen_ok:
                         thaw_rec.detail = "nothing was frozen"
 
-        if self._block_connection is not None:
-            self._block_connection.close()
-            self._block_connection = None
+        self._close_block_connection()
         self._report_window(prepared, session, freeze_error, result)
         status.snapshot_taken = bool(result and result.taken)
         status.consistency = self._consistency(pre_ok, freezing, frozen_ok, session)
         self._raise_pending()
+
+    def _close_block_connection(self) -> None:
+        connection, self._block_connection = self._block_connection, None
+        if connection is not None:
+            connection.close()
 
     def _freeze_step(self, prepared: Prepared, session: Any, complete: Callable[[], None] | None
                      ) -> tuple[Any, bool, FreezeError | None]:
