@@ -407,8 +407,8 @@ class FreezeSession:
             self._state = "cancelled"
 
     def freeze(self, before: Callable[[], None] | None = None) -> None:
-        """Sync, then FIFREEZE every mount (all or nothing). ``before`` runs after the sync,
-        just before the watchdog is armed and the first FIFREEZE (``quiesce run`` completes the
+        """Sync, then FIFREEZE every mount (all or nothing). ``before`` runs after the sync and
+        the watchdog's arming, just before the first FIFREEZE (``quiesce run`` completes the
         databases' hold there); if it raises, nothing is frozen, the watchdog is stopped and
         the exception propagates."""
         if self._state not in ("new", "prepared"):
@@ -423,10 +423,10 @@ class FreezeSession:
             if prepared:
                 if self.sync:
                     _sync_filesystems(self._fds)
+                assert self._watchdog is not None
+                self._watchdog.arm()  # before 'before': its round trip stays out of the hold
                 if before is not None:
                     before()
-                assert self._watchdog is not None
-                self._watchdog.arm()
             else:
                 self._open_descriptors()
                 if self.sync:
