@@ -263,6 +263,10 @@ class MySQLQuiescer(Quiescer):
             for sql in step.release:
                 self._run(sql, deadline=deadline)
             self._taken.remove(step)
+        if "commit_block" in metadata and self._blocked_at is not None:
+            # until the unlock just done (the coordinates were read inside the block)
+            metadata["commit_block"]["held_seconds"] = round(
+                time.monotonic() - self._blocked_at, 3)
         metadata["held_seconds"] = round(held, 3)
         metadata["release_confirmed_by"] = self._confirm_released(deadline)
         if self._notes:
@@ -602,7 +606,7 @@ class MySQLQuiescer(Quiescer):
         if self._late is None:
             return {}
         held = None if self._blocked_at is None else round(time.monotonic() - self._blocked_at,
-                                                           3)
+                                                           3)  # release() sets the final one
         return {"commit_block": {
             "deferred_to_freeze": True,
             "steps": [step.kind for step in self._late],
