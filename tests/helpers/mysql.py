@@ -46,13 +46,29 @@ def write_error(server: Any, value: int = 7) -> int | None:
     """The error code of an InnoDB insert into app.inno with lock_wait_timeout = 0 (None: it
     went through). Held by a lock it fails at once with 1205; a write stuck on a frozen
     filesystem would end in a read timeout (2013) instead."""
+    return statement_error(server, ("INSERT INTO app.inno (v) VALUES (%s)", (value,)))
+
+
+def ddl_error(server: Any) -> int | None:
+    """:func:`statement_error` of a CREATE and DROP TABLE in ``app``: 1205 while DDL is
+    blocked (e.g. BACKUP STAGE BLOCK_DDL), None when it went through."""
+    return statement_error(server,
+                           ("CREATE TABLE IF NOT EXISTS app.ddl_probe (id INT) ENGINE=InnoDB",
+                            None),
+                           ("DROP TABLE app.ddl_probe", None))
+
+
+def statement_error(server: Any, *statements: tuple[str, tuple[Any, ...] | None]) -> int | None:
+    """Run ``statements`` (sql, params) in a fresh session with lock_wait_timeout = 0 and
+    commit: the server's error code, or None when every one went through."""
     import pymysql
 
     conn = server.connect(read_timeout=20)
     try:
         with conn.cursor() as cur:
             cur.execute("SET SESSION lock_wait_timeout = 0")
-            cur.execute("INSERT INTO app.inno (v) VALUES (%s)", (value,))
+            for sql, params in statements:
+                cur.execute(sql, params)
         conn.commit()
     except pymysql.err.MySQLError as exc:
         return int(exc.args[0])

@@ -13,12 +13,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import pymysql
 import pytest
 
 from helpers import wait_for
 from helpers.cli import QuiesceCli, cli_workspace
-from helpers.mysql import setup_schema, unlocked, write_error
+from helpers.mysql import ddl_error, setup_schema, unlocked, write_error
 from quiesce.hold import protocol as proto
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("require_root")]
@@ -44,20 +43,6 @@ def server(mysql_server: Any) -> Any:
 def configure(cli: QuiesceCli, server: Any, *, max_hold: int = 120, **options: Any) -> None:
     cli.write_sections([("mysql", {"name": "main", "unix_socket": str(server.socket),
                                    "user": "root", **options})], max_hold=max_hold)
-
-
-def ddl_error(server: Any) -> int | None:
-    conn = server.connect(read_timeout=20)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION lock_wait_timeout = 0")
-            cur.execute("CREATE TABLE IF NOT EXISTS app.ddl_probe (id INT) ENGINE=InnoDB")
-            cur.execute("DROP TABLE app.ddl_probe")
-    except pymysql.err.MySQLError as exc:
-        return int(exc.args[0])
-    finally:
-        conn.close()
-    return None
 
 
 def deferred_pre(cli: QuiesceCli, monkeypatch: pytest.MonkeyPatch,
