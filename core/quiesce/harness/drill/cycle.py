@@ -248,10 +248,13 @@ class Cycle:
                              f"{summary or err.strip()[-800:]}")
         want = "application" if self.mode == "quiesced" else None
         ok = code == 0 and (want is None or r.consistency == want)
+        block = (status.get("hold") or {}).get("block") or {}
         self.result.checks.append(Check(
             "snapshot_cycle", ok,
             f"quiesce run exit {code}, consistency {r.consistency}"
             + (f", window {r.freeze_window_ms} ms" if r.freeze_window_ms is not None else "")
+            + (f", commit block taken at the freeze ({block.get('ms')} ms)"
+               if block.get("blocked") else "")
             + (f"; errors: {summary}" if summary else "")))
         if log_later:
             # PostgreSQL with plain directories: WAL copied after pg_backup_stop, as
