@@ -67,6 +67,8 @@ def test_pre_blocks_ddl_only_and_block_adds_the_commit_block(
     assert write_error(server, 1) is None, "a commit waited before the freeze's block"
     status = proto.request(str(cli.rundir), "status")
     assert status["block_pending"] is True and status["blocks_writes"] is False
+    shown = cli.run("status").stdout
+    assert "commits go on: the commit block waits for 'quiesce run'" in shown, shown
     if lock != "ftwrl":  # FTWRL alone has nothing to take before the freeze
         assert ddl_error(server) == LOCK_WAIT
     answer = proto.request(str(cli.rundir), "block", run_id=RUN_ID)

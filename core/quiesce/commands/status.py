@@ -187,6 +187,9 @@ def _print(state: dict[str, Any], as_json: bool) -> None:
         if state.get("remaining_seconds") is not None:
             line += f" ({state['remaining_seconds']} s left)"
     print(line)
+    if state.get("block_pending"):
+        print("  commits go on: the commit block waits for 'quiesce run' to take it just "
+              "before its freeze")
     for inst in state.get("instances") or []:
         line = f"  {inst.get('plugin')}/{inst.get('name')}: {inst.get('status')}"
         if inst.get("held_seconds") is not None:
