@@ -541,3 +541,23 @@ def test_the_before_step_runs_unfrozen_and_its_failure_freezes_nothing(
         assert wait_for(lambda: not os.path.exists(f"/proc/{watchdog}"), 10)
     failing.thaw()  # nothing to do, and harmless
     assert not is_frozen(mount)
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_a_slow_before_step_does_not_use_up_the_watchdog_deadline(
+        loop_disk_factory, prepared: bool) -> None:
+    """The deadline counts from just before the first FIFREEZE, not from before the 'before'
+    step (quiesce run may wait seconds there for a database lock)."""
+    disk = loop_disk_factory()
+    mount = str(disk.mount_point)
+    session = FreezeSession(discover_mounts([mount]), timeout=1.0)
+    if prepared:
+        session.prepare()
+    session.freeze(before=lambda: time.sleep(1.5))
+    try:
+        time.sleep(0.3)
+        assert is_frozen(mount), "the watchdog thawed at once: its deadline ran during 'before'"
+    finally:
+        session.thaw()
+    assert not session.watchdog_fired
+    assert not is_frozen(mount)

@@ -407,8 +407,8 @@ class FreezeSession:
             self._state = "cancelled"
 
     def freeze(self, before: Callable[[], None] | None = None) -> None:
-        """Sync, then FIFREEZE every mount (all or nothing). ``before`` runs after the sync and
-        the watchdog's arming, just before the first FIFREEZE (``quiesce run`` completes the
+        """Sync, then FIFREEZE every mount (all or nothing). ``before`` runs after the sync,
+        just before the watchdog is armed and the first FIFREEZE (``quiesce run`` completes the
         databases' hold there); if it raises, nothing is frozen, the watchdog is stopped and
         the exception propagates."""
         if self._state not in ("new", "prepared"):
@@ -423,15 +423,19 @@ class FreezeSession:
             if prepared:
                 if self.sync:
                     _sync_filesystems(self._fds)
-                assert self._watchdog is not None
-                self._watchdog.arm()  # before 'before': its round trip stays out of the hold
                 if before is not None:
                     before()
+                # Armed after 'before' (which may wait seconds for a lock): the deadline counts
+                # from just before the first FIFREEZE, however long that took.
+                assert self._watchdog is not None
+                self._watchdog.arm()
             else:
                 self._open_descriptors()
                 if self.sync:
                     _sync_filesystems(self._fds)
-                self._watchdog = _WatchdogProcess(self._fds, self.timeout)
+                # With a 'before' step the deadline waits for it too (armed after it).
+                self._watchdog = _WatchdogProcess(self._fds, self.timeout,
+                                                  wait_for_arm=before is not None)
                 self._watchdog.start()
                 if self.sync:
                     # Starting the watchdog takes ~100 ms of interpreter start-up, during which
@@ -440,6 +444,7 @@ class FreezeSession:
                     _sync_filesystems(self._fds)
                 if before is not None:
                     before()
+                    self._watchdog.arm()
         except BaseException:
             self._abandon()
             raise
