@@ -223,10 +223,12 @@ class MySQLQuiescer(Quiescer):
         before = len(self._taken)
         for step in self._late:
             self._acquire(step, budget, deadline, report)
-        self._blocked_at = time.monotonic()
+        blocked_at = time.monotonic()
+        self._verify_held(deadline, report, self._taken[before:])
+        # Only a proven block counts (in the record too: binlog_position_exact).
+        self._blocked_at = blocked_at
         self.plan = LockPlan(self.plan.requested, self._early + self._late,
                              f"{self.plan.reason}; {self._late_reason}")
-        self._verify_held(deadline, report, self._taken[before:])
 
     @property
     def blocks_writes(self) -> bool:

@@ -1,10 +1,11 @@
 """The commit block deferred to the freeze, against a real MariaDB through the real CLI.
 
-When ``quiesce run`` runs quiesce's own wrappers it sets QUIESCE_DEFER_BLOCK to its run id for
-the pre-script: the holder then holds MariaDB at BACKUP STAGE BLOCK_DDL only (DDL waits,
-commits go on) until the runner's 'block' request, sent just before the first FIFREEZE, adds
-BLOCK_COMMIT. Blocking is proven from the server's side with lock_wait_timeout = 0: a statement
-that must wait fails at once with 1205, one that must not goes through."""
+When ``quiesce run`` runs quiesce's own wrappers it sets QUIESCE_DEFER_BLOCK to its run id and
+the runtime dir it will talk to, for the pre-script: the holder then holds MariaDB at BACKUP
+STAGE BLOCK_DDL only (DDL waits, commits go on) until the runner's 'block' request, sent just
+before the first FIFREEZE, adds BLOCK_COMMIT. Blocking is proven from the server's side with
+lock_wait_timeout = 0: a statement that must wait fails at once with 1205, one that must not
+goes through."""
 
 from __future__ import annotations
 
@@ -45,10 +46,11 @@ def configure(cli: QuiesceCli, server: Any, *, max_hold: int = 120, **options: A
                                    "user": "root", **options})], max_hold=max_hold)
 
 
-def deferred_pre(cli: QuiesceCli, monkeypatch: pytest.MonkeyPatch,
-                 defer_for: str = RUN_ID) -> dict[str, Any]:
+def deferred_pre(cli: QuiesceCli, monkeypatch: pytest.MonkeyPatch, defer_for: str = RUN_ID,
+                 defer_dir: str | None = None) -> dict[str, Any]:
     monkeypatch.setenv("QUIESCE_RUN_ID", RUN_ID)
-    monkeypatch.setenv(proto.DEFER_BLOCK_ENV, defer_for)
+    monkeypatch.setenv(proto.DEFER_BLOCK_ENV,
+                       proto.defer_block_value(defer_for, defer_dir or str(cli.rundir)))
     out = cli.run("pre", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
     return json.loads(out.stdout)
@@ -102,11 +104,17 @@ def test_a_release_without_the_block_is_recorded_not_consistent(
     assert unlocked(server, myisam=False)
 
 
+@pytest.mark.parametrize("other", ["run", "runtime dir"])
 def test_another_runs_defer_request_is_ignored(
-        cli: QuiesceCli, server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """QUIESCE_DEFER_BLOCK left over from another run: pre takes the whole hold."""
+        cli: QuiesceCli, server: Any, monkeypatch: pytest.MonkeyPatch, other: str) -> None:
+    """QUIESCE_DEFER_BLOCK left over from another run, or naming another runtime dir (a second
+    'quiesce pre' in the same pre-script, whose holder the runner would never tell to block):
+    pre takes the whole hold."""
     configure(cli, server)
-    deferred_pre(cli, monkeypatch, defer_for="20261130T220000Z-0badf00d")
+    if other == "run":
+        deferred_pre(cli, monkeypatch, defer_for="20261130T220000Z-0badf00d")
+    else:
+        deferred_pre(cli, monkeypatch, defer_dir=str(cli.root / "another-rt"))
     assert write_error(server, 1) == LOCK_WAIT
     status = proto.request(str(cli.rundir), "status")
     assert status["block_pending"] is False and status["blocks_writes"] is True

@@ -138,3 +138,50 @@ def test_blocks_run_in_parallel() -> None:
     hold.quiesce_all()
     assert hold.block_all(10) == []
     hold.release_all()
+
+
+def test_an_instance_lost_before_its_block_makes_the_block_fail() -> None:
+    class Dies(Splittable):
+        def check_alive(self) -> None:
+            from quiesce.errors import SessionLost
+
+            raise SessionLost(f"{self.name}: server restarted")
+
+    alive, dead = Splittable("alive"), Dies("dead")
+    hold = Hold([alive, dead], timeout=10, defer_block=True)
+    hold.quiesce_all()
+    hold.check_alive()  # 'dead' is lost between pre and the freeze
+    assert hold.block_pending()
+    failed = hold.block_all(5)
+    assert [r.name for r in failed] == ["dead"]
+    assert "lost before its deferred write block" in (failed[0].error or "")
+    hold.release_all()
+
+
+def test_a_block_that_returns_after_the_core_gave_up_is_undone(monkeypatch) -> None:
+    from quiesce.hold import lifecycle
+
+    monkeypatch.setattr(lifecycle, "JOIN_GRACE", 0.05)
+    returned = threading.Event()
+
+    class Slow(Splittable):
+        def block(self, deadline: Deadline) -> None:
+            import time
+
+            time.sleep(0.5)  # ignores its deadline
+            super().block(deadline)
+            returned.set()
+
+    q = Slow("slow")
+    hold = Hold([q], timeout=10, defer_block=True)
+    hold.quiesce_all()
+    failed = hold.block_all(0.1)
+    assert [r.name for r in failed] == ["slow"] and "did not return" in (failed[0].error or "")
+    assert returned.wait(5)
+    import time
+
+    give_up = time.monotonic() + 5
+    while "abort" not in q.calls and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert "abort" in q.calls, "a block taken after the core gave up was left held"
+    hold.release_all()

@@ -67,9 +67,10 @@ SNAPSHOT_MARGIN = 1.0
 FREEZE_SETTLE_SECONDS = 0.05
 #: How long the runner waits for the holder to answer 'status' before the freeze.
 HOLD_STATUS_TIMEOUT = 5.0
-#: How long the runner waits for the holder to take the write block at the freeze (the
-#: holder gives itself BLOCK_SECONDS = 10 s).
-HOLD_BLOCK_TIMEOUT = 15.0
+#: How long the runner waits for the holder to take the write block at the freeze: more than
+#: the holder gives itself (BLOCK_SECONDS = 10 s, plus 5 s of grace and the release of a hold
+#: it cannot complete), so the runner hears the real reason of a failure.
+HOLD_BLOCK_TIMEOUT = 40.0
 
 
 class Interrupted(QuiesceError):
@@ -518,11 +519,11 @@ class Runner:
 
         frozen = [m.mount_point for m in prepared.mounts] if prepared.config.fs_freeze else []
         env[FREEZE_MOUNTS_ENV] = freeze_mounts_value(self.run_id, frozen)
-        from quiesce.hold.protocol import DEFER_BLOCK_ENV
+        from quiesce.hold.protocol import DEFER_BLOCK_ENV, defer_block_value
 
         env.pop(DEFER_BLOCK_ENV, None)
         if phase == "pre" and prepared.defer_runtime_dir is not None:
-            env[DEFER_BLOCK_ENV] = self.run_id
+            env[DEFER_BLOCK_ENV] = defer_block_value(self.run_id, prepared.defer_runtime_dir)
         try:
             result = scripts.run_script(
                 phase, spec.path, spec.params, timeout=spec.timeout, retries=spec.retries,
@@ -722,11 +723,6 @@ class Runner:
                 raise self.hold_error
 
         return complete
-
-    def _complete_or_note(self, complete: Callable[[], None]) -> None:
-        """No freeze: complete the hold just before the snapshot."""
-        with contextlib.suppress(HoldIncomplete):
-            complete()
 
     def _sync_phase(self, freezing: bool) -> None:
         record = self.status.phase("sync")

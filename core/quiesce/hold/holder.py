@@ -311,8 +311,9 @@ class Holder:
         wanted = os.environ.get(proto.DEFER_BLOCK_ENV, "")
         if not wanted:
             return False
-        if not valid_run_id(wanted) or base_run_id(self.run_id) != wanted:
-            self.log(f"ignoring {proto.DEFER_BLOCK_ENV}={wanted!r}: not this run's id")
+        if not proto.defer_block_for(wanted, base_run_id(self.run_id), self.rundir):
+            self.log(f"ignoring {proto.DEFER_BLOCK_ENV}={wanted!r}: not this run's id and "
+                     "runtime dir")
             return False
         return True
 

@@ -53,6 +53,8 @@ ABORTED = Status.ABORTED
 JOIN_GRACE = 5.0
 # Period at which a join re-checks whether the hold was abandoned.
 ABANDON_POLL = 0.02
+# How long block_all's threads outlive their block when no release comes (see block_all).
+BLOCK_THREAD_LINGER = 600.0
 # How long a release that has not returned holds up the next instance's release.
 RELEASE_STAGGER = 1.0
 # Extra seconds a release gets past release_timeout (plugins may first wait out a liveness
@@ -176,6 +178,7 @@ class Hold:
         self._abandon_event = threading.Event()
         self._workers: list[threading.Thread] = []
         self.defer = defer_block
+        self._blocks_done = threading.Event()  # block_all's threads may end (release_all)
 
     def abandon(self, why: str) -> bool:
         """Stop waiting for the calls in flight: whatever they acquire from now on is released
@@ -342,9 +345,9 @@ class Hold:
 
     # ----------------------------------------------------------------- holding
     def block_pending(self) -> bool:
-        """Some held instance still waits for :meth:`block_all`."""
-        return any(s.deferred and s.blocked_at is None and s.result.status == HELD
-                   for s in self.slots)
+        """Some instance's deferred write block was not taken yet (held, or lost since: then
+        :meth:`block_all` reports it, the hold cannot be completed)."""
+        return bool(self.block_missed())
 
     def block_missed(self) -> list[str]:
         """Instances whose deferred write block was never taken (whatever their status now)."""
@@ -365,46 +368,64 @@ class Hold:
 
     def block_all(self, timeout: float) -> list[InstanceResult]:
         """Take every deferred write block, in parallel, each under its instance's turn (the
-        liveness thread may be checking it). Returns the instances that failed; the caller
-        then releases the whole hold (it is not complete)."""
+        liveness thread may be checking it). Returns the instances that failed, or were lost
+        since 'pre' (their block can never come); the caller then releases the whole hold.
+
+        Each block runs in a thread of its own, bounded like any call (a block that returns
+        after the core gave up is undone at once). The threads do not end when their block
+        returns: they wait for :meth:`release_all` (at most BLOCK_THREAD_LINGER seconds), since
+        a thread that ends just before the caller's FIFREEZE queues kernel work the freeze
+        then waits for (docs/performance.md)."""
         deadline = Deadline(timeout)
-        pending = [s for s in self.slots if s.deferred and s.blocked_at is None
-                   and s.result.status == HELD]
-        errors: dict[int, str] = {}
+        missed = [s for s in self.slots if s.deferred and s.blocked_at is None]
+        pending = [s for s in missed if s.result.status == HELD]
+        errors: dict[int, str] = {
+            id(s): f"lost before its deferred write block ({s.result.status})"
+            for s in missed if s.result.status != HELD}
+        finished = {id(s): threading.Event() for s in pending}
 
-        def take(index: int, slot: _Slot) -> None:
-            with slot.busy:
-                if slot.result.status != HELD:
-                    errors[index] = f"not held any more ({slot.result.status})"
-                    return
-                try:
-                    slot.quiescer.block(deadline)
-                except BaseException as exc:
-                    errors[index] = f"the write block deferred to the freeze failed: " \
-                                    f"{describe(exc)}"
-                    return
-                slot.blocked_at = time.monotonic()
+        def take(slot: _Slot) -> None:
+            try:
+                self._take_block(slot, deadline, errors)
+            finally:
+                finished[id(slot)].set()
+            self._blocks_done.wait(BLOCK_THREAD_LINGER)
 
-        # The last one runs in this thread: a thread that ends just before the caller's
-        # FIFREEZE queues kernel work the freeze then waits for (docs/performance.md).
-        threads = [threading.Thread(target=take, args=(i, s), daemon=True,
-                                    name=f"block-{s.result.plugin}-{s.result.name}")
-                   for i, s in enumerate(pending[:-1])]
-        for thread in threads:
-            thread.start()
-        if pending:
-            take(len(pending) - 1, pending[-1])
-        for index, thread in enumerate(threads):
-            thread.join(max(0.0, deadline.remaining()) + JOIN_GRACE)
-            if thread.is_alive():
-                errors.setdefault(index, f"block did not return within {timeout:g} s")
+        for slot in pending:
+            threading.Thread(target=take, args=(slot,), daemon=True,
+                             name=f"block-{slot.result.plugin}-{slot.result.name}").start()
+        give_up = deadline.at + JOIN_GRACE
+        for slot in pending:
+            finished[id(slot)].wait(max(0.0, give_up - time.monotonic()))
+            with self._order_lock:
+                if not finished[id(slot)].is_set():
+                    slot.given_up = True
+                    errors.setdefault(id(slot), f"block did not return within {timeout:g} s")
         failed = []
-        for index, slot in enumerate(pending):
-            if index in errors:
-                slot.result.error = errors[index]
-                self.log(f"{slot.result.plugin}/{slot.result.name}: {errors[index]}")
+        for slot in missed:
+            if id(slot) in errors:
+                slot.result.error = errors[id(slot)]
+                self.log(f"{slot.result.plugin}/{slot.result.name}: {errors[id(slot)]}")
                 failed.append(slot.result)
         return failed
+
+    def _take_block(self, slot: _Slot, deadline: Deadline, errors: dict[int, str]) -> None:
+        with slot.busy:
+            if slot.result.status != HELD:
+                errors[id(slot)] = f"not held any more ({slot.result.status})"
+                return
+            try:
+                slot.quiescer.block(deadline)
+            except BaseException as exc:
+                errors[id(slot)] = (f"the write block deferred to the freeze failed: "
+                                    f"{describe(exc)}")
+                return
+            with self._order_lock:
+                late = slot.given_up
+                if not late:
+                    slot.blocked_at = time.monotonic()
+        if late:  # the core stopped waiting: whatever it took is undone now
+            self._abort(slot)
 
     def blocked_since(self) -> float | None:
         """Monotonic time by which every deferred write block was taken (None: none was)."""
@@ -456,6 +477,7 @@ class Hold:
         after RELEASE_STAGGER seconds if it has not (a hung server must not keep the others
         locked). Returns when every release has returned or given up.
         """
+        self._blocks_done.set()
         taken = sorted((s for s in self.slots if s.result.status == HELD),
                        key=lambda s: s.taken_order, reverse=True)
         threads: list[tuple[_Slot, threading.Thread]] = []

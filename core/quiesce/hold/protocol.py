@@ -71,6 +71,19 @@ MAX_MESSAGE = 16 * 1024 * 1024
 # part of the hold that stops writes for a 'block' request the runner sends just before its
 # first FIFREEZE (engines that cannot split their hold take it all in 'pre', as always).
 DEFER_BLOCK_ENV = "QUIESCE_DEFER_BLOCK"
+
+
+def defer_block_value(run_id: str, rundir: str) -> str:
+    """DEFER_BLOCK_ENV's value: the run id and the runtime dir whose holder the runner will
+    send 'block' to (a second 'quiesce pre' on another dir must not defer: nobody would)."""
+    return f"{run_id} {os.path.realpath(rundir)}"
+
+
+def defer_block_for(value: str, run_id: str, rundir: str) -> bool:
+    """Whether DEFER_BLOCK_ENV = ``value`` asks the holder of ``run_id`` in ``rundir``."""
+    wanted_id, _, wanted_dir = value.partition(" ")
+    return bool(wanted_id) and wanted_id == run_id \
+        and wanted_dir == os.path.realpath(rundir)
 # The version of the request/answer protocol, sent in every request and answer as "protocol".
 # A peer that sends none is an older quiesce (before versions): it is served as version 1, so
 # an upgrade between 'pre' and 'post' never strands a hold. Every change keeps the ops and
