@@ -607,13 +607,11 @@ class MySQLQuiescer(Quiescer):
         """Whether the commit block waited for the caller's freeze, and for how long it held."""
         if self._late is None:
             return {}
-        held = None if self._blocked_at is None else round(time.monotonic() - self._blocked_at,
-                                                           3)  # release() sets the final one
         return {"commit_block": {
             "deferred_to_freeze": True,
             "steps": [step.kind for step in self._late],
             "taken": bool(self._late) and self._blocked_at is not None,
-            "held_seconds": held,
+            "held_seconds": None,  # release() sets it once unlocked
             "reason": self._late_reason,
         }}
 

@@ -66,7 +66,7 @@ def test_without_defer_block_the_whole_hold_is_taken_in_quiesce() -> None:
     hold = Hold([q], timeout=10)
     hold.quiesce_all()
     assert "defer_block" not in q.calls
-    assert hold.blocks_writes() and not hold.block_pending() and hold.block_missed() == []
+    assert hold.blocks_writes() and not hold.block_missed() and hold.block_missed() == []
     hold.release_all()
 
 
@@ -75,11 +75,11 @@ def test_deferred_hold_blocks_writes_only_after_block_all() -> None:
     hold = Hold([a, b], timeout=10, defer_block=True)
     hold.quiesce_all()
     assert a.calls == ["prepare", "defer_block", "quiesce"]
-    assert not hold.blocks_writes() and hold.block_pending()
+    assert not hold.blocks_writes() and bool(hold.block_missed())
     assert hold.block_missed() == ["fake/a", "fake/b"]
     assert hold.block_all(5) == []
-    assert hold.blocks_writes() and not hold.block_pending() and hold.block_missed() == []
-    assert hold.blocked_since() is not None
+    assert hold.blocks_writes() and not hold.block_missed() and hold.block_missed() == []
+    assert all(slot.blocked_at is not None for slot in hold.slots)  # when each was taken
     assert hold.block_all(5) == []  # a second request takes nothing twice
     assert a.calls.count("block") == 1
     results = hold.release_all()
@@ -91,7 +91,7 @@ def test_an_engine_that_cannot_split_takes_everything_in_quiesce() -> None:
     hold = Hold([split, whole], timeout=10, defer_block=True)
     hold.quiesce_all()
     assert hold.blocks_writes()  # 'whole' blocks already: the runner must not wait
-    assert hold.block_pending()
+    assert bool(hold.block_missed())
     assert hold.block_all(5) == []
     assert "block" not in whole.calls and split.calls.count("block") == 1
     hold.release_all()
@@ -117,7 +117,7 @@ def test_defer_block_raising_keeps_the_whole_hold_in_quiesce() -> None:
     logged: list[str] = []
     hold = Hold([q], timeout=10, defer_block=True, log=logged.append)
     hold.quiesce_all()
-    assert hold.blocks_writes() and not hold.block_pending()
+    assert hold.blocks_writes() and not hold.block_missed()
     assert any("defer_block raised" in line for line in logged)
     hold.release_all()
 
@@ -151,7 +151,7 @@ def test_an_instance_lost_before_its_block_makes_the_block_fail() -> None:
     hold = Hold([alive, dead], timeout=10, defer_block=True)
     hold.quiesce_all()
     hold.check_alive()  # 'dead' is lost between pre and the freeze
-    assert hold.block_pending()
+    assert bool(hold.block_missed())
     failed = hold.block_all(5)
     assert [r.name for r in failed] == ["dead"]
     assert "lost before its deferred write block" in (failed[0].error or "")

@@ -56,7 +56,7 @@ def test_the_deadline_and_the_azure_declaration_travel_with_go(
     env: dict[str, str] = {}
     declared = pre.declare_azure_freeze(SimpleNamespace(fs_freeze=True), env)
     assert declared == env == {"QUIESCE_AZURE_FS_FREEZE": "true"}
-    holder = pre._Starting(str(tmp_path / "rt"), "/etc/q.toml", ["postgresql"])
+    holder = pre._Starting(str(tmp_path / "rt"), "/etc/q.toml", "postgresql")
     cutoff = time.monotonic() + 30
     raw = holder.go(cutoff, declared)
     assert raw is not None
@@ -104,11 +104,18 @@ def test_a_holder_that_dies_before_go_is_reported(
     assert holder.go(time.monotonic() + 10, {}) == b""
 
 
-def test_the_plugin_list_is_parsed_like_the_settings_do() -> None:
+def test_the_plugin_list_is_parsed_like_the_settings_do(
+        fake_holder: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    """pre hands --plugins to the holder as given; the holder reads it with the settings' own
+    parser, so both mean the same list."""
     from quiesce.settings import parse_plugin_list
 
-    for text in (None, "postgresql", " mysql , postgresql,,", ""):
-        assert pre._plugin_list(text) == parse_plugin_list(text)
+    holder = pre._Starting(str(tmp_path / "rt"), "/etc/q.toml", " mysql , postgresql,,")
+    raw = holder.go(time.monotonic() + 30, {})
+    assert raw is not None
+    argv = json.loads(raw)["argv"]
+    assert parse_plugin_list(argv[argv.index("--plugins") + 1]) == ["mysql", "postgresql"]
+    assert fake_holder[0].wait(30) == 0
 
 
 def test_pre_starts_the_holder_before_it_imports_the_settings() -> None:

@@ -492,7 +492,7 @@ class Runner:
             self._raise_pending()
             self._snapshot_phases(prepared, pre_ok, pre_ended)
         finally:
-            self._close_block_connection()  # after the thaw (or on an error before it)
+            self._close_block_connection()  # after the thaw, whatever happened
             if self._early_session is not None:
                 self._early_session.cancel()  # no-op once it froze
             # The post-script runs whenever the pre-script was started, whatever happened.
@@ -642,7 +642,6 @@ class Runner:
                     if not frozen_ok:
                         thaw_rec.detail = "nothing was frozen"
 
-        self._close_block_connection()
         self._report_window(prepared, session, freeze_error, result)
         status.snapshot_taken = bool(result and result.taken)
         status.consistency = self._consistency(pre_ok, freezing, frozen_ok, session)
@@ -703,7 +702,7 @@ class Runner:
         def complete() -> None:  # runs between the sync and the first FIFREEZE: no logging
             t0 = time.monotonic()
             try:
-                # Closed after the thaw (_snapshot_phases): a close here would lengthen the
+                # Closed after the thaw (_cycle): a close here would lengthen the
                 # freeze that follows (protocol.LingeringRequest).
                 self._block_connection = proto.LingeringRequest(rundir, HOLD_STATUS_TIMEOUT)
                 reply = self._block_connection.request("block", timeout=HOLD_BLOCK_TIMEOUT,
@@ -847,17 +846,12 @@ def find_hold(prepared: Prepared) -> None:
     the freeze (the matching quiesce pre wrapper, on the same runtime dir)."""
     config, opened = prepared.config, prepared.scripts
     if "post" in opened:
-        prepared.hold_runtime_dir = early_release_dir(opened["post"], config.script("post"))
+        prepared.hold_runtime_dir = wrapper_runtime_dir(opened["post"], config.script("post"),
+                                                        "post")
     if "pre" in opened and prepared.hold_runtime_dir is not None:
         pre_dir = wrapper_runtime_dir(opened["pre"], config.script("pre"), "pre")
         if pre_dir == prepared.hold_runtime_dir:
             prepared.defer_runtime_dir = pre_dir
-
-
-def early_release_dir(trusted: TrustedFile, spec: Any) -> str | None:
-    """The runtime dir of the hold the post-script releases, when it is a quiesce post
-    wrapper whose call can be read (else None: the post-script releases as it always did)."""
-    return wrapper_runtime_dir(trusted, spec, "post")
 
 
 def wrapper_runtime_dir(trusted: TrustedFile, spec: Any, command: str) -> str | None:

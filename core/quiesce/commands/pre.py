@@ -108,10 +108,9 @@ def _main(args: argparse.Namespace, started: float) -> int:
     from quiesce.hold import protocol as proto
 
     rundir = proto.runtime_dir(args.runtime_dir)
-    plugins = _plugin_list(args.plugins)
     # The holder starts first and imports what it needs (plugins, drivers) while this process
     # checks; it touches nothing before the go message (quiesce.hold.warmup).
-    holder = _Starting(rundir, os.path.abspath(args.config), plugins)
+    holder = _Starting(rundir, os.path.abspath(args.config), args.plugins)
     try:
         cutoff, environ, previous = _checks(args, started, rundir)
     except BaseException:
@@ -138,14 +137,6 @@ def _main(args: argparse.Namespace, started: float) -> int:
         ready.setdefault("warnings", []).append(previous["warning"])
     _journal(ready)
     return _report(ready, holder.config, args.json)
-
-
-def _plugin_list(text: str | None) -> list[str] | None:
-    """``--plugins a,b`` -> ["a", "b"] (quiesce.settings.parse_plugin_list, without importing
-    the settings before the holder starts)."""
-    if text is None:
-        return None
-    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _checks(args: argparse.Namespace, started: float,
@@ -178,7 +169,9 @@ def _checks(args: argparse.Namespace, started: float,
 class _Starting:
     """The holder, started before pre's checks with a ready pipe and a go pipe."""
 
-    def __init__(self, rundir: str, config: str, plugins: list[str] | None) -> None:
+    def __init__(self, rundir: str, config: str, plugins: str | None) -> None:
+        """``plugins``: --plugins as given (the holder parses it, with
+        quiesce.settings.parse_plugin_list, which this process does not import yet)."""
         from quiesce.errors import HolderError
 
         self.config = config
@@ -189,7 +182,7 @@ class _Starting:
                      "--runtime-dir", rundir, "--ready-fd", str(ready_write),
                      "--go-fd", str(read_fd)]
         if plugins is not None:
-            self.argv += ["--plugins", ",".join(plugins)]
+            self.argv += ["--plugins", plugins]
         try:
             self.process = _start_holder(self.argv, ready_write, read_fd)
         except OSError as exc:

@@ -438,7 +438,6 @@ class Holder:
             "max_hold_seconds": settings.max_hold_seconds,
             "instances": [r.to_dict() for r in self.hold.results()],
             "warnings": self.warnings,
-            "block_deferred": self.hold.block_pending(),
         }
 
     @staticmethod
@@ -640,11 +639,9 @@ class Holder:
             request.answer({"ok": True, "state": self.state})
             return False
         if op == "release":
-            wanted = request.fields.get("run_id")
-            if wanted and valid_run_id(str(wanted)) and base_run_id(self.run_id) != wanted:
-                request.answer({"ok": False, "error": (
-                    f"the active hold belongs to run {self.run_id}, not {wanted}: left "
-                    "untouched")})
+            foreign = self._foreign_run(request.fields.get("run_id"))
+            if foreign is not None:
+                request.answer(foreign)
                 return False
             keep = request.fields.get("keep") is True
             if self.state == HoldState.HOLDING:
@@ -703,18 +700,26 @@ class Holder:
         request.answer({"ok": False, "error": f"unknown op {op!r}"})
         return False
 
+    def _foreign_run(self, wanted: Any) -> dict[str, Any] | None:
+        """The refusal for a request naming another run's id (None: it names this hold's run,
+        or none at all)."""
+        if wanted and valid_run_id(str(wanted)) and base_run_id(self.run_id) != wanted:
+            return {"ok": False, "error": f"the active hold belongs to run {self.run_id}, not "
+                                          f"{wanted}: left untouched"}
+        return None
+
     def _block(self, wanted: Any) -> dict[str, Any]:
         """'quiesce run', just before its first FIFREEZE: take the write blocks deferred from
         'pre'. If one cannot be taken the hold is not complete: everything is released now and
         the answer says so (the runner then treats its pre-script as failed)."""
         assert self.hold is not None and self.settings is not None
-        if wanted and valid_run_id(str(wanted)) and base_run_id(self.run_id) != wanted:
-            return {"ok": False, "error": f"the active hold belongs to run {self.run_id}, not "
-                                          f"{wanted}: left untouched"}
+        foreign = self._foreign_run(wanted)
+        if foreign is not None:
+            return foreign
         if self.state != HoldState.HOLDING:
             return {"ok": False, "state": self.state,
                     "error": f"no hold to complete (the hold is {self.state})"}
-        if not self.hold.block_pending():
+        if not self.hold.block_missed():
             return {"ok": True, "state": self.state, "blocked": False}
         started = time.monotonic()
         budget = min(BLOCK_SECONDS, max(0.0, (self.deadline or started) - started))
@@ -749,7 +754,7 @@ class Holder:
                 "deadline": iso(self._wall(self.cutoff)),
                 "remaining_seconds": remaining, "instances": instances,
                 "blocks_writes": hold.blocks_writes() if hold is not None else None,
-                "block_pending": hold.block_pending() if hold is not None else None}
+                "block_pending": bool(hold.block_missed()) if hold is not None else None}
 
     # ------------------------------------------------------------------ releasing
     def _outcome(self, state: HoldState, message: str | None = None,

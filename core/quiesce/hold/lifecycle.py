@@ -344,13 +344,9 @@ class Hold:
                          f"{describe(exc)}; its write block is taken now")
 
     # ----------------------------------------------------------------- holding
-    def block_pending(self) -> bool:
-        """Some instance's deferred write block was not taken yet (held, or lost since: then
-        :meth:`block_all` reports it, the hold cannot be completed)."""
-        return bool(self.block_missed())
-
     def block_missed(self) -> list[str]:
-        """Instances whose deferred write block was never taken (whatever their status now)."""
+        """Instances whose deferred write block was not taken (yet), whatever their status
+        now: a lost one can never be blocked, so :meth:`block_all` reports it."""
         return [f"{s.result.plugin}/{s.result.name}" for s in self.slots
                 if s.deferred and s.blocked_at is None]
 
@@ -426,11 +422,6 @@ class Hold:
                     slot.blocked_at = time.monotonic()
         if late:  # the core stopped waiting: whatever it took is undone now
             self._abort(slot)
-
-    def blocked_since(self) -> float | None:
-        """Monotonic time by which every deferred write block was taken (None: none was)."""
-        times = [s.blocked_at for s in self.slots if s.deferred and s.blocked_at is not None]
-        return max(times) if times else None
 
     def held(self) -> list[Quiescer]:
         return [s.quiescer for s in self.slots if s.result.status == HELD]

@@ -9,7 +9,8 @@ quiesce runs as, mode 0700, meant to be on tmpfs (never frozen):
 
 - ``holder.sock``: the holder's Unix socket (0600). Protocol: the client sends one JSON object
   on one line (``{"op": "status"}``, ``{"op": "release"}``, ``{"op": "block"}``...), the holder
-  answers with one JSON object on one line and closes the connection.
+  answers with one JSON object on one line and closes the connection (a request marked
+  ``linger``, :class:`LingeringRequest`, stays open until the client closes it).
 - ``holder.lock``: flock()ed by the holder (and its guardian) for as long as a hold or its
   recovery is in progress; the kernel drops the lock when they die, so it cannot go stale.
 - ``result.json``: the outcome of a hold nobody has collected yet (auto-released by the
