@@ -135,6 +135,19 @@ def _interpreter(path: str) -> str | None:
     return parts[0] if parts and os.path.isabs(parts[0]) else None
 
 
+def _run_targets(command: Sequence[str]) -> list[str]:
+    """What running ``command`` trusts: the executable, the interpreter of a ``#!`` script,
+    and the quiesce package directory."""
+    import quiesce
+
+    targets = [command[0]]
+    interpreter = _interpreter(command[0])
+    if interpreter:
+        targets.append(interpreter)
+    targets.append(os.path.dirname(os.path.abspath(quiesce.__file__)))
+    return targets
+
+
 def command_problems(command: Sequence[str]) -> list[str]:
     """Why the wrappers' command is not safe to run as root at every backup (empty: safe).
 
@@ -144,16 +157,10 @@ def command_problems(command: Sequence[str]) -> list[str]:
     directory, and every directory above them, by the rule of
     :func:`quiesce.security.replaceable_components` (sticky ``/tmp`` is refused too).
     """
-    import quiesce
     from quiesce.security import replaceable_components
 
-    targets = [command[0]]
-    interpreter = _interpreter(command[0])
-    if interpreter:
-        targets.append(interpreter)
-    targets.append(os.path.dirname(os.path.abspath(quiesce.__file__)))
     problems: list[str] = []
-    for target in targets:
+    for target in _run_targets(command):
         for problem in replaceable_components(target):
             if problem not in problems:
                 problems.append(problem)
@@ -164,15 +171,8 @@ def guard_paths(command: Sequence[str]) -> list[str]:
     """The files and directories a wrapper re-checks before it execs ``command``: every
     existing component (as named and resolved) of the executable, the interpreter of a
     ``#!`` script and the quiesce package directory, from ``/`` down."""
-    import quiesce
-
-    targets = [command[0]]
-    interpreter = _interpreter(command[0])
-    if interpreter:
-        targets.append(interpreter)
-    targets.append(os.path.dirname(os.path.abspath(quiesce.__file__)))
     paths: list[str] = []
-    for target in targets:
+    for target in _run_targets(command):
         for candidate in (os.path.abspath(target), os.path.realpath(target)):
             parts = candidate.split("/")
             for end in range(1, len(parts) + 1):

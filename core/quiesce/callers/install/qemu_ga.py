@@ -26,7 +26,6 @@ agent's own configuration is never replaced: ``quiesce check`` says whether the 
 
 from __future__ import annotations
 
-import configparser
 import os
 from typing import TYPE_CHECKING
 
@@ -150,16 +149,10 @@ def make_plan(ctx: Context) -> Plan:
 def hook_setting(path: str) -> str | None:
     """``fsfreeze-hook`` of a qemu-ga.conf ([general] group), None when unset or unreadable.
     An empty value means the default hook, as for a bare ``-F``."""
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle)
-    except (OSError, UnicodeDecodeError, configparser.Error):
+    general = base.ini_group(path, "general")
+    if general is None or "fsfreeze-hook" not in general:
         return None
-    if not parser.has_option("general", "fsfreeze-hook"):
-        return None
-    value = parser.get("general", "fsfreeze-hook").strip()
-    return value or DEFAULT_HOOK
+    return general["fsfreeze-hook"].strip() or DEFAULT_HOOK
 
 
 def check(prefix: str = "/") -> AgentCheck:
