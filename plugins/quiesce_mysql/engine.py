@@ -365,13 +365,9 @@ class MySQLQuiescer(Quiescer):
                     "the light level")
         datadir = variables.get("datadir", "")
         pid, how = self._server_pid(variables)
-        problem = how if pid is None else freeze_set.server_process_problem(pid, datadir)
-        level.check("server on this machine", problem is None,
-                    problem or f"{how}; it works in {datadir} in this mount namespace")
+        level.check_server_here(pid, how, datadir)
         freeze = freeze_set.for_instance(self.settings.caller_freeze)
-        level.check("caller freezes", freeze.verified,
-                    freeze.evidence + (f": {', '.join(freeze.mounts)}" if freeze.mounts
-                                       else ""))
+        level.check_caller_freezes(freeze)
         files: list[str] = []
         try:
             files = [column_text(r[0]) for r in self._run(

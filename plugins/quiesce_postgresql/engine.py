@@ -366,14 +366,9 @@ class PostgresQuiescer(Quiescer):
                         "pg_read_all_settings to allow the light level")
         else:
             pid, how = self._server_pid(str(data_dir))
-            problem = how if pid is None else freeze_set.server_process_problem(
-                pid, str(data_dir))
-            level.check("server on this machine", problem is None,
-                        problem or f"{how}; it works in {data_dir} in this mount namespace")
+            level.check_server_here(pid, how, str(data_dir))
         freeze = freeze_set.for_instance(self.settings.caller_freeze)
-        level.check("caller freezes", freeze.verified,
-                    freeze.evidence + (f": {', '.join(freeze.mounts)}" if freeze.mounts
-                                       else ""))
+        level.check_caller_freezes(freeze)
         if data_dir:
             paths = [("data directory", str(data_dir)),
                      ("pg_wal", os.path.join(str(data_dir), "pg_wal"))]

@@ -430,6 +430,19 @@ class LevelChoice:
                            "no condition could be checked")
         return self.chosen
 
+    def check_server_here(self, pid: int | None, how: str, data_dir: str) -> bool:
+        """The "server on this machine" condition: ``pid`` (found ``how``) is a process in our
+        mount namespace working in ``data_dir`` (:func:`server_process_problem`)."""
+        problem = how if pid is None else server_process_problem(pid, data_dir)
+        return self.check("server on this machine", problem is None,
+                          problem or f"{how}; it works in {data_dir} in this mount namespace")
+
+    def check_caller_freezes(self, freeze: CallerFreeze) -> bool:
+        """The "caller freezes" condition, with the caller's own evidence and mounts."""
+        return self.check("caller freezes", freeze.verified,
+                          freeze.evidence + (f": {', '.join(freeze.mounts)}" if freeze.mounts
+                                             else ""))
+
     def fall_back(self, reason: str) -> None:
         """The light level was chosen, then something seen later requires the full one."""
         self.chosen, self.reason = LEVEL_FULL, reason
