@@ -27,12 +27,12 @@ whoever could write it could make root remove files.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from quiesce.callers.install.base import join, sha256_of
 from quiesce.errors import QuiesceError
 
 MANIFEST_DIR = "var/lib/quiesce/installed"
@@ -71,19 +71,7 @@ class UninstallPlan:
 
 
 def manifest_path(prefix: str, agent: str) -> str:
-    return _join(prefix, f"/{MANIFEST_DIR}/{agent}.json")
-
-
-def _join(prefix: str, inner: str) -> str:
-    return os.path.join(os.path.abspath(prefix), inner.lstrip("/"))
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return join(prefix, f"/{MANIFEST_DIR}/{agent}.json")
 
 
 def load_manifest(prefix: str, agent: str) -> tuple[str, dict[str, Any]]:
@@ -132,7 +120,7 @@ def _newest_backup(prefix: str, inner: str, backups: list[Any]) -> str | None:
     name = os.path.basename(inner) + ".bak-"
     found = [b for b in backups if _inner_ok(b) and os.path.basename(b).startswith(name)]
     for candidate in sorted(found, reverse=True):
-        host = _join(prefix, candidate)
+        host = join(prefix, candidate)
         if os.path.isfile(host) and not os.path.islink(host):
             return host
     return None
@@ -142,7 +130,7 @@ def _shared(prefix: str, agent: str) -> dict[str, str]:
     """Paths the other agents' manifests under ``prefix`` list -> one such agent."""
     import json
 
-    directory = _join(prefix, f"/{MANIFEST_DIR}")
+    directory = join(prefix, f"/{MANIFEST_DIR}")
     out: dict[str, str] = {}
     try:
         names = sorted(os.listdir(directory))
@@ -189,7 +177,7 @@ def plan_uninstall(prefix: str, agent: str) -> UninstallPlan:
             raise UninstallRefused(f"{path} lists a file entry that is not an absolute, "
                                    f"normalised path: {entry!r}")
         inner = str(entry["path"])
-        host = _join(real_prefix, inner)
+        host = join(real_prefix, inner)
         step = Step(inner, host, REMOVE)
         plan.steps.append(step)
         action = entry.get("action")
@@ -210,7 +198,7 @@ def plan_uninstall(prefix: str, agent: str) -> UninstallPlan:
             step.action, step.why = CHANGED, "is no longer a regular file"
         elif os.path.realpath(os.path.dirname(host)) != os.path.dirname(host):
             step.action, step.why = CHANGED, "a directory on its path is a symbolic link now"
-        elif _sha256(host) != entry.get("sha256"):
+        elif sha256_of(host) != entry.get("sha256"):
             step.action, step.why = CHANGED, "its content changed since the install"
         elif f"{stat.S_IMODE(st.st_mode):04o}" != str(entry.get("mode")):
             step.action, step.why = CHANGED, (f"its mode is {stat.S_IMODE(st.st_mode):04o}, "
