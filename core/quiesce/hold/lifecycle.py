@@ -182,9 +182,14 @@ class Hold:
 
     def abandon(self, why: str) -> bool:
         """Stop waiting for the calls in flight: whatever they acquire from now on is released
-        at once and recorded "late". False when the hold was already complete or abandoned."""
+        at once and recorded "late". False when the hold was already complete or abandoned,
+        or when the cutoff has passed: then the deadline is what ended the wait (a 'pre' that
+        gives up at its deadline closes its pipe and asks to abort at that very moment; which
+        of the two the core noticed first must not change what is reported)."""
         with self._order_lock:
             if self.abandoned is not None:
+                return False
+            if self.cutoff is not None and time.monotonic() >= self.cutoff:
                 return False
             self.abandoned = why
         self._abandon_event.set()
