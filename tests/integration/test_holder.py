@@ -548,14 +548,20 @@ def test_a_lock_granted_after_the_deadline_is_late_and_never_consistent(q: Q) ->
 def test_post_while_pre_is_acquiring_aborts_at_once(q: Q) -> None:
     """'post' comes while the lock still waits (another process holds it): post answers at
     once, "not consistent", and the lock granted later is never held for anyone."""
-    q.toml("pre_timeout_seconds = 60\n" + flock_section(q, lock_wait_seconds=60))
+    waiting = q.base / "waiting"
+    q.toml("pre_timeout_seconds = 60\n" + flock_section(q, lock_wait_seconds=60,
+                                                        waiting_marker=str(waiting)))
     blocker = os.open(q.lock(), os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(blocker, fcntl.LOCK_EX)
     pre = subprocess.Popen(
         [sys.executable, "-m", "quiesce", "pre", "--config", str(q.config), "--runtime-dir",
          str(q.rundir)], env=q.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
     try:
-        wait_for(lambda: q.status_json().get("state") == "quiescing", 60, "the hold to start")
+        # 'quiescing' can be read before the plugin is called at all; the marker says the
+        # plugin is inside its lock wait (a post before any call: test_lifecycle's
+        # test_abandon_before_any_call_prepares_nothing).
+        wait_for(waiting.exists, 60, "the plugin to wait for the lock")
+        assert q.status_json().get("state") == "quiescing"
         started = time.monotonic()
         code, outcome = q.post_json()
         assert time.monotonic() - started < 10  # it did not wait for the lock

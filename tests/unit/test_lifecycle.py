@@ -281,6 +281,20 @@ def test_abandon_between_prepare_and_quiesce_takes_no_lock() -> None:
     assert [r.status for r in hold.results()] == ["skipped"]
 
 
+def test_abandon_before_any_call_prepares_nothing() -> None:
+    """'post' reached the holder before it called any plugin (it read "quiescing" early):
+    no server is touched, and every instance reads "skipped", not "failed"."""
+    rec = Recorder()
+    hold = Hold([Fake("a", rec), Fake("b", rec)], timeout=30)
+    assert hold.abandon("'post' came while 'pre' was still acquiring")
+    with pytest.raises(QuiesceFailed) as failed:
+        hold.quiesce_all()
+    assert failed.value.abandoned is not None and "post" in failed.value.abandoned
+    assert [s for _n, s in rec.calls if s != "close"] == []
+    assert [r.status for r in hold.results()] == ["skipped", "skipped"]
+    assert all("post" in (r.note or "") for r in hold.results())
+
+
 def test_release_failure_never_skips_another_release() -> None:
     rec = Recorder()
     hold = Hold([Fake("a", rec), Fake("b", rec, fail="release"),

@@ -215,6 +215,10 @@ class Hold:
         deadline = Deadline(self.timeout)
         if self.cutoff is not None:
             deadline.at = min(deadline.at, self.cutoff)
+        if self.abandoned is not None:
+            # 'post' (or the end of 'pre') came before any call started: touch no server.
+            self._unwind()
+            raise QuiesceFailed(self.results(), self.abandoned)
         failures = self._parallel("prepare", deadline, self.slots)
         if failures:
             self._unwind()

@@ -55,6 +55,7 @@ class FlockQuiescer(Quiescer):
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                self._mark_waiting()
                 if wait.expired():
                     raise LockWaitTimeout(
                         f"{self.path} stayed locked by another process for "
@@ -64,6 +65,12 @@ class FlockQuiescer(Quiescer):
             self.token = secrets.token_hex(8)
             with open(self.path + ".held", "w", encoding="ascii") as handle:
                 handle.write(self.token)
+
+    def _mark_waiting(self) -> None:
+        marker = str(self.settings.options.get("waiting_marker") or "")
+        if marker and not os.path.exists(marker):
+            with open(marker, "w", encoding="ascii"):
+                pass
 
     def check_alive(self) -> None:
         stall = str(self.settings.options.get("stall_checks_while") or "")

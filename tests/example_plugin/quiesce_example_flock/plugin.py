@@ -34,6 +34,9 @@ SCHEMA = Table({
                            doc="test knob: seconds quiesce sleeps first"),
     "lock_wait_seconds": Field((int, float), default=5, minimum=0,
                                doc="seconds to wait for a lock another process holds"),
+    "waiting_marker": Field(str, default="",
+                            doc="test knob: quiesce creates this file when it first finds "
+                                "the lock taken by another process (it is waiting from now)"),
     "stall_checks_while": Field(str, default="",
                                 doc='test knob: check_alive stalls (up to 120 s) while this '
                                     'file exists, like a server that stopped answering; '
