@@ -100,6 +100,13 @@ def from_probe_error(step: LockStep, exc: BaseException | None) -> Evidence:
     return Evidence(UNKNOWN, method, describe_error(exc))
 
 
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _is_backup_stage(step: LockStep) -> bool:
     """BACKUP STAGE steps (any stage): proven by a second BACKUP STAGE START having to wait."""
     return step.kind.startswith("backup-stage")
@@ -120,9 +127,13 @@ class LockVerifier:
     # -- sources --------------------------------------------------------------------------
 
     def thread_alive(self) -> bool:
-        rows = run(self.probe, "SELECT ID FROM information_schema.PROCESSLIST WHERE ID = %s",
-                   (self.thread_id,), timeout=self.timeout)
-        return bool(rows)
+        # SHOW PROCESSLIST, not information_schema.PROCESSLIST: the latter is materialized
+        # into an on-disk temporary table (its INFO column is a BLOB), whose files are created
+        # and unlinked in tmpdir. Right before the caller's FIFREEZE (the deferred commit
+        # block is verified there) the freed inodes queue RCU work that lengthens the freeze
+        # (docs/performance.md), and a tmpdir on a frozen filesystem would block the query.
+        rows = run(self.probe, "SHOW PROCESSLIST", timeout=self.timeout)
+        return any(_as_int(row[0]) == self.thread_id for row in rows if row)
 
     def _pfs_rows(self) -> list[tuple[Any, ...]] | None:
         if self.info.is_mariadb or self._pfs_usable is False:

@@ -194,6 +194,34 @@ def test_holding_session_is_on_the_server_with_wait_timeout_beyond_the_hold(
         q.abort()
 
 
+def test_the_holding_session_check_creates_no_temporary_table(server: Any) -> None:
+    """The check that the holding session is on the server runs right before the caller's
+    FIFREEZE (the deferred commit block is verified there): it must not materialize
+    information_schema.PROCESSLIST into an on-disk temporary table, whose files are created
+    and unlinked in tmpdir (a tmpdir on a frozen filesystem would even block it)."""
+    from quiesce_mysql.verify import LockVerifier
+
+    q = make_quiescer(server)
+    probe = server.connect()
+    try:
+        q.prepare(Deadline(30))
+        verifier = LockVerifier(probe, q.info, q.thread_id)
+
+        def disk_tables() -> int:
+            with probe.cursor() as cur:
+                cur.execute("SHOW SESSION STATUS LIKE 'Created_tmp_disk_tables'")
+                return int(cur.fetchone()[1])
+
+        before = disk_tables()
+        assert verifier.thread_alive() is True
+        assert disk_tables() == before
+        gone = LockVerifier(probe, q.info, q.thread_id + 10_000)
+        assert gone.thread_alive() is False
+    finally:
+        q.abort()
+        probe.close()
+
+
 # --------------------------------------------------------------------------- blockers
 
 def start_blocker(server: Any) -> Client:
