@@ -185,3 +185,64 @@ def test_a_block_that_returns_after_the_core_gave_up_is_undone(monkeypatch) -> N
         time.sleep(0.01)
     assert "abort" in q.calls, "a block taken after the core gave up was left held"
     hold.release_all()
+
+
+class RecordsThread(Splittable):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.block_thread: threading.Thread | None = None
+
+    def block(self, deadline: Deadline) -> None:
+        self.block_thread = threading.current_thread()
+        super().block(deadline)
+
+
+def _block_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"block-fake-{name}"]
+
+
+def test_the_block_thread_exists_before_block_all_and_takes_the_block() -> None:
+    """block_all creates no thread: the one that takes the block was started when the hold
+    became complete (a thread created right before the caller's FIFREEZE lengthens it)."""
+    q = RecordsThread("early")
+    hold = Hold([q], timeout=10, defer_block=True)
+    hold.quiesce_all()
+    waiting = _block_threads("early")
+    assert len(waiting) == 1 and waiting[0].is_alive()
+    assert "block" not in q.calls  # it waits for block_all
+    before = {t.ident for t in threading.enumerate()}
+    assert hold.block_all(5) == []
+    assert q.block_thread is waiting[0]
+    assert {t.ident for t in threading.enumerate()} <= before
+    assert waiting[0].is_alive()  # it stays until the release
+    hold.release_all()
+    waiting[0].join(5)
+    assert not waiting[0].is_alive()
+
+
+def test_a_release_without_block_ends_the_waiting_thread_without_blocking() -> None:
+    q = RecordsThread("never")
+    hold = Hold([q], timeout=10, defer_block=True)
+    hold.quiesce_all()
+    (waiting,) = _block_threads("never")
+    hold.release_all()
+    waiting.join(5)
+    assert not waiting.is_alive()
+    assert "block" not in q.calls and q.calls[-1] == "release"
+    assert hold.block_missed() == ["fake/never"]
+
+
+def test_a_block_thread_that_stopped_waiting_is_replaced(monkeypatch) -> None:
+    """A hold older than the threads' wait (BLOCK_THREAD_LINGER) still gets its block."""
+    from quiesce.hold import lifecycle
+
+    monkeypatch.setattr(lifecycle, "BLOCK_THREAD_LINGER", 0.05)
+    q = RecordsThread("late")
+    hold = Hold([q], timeout=10, defer_block=True)
+    hold.quiesce_all()
+    (first,) = _block_threads("late")
+    first.join(5)
+    assert not first.is_alive()
+    assert hold.block_all(5) == []
+    assert q.calls.count("block") == 1 and q.block_thread is not first
+    hold.release_all()

@@ -120,17 +120,27 @@ def is_frozen(path: str) -> bool:
         os.close(fd)
 
 
-def _sync_filesystems(fds: Sequence[int]) -> None:
-    """syncfs(2) each filesystem so FIFREEZE has little left to write; os.sync() if unavailable.
+def load_syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2), or None where it cannot be reached (then os.sync() is used).
 
-    Per-filesystem sync does not wait on unrelated mounts (a hung NFS server stalls os.sync).
-    """
+    Resolved once, when a freeze is prepared: loading ctypes maps and unmaps shared objects,
+    and unmapping right before a FIFREEZE queues kernel work (RCU) that the freeze then
+    waits for, which lengthens the freeze window (docs/performance.md)."""
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        syncfs = libc.syncfs
+        function: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
     except (ImportError, OSError, AttributeError):
+        return None
+    return function
+
+
+def _sync_filesystems(fds: Sequence[int], syncfs: Callable[[int], int] | None) -> None:
+    """syncfs(2) each filesystem so FIFREEZE has little left to write; os.sync() without it.
+
+    Per-filesystem sync does not wait on unrelated mounts (a hung NFS server stalls os.sync).
+    """
+    if syncfs is None:
         os.sync()
         return
     for fd in fds:
@@ -343,6 +353,7 @@ class FreezeSession:
         #: ("freeze"|"thaw", mount point, errno or 0), in the order the ioctls were issued
         self.events: list[tuple[str, str, int]] = []
         self._fds: list[int] = []
+        self._syncfs: Callable[[int], int] | None = None
         self._watchdog: _WatchdogProcess | None = None
         self._first_freeze: float | None = None
         self._state = "new"
@@ -393,6 +404,8 @@ class FreezeSession:
             return
         try:
             self._open_descriptors()
+            if self.sync:
+                self._syncfs = load_syncfs()
             self._watchdog = _WatchdogProcess(self._fds, self.timeout, wait_for_arm=True)
             self._watchdog.start()
         except BaseException:
@@ -422,7 +435,7 @@ class FreezeSession:
         try:
             if prepared:
                 if self.sync:
-                    _sync_filesystems(self._fds)
+                    _sync_filesystems(self._fds, self._syncfs)
                 if before is not None:
                     before()
                 # Armed after 'before' (which may wait seconds for a lock): the deadline counts
@@ -432,7 +445,8 @@ class FreezeSession:
             else:
                 self._open_descriptors()
                 if self.sync:
-                    _sync_filesystems(self._fds)
+                    self._syncfs = load_syncfs()
+                    _sync_filesystems(self._fds, self._syncfs)
                 # With a 'before' step the deadline waits for it too (armed after it).
                 self._watchdog = _WatchdogProcess(self._fds, self.timeout,
                                                   wait_for_arm=before is not None)
@@ -441,7 +455,7 @@ class FreezeSession:
                     # Starting the watchdog takes ~100 ms of interpreter start-up, during which
                     # the database keeps writing: a second, cheap syncfs keeps what FIFREEZE
                     # must flush (and so the window) small.
-                    _sync_filesystems(self._fds)
+                    _sync_filesystems(self._fds, self._syncfs)
                 if before is not None:
                     before()
                     self._watchdog.arm()

@@ -179,6 +179,15 @@ class Hold:
         self._workers: list[threading.Thread] = []
         self.defer = defer_block
         self._blocks_done = threading.Event()  # block_all's threads may end (release_all)
+        # The threads that will take the deferred blocks are started once the hold is
+        # complete and wait for block_all: a thread created right before the caller's FIFREEZE
+        # lengthens the freeze (docs/performance.md).
+        self._block_deadline = Deadline(0)
+        self._block_errors: dict[int, str] = {}
+        # per slot (id): the thread, the event that lets it take its block, and the one it
+        # sets when its block returned
+        self._block_threads: dict[int, tuple[threading.Thread, threading.Event,
+                                             threading.Event]] = {}
 
     def abandon(self, why: str) -> bool:
         """Stop waiting for the calls in flight: whatever they acquire from now on is released
@@ -232,6 +241,9 @@ class Hold:
         if failures or self.abandoned is not None:
             self._unwind()
             raise QuiesceFailed(self.results(), self.abandoned)
+        for slot in self.slots:
+            if slot.deferred:
+                self._start_block_thread(slot)
         return self.results()
 
     def _parallel(self, step: str, deadline: Deadline, slots: list[_Slot]) -> list[_Slot]:
@@ -377,28 +389,25 @@ class Hold:
         since 'pre' (their block can never come); the caller then releases the whole hold.
 
         Each block runs in a thread of its own, bounded like any call (a block that returns
-        after the core gave up is undone at once). The threads do not end when their block
-        returns: they wait for :meth:`release_all` (at most BLOCK_THREAD_LINGER seconds), since
-        a thread that ends just before the caller's FIFREEZE queues kernel work the freeze
-        then waits for (docs/performance.md)."""
+        after the core gave up is undone at once), started when the hold became complete and
+        waiting since (creating a thread right before the caller's FIFREEZE lengthens it). The
+        threads do not end when their block returns: they wait for :meth:`release_all` (at
+        most BLOCK_THREAD_LINGER seconds), since a thread that ends just before the caller's
+        FIFREEZE queues kernel work the freeze then waits for (docs/performance.md)."""
         deadline = Deadline(timeout)
         missed = [s for s in self.slots if s.deferred and s.blocked_at is None]
         pending = [s for s in missed if s.result.status == HELD]
         errors: dict[int, str] = {
             id(s): f"lost before its deferred write block ({s.result.status})"
             for s in missed if s.result.status != HELD}
-        finished = {id(s): threading.Event() for s in pending}
-
-        def take(slot: _Slot) -> None:
-            try:
-                self._take_block(slot, deadline, errors)
-            finally:
-                finished[id(slot)].set()
-            self._blocks_done.wait(BLOCK_THREAD_LINGER)
-
+        self._block_deadline, self._block_errors = deadline, errors
+        finished: dict[int, threading.Event] = {}
         for slot in pending:
-            threading.Thread(target=take, args=(slot,), daemon=True,
-                             name=f"block-{slot.result.plugin}-{slot.result.name}").start()
+            waiting = self._block_threads.get(id(slot))
+            if waiting is None or not waiting[0].is_alive() or waiting[1].is_set():
+                self._start_block_thread(slot)  # none is waiting (e.g. a second call)
+            _thread, go, finished[id(slot)] = self._block_threads[id(slot)]
+            go.set()
         give_up = deadline.at + JOIN_GRACE
         for slot in pending:
             finished[id(slot)].wait(max(0.0, give_up - time.monotonic()))
@@ -413,6 +422,25 @@ class Hold:
                 self.log(f"{slot.result.plugin}/{slot.result.name}: {errors[id(slot)]}")
                 failed.append(slot.result)
         return failed
+
+    def _start_block_thread(self, slot: _Slot) -> None:
+        go, finished = threading.Event(), threading.Event()
+
+        def take() -> None:
+            # Waits for block_all (or the release: then there is nothing to take), takes the
+            # block, and stays until the release (at most BLOCK_THREAD_LINGER s).
+            if not go.wait(BLOCK_THREAD_LINGER) or self._blocks_done.is_set():
+                return
+            try:
+                self._take_block(slot, self._block_deadline, self._block_errors)
+            finally:
+                finished.set()
+            self._blocks_done.wait(BLOCK_THREAD_LINGER)
+
+        thread = threading.Thread(target=take, daemon=True,
+                                  name=f"block-{slot.result.plugin}-{slot.result.name}")
+        self._block_threads[id(slot)] = (thread, go, finished)
+        thread.start()
 
     def _take_block(self, slot: _Slot, deadline: Deadline, errors: dict[int, str]) -> None:
         with slot.busy:
@@ -478,6 +506,8 @@ class Hold:
         locked). Returns when every release has returned or given up.
         """
         self._blocks_done.set()
+        for _thread, go, _finished in list(self._block_threads.values()):
+            go.set()  # a block thread still waiting ends now
         taken = sorted((s for s in self.slots if s.result.status == HELD),
                        key=lambda s: s.taken_order, reverse=True)
         threads: list[tuple[_Slot, threading.Thread]] = []
