@@ -9,6 +9,7 @@ import re
 import stat
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 
@@ -238,3 +239,76 @@ def test_cap_sys_admin_is_read_from_capeff(tmp_path: Path, capeff: str, expected
                       f"CapEff:\t{capeff}\n")
     assert has_cap_sys_admin(str(status)) is expected
     assert has_cap_sys_admin(str(tmp_path / "missing")) is False
+
+
+class _FakeConnection:
+    """Stands in for protocol.LingeringRequest: the runner's choice of connection is what is
+    tested here; the real exchange is covered by tests/integration/test_block_at_freeze.py."""
+
+    made: ClassVar[list[_FakeConnection]] = []
+
+    def __init__(self, rundir: str = "", timeout: float = 0.0, *,
+                 fails: BaseException | None = None) -> None:
+        self.fails = fails
+        self.asked: list[str] = []
+        self.closed = False
+        _FakeConnection.made.append(self)
+
+    def request(self, op: str, timeout: float, **fields: object) -> dict[str, object]:
+        self.asked.append(op)
+        if self.fails is not None:
+            raise self.fails
+        return {"ok": True, "blocked": True}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_connections(monkeypatch: pytest.MonkeyPatch) -> list[_FakeConnection]:
+    from quiesce.hold import protocol
+
+    _FakeConnection.made = []
+    monkeypatch.setattr(protocol, "LingeringRequest", _FakeConnection)
+    return _FakeConnection.made
+
+
+def _runner() -> Runner:
+    from quiesce.callers.runner import RunOptions
+
+    return Runner(RunOptions(config_path="/nonexistent.json"))
+
+
+def test_block_goes_on_the_connection_opened_before_the_settle(
+        fake_connections: list[_FakeConnection]) -> None:
+    runner = _runner()
+    early = _FakeConnection()
+    runner._block_connection = early
+    assert runner._ask_block("/run/x")["ok"] is True
+    assert early.asked == ["block"] and fake_connections == [early]  # no second connection
+    assert runner._block_connection is early and not early.closed  # closed after the thaw
+
+
+def test_an_early_connection_the_holder_dropped_is_replaced(
+        fake_connections: list[_FakeConnection]) -> None:
+    from quiesce.errors import NoActiveHold
+
+    runner = _runner()
+    early = _FakeConnection(fails=NoActiveHold("closed without answering"))
+    runner._block_connection = early
+    assert runner._ask_block("/run/x")["ok"] is True
+    assert early.closed and len(fake_connections) == 2
+    assert fake_connections[1].asked == ["block"]
+    assert runner._block_connection is fake_connections[1]
+
+
+def test_a_block_that_timed_out_is_not_asked_twice(
+        fake_connections: list[_FakeConnection]) -> None:
+    from quiesce.errors import HolderError
+
+    runner = _runner()
+    early = _FakeConnection(fails=HolderError("did not answer within 40 s"))
+    runner._block_connection = early
+    with pytest.raises(HolderError):
+        runner._ask_block("/run/x")
+    assert len(fake_connections) == 1

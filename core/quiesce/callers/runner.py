@@ -691,6 +691,11 @@ class Runner:
         except QuiesceError as exc:
             answer = {"ok": False, "error": str(exc)}
             self.log(f"hold: no status before the freeze ({exc}); the freeze asks again")
+        if answer.get("ok") and answer.get("block_pending") is True:
+            # Connected now, used just before the first FIFREEZE: the holder's thread that
+            # reads it is created here, not right before the freeze (docs/performance.md).
+            with contextlib.suppress(QuiesceError):
+                self._block_connection = proto.LingeringRequest(rundir, HOLD_STATUS_TIMEOUT)
         if answer.get("ok") and answer.get("blocks_writes") is False:
             wait = pre_ended + FREEZE_SETTLE_SECONDS - time.monotonic()
             if wait > 0:
@@ -702,11 +707,7 @@ class Runner:
         def complete() -> None:  # runs between the sync and the first FIFREEZE: no logging
             t0 = time.monotonic()
             try:
-                # Closed after the thaw (_cycle): a close here would lengthen the
-                # freeze that follows (protocol.LingeringRequest).
-                self._block_connection = proto.LingeringRequest(rundir, HOLD_STATUS_TIMEOUT)
-                reply = self._block_connection.request("block", timeout=HOLD_BLOCK_TIMEOUT,
-                                                       run_id=self.run_id)
+                reply = self._ask_block(rundir)
             except QuiesceError as exc:
                 reply = {"ok": False, "error": f"the holder could not be asked ({exc})"}
             self.hold_info["block"] = {"ok": bool(reply.get("ok")),
@@ -722,6 +723,24 @@ class Runner:
                 raise self.hold_error
 
         return complete
+
+    def _ask_block(self, rundir: str) -> dict[str, Any]:
+        """Send 'block' on the connection opened before the settle; on a fresh one if that
+        one is gone (the holder drops a connection that sends nothing for a while; 'block'
+        is idempotent, so asking again is safe). The connection is closed after the thaw
+        (_cycle): a close here would lengthen the freeze that follows."""
+        from quiesce.errors import NoActiveHold
+        from quiesce.hold import protocol as proto
+
+        early = self._block_connection
+        if early is not None:
+            try:
+                return early.request("block", timeout=HOLD_BLOCK_TIMEOUT, run_id=self.run_id)
+            except NoActiveHold:  # closed unanswered; a timeout is not asked twice
+                self._close_block_connection()
+        self._block_connection = proto.LingeringRequest(rundir, HOLD_STATUS_TIMEOUT)
+        return self._block_connection.request("block", timeout=HOLD_BLOCK_TIMEOUT,
+                                              run_id=self.run_id)
 
     def _sync_phase(self, freezing: bool) -> None:
         record = self.status.phase("sync")
