@@ -17,9 +17,21 @@ Variants (paired: run i does each once, in an order rotated by i):
 - ``after-close``: close a socketpair, then freeze at once;
 - ``after-thread``: start and join a thread, then freeze at once.
 
-    sudo .venv/bin/python bench/bench_freeze_after_exit.py [--runs 10] [--engine postgresql]
+``--set block`` (MariaDB) asks instead what a commit block costs by itself, with no quiesce
+process involved: the bench's own session takes the locks quiesce run takes, around the same
+freeze (``quiet`` is the floor; every other variant holds ``BACKUP STAGE BLOCK_DDL`` from 50 ms
+before the sync, as ``pre`` does, and ends the stage right after the thaw):
+- ``block-ddl``: nothing more (the light level);
+- ``block-commit``: ``BACKUP STAGE BLOCK_COMMIT`` right before the first FIFREEZE (what
+  quiesce run's ``block`` does, without the request to the holder and the verification);
+- ``block-commit-thread``: the same from a thread started just then, alive until the thaw
+  (the holder's block threads used to be started there).
 
-Writes bench/results/freeze_after_exit.json and prints medians and ratios to ``quiet``.
+    sudo .venv/bin/python bench/bench_freeze_after_exit.py [--runs 10] [--engine postgresql]
+    sudo .venv/bin/python bench/bench_freeze_after_exit.py --set block --engine mysql
+
+Writes bench/results/freeze_after_exit.json (``--set block``: block_cost.json) and prints
+medians and ratios to ``quiet``.
 """
 
 from __future__ import annotations
@@ -45,7 +57,9 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "core"), str(ROOT / "plugins")]
 
 import bench_stall as stall  # noqa: E402  (after the path set-up above)
 
-RESULTS = ROOT / "bench" / "results" / "freeze_after_exit.json"
+RESULTS = {"exit": ROOT / "bench" / "results" / "freeze_after_exit.json",
+           "block": ROOT / "bench" / "results" / "block_cost.json"}
+Step = Callable[[], None]
 
 
 def _exit() -> None:
@@ -64,28 +78,88 @@ def _thread() -> None:
     worker.join()
 
 
-def variants() -> dict[str, Callable[[], None]]:
+def _nothing() -> None:
+    pass
+
+
+def variants() -> dict[str, tuple[Step, Step, Step]]:
+    """name -> (before the sync, between the sync and the first FIFREEZE, after the thaw)."""
     from quiesce.callers.runner import FREEZE_SETTLE_SECONDS
 
+    def exit_settled() -> None:
+        _exit()
+        time.sleep(FREEZE_SETTLE_SECONDS)
+
     return {
-        "quiet": lambda: None,
-        "after-exit": _exit,
-        "after-exit-settled": lambda: (_exit(), time.sleep(FREEZE_SETTLE_SECONDS)),
-        "after-close": _close,
-        "after-thread": _thread,
+        "quiet": (_nothing, _nothing, _nothing),
+        "after-exit": (_exit, _nothing, _nothing),
+        "after-exit-settled": (exit_settled, _nothing, _nothing),
+        "after-close": (_close, _nothing, _nothing),
+        "after-thread": (_thread, _nothing, _nothing),
     }
 
 
-def one_cycle(setup: Any, name: str, before: Callable[[], None], run: int) -> dict[str, Any]:
+def block_variants(server: Any) -> dict[str, tuple[Step, Step, Step]]:
+    """The commit block of MariaDB's full level, taken by the bench's own session."""
+    from quiesce.callers.runner import FREEZE_SETTLE_SECONDS
+
+    session = server.connect()
+    session.autocommit(True)
+    done = threading.Event()
+
+    def sql(statement: str) -> Step:
+        def run() -> None:
+            with session.cursor() as cur:
+                cur.execute(statement)
+        return run
+
+    def ddl_block() -> None:
+        sql("BACKUP STAGE START")()
+        sql("BACKUP STAGE BLOCK_DDL")()
+        time.sleep(FREEZE_SETTLE_SECONDS)
+
+    def commit_in_a_thread() -> None:
+        done.clear()
+        taken = threading.Event()
+
+        def take() -> None:
+            sql("BACKUP STAGE BLOCK_COMMIT")()
+            taken.set()
+            done.wait(30)
+
+        threading.Thread(target=take, daemon=True).start()
+        taken.wait(30)
+
+    def end() -> None:
+        sql("BACKUP STAGE END")()
+        done.set()
+
+    return {
+        "quiet": (_nothing, _nothing, _nothing),
+        "block-ddl": (ddl_block, _nothing, end),
+        "block-commit": (ddl_block, sql("BACKUP STAGE BLOCK_COMMIT"), end),
+        "block-commit-thread": (ddl_block, commit_in_a_thread, end),
+    }
+
+
+def one_cycle(setup: Any, name: str, steps: tuple[Step, Step, Step], run: int, *,
+              sync: bool = False) -> dict[str, Any]:
     assert setup.writer is not None
+    before, at_freeze, after = steps
     cycle = stall.Cycle(setup.engine, name, run)
     time.sleep(stall.SETTLE_S)
     cycle.t0_mono, cycle.t0_wall = time.monotonic(), time.time()
     time.sleep(stall.LEAD_S)
     before()
-    with stall.frozen(setup.order, cycle.marks):
-        pid = os.posix_spawnp("cp", setup.snapshot_argv(), os.environ)
-        os.waitpid(pid, 0)
+    if sync:  # the block set syncs as bench_stall's floor and quiesce run do
+        os.sync()
+    at_freeze()
+    try:
+        with stall.frozen(setup.order, cycle.marks):
+            pid = os.posix_spawnp("cp", setup.snapshot_argv(), os.environ)
+            os.waitpid(pid, 0)
+    finally:
+        after()
     time.sleep(stall.TAIL_S)
     cycle.end_mono = time.monotonic()
     data = setup.writer.dump(cycle.t0_mono, cycle.end_mono)
@@ -100,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--engine", choices=stall.ENGINES, default="postgresql")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--set", choices=sorted(RESULTS), default="exit",
+                        help="exit: kernel work right before the freeze (default); block: "
+                             "what MariaDB's commit block costs by itself")
+    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.set == "block" and args.engine != "mysql":
+        parser.error("--set block needs --engine mysql")
+    output = args.output or RESULTS[args.set]
     if os.geteuid() != 0:
         print("bench_freeze_after_exit: needs root (loop devices, FIFREEZE)", file=sys.stderr)
         return 2
@@ -122,13 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.add("tearing down the XFS store", store.teardown)
         setup = stall.prepare_engine(args.engine, store, base, private, levels=[],
                                      cleanup=cleanup)
-        plan = variants()
+        plan = variants() if args.set == "exit" else block_variants(setup.server)
         names = list(plan)
-        one_cycle(setup, "quiet", plan["quiet"], -1)  # warm-up, not counted
+        sync = args.set == "block"
+        one_cycle(setup, "quiet", plan["quiet"], -1, sync=sync)  # warm-up, not counted
         for run in range(args.runs):
             shift = run % len(names)
             for name in names[shift:] + names[:shift]:
-                rows.append(one_cycle(setup, name, plan[name], run))
+                rows.append(one_cycle(setup, name, plan[name], run, sync=sync))
         assert setup.writer is not None
         setup.writer.close()
     finally:
@@ -143,12 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         summary[name] = {"freeze_ms_median": round(freeze, 1), "stall_ms_median": round(gap, 1),
                          "ratio_to_quiet": round(freeze / quiet, 2)}
         print(f"{name:<20}{freeze:>11.1f}{freeze / quiet:>9.2f}{gap:>11.1f}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "benchmark": "freeze_after_exit", "engine": args.engine, "runs": args.runs,
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({
+        "benchmark": "freeze_after_exit" if args.set == "exit" else "block_cost",
+        "engine": args.engine, "runs": args.runs,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "summary": summary, "cycles": rows}, indent=1) + "\n")
-    print(f"results in {args.output}")
+    print(f"results in {output}")
     return 0
 
 

@@ -425,16 +425,25 @@ def parse_stamp(stamp: str | None) -> float | None:
 
 
 def hold_marks(cycle: Cycle, record: dict[str, Any]) -> None:
+    """The hold and the commit block, from the run record. Both end at the unlock: the
+    record's ``released_at`` comes later (after the release was confirmed from a second
+    session), so the ends are the starts plus the engines' own held_seconds."""
     since, released = parse_stamp(record.get("since")), parse_stamp(record.get("released_at"))
-    if since is not None and released is not None:
-        cycle.marks["hold"] = [cycle.wall_to_mono(since), cycle.wall_to_mono(released)]
-    blocks = [((inst.get("metadata") or {}).get("commit_block") or {}).get("held_seconds")
-              for inst in record.get("instances", [])]
+    metadata = [inst.get("metadata") or {} for inst in record.get("instances", [])]
+    held = [m.get("held_seconds") for m in metadata]
+    held = [h for h in held if isinstance(h, (int, float))]
+    if since is not None and (held or released is not None):
+        start = cycle.wall_to_mono(since)
+        end = start + max(held) if held else cycle.wall_to_mono(released or since)
+        cycle.marks["hold"] = [start, end]
+    blocks = [(m.get("commit_block") or {}).get("held_seconds") for m in metadata]
     blocks = [b for b in blocks if isinstance(b, (int, float))]
-    if blocks and released is not None:
-        # The commit block deferred to the freeze: from 'block' to the release.
-        end = cycle.wall_to_mono(released)
-        cycle.marks["commit-block"] = [end - max(blocks), end]
+    block_ms = ((cycle.info.get("hold") or {}).get("block") or {}).get("ms")
+    if blocks and "freeze" in cycle.marks and isinstance(block_ms, (int, float)):
+        # Taken during the runner's 'block' request, which ends right before the first
+        # FIFREEZE: drawn from the request's start (at most block_ms early).
+        start = cycle.marks["freeze"][0] - block_ms / 1000
+        cycle.marks["commit-block"] = [start, start + max(blocks)]
     levels = []
     for inst in record.get("instances", []):
         level = (inst.get("metadata") or {}).get("level") or {}
