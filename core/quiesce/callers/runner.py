@@ -732,15 +732,15 @@ class Runner:
         from quiesce.errors import NoActiveHold
         from quiesce.hold import protocol as proto
 
-        early = self._block_connection
+        early: proto.LingeringRequest | None = self._block_connection
         if early is not None:
             try:
                 return early.request("block", timeout=HOLD_BLOCK_TIMEOUT, run_id=self.run_id)
             except NoActiveHold:  # closed unanswered; a timeout is not asked twice
                 self._close_block_connection()
-        self._block_connection = proto.LingeringRequest(rundir, HOLD_STATUS_TIMEOUT)
-        return self._block_connection.request("block", timeout=HOLD_BLOCK_TIMEOUT,
-                                              run_id=self.run_id)
+        fresh = proto.LingeringRequest(rundir, HOLD_STATUS_TIMEOUT)
+        self._block_connection = fresh
+        return fresh.request("block", timeout=HOLD_BLOCK_TIMEOUT, run_id=self.run_id)
 
     def _sync_phase(self, freezing: bool) -> None:
         record = self.status.phase("sync")
