@@ -106,6 +106,13 @@ class Quiescer(abc.ABC):
         answer, True, unless the engine knows better)."""
         return True
 
+    @property
+    def relies_on_freeze(self) -> bool:
+        """Whether this hold counts on the caller freezing every file recovery needs together
+        (a lighter level): then only the freeze's outcome, known after the thaw, says whether
+        the snapshot is consistent. False unless the engine chose such a level."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Close connections. Called after release/abort; must not raise."""
 

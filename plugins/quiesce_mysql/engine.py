@@ -234,6 +234,10 @@ class MySQLQuiescer(Quiescer):
     def blocks_writes(self) -> bool:
         return any(step.blocks_writes for step in self._taken)
 
+    @property
+    def relies_on_freeze(self) -> bool:
+        return self.level.chosen == LEVEL_LIGHT
+
     def check_alive(self) -> None:
         if self._lost:
             raise SessionLost(f"{self.name}: {self._lost}")

@@ -123,6 +123,10 @@ class PostgresQuiescer(Quiescer):
     def light(self) -> bool:
         return self.level.chosen == LEVEL_LIGHT
 
+    @property
+    def relies_on_freeze(self) -> bool:
+        return self.light
+
     # ----------------------------------------------------------------- helpers
     def _where(self) -> str:
         return f"postgresql instance {self.name!r}"

@@ -10,8 +10,11 @@ goes through."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +22,9 @@ import pytest
 from helpers import wait_for
 from helpers.cli import QuiesceCli, cli_workspace
 from helpers.mysql import ddl_error, setup_schema, unlocked, write_error
+from quiesce.harness.servers.base import ServerLayout
 from quiesce.hold import protocol as proto
+from quiesce_mysql.fixtures import LOCK_WAIT_STATES, BackgroundStatement
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("require_root")]
 
@@ -173,6 +178,89 @@ def test_a_block_that_cannot_be_taken_releases_everything(
     assert post["consistent"] is False
 
 
+# ------------------------------------------------- released between the snapshot and the thaw
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """A directory the mysql user can enter (pytest's tmp_path is root-only), removed last."""
+    base = Path(tempfile.mkdtemp(prefix="quiesce-bt-", dir="/tmp"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def server_on_disks(reachable_dir: Path, loop_disk_factory: Any,
+                    mysql_server_factory: Any) -> tuple[Any, list[Any]]:
+    """A MariaDB whose data directory and redo log are on two loop ext4 disks (the disks
+    are torn down after the server stops: their factory was set up first)."""
+    disks = [loop_disk_factory("ext4", 256, name, workdir=reachable_dir,
+                               image_dir=reachable_dir) for name in ("data", "log")]
+    for disk in disks:
+        disk.mount_point.chmod(0o755)
+    (reachable_dir / "run").mkdir(mode=0o755)
+    server = mysql_server_factory(layout=ServerLayout(
+        data_dir=disks[0].mount_point / "mysql", log_dir=disks[1].mount_point / "redo",
+        run_dir=reachable_dir / "run"))
+    setup_schema(server)
+    server.execute("DROP TABLE app.myi")
+    return server, disks
+
+
+def lock_wait_state(server: Any, thread: int) -> str | None:
+    """The thread's state (SHOW PROCESSLIST makes no temporary table: safe while frozen)."""
+    for row in server.execute("SHOW PROCESSLIST"):
+        if int(row[0]) == thread:
+            return str(row[6] or "")
+    return None
+
+
+def test_a_release_sent_while_frozen_ends_the_commit_block_before_the_thaw(
+        cli: QuiesceCli, server_on_disks: tuple[Any, list[Any]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What 'quiesce run' does between its snapshot and its thaw: 'release' on the block's
+    connection while the server's own disks are frozen. The unlock must not need those disks:
+    a commit that waited for the commit block leaves its lock wait before the thaw (and then
+    waits for the disks, as in a bare freeze); the hold is recorded consistent."""
+    from quiesce.freezing.freeze import FreezeSession
+    from quiesce.freezing.mounts import discover_mounts
+
+    server, disks = server_on_disks
+    configure(cli, server)
+    deferred_pre(cli, monkeypatch)
+    status = proto.request(str(cli.rundir), "status")
+    assert status["relies_on_freeze"] is False and status["block_pending"] is True, status
+    connection = proto.LingeringRequest(str(cli.rundir), 5)
+    commit = None
+    try:
+        assert connection.request("block", timeout=40, run_id=RUN_ID)["blocked"] is True
+        commit = BackgroundStatement(server, "INSERT INTO app.inno (v) VALUES (5)").start()
+        assert commit.wait_state(LOCK_WAIT_STATES)
+        with FreezeSession(discover_mounts([str(d.mount_point) for d in disks]),
+                           timeout=60) as session:
+            assert len(session.frozen) == 2
+            connection.send("release", timeout=1, run_id=RUN_ID, keep=True,
+                            frozen_together=True, before_thaw=True)
+            left = wait_for(lambda: (lock_wait_state(server, commit.id) or "-")
+                            not in LOCK_WAIT_STATES, 20, "the commit leaving its lock wait")
+            assert left
+            assert not commit.finished.is_set(), "a commit finished on frozen disks"
+        commit.join(30)
+        assert commit.error is None, commit.error
+        answer = connection.receive(30)
+        assert answer["ok"] is True, answer
+    finally:
+        connection.close()
+        if commit is not None:
+            commit.close()
+    post = cli.post_json()
+    assert post["consistent"] is True, post
+    record = record_of(cli, post)
+    assert record["released_by"] == "the runner, after the snapshot and before the thaw"
+    assert record["instances"][0]["metadata"]["commit_block"]["taken"] is True
+    assert unlocked(server, myisam=False)
+
+
 # --------------------------------------------------------------------------- quiesce run
 
 PROBE = """\
@@ -202,7 +290,7 @@ with conn.cursor() as cur:
 """
 
 
-def quiesce_run(cli: QuiesceCli, server: Any, mount: str, *, after_pre: str = "",
+def quiesce_run(cli: QuiesceCli, server: Any, mount: str | list[str], *, after_pre: str = "",
                 continue_on_failure: bool = False, expect: str = "1205", probe: bool = True
                 ) -> tuple[int, dict[str, Any]]:
     """``quiesce run`` with quiesce's pre/post wrappers, freezing ``mount``; the snapshot
@@ -239,7 +327,9 @@ def quiesce_run(cli: QuiesceCli, server: Any, mount: str, *, after_pre: str = ""
                 if probe else "/bin/true")
     proc = subprocess.run([py, "-m", "quiesce", "run", "--config", str(config), "--json",
                            "--freeze-timeout", "30", "--snapshot-command", snapshot,
-                           "--freeze-mount", mount], capture_output=True, text=True,
+                           *[arg for m in ([mount] if isinstance(mount, str) else mount)
+                             for arg in ("--freeze-mount", m)]],
+                          capture_output=True, text=True,
                           timeout=180, check=False, cwd="/",
                           env={k: v for k, v in os.environ.items()
                                if not k.startswith("QUIESCE_")})
@@ -255,7 +345,7 @@ def test_quiesce_run_takes_the_commit_block_at_the_freeze(
     assert status["consistency"] == "application", status["errors"]
     hold = status["hold"]
     assert hold["block"]["ok"] is True and hold["block"]["blocked"] is True, hold
-    assert hold["released_at_thaw"] is True
+    assert hold["released_at_thaw"] is True and hold["released_before_thaw"] is True
     # nothing stopped writes after pre: the freeze waited for the kernel to settle
     assert 0 <= hold["settled_ms"] <= 50
     assert (cli.root / "after-pre").read_text() == "through"  # no commit block before
@@ -266,6 +356,31 @@ def test_quiesce_run_takes_the_commit_block_at_the_freeze(
     assert record["consistent"] is True
     assert record["instances"][0]["metadata"]["commit_block"]["taken"] is True
     assert unlocked(server, myisam=False)
+
+
+def test_quiesce_run_freezing_the_servers_own_disks_releases_before_the_thaw(
+        cli: QuiesceCli, server_on_disks: tuple[Any, list[Any]]) -> None:
+    """The whole cycle with MariaDB's data and redo on the disks 'quiesce run' freezes: the
+    release sent between the snapshot and the thaw neither stalls the thaw nor the run, and
+    the snapshot is application-consistent."""
+    server, disks = server_on_disks
+    configure(cli, server)
+    started = time.monotonic()
+    code, status = quiesce_run(cli, server, [str(d.mount_point) for d in disks])
+    assert code == 0, status
+    assert status["consistency"] == "application", status["errors"]
+    assert status["hold"]["released_before_thaw"] is True, status["hold"]
+    assert sorted(status["freeze"]["mounts"]) == sorted(str(d.mount_point) for d in disks)
+    assert status["freeze"]["watchdog_fired"] is False
+    # no wait for an answer that needed the frozen disks (EARLY_RELEASE_TIMEOUT is 30 s)
+    assert time.monotonic() - started < 25
+    assert (cli.root / "during-snapshot").read_text() == "1205"
+    record = json.loads(wait_for(
+        lambda: next(iter((cli.state / "runs").glob("*.json")), None), 30, "the run record"
+    ).read_text())
+    assert record["consistent"] is True
+    assert record["released_by"] == "the runner, after the snapshot and before the thaw"
+    assert write_error(server, 3) is None and unlocked(server, myisam=False)
 
 
 @pytest.mark.parametrize("continue_on_failure", [False, True])
@@ -309,3 +424,5 @@ def test_quiesce_run_with_postgresql_settles_and_completes_nothing(
     assert 0 <= status["hold"]["settled_ms"] <= 50
     assert "block" not in status["hold"]
     assert status["hold"]["released_at_thaw"] is True
+    # backup mode stops no commit: nothing to gain by releasing before the thaw
+    assert status["hold"]["released_before_thaw"] is False

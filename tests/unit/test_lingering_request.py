@@ -1,13 +1,19 @@
 """A lingering request (protocol.LingeringRequest): the holder answers it without closing the
-connection, and its reader closes it once the client does (requests.wait_for_close)."""
+connection, reads any further request the client sends on it, and closes it once the client
+closed its end (requests.Inbox)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
-from quiesce.hold.requests import Request, wait_for_close
+import pytest
+
+from quiesce.hold import requests
+from quiesce.hold.requests import Inbox, Request
 
 
 def test_linger_is_only_an_explicit_true() -> None:
@@ -21,30 +27,94 @@ def test_linger_is_only_an_explicit_true() -> None:
         b.close()
 
 
-def test_the_reader_closes_once_the_client_closes() -> None:
-    holder_end, client_end = socket.socketpair()
-    done = threading.Event()
+class _Reader:
+    """An Inbox reading one connection (the holder's end of a socketpair) in a thread."""
 
-    def reader() -> None:
-        wait_for_close(holder_end, 30)
-        done.set()
+    def __init__(self) -> None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.logged: list[str] = []
+        self.inbox = Inbox(listener, lambda uid: True, self.logged.append)
+        self.holder_end, self.client = socket.socketpair()
+        self.thread = threading.Thread(target=self.inbox._read, args=(self.holder_end,),
+                                       daemon=True)
+        self.thread.start()
 
-    threading.Thread(target=reader, daemon=True).start()
-    Request(holder_end, "block", {"linger": True}).answer({"ok": True})
-    assert client_end.recv(4096).startswith(b'{"protocol"')
-    time.sleep(0.1)
-    assert not done.is_set(), "the holder's end was closed before the client closed its own"
-    client_end.close()
-    assert done.wait(5)
-    assert holder_end.fileno() == -1
+    def send(self, op: str, **fields: object) -> None:
+        self.client.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+
+    def next_request(self, timeout: float = 5) -> Request:
+        give_up = time.monotonic() + timeout
+        while time.monotonic() < give_up:
+            got = self.inbox.wait(0.05)
+            if got:
+                assert len(got) == 1, got
+                return got[0]
+        raise AssertionError("no request was queued")
+
+    def answer_line(self) -> dict[str, object]:
+        self.client.settimeout(5)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = self.client.recv(4096)
+            assert chunk, "the holder closed the connection"
+            data += chunk
+        answer = json.loads(data)
+        assert isinstance(answer, dict)
+        return answer
 
 
-def test_the_reader_gives_up_after_its_limit() -> None:
-    holder_end, client_end = socket.socketpair()
+@pytest.fixture
+def reader() -> Iterator[_Reader]:
+    made = _Reader()
     try:
-        started = time.monotonic()
-        wait_for_close(holder_end, 0.2)
-        assert 0.15 < time.monotonic() - started < 5
-        assert holder_end.fileno() == -1
+        yield made
     finally:
-        client_end.close()
+        made.client.close()
+        made.thread.join(5)
+        made.inbox.close()
+        made.inbox.listener.close()
+
+
+def test_a_lingering_connection_carries_a_second_request(reader: _Reader) -> None:
+    reader.send("block", linger=True)
+    first = reader.next_request()
+    assert first.op == "block" and first.linger
+    first.answer({"ok": True, "n": 1})
+    assert reader.answer_line()["n"] == 1
+    time.sleep(0.1)
+    assert reader.thread.is_alive(), "the reader ended before the client closed"
+    reader.send("release", linger=True, keep=True)
+    second = reader.next_request()
+    assert second.op == "release" and second.fields["keep"] is True
+    assert second.conn is first.conn
+    second.answer({"ok": True, "n": 2})
+    assert reader.answer_line()["n"] == 2
+    reader.client.close()
+    reader.thread.join(5)
+    assert not reader.thread.is_alive() and reader.holder_end.fileno() == -1
+
+
+def test_a_plain_request_is_read_once(reader: _Reader) -> None:
+    reader.send("status")
+    assert reader.next_request().op == "status"
+    reader.thread.join(5)
+    assert not reader.thread.is_alive(), "a request without linger kept its reader"
+
+
+def test_garbage_after_a_lingering_request_closes_the_connection(reader: _Reader) -> None:
+    reader.send("block", linger=True)
+    reader.next_request()
+    reader.client.sendall(b"{not json\n")
+    reader.thread.join(5)
+    assert not reader.thread.is_alive() and reader.holder_end.fileno() == -1
+    assert any("bad request on a lingering connection" in line for line in reader.logged)
+    assert reader.inbox.wait(0.05) == []
+
+
+def test_the_reader_gives_up_after_its_limit(monkeypatch: pytest.MonkeyPatch,
+                                             reader: _Reader) -> None:
+    monkeypatch.setattr(requests, "LINGER_LIMIT", 0.3)
+    reader.send("block", linger=True)
+    reader.next_request()
+    reader.thread.join(10)
+    assert not reader.thread.is_alive() and reader.holder_end.fileno() == -1

@@ -312,3 +312,116 @@ def test_a_block_that_timed_out_is_not_asked_twice(
     with pytest.raises(HolderError):
         runner._ask_block("/run/x")
     assert len(fake_connections) == 1
+
+
+# ----------------------------------------------------------- release between snapshot and thaw
+
+class _OrderedConnection(_FakeConnection):
+    """A block connection that records, in one shared list, when 'release' was sent and when
+    its answer was read."""
+
+    def __init__(self, events: list[str], *, send_fails: bool = False) -> None:
+        super().__init__()
+        self.events = events
+        self.send_fails = send_fails
+        self.fields: dict[str, object] = {}
+
+    def send(self, op: str, timeout: float, **fields: object) -> None:
+        from quiesce.errors import HolderError
+
+        if self.send_fails:
+            raise HolderError("the holder closed the connection")
+        self.events.append(f"send {op}")
+        self.fields = fields
+
+    def receive(self, timeout: float) -> dict[str, object]:
+        self.events.append("receive")
+        return {"ok": True, "state": "released"}
+
+
+class _OrderedSession:
+    """A FreezeSession stand-in: freezes nothing, records its thaw."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.frozen = [SimpleNamespace(mount_point="/mnt/data")]
+        self.watchdog_fired = False
+        self.thaw_errors: list[str] = []
+        self.window_ms = 1.0
+        self.notes: list[str] = []
+
+    def freeze(self, before: object = None) -> None:
+        self.events.append("freeze")
+
+    def thaw(self) -> None:
+        self.events.append("thaw")
+
+
+def _cycle_with(monkeypatch: pytest.MonkeyPatch, connection: _FakeConnection | None,
+                allowed: bool, events: list[str]) -> Runner:
+    """One sync/freeze/snapshot/thaw bracket of a runner whose pre-script was 'quiesce pre'
+    (its hold already complete), with the freeze, the snapshot and the holder stood in for."""
+    from quiesce.callers import runner as runner_module
+    from quiesce.callers.snapshot import SnapshotResult
+
+    runner = _runner()
+    runner._block_connection = connection
+    runner._release_before_thaw_allowed = allowed
+    released_after: list[dict[str, object]] = []
+
+    def at_thaw(rundir: str | None, run_id: str, *, frozen_together: bool = True
+                ) -> dict[str, object]:
+        events.append("release after the thaw")
+        released_after.append({"frozen_together": frozen_together})
+        return {"ok": True, "state": "released", "error": None}
+
+    def take(run_id: str, mounts: list[str], budget: float) -> SnapshotResult:
+        events.append("snapshot")
+        return SnapshotResult(taken=True, provider="command")
+
+    monkeypatch.setattr(runner_module, "release_at_thaw", at_thaw)
+    monkeypatch.setattr(runner, "_hold_before_freeze", lambda *a: None)
+    monkeypatch.setattr(runner, "_freeze_session", lambda *a, **k: _OrderedSession(events))
+    prepared = SimpleNamespace(
+        config=SimpleNamespace(fs_freeze=True, continue_on_failure=False),
+        mounts=["/mnt/data"], provider=SimpleNamespace(take=take),
+        hold_runtime_dir="/run/quiesce-test")
+    runner._snapshot_phases(prepared, True, 0.0)  # type: ignore[arg-type]
+    return runner
+
+
+def test_a_hold_that_stops_commits_is_released_before_the_thaw(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    connection = _OrderedConnection(events)
+    runner = _cycle_with(monkeypatch, connection, True, events)
+    assert events == ["freeze", "snapshot", "send release", "thaw", "receive"]
+    assert connection.fields["keep"] is True and connection.fields["before_thaw"] is True
+    assert runner.status.hold["released_before_thaw"] is True
+    assert runner.status.hold["released_at_thaw"] is True
+    assert runner.status.consistency == "application"
+
+
+def test_a_hold_that_counts_on_the_freeze_is_released_after_the_thaw(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    runner = _cycle_with(monkeypatch, _OrderedConnection(events), False, events)
+    assert events == ["freeze", "snapshot", "thaw", "release after the thaw"]
+    assert runner.status.hold["released_before_thaw"] is False
+
+
+def test_without_a_block_connection_the_release_comes_after_the_thaw(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    _cycle_with(monkeypatch, None, True, events)
+    assert events == ["freeze", "snapshot", "thaw", "release after the thaw"]
+
+
+def test_a_release_that_cannot_be_sent_is_asked_again_after_the_thaw(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    connection = _OrderedConnection(events, send_fails=True)
+    runner = _cycle_with(monkeypatch, connection, True, events)
+    assert events == ["freeze", "snapshot", "thaw", "release after the thaw"]
+    assert connection.closed and runner._block_connection is None
+    assert runner.status.hold["released_at_thaw"] is True

@@ -65,6 +65,9 @@ SNAPSHOT_MARGIN = 1.0
 #: periods its teardown queued (measured: +15-25 ms of freeze window on two ext4 disks, gone
 #: after ~50 ms; docs/performance.md). Nothing blocks the application meanwhile.
 FREEZE_SETTLE_SECONDS = 0.05
+#: How long sending 'release' between the snapshot and the thaw may take (a few bytes into an
+#: idle Unix socket: never more than an instant unless something is badly wrong).
+RELEASE_SEND_TIMEOUT = 0.5
 #: How long the runner waits for the holder to answer 'status' before the freeze.
 HOLD_STATUS_TIMEOUT = 5.0
 #: How long the runner waits for the holder to take the write block at the freeze: more than
@@ -353,6 +356,7 @@ class Runner:
         self.hold_info: dict[str, Any] = {}
         self.hold_error: HoldIncomplete | None = None
         self._block_connection: Any = None  # protocol.LingeringRequest, open until the thaw
+        self._release_before_thaw_allowed = False
         self._early_session: Any = None
         self._stops = 0  # stop signals received so far
 
@@ -624,11 +628,14 @@ class Runner:
                         "timeout" if result.timed_out else "failed")
                     snap_rec.detail = result.detail
             finally:
+                released_early = pre_ok and frozen_ok and self._release_before_thaw()
                 if session is not None:
                     thaw_rec.start, t2 = time.time(), time.monotonic()
                     session.thaw()
                     thaw_rec.duration_ms = (time.monotonic() - t2) * 1000
-                if pre_ok:
+                if released_early:
+                    self.early_release = self._collect_early_release()
+                elif pre_ok:
                     # The snapshot is over: end the application's write stall now rather
                     # than after the post-script's interpreter has started. The holder also
                     # learns whether the freeze held (a lighter level relies on it).
@@ -646,6 +653,35 @@ class Runner:
         status.snapshot_taken = bool(result and result.taken)
         status.consistency = self._consistency(pre_ok, freezing, frozen_ok, session)
         self._raise_pending()
+
+    def _release_before_thaw(self) -> bool:
+        """Between the snapshot and the thaw: send 'release' on the connection of 'block'
+        when the hold stops commits and does not count on the freeze (docs/performance.md).
+        The snapshot is taken, so the lock has done its work; ended now, the application's
+        commits wait only for the thaw, as in a bare freeze, instead of for the holder's
+        unlock after it. Only a socket write: nothing here touches a filesystem, logs, or waits
+        for the holder, whose answer (:meth:`_collect_early_release`) is read after the thaw.
+        False when not sent; the release then comes after the thaw, as before."""
+        connection = self._block_connection
+        if connection is None or not self._release_before_thaw_allowed:
+            return False
+        try:
+            connection.send("release", timeout=RELEASE_SEND_TIMEOUT, run_id=self.run_id,
+                            keep=True, frozen_together=True, before_thaw=True)
+        except QuiesceError:
+            self._close_block_connection()  # whatever was half sent, never used again
+            return False
+        return True
+
+    def _collect_early_release(self) -> dict[str, Any]:
+        """After the thaw: the holder's answer to the 'release' sent before it."""
+        connection = self._block_connection
+        assert connection is not None
+        try:
+            answer = connection.receive(EARLY_RELEASE_TIMEOUT)
+        except QuiesceError as exc:
+            return {"ok": False, "error": str(exc), "before_thaw": True}
+        return {**release_answer(answer), "before_thaw": True}
 
     def _close_block_connection(self) -> None:
         connection, self._block_connection = self._block_connection, None
@@ -691,11 +727,16 @@ class Runner:
         except QuiesceError as exc:
             answer = {"ok": False, "error": str(exc)}
             self.log(f"hold: no status before the freeze ({exc}); the freeze asks again")
-        if answer.get("ok") and answer.get("block_pending") is True:
-            # Connected now, used just before the first FIFREEZE: the holder's thread that
-            # reads it is created here, not right before the freeze (docs/performance.md).
+        stops_commits = answer.get("block_pending") is True or answer.get("blocks_writes") is True
+        if answer.get("ok") and stops_commits:
+            # Connected now, used just before the first FIFREEZE ('block') and between the
+            # snapshot and the thaw ('release'): the holder's thread that reads it is created
+            # here, not right before the freeze (docs/performance.md).
             with contextlib.suppress(QuiesceError):
                 self._block_connection = proto.LingeringRequest(rundir, HOLD_STATUS_TIMEOUT)
+            # A lighter level counts on the freeze, whose outcome is known only after the
+            # thaw: such a hold is released after it, told whether the freeze held.
+            self._release_before_thaw_allowed = answer.get("relies_on_freeze") is False
         if answer.get("ok") and answer.get("blocks_writes") is False:
             wait = pre_ended + FREEZE_SETTLE_SECONDS - time.monotonic()
             if wait > 0:
@@ -805,11 +846,14 @@ class Runner:
                                           str(self.hold_error), self.hold_error.hint))
             self.log(f"hold: {self.hold_error}")
         if self.early_release is not None:
+            before = bool(self.early_release.get("before_thaw"))
             status.hold.update({"released_at_thaw": self.early_release["ok"],
+                                "released_before_thaw": before and self.early_release["ok"],
                                 "runtime_dir": prepared.hold_runtime_dir,
                                 "error": self.early_release.get("error")})
-            self.log("hold: released at the thaw" if self.early_release["ok"] else
-                     f"hold: not released at the thaw ({self.early_release.get('error')}); "
+            when = "after the snapshot, before the thaw" if before else "at the thaw"
+            self.log(f"hold: released {when}" if self.early_release["ok"] else
+                     f"hold: not released {when} ({self.early_release.get('error')}); "
                      "the post-script releases it")
         if session is not None:
             status.freeze["mounts"] = [m.mount_point for m in session.frozen]
@@ -906,6 +950,11 @@ def release_at_thaw(rundir: str | None, run_id: str, *,
                                run_id=run_id, keep=True, frozen_together=frozen_together)
     except QuiesceError as exc:
         return {"ok": False, "error": str(exc)}
+    return release_answer(answer)
+
+
+def release_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    """What the run keeps of the holder's answer to the runner's 'release'."""
     return {"ok": bool(answer.get("ok")), "state": answer.get("state"),
             "error": answer.get("error")}
 

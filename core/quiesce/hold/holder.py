@@ -645,7 +645,7 @@ class Holder:
                 return False
             keep = request.fields.get("keep") is True
             if self.state == HoldState.HOLDING:
-                answer = self._release("the runner, at the thaw" if keep else "'post'")
+                answer = self._release(self._releaser(request.fields, keep))
                 if request.fields.get("frozen_together") is False:
                     self._freeze_failed(answer)
             else:
@@ -708,6 +708,15 @@ class Holder:
                                           f"{wanted}: left untouched"}
         return None
 
+    @staticmethod
+    def _releaser(fields: dict[str, Any], keep: bool) -> str:
+        """Who released, in the record's words."""
+        if not keep:
+            return "'post'"
+        if fields.get("before_thaw") is True:
+            return "the runner, after the snapshot and before the thaw"
+        return "the runner, at the thaw"
+
     def _block(self, wanted: Any) -> dict[str, Any]:
         """'quiesce run', just before its first FIFREEZE: take the write blocks deferred from
         'pre'. If one cannot be taken the hold is not complete: everything is released now and
@@ -754,6 +763,7 @@ class Holder:
                 "deadline": iso(self._wall(self.cutoff)),
                 "remaining_seconds": remaining, "instances": instances,
                 "blocks_writes": hold.blocks_writes() if hold is not None else None,
+                "relies_on_freeze": hold.relies_on_freeze() if hold is not None else None,
                 "block_pending": bool(hold.block_missed()) if hold is not None else None}
 
     # ------------------------------------------------------------------ releasing

@@ -373,14 +373,21 @@ class Hold:
 
     def blocks_writes(self) -> bool:
         """Whether any held instance stops the application's writes right now."""
+        return self._any_held("blocks_writes")
+
+    def relies_on_freeze(self) -> bool:
+        """Whether any held instance counts on the caller's freeze (a lighter level)."""
+        return self._any_held("relies_on_freeze")
+
+    def _any_held(self, attribute: str) -> bool:
         for slot in self.slots:
             if slot.result.status != HELD:
                 continue
             try:
-                if slot.quiescer.blocks_writes:
+                if getattr(slot.quiescer, attribute):
                     return True
             except Exception:
-                return True  # cannot tell: assume it does
+                return True  # cannot tell: assume it does (the safe answer for both)
         return False
 
     def block_all(self, timeout: float) -> list[InstanceResult]:

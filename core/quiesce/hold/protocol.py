@@ -10,7 +10,8 @@ quiesce runs as, mode 0700, meant to be on tmpfs (never frozen):
 - ``holder.sock``: the holder's Unix socket (0600). Protocol: the client sends one JSON object
   on one line (``{"op": "status"}``, ``{"op": "release"}``, ``{"op": "block"}``...), the holder
   answers with one JSON object on one line and closes the connection (a request marked
-  ``linger``, :class:`LingeringRequest`, stays open until the client closes it).
+  ``linger``, :class:`LingeringRequest`, stays open until the client closes it, and the client
+  may send further requests on it, each answered in turn).
 - ``holder.lock``: flock()ed by the holder (and its guardian) for as long as a hold or its
   recovery is in progress; the kernel drops the lock when they die, so it cannot go stale.
 - ``result.json``: the outcome of a hold nobody has collected yet (auto-released by the
@@ -487,20 +488,33 @@ def _connect(rd: RuntimeDir, timeout: float) -> socket.socket:
 def _exchange(rd: RuntimeDir, sock: socket.socket, op: str, timeout: float,
               fields: dict[str, Any]) -> dict[str, Any]:
     """Send one request on ``sock`` and read its answer (the socket stays open)."""
+    _send(rd, sock, op, timeout, fields)
+    return _receive(rd, sock, timeout)
+
+
+def _send(rd: RuntimeDir, sock: socket.socket, op: str, timeout: float,
+          fields: dict[str, Any]) -> None:
     path = socket_path(rd.path)
     try:
         sock.settimeout(timeout)
         line = json.dumps({"op": op, "protocol": PROTOCOL_VERSION, **fields}).encode() + b"\n"
         sock.sendall(line)
+    except TimeoutError as exc:
+        raise HolderError(f"the holder at {path} did not take a request within {timeout:g} s"
+                          ) from exc
+    except OSError as exc:
+        raise _socket_error(rd, exc) from exc
+
+
+def _receive(rd: RuntimeDir, sock: socket.socket, timeout: float) -> dict[str, Any]:
+    path = socket_path(rd.path)
+    try:
+        sock.settimeout(timeout)
         data = _read_line(sock)
     except TimeoutError as exc:
         raise HolderError(f"the holder at {path} did not answer within {timeout:g} s") from exc
     except OSError as exc:
-        if exc.errno in (errno.ECONNRESET, errno.EPIPE):
-            raise NoActiveHold(f"the holder at {path} closed the connection (it is exiting)",
-                               hint="check 'quiesce status' again in a moment") from exc
-        raise HolderError(f"cannot talk to the holder at {path}: "
-                          f"{rd.shown(str(exc))}") from exc
+        raise _socket_error(rd, exc) from exc
     if not data:
         raise NoActiveHold(f"the holder at {path} closed the connection without answering",
                            hint="it was probably exiting; check 'quiesce status'")
@@ -511,6 +525,14 @@ def _exchange(rd: RuntimeDir, sock: socket.socket, op: str, timeout: float,
     if not isinstance(answer, dict):
         raise HolderError(f"the holder at {path} sent a malformed answer")
     return answer
+
+
+def _socket_error(rd: RuntimeDir, exc: OSError) -> HolderError:
+    path = socket_path(rd.path)
+    if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+        return NoActiveHold(f"the holder at {path} closed the connection (it is exiting)",
+                            hint="check 'quiesce status' again in a moment")
+    return HolderError(f"cannot talk to the holder at {path}: {rd.shown(str(exc))}")
 
 
 class LingeringRequest:
@@ -532,6 +554,15 @@ class LingeringRequest:
 
     def request(self, op: str, timeout: float, **fields: Any) -> dict[str, Any]:
         return _exchange(self.rd, self.sock, op, timeout, {**fields, "linger": True})
+
+    def send(self, op: str, timeout: float, **fields: Any) -> None:
+        """Send a further request on the same connection without waiting for its answer
+        (:meth:`receive` reads it). ``quiesce run`` sends 'release' this way between its
+        snapshot and its thaw: a socket write, nothing that touches a filesystem."""
+        _send(self.rd, self.sock, op, timeout, {**fields, "linger": True})
+
+    def receive(self, timeout: float) -> dict[str, Any]:
+        return _receive(self.rd, self.sock, timeout)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -79,18 +79,6 @@ def read_line(conn: socket.socket, limit: float) -> bytes:
     return data
 
 
-def wait_for_close(conn: socket.socket, limit: float) -> None:
-    """Until the peer closes ``conn`` (or ``limit`` seconds), then close it."""
-    give_up = time.monotonic() + limit
-    with contextlib.suppress(OSError):
-        while (left := give_up - time.monotonic()) > 0:
-            conn.settimeout(left)
-            if not conn.recv(4096):
-                break
-    with contextlib.suppress(OSError):
-        conn.close()
-
-
 class Inbox:
     """Requests from the holder's socket, read by short-lived threads."""
 
@@ -157,6 +145,11 @@ class Inbox:
             with contextlib.suppress(OSError):
                 conn.close()
             return
+        request = self._queue(conn, message)
+        if request.linger:
+            self._read_more(conn)
+
+    def _queue(self, conn: socket.socket, message: Any) -> Request:
         if not isinstance(message, dict):
             message = {}
         op = message.get("op")
@@ -164,8 +157,27 @@ class Inbox:
         self.ready.put(request)
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"!")
-        if request.linger:
-            wait_for_close(conn, LINGER_LIMIT)
+        return request
+
+    def _read_more(self, conn: socket.socket) -> None:
+        """A lingering connection: its client closes it when done, and may send further
+        requests on it meanwhile ('quiesce run' sends 'release' on the connection of its
+        'block'). Each is queued like a first one; the connection is closed once the client
+        closed its end, or after LINGER_LIMIT seconds."""
+        give_up = time.monotonic() + LINGER_LIMIT
+        with contextlib.suppress(OSError):
+            while (left := give_up - time.monotonic()) > 0:
+                data = read_line(conn, left)
+                if not data.endswith(b"\n"):
+                    break  # closed, timed out, or a line too long: nothing more to read
+                try:
+                    message = json.loads(data)
+                except ValueError as exc:
+                    self.log(f"bad request on a lingering connection: {exc}")
+                    break
+                self._queue(conn, message)
+        with contextlib.suppress(OSError):
+            conn.close()
 
     def close(self) -> None:
         while True:
