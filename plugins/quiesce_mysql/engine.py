@@ -91,7 +91,7 @@ from quiesce_mysql.session import (
     run_dicts,
     set_io_timeout,
 )
-from quiesce_mysql.verify import HELD, UNKNOWN, VERIFY_HINTS, LockVerifier
+from quiesce_mysql.verify import HELD, UNKNOWN, VERIFY_HINTS, LockSources, LockVerifier
 
 ATTEMPT_SECONDS = 1  # lock_wait_timeout of one attempt (whole seconds; MySQL's minimum is 1)
 RETRY_GAP = 0.25  # pause between attempts: lets the writers queued behind a waiting FTWRL run
@@ -119,6 +119,7 @@ class MySQLQuiescer(Quiescer):
         self._endpoint: Endpoint | None = None
         self._conn: Any = None
         self._probe: Any = None
+        self._lock_sources = LockSources()  # learnt by pre's verification, kept for the block
         self._io = threading.RLock()  # one statement at a time on the holding session
         self._taken: list[LockStep] = []
         self._lost: str | None = None
@@ -483,7 +484,8 @@ class MySQLQuiescer(Quiescer):
                      steps: list[LockStep] | None = None) -> None:
         assert self.info is not None and self.thread_id is not None
         verifier = LockVerifier(self._probe_conn(deadline), self.info, self.thread_id,
-                                timeout=min(SHORT_TIMEOUT, max(1.0, deadline.remaining())))
+                                timeout=min(SHORT_TIMEOUT, max(1.0, deadline.remaining())),
+                                sources=self._lock_sources)
         try:
             if not verifier.thread_alive():
                 raise EngineError(f"{self.name}: the holding session (id {self.thread_id}) is "
@@ -654,7 +656,7 @@ class MySQLQuiescer(Quiescer):
         assert self.info is not None and self.plan is not None and self.thread_id is not None
         try:
             verifier = LockVerifier(self._probe_conn(deadline), self.info, self.thread_id,
-                                    timeout=SHORT_TIMEOUT)
+                                    timeout=SHORT_TIMEOUT, sources=self._lock_sources)
             results = [verifier.check(step) for step in self.plan.steps]
             still = [r for r in results if r.result == HELD]
             if not still:

@@ -112,17 +112,31 @@ def _is_backup_stage(step: LockStep) -> bool:
     return step.kind.startswith("backup-stage")
 
 
+@dataclass
+class LockSources:
+    """What a server offers as lock evidence, learnt by the first verification and kept by
+    the engine for the next ones: a source found missing in 'pre' is not asked again by the
+    verification of the commit block right before the caller's FIFREEZE, nor by the release's
+    confirmation. A source that fails later is marked missing then; the conflict probe is
+    always the fallback."""
+
+    pfs_usable: bool | None = None
+    mdl_info_usable: bool | None = None
+    #: The probe session whose lock_wait_timeout is already at its minimum (set once per
+    #: session; a fresh probe session gets it again).
+    probe_wait_set_on: Any = None
+
+
 class LockVerifier:
     """Looks at the holding thread from another connection (``probe``)."""
 
     def __init__(self, probe: Any, info: ServerInfo, thread_id: int, *,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, sources: LockSources | None = None) -> None:
         self.probe = probe
         self.info = info
         self.thread_id = thread_id
         self.timeout = timeout
-        self._pfs_usable: bool | None = None
-        self._mdl_info_usable: bool | None = None
+        self.sources = sources if sources is not None else LockSources()
 
     # -- sources --------------------------------------------------------------------------
 
@@ -136,7 +150,7 @@ class LockVerifier:
         return any(_as_int(row[0]) == self.thread_id for row in rows if row)
 
     def _pfs_rows(self) -> list[tuple[Any, ...]] | None:
-        if self.info.is_mariadb or self._pfs_usable is False:
+        if self.info.is_mariadb or self.sources.pfs_usable is False:
             return None
         try:
             rows = run(
@@ -147,7 +161,7 @@ class LockVerifier:
                 "WHERE t.PROCESSLIST_ID = %s",
                 (self.thread_id,), timeout=self.timeout,
             )
-            if self._pfs_usable is None:
+            if self.sources.pfs_usable is None:
                 enabled = run(
                     self.probe,
                     "SELECT @@performance_schema, (SELECT ENABLED FROM "
@@ -155,16 +169,16 @@ class LockVerifier:
                     "'wait/lock/metadata/sql/mdl')", timeout=self.timeout,
                 )
                 on, instrument = enabled[0] if enabled else (0, "NO")
-                self._pfs_usable = bool(on) and str(instrument).upper() == "YES"
+                self.sources.pfs_usable = bool(on) and str(instrument).upper() == "YES"
         except Exception as exc:
             if error_number(exc) is None:
                 raise
-            self._pfs_usable = False
+            self.sources.pfs_usable = False
             return None
-        return rows if self._pfs_usable else None
+        return rows if self.sources.pfs_usable else None
 
     def _mdl_info_rows(self) -> list[tuple[Any, ...]] | None:
-        if not self.info.is_mariadb or self._mdl_info_usable is False:
+        if not self.info.is_mariadb or self.sources.mdl_info_usable is False:
             return None
         try:
             rows = run(self.probe,
@@ -174,14 +188,17 @@ class LockVerifier:
             if error_number(exc) is None:
                 raise
             # 1109 unknown table (the plugin is not installed), access denied and the like.
-            self._mdl_info_usable = False
+            self.sources.mdl_info_usable = False
             return None
-        self._mdl_info_usable = True
+        self.sources.mdl_info_usable = True
         return rows
 
     def _probe(self, step: LockStep) -> Evidence:
         minimum = 0 if self.info.is_mariadb else 1
-        run(self.probe, "SET SESSION lock_wait_timeout = %s", (minimum,), timeout=self.timeout)
+        if self.sources.probe_wait_set_on is not self.probe:
+            run(self.probe, "SET SESSION lock_wait_timeout = %s", (minimum,),
+                timeout=self.timeout)
+            self.sources.probe_wait_set_on = self.probe
         failure: BaseException | None = None
         try:
             if _is_backup_stage(step):

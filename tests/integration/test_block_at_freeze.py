@@ -366,15 +366,16 @@ def test_quiesce_run_freezing_the_servers_own_disks_releases_before_the_thaw(
     server, disks = server_on_disks
     configure(cli, server)
     started = time.monotonic()
-    code, status = quiesce_run(cli, server, [str(d.mount_point) for d in disks])
-    assert code == 0, status
+    # No INSERT probe during the snapshot: with the server's own disks frozen it may wait in
+    # the kernel (InnoDB writing to a frozen file) before it reaches the commit lock.
+    code, status = quiesce_run(cli, server, [str(d.mount_point) for d in disks], probe=False)
+    assert code == 0, json.dumps(status, indent=1)
     assert status["consistency"] == "application", status["errors"]
     assert status["hold"]["released_before_thaw"] is True, status["hold"]
     assert sorted(status["freeze"]["mounts"]) == sorted(str(d.mount_point) for d in disks)
     assert status["freeze"]["watchdog_fired"] is False
     # no wait for an answer that needed the frozen disks (EARLY_RELEASE_TIMEOUT is 30 s)
     assert time.monotonic() - started < 25
-    assert (cli.root / "during-snapshot").read_text() == "1205"
     record = json.loads(wait_for(
         lambda: next(iter((cli.state / "runs").glob("*.json")), None), 30, "the run record"
     ).read_text())

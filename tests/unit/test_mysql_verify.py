@@ -14,7 +14,7 @@ from typing import Any
 import pymysql
 
 from quiesce_mysql.flavour import BACKUP_STAGE, FTWRL_MARIADB, FTWRL_MYSQL, INSTANCE, parse_server
-from quiesce_mysql.verify import FREE, HELD, PROBE_DDL, UNKNOWN, LockVerifier
+from quiesce_mysql.verify import FREE, HELD, PROBE_DDL, UNKNOWN, LockSources, LockVerifier
 
 MYSQL = parse_server("8.4.0", "MySQL Community Server - GPL")
 MARIADB = parse_server("10.11.6-MariaDB")
@@ -123,3 +123,44 @@ def test_unusable_source_is_not_asked_twice() -> None:
     verifier.check(BACKUP_STAGE)
     verifier.check(BACKUP_STAGE)
     assert sum(sql.startswith("SELECT LOCK_MODE") for sql in conn.executed) == 1
+
+
+def test_what_one_verification_learnt_is_kept_for_the_next() -> None:
+    """The engine hands the same LockSources to pre's verification, the block's at the freeze
+    and the release's confirmation: the missing plugin and the probe session's
+    lock_wait_timeout are asked about once, not right before the caller's FIFREEZE again."""
+    conn = ScriptedConnection({
+        "SELECT LOCK_MODE": pymysql.err.OperationalError(1109, "Unknown table"),
+        "BACKUP STAGE START": timeout_error(),
+    })
+    sources = LockSources()
+    assert LockVerifier(conn, MARIADB, 9, sources=sources).check(BACKUP_STAGE).result == HELD
+    first = list(conn.executed)
+    conn.executed.clear()
+    assert LockVerifier(conn, MARIADB, 9, sources=sources).check(BACKUP_STAGE).result == HELD
+    assert any(sql.startswith("SELECT LOCK_MODE") for sql in first)
+    assert any(sql.startswith("SET SESSION lock_wait_timeout") for sql in first)
+    assert conn.executed == ["BACKUP STAGE START"]
+
+
+def test_a_fresh_probe_session_gets_its_lock_wait_timeout_again() -> None:
+    answers = {"SELECT LOCK_MODE": pymysql.err.OperationalError(1109, "Unknown table"),
+               "BACKUP STAGE START": timeout_error()}
+    sources = LockSources()
+    LockVerifier(ScriptedConnection(answers), MARIADB, 9, sources=sources).check(BACKUP_STAGE)
+    fresh = ScriptedConnection(answers)
+    assert LockVerifier(fresh, MARIADB, 9, sources=sources).check(BACKUP_STAGE).result == HELD
+    assert fresh.executed == ["SET SESSION lock_wait_timeout = %s <- (0,)",
+                              "BACKUP STAGE START"]
+
+
+def test_a_source_that_worked_and_then_fails_falls_back_to_the_probe() -> None:
+    conn = ScriptedConnection({"SELECT LOCK_MODE": [("MDL_BACKUP_WAIT_COMMIT",)],
+                               "BACKUP STAGE START": timeout_error()})
+    sources = LockSources()
+    assert LockVerifier(conn, MARIADB, 9, sources=sources).check(BACKUP_STAGE).method == \
+        "METADATA_LOCK_INFO"
+    conn.answers["SELECT LOCK_MODE"] = pymysql.err.OperationalError(1142, "denied")
+    evidence = LockVerifier(conn, MARIADB, 9, sources=sources).check(BACKUP_STAGE)
+    assert evidence.result == HELD and evidence.method.startswith("probe")
+    assert sources.mdl_info_usable is False
