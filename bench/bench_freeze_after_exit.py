@@ -27,11 +27,21 @@ before the sync, as ``pre`` does, and ends the stage right after the thaw):
 - ``block-commit-thread``: the same from a thread started just then, alive until the thaw
   (the holder's block threads used to be started there).
 
+``--set backup`` (PostgreSQL) asks what the full level's backup mode costs the freeze by
+itself, with no quiesce process involved (``quiet`` is the floor; the bench's own session does
+the rest, ``LEAD_BEFORE_SYNC`` before the sync as ``quiesce run``'s pre-script does, and ends
+backup mode right after the thaw):
+- ``checkpoint``: a ``CHECKPOINT``;
+- ``backup-mode``: ``pg_backup_start(label, fast => true)`` (a checkpoint, then every page's
+  first change after it is logged whole: full-page writes), ``pg_backup_stop()`` after the thaw;
+- ``backup-mode-stop-later``: the same, ``pg_backup_stop()`` 100 ms after the thaw.
+
     sudo .venv/bin/python bench/bench_freeze_after_exit.py [--runs 10] [--engine postgresql]
     sudo .venv/bin/python bench/bench_freeze_after_exit.py --set block --engine mysql
+    sudo .venv/bin/python bench/bench_freeze_after_exit.py --set backup
 
-Writes bench/results/freeze_after_exit.json (``--set block``: block_cost.json) and prints
-medians and ratios to ``quiet``.
+Writes bench/results/freeze_after_exit.json (``--set block``: block_cost.json, ``--set
+backup``: backup_mode_cost.json) and prints medians and ratios to ``quiet``.
 """
 
 from __future__ import annotations
@@ -58,7 +68,12 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "core"), str(ROOT / "plugins")]
 import bench_stall as stall  # noqa: E402  (after the path set-up above)
 
 RESULTS = {"exit": ROOT / "bench" / "results" / "freeze_after_exit.json",
-           "block": ROOT / "bench" / "results" / "block_cost.json"}
+           "block": ROOT / "bench" / "results" / "block_cost.json",
+           "backup": ROOT / "bench" / "results" / "backup_mode_cost.json"}
+ENGINE_OF_SET = {"block": "mysql", "backup": "postgresql"}
+#: quiesce run's pre-script takes backup mode about this long before the freeze (its exit,
+#: the settle, the sync: run records of bench_stall.py).
+LEAD_BEFORE_SYNC = 0.1
 Step = Callable[[], None]
 
 
@@ -142,6 +157,31 @@ def block_variants(server: Any) -> dict[str, tuple[Step, Step, Step]]:
     }
 
 
+def backup_variants(server: Any) -> dict[str, tuple[Step, Step, Step]]:
+    """PostgreSQL's full level (backup mode, its checkpoint), taken by the bench's session."""
+    session = server.connect(autocommit=True)
+
+    def sql(statement: str, pause: float = 0.0) -> Step:
+        def run() -> None:
+            session.execute(statement)
+            time.sleep(pause)
+        return run
+
+    start = sql("SELECT pg_backup_start('bench', true)", LEAD_BEFORE_SYNC)
+    stop = sql("SELECT pg_backup_stop()")
+
+    def stop_later() -> None:
+        time.sleep(0.1)
+        stop()
+
+    return {
+        "quiet": (_nothing, _nothing, _nothing),
+        "checkpoint": (sql("CHECKPOINT", LEAD_BEFORE_SYNC), _nothing, _nothing),
+        "backup-mode": (start, _nothing, stop),
+        "backup-mode-stop-later": (start, _nothing, stop_later),
+    }
+
+
 def one_cycle(setup: Any, name: str, steps: tuple[Step, Step, Step], run: int, *,
               sync: bool = False) -> dict[str, Any]:
     assert setup.writer is not None
@@ -176,11 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=stall.ENGINES, default="postgresql")
     parser.add_argument("--set", choices=sorted(RESULTS), default="exit",
                         help="exit: kernel work right before the freeze (default); block: "
-                             "what MariaDB's commit block costs by itself")
+                             "what MariaDB's commit block costs by itself; backup: what "
+                             "PostgreSQL's backup mode costs by itself")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
-    if args.set == "block" and args.engine != "mysql":
-        parser.error("--set block needs --engine mysql")
+    wanted = ENGINE_OF_SET.get(args.set)
+    if wanted is not None and args.engine != wanted:
+        if args.engine != parser.get_default("engine"):
+            parser.error(f"--set {args.set} needs --engine {wanted}")
+        args.engine = wanted
     output = args.output or RESULTS[args.set]
     if os.geteuid() != 0:
         print("bench_freeze_after_exit: needs root (loop devices, FIFREEZE)", file=sys.stderr)
@@ -202,9 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.add("tearing down the XFS store", store.teardown)
         setup = stall.prepare_engine(args.engine, store, base, private, levels=[],
                                      cleanup=cleanup)
-        plan = variants() if args.set == "exit" else block_variants(setup.server)
+        plan = {"exit": variants, "block": block_variants,
+                "backup": backup_variants}[args.set](*([] if args.set == "exit"
+                                                        else [setup.server]))
         names = list(plan)
-        sync = args.set == "block"
+        sync = args.set != "exit"
         one_cycle(setup, "quiet", plan["quiet"], -1, sync=sync)  # warm-up, not counted
         for run in range(args.runs):
             shift = run % len(names)
@@ -226,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<20}{freeze:>11.1f}{freeze / quiet:>9.2f}{gap:>11.1f}")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({
-        "benchmark": "freeze_after_exit" if args.set == "exit" else "block_cost",
+        "benchmark": RESULTS[args.set].stem,
         "engine": args.engine, "runs": args.runs,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "summary": summary, "cycles": rows}, indent=1) + "\n")

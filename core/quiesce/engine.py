@@ -113,6 +113,15 @@ class Quiescer(abc.ABC):
         the snapshot is consistent. False unless the engine chose such a level."""
         return False
 
+    @property
+    def commit_paths(self) -> tuple[str, ...]:
+        """Directories every commit writes and waits for (a write-ahead or redo log), on this
+        machine, when the hold does not block commits itself. ``quiesce run`` freezes the
+        filesystems holding them last and thaws them first, so commits go on while the others
+        freeze (any order gives the same crash-consistent snapshot: all are frozen before
+        it). Empty (the default): no preference."""
+        return ()
+
     def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Close connections. Called after release/abort; must not raise."""
 

@@ -53,6 +53,7 @@ from quiesce_mysql.flavour import (
     ServerInfo,
     binlog_status_statement,
     commit_block,
+    commit_dirs,
     durability_problem,
     gtid_variables,
     level_variables_query,
@@ -120,6 +121,7 @@ class MySQLQuiescer(Quiescer):
         self._conn: Any = None
         self._probe: Any = None
         self._lock_sources = LockSources()  # learnt by pre's verification, kept for the block
+        self._commit_dirs: list[str] = []  # read with the light level's conditions
         self._io = threading.RLock()  # one statement at a time on the holding session
         self._taken: list[LockStep] = []
         self._lost: str | None = None
@@ -238,6 +240,12 @@ class MySQLQuiescer(Quiescer):
     @property
     def relies_on_freeze(self) -> bool:
         return self.level.chosen == LEVEL_LIGHT
+
+    @property
+    def commit_paths(self) -> tuple[str, ...]:
+        """The redo and binary log directories, at the light level only: the full level's
+        commit block stops commits for the whole freeze, whatever its order."""
+        return tuple(self._commit_dirs) if self.relies_on_freeze else ()
 
     def check_alive(self) -> None:
         if self._lost:
@@ -369,6 +377,7 @@ class MySQLQuiescer(Quiescer):
                     "only tables an account has privileges on): GRANT SELECT ON *.* to allow "
                     "the light level")
         datadir = variables.get("datadir", "")
+        self._commit_dirs = commit_dirs(variables)
         pid, how = self._server_pid(variables)
         level.check_server_here(pid, how, datadir)
         freeze = freeze_set.for_instance(self.settings.caller_freeze)

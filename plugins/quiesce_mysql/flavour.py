@@ -411,6 +411,25 @@ def durability_problem(variables: Mapping[str, str]) -> str | None:
     return None
 
 
+def commit_dirs(variables: Mapping[str, str]) -> list[str]:
+    """The directories every commit writes and flushes: the InnoDB redo log's, and the binary
+    log's when it is on. Relative settings are under the data directory; an unset redo
+    directory is the data directory itself."""
+    datadir = str(variables.get("datadir") or "").strip()
+    if not datadir:
+        return []
+
+    def resolve(value: str | None) -> str:
+        text = str(value or "").strip()
+        return os.path.normpath(text if os.path.isabs(text) else os.path.join(datadir, text))
+
+    paths = [resolve(variables.get("innodb_log_group_home_dir"))]
+    basename = str(variables.get("log_bin_basename") or "").strip()
+    if _on(variables.get("log_bin")) and basename:
+        paths.append(os.path.dirname(resolve(basename)))
+    return list(dict.fromkeys(paths))
+
+
 def recovery_paths(variables: Mapping[str, str],
                    tablespace_files: Sequence[str] = ()) -> list[tuple[str, str]]:
     """Every (what, absolute path) crash recovery needs: the data directory, InnoDB system,

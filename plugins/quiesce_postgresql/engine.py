@@ -127,6 +127,12 @@ class PostgresQuiescer(Quiescer):
     def relies_on_freeze(self) -> bool:
         return self.light
 
+    @property
+    def commit_paths(self) -> tuple[str, ...]:
+        """pg_wal: every commit writes and flushes its WAL there, and nothing else."""
+        data_dir = self.info.get("data_directory")
+        return (os.path.join(str(data_dir), "pg_wal"),) if data_dir else ()
+
     # ----------------------------------------------------------------- helpers
     def _where(self) -> str:
         return f"postgresql instance {self.name!r}"
@@ -304,13 +310,17 @@ class PostgresQuiescer(Quiescer):
                         ELSE false END,
                    has_function_privilege('pg_control_checkpoint()', 'EXECUTE'),
                    CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
-                        THEN (SELECT system_identifier::text FROM pg_control_system()) END
+                        THEN (SELECT system_identifier::text FROM pg_control_system()) END,
+                   CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                          OR pg_has_role(current_user, 'pg_read_all_settings', 'MEMBER')
+                        THEN current_setting('data_directory') END
             """,
             (start, stop, version),
             what="detecting the server",
         )
         (server_version, standby, pid, wal_level, archive_mode, segment_size, user, superuser,
-         can_start, can_stop, checkpoint_role, can_read_control, system_identifier) = row
+         can_start, can_stop, checkpoint_role, can_read_control, system_identifier,
+         data_directory) = row
         self._pid = int(pid)
         self.info = {
             "server_version": server_version,
@@ -328,6 +338,8 @@ class PostgresQuiescer(Quiescer):
             # Which cluster this is (a string: 64-bit, beyond what many JSON readers keep
             # exact); restore-label refuses a data directory of another cluster.
             "system_identifier": system_identifier,
+            # None when the role may not read it (superuser or pg_read_all_settings)
+            "data_directory": data_directory,
         }
 
     def _choose_level(self) -> None:
@@ -349,13 +361,10 @@ class PostgresQuiescer(Quiescer):
         level.check("primary", not self.info["standby"],
                     "the server is a primary" if not self.info["standby"] else
                     "the server is a standby: the light level is not verified for standbys")
-        ((fsync, sync_commit, data_dir),) = self._query(
-            """
-            SELECT current_setting('fsync'), current_setting('synchronous_commit'),
-                   CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-                          OR pg_has_role(current_user, 'pg_read_all_settings', 'MEMBER')
-                        THEN current_setting('data_directory') END
-            """, what="reading the settings of the light level")
+        data_dir = self.info.get("data_directory")
+        ((fsync, sync_commit),) = self._query(
+            "SELECT current_setting('fsync'), current_setting('synchronous_commit')",
+            what="reading the settings of the light level")
         durable = fsync == "on" and sync_commit != "off"
         level.check("durability", durable,
                     f"fsync = {fsync}, synchronous_commit = {sync_commit}" + (

@@ -427,3 +427,29 @@ def test_quiesce_run_with_postgresql_settles_and_completes_nothing(
     assert status["hold"]["released_at_thaw"] is True
     # backup mode stops no commit: nothing to gain by releasing before the thaw
     assert status["hold"]["released_before_thaw"] is False
+
+
+def test_quiesce_run_freezes_the_wal_filesystem_last(
+        cli: QuiesceCli, reachable_dir: Path, loop_disk_factory: Any,
+        postgresql_server_factory: Any) -> None:
+    """PostgreSQL's data directory and pg_wal on two sibling filesystems, the WAL's mounted
+    later (so frozen first by the default order): the holder reports pg_wal as the commit
+    path, and the runner freezes its filesystem last and thaws it first, so commits go on
+    while the data filesystem freezes. Whatever order --freeze-mount lists them in."""
+    data, wal = (loop_disk_factory("ext4", 256, name, workdir=reachable_dir,
+                                   image_dir=reachable_dir) for name in ("data", "wal"))
+    for disk in (data, wal):
+        disk.mount_point.chmod(0o755)
+    (reachable_dir / "run").mkdir(mode=0o755)
+    server = postgresql_server_factory(ServerLayout(
+        data_dir=data.mount_point / "pg", log_dir=wal.mount_point / "wal",
+        run_dir=reachable_dir / "run"))
+    cli.write_sections([("postgresql", {"name": "pg", "conninfo": server.socket_conninfo})])
+    for listed in ([data, wal], [wal, data]):
+        code, status = quiesce_run(cli, server, [str(d.mount_point) for d in listed],
+                                   probe=False)
+        assert code == 0, json.dumps(status, indent=1)
+        assert status["consistency"] == "application", status["errors"]
+        assert status["hold"]["frozen_last"] == [str(wal.mount_point)], status["hold"]
+        assert status["freeze"]["mounts"] == [str(data.mount_point), str(wal.mount_point)]
+        assert status["freeze"]["watchdog_fired"] is False

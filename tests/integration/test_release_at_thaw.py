@@ -1,7 +1,9 @@
 """`quiesce run` with quiesce wrappers as its scripts releases the hold at the thaw, over the
 holder socket, instead of after the post-script's interpreter has started: the post-script
-then only collects the outcome. Real loop filesystems and real FIFREEZE (only the test's own
-mounts), the example flock engine as the held "database"."""
+then only collects the outcome. A hold that stops writes (the example flock engine's) is
+released between the snapshot and the thaw, on a connection opened before the freeze. Real
+loop filesystems and real FIFREEZE (only the test's own mounts), the example flock engine as
+the held "database"."""
 
 from __future__ import annotations
 
@@ -95,6 +97,8 @@ def test_the_runner_releases_at_the_thaw_and_post_only_collects(cycle: Cycle) ->
     assert code == 0, (status, err)
     assert status["consistency"] == "application"
     assert status["hold"]["released_at_thaw"] is True, status["hold"]
+    # It stops writers and counts on no freeze: released once the snapshot existed.
+    assert status["hold"]["released_before_thaw"] is True, status["hold"]
     # The flock engine cannot split its hold and blocks writers from pre on: no wait for the
     # kernel to settle (it would lengthen the hold), nothing to complete at the freeze.
     assert "settled_ms" not in status["hold"] and "block" not in status["hold"]
@@ -106,7 +110,8 @@ def test_the_runner_releases_at_the_thaw_and_post_only_collects(cycle: Cycle) ->
     record = json.loads(record_path.read_text())
     assert record["consistent"] is True
     assert record["run_id"] == status["run_id"]  # one id for one backup
-    assert any("released by the runner, at the thaw" in line for line in record["log"])
+    assert any("released by the runner, after the snapshot and before the thaw" in line
+               for line in record["log"])
 
 
 def test_a_post_script_that_is_no_quiesce_wrapper_is_left_alone(cycle: Cycle) -> None:

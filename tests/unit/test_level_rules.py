@@ -7,7 +7,7 @@ import pytest
 from quiesce.schema import validate
 from quiesce_mysql.config import SCHEMA as MYSQL_SCHEMA
 from quiesce_mysql.config import MySQLOptions, section_problems
-from quiesce_mysql.flavour import durability_problem, recovery_paths
+from quiesce_mysql.flavour import commit_dirs, durability_problem, recovery_paths
 from quiesce_postgresql.config import SCHEMA as PG_SCHEMA
 
 
@@ -76,3 +76,17 @@ def test_recovery_paths_skip_the_binlog_when_it_is_off() -> None:
                                                   "log_bin_basename": "/b/x"})]
     assert "binary log" not in whats and whats == ["data directory"]
     assert recovery_paths({}) == []
+
+
+@pytest.mark.parametrize(("variables", "expected"), [
+    ({"datadir": "/var/lib/mysql/", "innodb_log_group_home_dir": "./", "log_bin": "ON",
+      "log_bin_basename": "/srv/binlog/mysql-bin"}, ["/var/lib/mysql", "/srv/binlog"]),
+    ({"datadir": "/var/lib/mysql", "innodb_log_group_home_dir": "/srv/redo", "log_bin": "ON",
+      "log_bin_basename": "mysql-bin"}, ["/srv/redo", "/var/lib/mysql"]),
+    ({"datadir": "/var/lib/mysql", "innodb_log_group_home_dir": "", "log_bin": "OFF",
+      "log_bin_basename": "/srv/binlog/mysql-bin"}, ["/var/lib/mysql"]),
+    ({"datadir": "", "innodb_log_group_home_dir": "/srv/redo"}, []),
+])
+def test_commit_dirs_are_the_redo_and_binary_log_directories(variables: dict[str, str],
+                                                             expected: list[str]) -> None:
+    assert commit_dirs(variables) == expected

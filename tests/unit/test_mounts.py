@@ -177,3 +177,39 @@ def test_live_discovery_parses_this_machine() -> None:
     mounts = discover_mounts()  # read-only: parses /proc/self/mountinfo, freezes nothing
     assert all(not m.mount_point.startswith(("/proc/", "/sys/", "/dev/")) for m in mounts)
     assert len({m.device for m in mounts}) == len(mounts)
+
+
+# -------------------------------------------------- late: the filesystems commits wait for
+
+SIBLINGS = ("27 1 254:0 / / rw - ext4 /dev/vda1 rw\n"
+            "40 27 254:16 / /srv/pgdata rw - xfs /dev/vdb rw\n"
+            "41 27 254:32 / /srv/pgwal rw - ext4 /dev/vdc rw\n")
+
+
+def test_a_late_filesystem_is_frozen_after_its_siblings() -> None:
+    default = points(discover_mounts(["/srv/pgdata", "/srv/pgwal"], mountinfo_text=SIBLINGS,
+                                     backing={}))
+    assert default == ["/srv/pgwal", "/srv/pgdata"]  # tie order: later mount first
+    late = points(discover_mounts(["/srv/pgdata", "/srv/pgwal"], mountinfo_text=SIBLINGS,
+                                  backing={}, late={"254:32"}))
+    assert late == ["/srv/pgdata", "/srv/pgwal"]
+
+
+def test_late_never_breaks_the_nesting_rule() -> None:
+    # pg_wal mounted inside the data filesystem: still frozen before its parent
+    order = points(discover_mounts(mountinfo_text=SAMPLE, backing={}, late={"254:32"}))
+    assert order.index("/var/lib/postgresql/16/main/pg_wal") < order.index(
+        "/var/lib/postgresql")
+    assert order[-1] == "/"
+    # but after every filesystem that does not depend on it
+    assert order.index("/var/lib/postgresql/16/main/pg_wal") > order.index(
+        "/mnt/my backup\tdisk")
+
+
+def test_late_never_breaks_the_loop_image_rule() -> None:
+    text = ("27 1 254:0 / / rw - ext4 /dev/vda1 rw\n"
+            "40 27 7:0 / /mnt/b rw - ext4 /dev/loop0 rw\n"
+            "41 27 7:1 / /mnt/a rw - ext4 /dev/loop1 rw\n")
+    backed = points(discover_mounts(mountinfo_text=text, late={"7:0"},
+                                    backing={"/dev/loop0": "/mnt/a/images/b.img"}))
+    assert backed.index("/mnt/b") < backed.index("/mnt/a")

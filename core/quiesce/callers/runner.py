@@ -727,6 +727,8 @@ class Runner:
         except QuiesceError as exc:
             answer = {"ok": False, "error": str(exc)}
             self.log(f"hold: no status before the freeze ({exc}); the freeze asks again")
+        if answer.get("ok"):
+            self._commit_paths_last(answer.get("commit_paths"))
         stops_commits = answer.get("block_pending") is True or answer.get("blocks_writes") is True
         if answer.get("ok") and stops_commits:
             # Connected now, used just before the first FIFREEZE ('block') and between the
@@ -764,6 +766,29 @@ class Runner:
                 raise self.hold_error
 
         return complete
+
+    def _commit_paths_last(self, paths: Any) -> None:
+        """Freeze the filesystems the databases' commits wait for (their WAL, as the holder
+        reports it) last, and thaw them first, where the freeze order allows: commits then
+        go on while the other filesystems freeze (docs/performance.md). Any order gives the
+        same snapshot, taken once all are frozen; a failure here keeps the order as it was."""
+        session = self._early_session
+        if not isinstance(paths, list) or not paths or session is None \
+                or not hasattr(session, "reorder"):
+            return
+        from quiesce.freezing.mounts import device_of, discover_mounts
+
+        ours = {m.device for m in session.mounts}
+        late = {d for d in (device_of(str(p)) for p in paths) if d is not None and d in ours}
+        if not late or len(ours) < 2:
+            return
+        try:
+            session.reorder(discover_mounts([m.mount_point for m in session.mounts], late=late))
+        except FreezeError as exc:
+            self.log(f"freeze: kept the freeze order ({exc})")
+            return
+        self.hold_info["frozen_last"] = [m.mount_point for m in session.mounts
+                                         if m.device in late]
 
     def _ask_block(self, rundir: str) -> dict[str, Any]:
         """Send 'block' on the connection opened before the settle; on a fresh one if that

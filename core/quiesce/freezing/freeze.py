@@ -413,6 +413,21 @@ class FreezeSession:
             raise
         self._state = "prepared"
 
+    def reorder(self, mounts: Sequence[Mount]) -> None:
+        """Freeze the same filesystems in another order (thawed in its reverse), before the
+        freeze: e.g. :func:`~quiesce.freezing.mounts.discover_mounts` with ``late``. The
+        watchdog keeps its own descriptors; it thaws whatever is frozen, in any order."""
+        if self._state not in ("new", "prepared"):
+            raise FreezeError(f"cannot reorder a freeze session that is {self._state}")
+        by_device = {m.device: i for i, m in enumerate(self.mounts)}
+        if sorted(by_device) != sorted(m.device for m in mounts) or len(mounts) != len(
+                self.mounts):
+            raise FreezeError("a new freeze order must list the same filesystems, each once")
+        positions = [by_device[m.device] for m in mounts]
+        if self._fds:
+            self._fds = [self._fds[i] for i in positions]
+        self.mounts = [self.mounts[i] for i in positions]
+
     def cancel(self) -> None:
         """No freeze after all (the pre-script failed): stop a prepared watchdog."""
         if self._state == "prepared":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from quiesce.errors import FreezeError
@@ -166,13 +166,16 @@ def select_freezable(entries: Sequence[MountEntry]) -> list[MountEntry]:
 
 def freeze_order(entries: Sequence[MountEntry],
                  backing: Mapping[str, str] | None = None,
-                 all_entries: Sequence[MountEntry] | None = None) -> list[MountEntry]:
+                 all_entries: Sequence[MountEntry] | None = None,
+                 late: Collection[str] = ()) -> list[MountEntry]:
     """``entries`` ordered so each is frozen before the filesystems it depends on.
 
     ``backing`` maps a mount's source device (``/dev/loop3``) to the absolute path of its
     loop image; ``all_entries`` (default ``entries``) is used to find which filesystem holds
-    that image. Ties go deepest mount point first, then later mount first. A dependency cycle
-    (possible only with contrived bind mounts) falls back to that tie order.
+    that image. Ties go to the filesystems not in ``late`` (devices frozen as late as the
+    dependencies allow: those the application's commits wait for), then deepest mount point
+    first, then later mount first. A dependency cycle (possible only with contrived bind
+    mounts) falls back to that tie order.
     """
     backing = backing or {}
     universe = list(all_entries) if all_entries is not None else list(entries)
@@ -192,8 +195,8 @@ def freeze_order(entries: Sequence[MountEntry],
                 after[child.device].add(holder.device)
     rank = {e.device: i for i, e in enumerate(entries)}
 
-    def tie(entry: MountEntry) -> tuple[int, int]:
-        return (-_depth(entry.mount_point), -rank[entry.device])
+    def tie(entry: MountEntry) -> tuple[bool, int, int]:
+        return (entry.device in late, -_depth(entry.mount_point), -rank[entry.device])
 
     blockers = {d: {c for c in after if d in after[c]} for d in after}  # who must go first
     remaining = sorted(entries, key=tie)
@@ -269,13 +272,15 @@ def _select_only(entries: Sequence[MountEntry], only: Sequence[str]) -> list[Mou
 
 def discover_mounts(only: Sequence[str] | None = None, *,
                     mountinfo_text: str | None = None,
-                    backing: Mapping[str, str] | None = None) -> list[Mount]:
+                    backing: Mapping[str, str] | None = None,
+                    late: Collection[str] = ()) -> list[Mount]:
     """The filesystems to freeze, each once, in freeze order (nested and loop-backed first).
 
     ``only`` limits the result to those mount points (symlinks resolved); a path that is not
     a mount point, or whose filesystem cannot be frozen, raises :class:`FreezeError` naming it
-    and the reason. ``mountinfo_text`` and ``backing`` (loop device -> image path) replace the
-    live system's for tests.
+    and the reason. ``late``: devices ("major:minor") to freeze as late as the order allows
+    (:func:`freeze_order`). ``mountinfo_text`` and ``backing`` (loop device -> image path)
+    replace the live system's for tests.
     """
     if mountinfo_text is None:
         try:
@@ -289,7 +294,17 @@ def discover_mounts(only: Sequence[str] | None = None, *,
     if backing is None:
         backing = loop_backing_files() if any(
             e.source.startswith("/dev/loop") for e in selected) else {}
-    return [e.as_mount() for e in freeze_order(selected, backing, entries)]
+    return [e.as_mount() for e in freeze_order(selected, backing, entries, late)]
+
+
+def device_of(path: str) -> str | None:
+    """The "major:minor" of the filesystem holding ``path`` (symlinks followed), as
+    mountinfo names it; None when it cannot be read."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        return None
+    return f"{os.major(dev)}:{os.minor(dev)}"
 
 
 def mount_id_of_fd(fd: int) -> int:

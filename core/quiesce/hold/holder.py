@@ -764,6 +764,7 @@ class Holder:
                 "remaining_seconds": remaining, "instances": instances,
                 "blocks_writes": hold.blocks_writes() if hold is not None else None,
                 "relies_on_freeze": hold.relies_on_freeze() if hold is not None else None,
+                "commit_paths": hold.commit_paths() if hold is not None else [],
                 "block_pending": bool(hold.block_missed()) if hold is not None else None}
 
     # ------------------------------------------------------------------ releasing

@@ -379,6 +379,21 @@ class Hold:
         """Whether any held instance counts on the caller's freeze (a lighter level)."""
         return self._any_held("relies_on_freeze")
 
+    def commit_paths(self) -> list[str]:
+        """The held instances' commit paths (Quiescer.commit_paths), each once."""
+        paths: list[str] = []
+        for slot in self.slots:
+            if slot.result.status != HELD:
+                continue
+            try:
+                found = [str(p) for p in slot.quiescer.commit_paths]
+            except Exception as exc:  # a preference only: none is as safe as any
+                self.log(f"{slot.result.plugin}/{slot.result.name}: commit_paths raised "
+                         f"{describe(exc)}; no freeze order preference for it")
+                continue
+            paths += [p for p in found if p not in paths]
+        return paths
+
     def _any_held(self, attribute: str) -> bool:
         for slot in self.slots:
             if slot.result.status != HELD:
