@@ -7,10 +7,13 @@ disks. The disks' images sit on an XFS store, itself a loop filesystem the bench
 (``cp --reflink=always``). The figure is the **stall**: the longest gap between two completed
 commits during one backup cycle. Approaches, per engine:
 
-- ``floor``: ``sync``, FIFREEZE both disks in ``quiesce run``'s order, the same
-  ``cp --reflink=always`` snapshot, FITHAW in reverse; no database lock at all;
+- ``floor``: ``sync``, FIFREEZE both disks in the default order (``discover_mounts``: the
+  later-mounted disk first, here the WAL/redo disk), the same ``cp --reflink=always``
+  snapshot, FITHAW in reverse; no database lock at all: a bare freeze;
 - ``floor-log-last``: the same, but the data disk frozen first and the WAL/redo disk last
-  (thawed first): what the freeze order alone is worth;
+  (thawed first): what the freeze order alone is worth. ``quiesce run`` uses this order
+  when the holder names the WAL/redo disk as the commit path (PostgreSQL's pg_wal; MariaDB's
+  redo and binlog directories at the light level only, and its binlog is on the data disk);
 - ``run``: ``quiesce run`` with the wrappers of ``quiesce install azure --prefix`` as pre/post
   scripts, ``--freeze-mount`` on the two disks and the ``cp`` snapshot command; it must report
   the snapshot application-consistent (checked, and the run record must say consistent);
