@@ -425,3 +425,73 @@ def test_a_release_that_cannot_be_sent_is_asked_again_after_the_thaw(
     assert events == ["freeze", "snapshot", "thaw", "release after the thaw"]
     assert connection.closed and runner._block_connection is None
     assert runner.status.hold["released_at_thaw"] is True
+
+
+# ------------------------------------------------------ commit paths frozen last (the order)
+
+class _OrderSession:
+    def __init__(self, mounts: list[object]) -> None:
+        self.mounts = list(mounts)
+        self.reordered: list[list[object]] = []
+
+    def reorder(self, mounts: list[object]) -> None:
+        self.reordered.append(list(mounts))
+        self.mounts = list(mounts)
+
+
+def _mount(point: str, device: str) -> SimpleNamespace:
+    return SimpleNamespace(mount_point=point, device=device)
+
+
+def test_the_commit_path_filesystem_goes_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quiesce.freezing import mounts as mounts_module
+
+    wal, data = _mount("/srv/wal", "8:32"), _mount("/srv/data", "8:16")
+    asked: list[object] = []
+
+    def discover(only: list[str], *, late: set[str]) -> list[object]:
+        asked.append((only, late))
+        return [data, wal]
+
+    monkeypatch.setattr(mounts_module, "device_of",
+                        lambda path: "8:32" if path.startswith("/srv/data/pg_wal") else None)
+    monkeypatch.setattr(mounts_module, "discover_mounts", discover)
+    runner = _runner()
+    runner._early_session = _OrderSession([wal, data])
+    runner._commit_paths_last(["/srv/data/pg_wal"])
+    assert asked == [(["/srv/wal", "/srv/data"], {"8:32"})]
+    assert runner._early_session.mounts == [data, wal]
+    assert runner.hold_info["frozen_last"] == ["/srv/wal"]
+
+
+@pytest.mark.parametrize("paths", [[], None, "not a list", ["/elsewhere/pg_wal"]])
+def test_no_commit_path_on_a_frozen_filesystem_keeps_the_order(
+        monkeypatch: pytest.MonkeyPatch, paths: object) -> None:
+    from quiesce.freezing import mounts as mounts_module
+
+    monkeypatch.setattr(mounts_module, "device_of", lambda path: "9:9")
+    runner = _runner()
+    session = _OrderSession([_mount("/srv/wal", "8:32"), _mount("/srv/data", "8:16")])
+    runner._early_session = session
+    runner._commit_paths_last(paths)
+    assert session.reordered == [] and "frozen_last" not in runner.hold_info
+
+
+def test_an_order_that_cannot_be_worked_out_is_kept_and_said(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from quiesce.errors import FreezeError
+    from quiesce.freezing import mounts as mounts_module
+
+    def discover(only: list[str], *, late: set[str]) -> list[object]:
+        raise FreezeError("/srv/wal is not a mount point")
+
+    monkeypatch.setattr(mounts_module, "device_of", lambda path: "8:32")
+    monkeypatch.setattr(mounts_module, "discover_mounts", discover)
+    logged: list[str] = []
+    runner = _runner()
+    monkeypatch.setattr(runner, "log", logged.append)
+    session = _OrderSession([_mount("/srv/wal", "8:32"), _mount("/srv/data", "8:16")])
+    runner._early_session = session
+    runner._commit_paths_last(["/srv/wal/pg_wal"])
+    assert session.reordered == [] and "frozen_last" not in runner.hold_info
+    assert logged == ["freeze: kept the freeze order (/srv/wal is not a mount point)"]

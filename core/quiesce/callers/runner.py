@@ -784,7 +784,7 @@ class Runner:
             return
         try:
             session.reorder(discover_mounts([m.mount_point for m in session.mounts], late=late))
-        except FreezeError as exc:
+        except (FreezeError, OSError, ValueError) as exc:
             self.log(f"freeze: kept the freeze order ({exc})")
             return
         self.hold_info["frozen_last"] = [m.mount_point for m in session.mounts
