@@ -36,17 +36,28 @@ backup mode right after the thaw):
   first change after it is logged whole: full-page writes), ``pg_backup_stop()`` after the thaw;
 - ``backup-mode-stop-later``: the same, ``pg_backup_stop()`` 100 ms after the thaw.
 
+``--set session`` asks whether quiesce's own freeze machinery costs the freeze window
+anything (the runner's, with no database lock and no pre-script):
+- ``freeze-session``: a :class:`~quiesce.freezing.freeze.FreezeSession` prepared (its watchdog
+  process started) 200 ms before, then its ``freeze()`` (syncfs each disk, arm the watchdog,
+  FIFREEZE) and ``thaw()`` around the same copy: exactly what ``quiesce run`` does;
+- ``idle-processes``: the bench's own freeze with three idle Python interpreters alive (as the
+  holder, the guardian and the watchdog are), started 300 ms before.
+
     sudo .venv/bin/python bench/bench_freeze_after_exit.py [--runs 10] [--engine postgresql]
     sudo .venv/bin/python bench/bench_freeze_after_exit.py --set block --engine mysql
     sudo .venv/bin/python bench/bench_freeze_after_exit.py --set backup
+    sudo .venv/bin/python bench/bench_freeze_after_exit.py --set session
 
 Writes bench/results/freeze_after_exit.json (``--set block``: block_cost.json, ``--set
-backup``: backup_mode_cost.json) and prints medians and ratios to ``quiet``.
+backup``: backup_mode_cost.json, ``--set session``: freeze_session_cost.json) and prints
+medians and ratios to ``quiet``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -58,7 +69,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +80,8 @@ import bench_stall as stall  # noqa: E402  (after the path set-up above)
 
 RESULTS = {"exit": ROOT / "bench" / "results" / "freeze_after_exit.json",
            "block": ROOT / "bench" / "results" / "block_cost.json",
-           "backup": ROOT / "bench" / "results" / "backup_mode_cost.json"}
+           "backup": ROOT / "bench" / "results" / "backup_mode_cost.json",
+           "session": ROOT / "bench" / "results" / "freeze_session_cost.json"}
 ENGINE_OF_SET = {"block": "mysql", "backup": "postgresql"}
 #: quiesce run's pre-script takes backup mode about this long before the freeze (its exit,
 #: the settle, the sync: run records of bench_stall.py).
@@ -182,8 +194,55 @@ def backup_variants(server: Any) -> dict[str, tuple[Step, Step, Step]]:
     }
 
 
+Freezer = Callable[[list[Any], dict[str, list[float]]],
+                  contextlib.AbstractContextManager[None]]
+
+
+def session_variants(setup: Any) -> tuple[dict[str, tuple[Step, Step, Step]],
+                                          dict[str, Freezer]]:
+    """quiesce's FreezeSession (and its watchdog), and idle processes, around the freeze."""
+    from quiesce.freezing.freeze import FreezeSession
+    from quiesce.freezing.mounts import discover_mounts
+
+    found = {m.mount_point: m for m in discover_mounts([str(d.mount_point)
+                                                         for d in setup.order])}
+    mounts = [found[str(d.mount_point)] for d in setup.order]  # the floor's order
+    held: dict[str, Any] = {}
+
+    def prepare_session() -> None:
+        held["session"] = FreezeSession(mounts, 60.0, sync=True)
+        held["session"].prepare()
+        time.sleep(0.2)
+
+    @contextlib.contextmanager
+    def session_frozen(disks: list[Any], marks: dict[str, list[float]]) -> Iterator[None]:
+        session = held.pop("session")
+        try:
+            session.freeze()
+            yield
+        finally:
+            session.thaw()
+            start = session._first_freeze
+            marks["freeze"] = [start, start + (session.window_ms or 0.0) / 1000]
+
+    def start_idle() -> None:
+        held["idle"] = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+                        for _ in range(3)]
+        time.sleep(0.3)
+
+    def stop_idle() -> None:
+        for proc in held.pop("idle", []):
+            proc.kill()
+            proc.wait()
+
+    return ({"quiet": (_nothing, _nothing, _nothing),
+             "freeze-session": (prepare_session, _nothing, _nothing),
+             "idle-processes": (start_idle, _nothing, stop_idle)},
+            {"freeze-session": session_frozen})
+
+
 def one_cycle(setup: Any, name: str, steps: tuple[Step, Step, Step], run: int, *,
-              sync: bool = False) -> dict[str, Any]:
+              sync: bool = False, freezer: Freezer | None = None) -> dict[str, Any]:
     assert setup.writer is not None
     before, at_freeze, after = steps
     cycle = stall.Cycle(setup.engine, name, run)
@@ -195,7 +254,7 @@ def one_cycle(setup: Any, name: str, steps: tuple[Step, Step, Step], run: int, *
         os.sync()
     at_freeze()
     try:
-        with stall.frozen(setup.order, cycle.marks):
+        with (freezer or stall.frozen)(setup.order, cycle.marks):
             pid = os.posix_spawnp("cp", setup.snapshot_argv(), os.environ)
             os.waitpid(pid, 0)
     finally:
@@ -217,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", choices=sorted(RESULTS), default="exit",
                         help="exit: kernel work right before the freeze (default); block: "
                              "what MariaDB's commit block costs by itself; backup: what "
-                             "PostgreSQL's backup mode costs by itself")
+                             "PostgreSQL's backup mode costs by itself; session: what "
+                             "quiesce's FreezeSession and idle processes cost")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     wanted = ENGINE_OF_SET.get(args.set)
@@ -246,16 +306,21 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.add("tearing down the XFS store", store.teardown)
         setup = stall.prepare_engine(args.engine, store, base, private, levels=[],
                                      cleanup=cleanup)
-        plan = {"exit": variants, "block": block_variants,
-                "backup": backup_variants}[args.set](*([] if args.set == "exit"
-                                                        else [setup.server]))
+        freezers: dict[str, Freezer] = {}
+        if args.set == "session":
+            plan, freezers = session_variants(setup)
+        else:
+            plan = {"exit": variants, "block": block_variants,
+                    "backup": backup_variants}[args.set](*([] if args.set == "exit"
+                                                            else [setup.server]))
         names = list(plan)
         sync = args.set != "exit"
         one_cycle(setup, "quiet", plan["quiet"], -1, sync=sync)  # warm-up, not counted
         for run in range(args.runs):
             shift = run % len(names)
             for name in names[shift:] + names[:shift]:
-                rows.append(one_cycle(setup, name, plan[name], run, sync=sync))
+                rows.append(one_cycle(setup, name, plan[name], run, sync=sync,
+                                      freezer=freezers.get(name)))
         assert setup.writer is not None
         setup.writer.close()
     finally:

@@ -750,6 +750,7 @@ class MySQLQuiescer(Quiescer):
         self._probe = connect(self._endpoint, deadline.sooner(SHORT_TIMEOUT)
                               if deadline.remaining() > 1 else Deadline(SHORT_TIMEOUT),
                               purpose="probe")
+        self._lock_sources = LockSources()  # learnt anew: it may reach another server
         return self._probe
 
     def _kill_holder(self) -> None:

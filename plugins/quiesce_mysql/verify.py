@@ -24,7 +24,7 @@ No source conclusive -> "unknown": the quiesce fails with a hint saying how to e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from quiesce_mysql.flavour import LockStep, ServerInfo
@@ -33,6 +33,7 @@ from quiesce_mysql.session import (
     ER_BAD_DB,
     ER_LOCK_WAIT_TIMEOUT,
     ER_NO_SUCH_TABLE,
+    ER_UNKNOWN_TABLE,
     describe_error,
     error_number,
     run,
@@ -112,18 +113,22 @@ def _is_backup_stage(step: LockStep) -> bool:
     return step.kind.startswith("backup-stage")
 
 
+#: Errors that say a lock view is missing or not readable by this account: known for the rest
+#: of the hold (a timeout or a killed query says nothing about the next attempt).
+MISSING_VIEW_ERRORS = frozenset({ER_UNKNOWN_TABLE, ER_NO_SUCH_TABLE, *ACCESS_DENIED})
+
+
 @dataclass
 class LockSources:
-    """What a server offers as lock evidence, learnt by the first verification and kept by
-    the engine for the next ones: a source found missing in 'pre' is not asked again by the
+    """What one probe session learnt about the server's lock views, kept by the engine for the
+    next verifications on it: a view found missing by 'pre' is not asked about again by the
     verification of the commit block right before the caller's FIFREEZE, nor by the release's
-    confirmation. A source that fails later is marked missing then; the conflict probe is
-    always the fallback."""
+    confirmation. Only a definitive answer is kept (MISSING_VIEW_ERRORS, or the Performance
+    Schema off, which needs a restart to change); a view that worked is asked again each time.
+    A new probe session starts with a new one."""
 
-    pfs_usable: bool | None = None
-    mdl_info_usable: bool | None = None
-    #: The probe session whose lock_wait_timeout is already at its minimum (set once per
-    #: session; a fresh probe session gets it again).
+    missing: set[str] = field(default_factory=set)
+    #: The probe session whose lock_wait_timeout is already at its minimum.
     probe_wait_set_on: Any = None
 
 
@@ -137,6 +142,9 @@ class LockVerifier:
         self.thread_id = thread_id
         self.timeout = timeout
         self.sources = sources if sources is not None else LockSources()
+        self._pfs_usable: bool | None = False if "pfs" in self.sources.missing else None
+        self._mdl_info_usable: bool | None = (False if "mdl_info" in self.sources.missing
+                                              else None)
 
     # -- sources --------------------------------------------------------------------------
 
@@ -149,8 +157,12 @@ class LockVerifier:
         rows = run(self.probe, "SHOW PROCESSLIST", timeout=self.timeout)
         return any(_as_int(row[0]) == self.thread_id for row in rows if row)
 
+    def _unusable(self, source: str, exc: BaseException) -> None:
+        if error_number(exc) in MISSING_VIEW_ERRORS:
+            self.sources.missing.add(source)
+
     def _pfs_rows(self) -> list[tuple[Any, ...]] | None:
-        if self.info.is_mariadb or self.sources.pfs_usable is False:
+        if self.info.is_mariadb or self._pfs_usable is False:
             return None
         try:
             rows = run(
@@ -161,7 +173,7 @@ class LockVerifier:
                 "WHERE t.PROCESSLIST_ID = %s",
                 (self.thread_id,), timeout=self.timeout,
             )
-            if self.sources.pfs_usable is None:
+            if self._pfs_usable is None:
                 enabled = run(
                     self.probe,
                     "SELECT @@performance_schema, (SELECT ENABLED FROM "
@@ -169,16 +181,19 @@ class LockVerifier:
                     "'wait/lock/metadata/sql/mdl')", timeout=self.timeout,
                 )
                 on, instrument = enabled[0] if enabled else (0, "NO")
-                self.sources.pfs_usable = bool(on) and str(instrument).upper() == "YES"
+                self._pfs_usable = bool(on) and str(instrument).upper() == "YES"
+                if not on:
+                    self.sources.missing.add("pfs")
         except Exception as exc:
             if error_number(exc) is None:
                 raise
-            self.sources.pfs_usable = False
+            self._pfs_usable = False
+            self._unusable("pfs", exc)
             return None
-        return rows if self.sources.pfs_usable else None
+        return rows if self._pfs_usable else None
 
     def _mdl_info_rows(self) -> list[tuple[Any, ...]] | None:
-        if not self.info.is_mariadb or self.sources.mdl_info_usable is False:
+        if not self.info.is_mariadb or self._mdl_info_usable is False:
             return None
         try:
             rows = run(self.probe,
@@ -188,9 +203,10 @@ class LockVerifier:
             if error_number(exc) is None:
                 raise
             # 1109 unknown table (the plugin is not installed), access denied and the like.
-            self.sources.mdl_info_usable = False
+            self._mdl_info_usable = False
+            self._unusable("mdl_info", exc)
             return None
-        self.sources.mdl_info_usable = True
+        self._mdl_info_usable = True
         return rows
 
     def _probe(self, step: LockStep) -> Evidence:

@@ -118,3 +118,17 @@ def test_the_reader_gives_up_after_its_limit(monkeypatch: pytest.MonkeyPatch,
     reader.next_request()
     reader.thread.join(10)
     assert not reader.thread.is_alive() and reader.holder_end.fileno() == -1
+
+
+def test_two_requests_in_one_write_are_both_read(reader: _Reader) -> None:
+    reader.client.sendall(b'{"op": "block", "linger": true}\n'
+                          b'{"op": "status", "linger": true}\n'
+                          b'{"op": "release", "linger": true, "keep": true}\n')
+    got: list[Request] = []
+    give_up = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < give_up:
+        got += reader.inbox.wait(0.05)
+    assert [r.op for r in got] == ["block", "status", "release"]
+    reader.client.close()
+    reader.thread.join(5)
+    assert not reader.thread.is_alive()

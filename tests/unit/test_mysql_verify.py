@@ -163,4 +163,36 @@ def test_a_source_that_worked_and_then_fails_falls_back_to_the_probe() -> None:
     conn.answers["SELECT LOCK_MODE"] = pymysql.err.OperationalError(1142, "denied")
     evidence = LockVerifier(conn, MARIADB, 9, sources=sources).check(BACKUP_STAGE)
     assert evidence.result == HELD and evidence.method.startswith("probe")
-    assert sources.mdl_info_usable is False
+    assert sources.missing == {"mdl_info"}
+
+
+def test_a_transient_error_is_not_remembered() -> None:
+    """A lock view that timed out (or whose query was killed) is asked again next time."""
+    conn = ScriptedConnection({"SELECT LOCK_MODE": timeout_error(),
+                               "BACKUP STAGE START": timeout_error()})
+    sources = LockSources()
+    LockVerifier(conn, MARIADB, 9, sources=sources).check(BACKUP_STAGE)
+    assert sources.missing == set()
+    conn.answers["SELECT LOCK_MODE"] = [("MDL_BACKUP_WAIT_COMMIT",)]
+    evidence = LockVerifier(conn, MARIADB, 9, sources=sources).check(BACKUP_STAGE)
+    assert evidence.method == "METADATA_LOCK_INFO" and evidence.result == HELD
+
+
+def test_mysql_performance_schema_is_checked_again_unless_it_is_off() -> None:
+    """The MDL instrument can be switched at run time: each verification checks it again.
+    performance_schema itself off needs a restart: remembered."""
+    conn = ScriptedConnection({
+        "SELECT m.OBJECT_TYPE": [("BACKUP LOCK", "SHARED", "GRANTED")],
+        "SELECT @@performance_schema": [(1, "YES")],
+    })
+    sources = LockSources()
+    for _ in range(2):
+        assert LockVerifier(conn, MYSQL, 7, sources=sources).check(INSTANCE).result == HELD
+    assert sum(sql.startswith("SELECT @@performance_schema") for sql in conn.executed) == 2
+    conn.answers["SELECT @@performance_schema"] = [(0, "YES")]
+    conn.answers["ALTER TABLE"] = timeout_error()
+    LockVerifier(conn, MYSQL, 7, sources=sources).check(INSTANCE)
+    assert sources.missing == {"pfs"}
+    conn.executed.clear()
+    LockVerifier(conn, MYSQL, 7, sources=sources).check(INSTANCE)
+    assert not any(sql.startswith("SELECT m.OBJECT_TYPE") for sql in conn.executed)

@@ -423,8 +423,46 @@ def test_a_release_that_cannot_be_sent_is_asked_again_after_the_thaw(
     connection = _OrderedConnection(events, send_fails=True)
     runner = _cycle_with(monkeypatch, connection, True, events)
     assert events == ["freeze", "snapshot", "thaw", "release after the thaw"]
-    assert connection.closed and runner._block_connection is None
+    # nothing closed in the window: the cycle closes the connection after the thaw
+    assert not connection.closed and runner._block_connection is connection
     assert runner.status.hold["released_at_thaw"] is True
+    assert runner.status.hold["released_before_thaw"] is False
+
+
+def test_a_failure_of_the_early_release_never_skips_the_thaw(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    connection = _OrderedConnection(events)
+
+    def broken(op: str, timeout: float, **fields: object) -> None:
+        raise RuntimeError("a bug")
+
+    connection.send = broken  # type: ignore[method-assign]
+    runner = _cycle_with(monkeypatch, connection, True, events)
+    assert events == ["freeze", "snapshot", "thaw", "release after the thaw"]
+    assert runner.status.hold["released_at_thaw"] is True
+
+
+@pytest.mark.parametrize(("error", "asked_again"), [("closed", True), ("timeout", False)])
+def test_an_answer_lost_after_the_thaw(monkeypatch: pytest.MonkeyPatch, error: str,
+                                       asked_again: bool) -> None:
+    """The holder closed the connection without answering (it may never have read the
+    line): asked again on a fresh connection. It did not answer in time: not asked twice."""
+    from quiesce.errors import HolderError, NoActiveHold
+
+    events: list[str] = []
+    connection = _OrderedConnection(events)
+
+    def receive(timeout: float) -> dict[str, object]:
+        events.append("receive")
+        raise (NoActiveHold("closed without answering") if error == "closed"
+               else HolderError("did not answer within 30 s"))
+
+    connection.receive = receive  # type: ignore[method-assign]
+    runner = _cycle_with(monkeypatch, connection, True, events)
+    again = ["release after the thaw"] if asked_again else []
+    assert events == ["freeze", "snapshot", "send release", "thaw", "receive", *again]
+    assert runner.status.hold["released_at_thaw"] is asked_again
 
 
 # ------------------------------------------------------ commit paths frozen last (the order)

@@ -628,21 +628,30 @@ class Runner:
                         "timeout" if result.timed_out else "failed")
                     snap_rec.detail = result.detail
             finally:
-                released_early = pre_ok and frozen_ok and self._release_before_thaw()
-                if session is not None:
-                    thaw_rec.start, t2 = time.time(), time.monotonic()
-                    session.thaw()
-                    thaw_rec.duration_ms = (time.monotonic() - t2) * 1000
-                if released_early:
-                    self.early_release = self._collect_early_release()
-                elif pre_ok:
+                released_early = False
+                try:
+                    released_early = pre_ok and frozen_ok and self._release_before_thaw()
+                except Exception:  # nothing may keep the thaw below from running
+                    released_early = False
+                finally:
+                    if session is not None:
+                        thaw_rec.start, t2 = time.time(), time.monotonic()
+                        session.thaw()
+                        thaw_rec.duration_ms = (time.monotonic() - t2) * 1000
+
+                def at_thaw() -> dict[str, Any] | None:
                     # The snapshot is over: end the application's write stall now rather
                     # than after the post-script's interpreter has started. The holder also
                     # learns whether the freeze held (a lighter level relies on it).
-                    self.early_release = release_at_thaw(
+                    return release_at_thaw(
                         prepared.hold_runtime_dir, self.run_id,
                         frozen_together=session is None or (frozen_ok and not
                                                             session.watchdog_fired))
+
+                if released_early:
+                    self.early_release = self._collect_early_release(at_thaw)
+                elif pre_ok:
+                    self.early_release = at_thaw()
                 if session is not None:
                     thaw_rec.status = "failed" if session.thaw_errors else (
                         "ok" if frozen_ok else "skipped")
@@ -669,16 +678,26 @@ class Runner:
             connection.send("release", timeout=RELEASE_SEND_TIMEOUT, run_id=self.run_id,
                             keep=True, frozen_together=True, before_thaw=True)
         except QuiesceError:
-            self._close_block_connection()  # whatever was half sent, never used again
+            # Never used again; closed after the thaw (_cycle), as a close here would
+            # lengthen nothing but is work in the window all the same.
+            self._release_before_thaw_allowed = False
             return False
         return True
 
-    def _collect_early_release(self) -> dict[str, Any]:
-        """After the thaw: the holder's answer to the 'release' sent before it."""
+    def _collect_early_release(self, at_thaw: Callable[[], dict[str, Any] | None]
+                               ) -> dict[str, Any] | None:
+        """After the thaw: the holder's answer to the 'release' sent before it. A connection
+        the holder closed without answering (it may have dropped the line) is asked again
+        on a fresh one (``at_thaw``: this run's hold only, and a hold already released answers
+        with its outcome); a holder that did not answer in time is not asked twice."""
+        from quiesce.errors import NoActiveHold
+
         connection = self._block_connection
         assert connection is not None
         try:
             answer = connection.receive(EARLY_RELEASE_TIMEOUT)
+        except NoActiveHold:
+            return at_thaw()
         except QuiesceError as exc:
             return {"ok": False, "error": str(exc), "before_thaw": True}
         return {**release_answer(answer), "before_thaw": True}
@@ -722,23 +741,30 @@ class Runner:
             return None
         from quiesce.hold import protocol as proto
 
+        # 'status' goes on a connection that stays open: used again just before the first
+        # FIFREEZE ('block') and between the snapshot and the thaw ('release'), so the holder's
+        # thread that reads it is created here, not right before the freeze, and nothing is
+        # closed near it (docs/performance.md).
+        connection: proto.LingeringRequest | None = None
         try:
-            answer = proto.request(rundir, "status", timeout=HOLD_STATUS_TIMEOUT)
+            connection = proto.LingeringRequest(rundir, HOLD_STATUS_TIMEOUT)
+            answer = connection.request("status", timeout=HOLD_STATUS_TIMEOUT)
         except QuiesceError as exc:
+            if connection is not None:
+                connection.close()
+                connection = None
             answer = {"ok": False, "error": str(exc)}
             self.log(f"hold: no status before the freeze ({exc}); the freeze asks again")
         if answer.get("ok"):
             self._commit_paths_last(answer.get("commit_paths"))
         stops_commits = answer.get("block_pending") is True or answer.get("blocks_writes") is True
-        if answer.get("ok") and stops_commits:
-            # Connected now, used just before the first FIFREEZE ('block') and between the
-            # snapshot and the thaw ('release'): the holder's thread that reads it is created
-            # here, not right before the freeze (docs/performance.md).
-            with contextlib.suppress(QuiesceError):
-                self._block_connection = proto.LingeringRequest(rundir, HOLD_STATUS_TIMEOUT)
+        if connection is not None and answer.get("ok") and stops_commits:
+            self._block_connection = connection
             # A lighter level counts on the freeze, whose outcome is known only after the
             # thaw: such a hold is released after it, told whether the freeze held.
             self._release_before_thaw_allowed = answer.get("relies_on_freeze") is False
+        elif connection is not None:
+            connection.close()  # nothing to block or release early: before the settle
         if answer.get("ok") and answer.get("blocks_writes") is False:
             wait = pre_ended + FREEZE_SETTLE_SECONDS - time.monotonic()
             if wait > 0:
@@ -779,10 +805,11 @@ class Runner:
         from quiesce.freezing.mounts import device_of, discover_mounts
 
         ours = {m.device for m in session.mounts}
-        late = {d for d in (device_of(str(p)) for p in paths) if d is not None and d in ours}
-        if not late or len(ours) < 2:
-            return
         try:
+            found = (device_of(p) for p in paths if isinstance(p, str) and os.path.isabs(p))
+            late = {d for d in found if d is not None and d in ours}
+            if not late or len(ours) < 2:
+                return
             session.reorder(discover_mounts([m.mount_point for m in session.mounts], late=late))
         except (FreezeError, OSError, ValueError) as exc:
             self.log(f"freeze: kept the freeze order ({exc})")

@@ -19,7 +19,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,25 @@ def read_line(conn: socket.socket, limit: float) -> bytes:
             break
         data += chunk
     return data
+
+
+def _lines(conn: socket.socket, pending: bytes, give_up: float) -> Iterator[bytes]:
+    """The non-empty lines ``conn`` sends (after ``pending``, already read), until it closes,
+    a line grows past MAX_REQUEST, or the monotonic clock passes ``give_up``."""
+    buffer = pending
+    while True:
+        while b"\n" not in buffer:
+            left = give_up - time.monotonic()
+            if left <= 0 or len(buffer) > MAX_REQUEST:
+                return
+            conn.settimeout(left)
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            buffer += chunk
+        line, _, buffer = buffer.partition(b"\n")
+        if line.strip():
+            yield line
 
 
 class Inbox:
@@ -139,7 +158,8 @@ class Inbox:
                 self.log(f"a client sent no complete request within {READ_LIMIT:g} s")
                 conn.close()
                 return
-            message = json.loads(data)
+            first, _, rest = data.partition(b"\n")
+            message = json.loads(first)
         except (OSError, ValueError) as exc:
             self.log(f"bad request: {exc}")
             with contextlib.suppress(OSError):
@@ -147,7 +167,7 @@ class Inbox:
             return
         request = self._queue(conn, message)
         if request.linger:
-            self._read_more(conn)
+            self._read_more(conn, rest)
 
     def _queue(self, conn: socket.socket, message: Any) -> Request:
         if not isinstance(message, dict):
@@ -159,19 +179,16 @@ class Inbox:
             os.write(self._wake_w, b"!")
         return request
 
-    def _read_more(self, conn: socket.socket) -> None:
+    def _read_more(self, conn: socket.socket, pending: bytes = b"") -> None:
         """A lingering connection: its client closes it when done, and may send further
         requests on it meanwhile ('quiesce run' sends 'release' on the connection of its
         'block'). Each is queued like a first one; the connection is closed once the client
-        closed its end, or after LINGER_LIMIT seconds."""
+        closed its end, after a malformed line, or after LINGER_LIMIT seconds."""
         give_up = time.monotonic() + LINGER_LIMIT
         with contextlib.suppress(OSError):
-            while (left := give_up - time.monotonic()) > 0:
-                data = read_line(conn, left)
-                if not data.endswith(b"\n"):
-                    break  # closed, timed out, or a line too long: nothing more to read
+            for line in _lines(conn, pending, give_up):
                 try:
-                    message = json.loads(data)
+                    message = json.loads(line)
                 except ValueError as exc:
                     self.log(f"bad request on a lingering connection: {exc}")
                     break
