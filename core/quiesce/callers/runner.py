@@ -628,30 +628,7 @@ class Runner:
                         "timeout" if result.timed_out else "failed")
                     snap_rec.detail = result.detail
             finally:
-                released_early = False
-                try:
-                    released_early = pre_ok and frozen_ok and self._release_before_thaw()
-                except Exception:  # nothing may keep the thaw below from running
-                    released_early = False
-                finally:
-                    if session is not None:
-                        thaw_rec.start, t2 = time.time(), time.monotonic()
-                        session.thaw()
-                        thaw_rec.duration_ms = (time.monotonic() - t2) * 1000
-
-                def at_thaw() -> dict[str, Any] | None:
-                    # The snapshot is over: end the application's write stall now rather
-                    # than after the post-script's interpreter has started. The holder also
-                    # learns whether the freeze held (a lighter level relies on it).
-                    return release_at_thaw(
-                        prepared.hold_runtime_dir, self.run_id,
-                        frozen_together=session is None or (frozen_ok and not
-                                                            session.watchdog_fired))
-
-                if released_early:
-                    self.early_release = self._collect_early_release(at_thaw)
-                elif pre_ok:
-                    self.early_release = at_thaw()
+                self._end_window(prepared, session, pre_ok, frozen_ok)
                 if session is not None:
                     thaw_rec.status = "failed" if session.thaw_errors else (
                         "ok" if frozen_ok else "skipped")
@@ -662,6 +639,34 @@ class Runner:
         status.snapshot_taken = bool(result and result.taken)
         status.consistency = self._consistency(pre_ok, freezing, frozen_ok, session)
         self._raise_pending()
+
+    def _end_window(self, prepared: Prepared, session: Any, pre_ok: bool,
+                    frozen_ok: bool) -> None:
+        """The thaw, with the hold's release before it (a hold that stops commits) or right
+        after it (any other), once the snapshot is over: the application's write stall ends
+        there rather than after the post-script's interpreter has started."""
+        thaw_rec = self.status.phase("thaw")
+        released_early = False
+        try:
+            released_early = pre_ok and frozen_ok and self._release_before_thaw()
+        except Exception:  # nothing may keep the thaw below from running
+            released_early = False
+        finally:
+            if session is not None:
+                thaw_rec.start, t2 = time.time(), time.monotonic()
+                session.thaw()
+                thaw_rec.duration_ms = (time.monotonic() - t2) * 1000
+
+        def at_thaw() -> dict[str, Any] | None:
+            # The holder also learns whether the freeze held (a lighter level relies on it).
+            return release_at_thaw(
+                prepared.hold_runtime_dir, self.run_id,
+                frozen_together=session is None or (frozen_ok and not session.watchdog_fired))
+
+        if released_early:
+            self.early_release = self._collect_early_release(at_thaw)
+        elif pre_ok:
+            self.early_release = at_thaw()
 
     def _release_before_thaw(self) -> bool:
         """Between the snapshot and the thaw: send 'release' on the connection of 'block'
