@@ -42,7 +42,9 @@ anything (the runner's, with no database lock and no pre-script):
   process started) 200 ms before, then its ``freeze()`` (syncfs each disk, arm the watchdog,
   FIFREEZE) and ``thaw()`` around the same copy: exactly what ``quiesce run`` does;
 - ``idle-processes``: the bench's own freeze with three idle Python interpreters alive (as the
-  holder, the guardian and the watchdog are), started 300 ms before.
+  holder, the guardian and the watchdog are), started 300 ms before;
+- ``idle-processes-2s``: the same, started 2 s before;
+- ``idle-sleep-binaries``: three ``sleep 60`` processes instead, started 300 ms before.
 
     sudo .venv/bin/python bench/bench_freeze_after_exit.py [--runs 10] [--engine postgresql]
     sudo .venv/bin/python bench/bench_freeze_after_exit.py --set block --engine mysql
@@ -225,10 +227,13 @@ def session_variants(setup: Any) -> tuple[dict[str, tuple[Step, Step, Step]],
             start = session._first_freeze
             marks["freeze"] = [start, start + (session.window_ms or 0.0) / 1000]
 
-    def start_idle() -> None:
-        held["idle"] = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-                        for _ in range(3)]
-        time.sleep(0.3)
+    def start_idle(argv: list[str], age: float) -> Step:
+        def start() -> None:
+            held["idle"] = [subprocess.Popen(argv) for _ in range(3)]
+            time.sleep(age)
+        return start
+
+    python = [sys.executable, "-c", "import time; time.sleep(60)"]
 
     def stop_idle() -> None:
         for proc in held.pop("idle", []):
@@ -237,7 +242,9 @@ def session_variants(setup: Any) -> tuple[dict[str, tuple[Step, Step, Step]],
 
     return ({"quiet": (_nothing, _nothing, _nothing),
              "freeze-session": (prepare_session, _nothing, _nothing),
-             "idle-processes": (start_idle, _nothing, stop_idle)},
+             "idle-processes": (start_idle(python, 0.3), _nothing, stop_idle),
+             "idle-processes-2s": (start_idle(python, 2.0), _nothing, stop_idle),
+             "idle-sleep-binaries": (start_idle(["sleep", "60"], 0.3), _nothing, stop_idle)},
             {"freeze-session": session_frozen})
 
 
