@@ -453,3 +453,37 @@ def test_quiesce_run_freezes_the_wal_filesystem_last(
         assert status["hold"]["frozen_last"] == [str(wal.mount_point)], status["hold"]
         assert status["freeze"]["mounts"] == [str(data.mount_point), str(wal.mount_point)]
         assert status["freeze"]["watchdog_fired"] is False
+
+
+def test_quiesce_run_light_level_freezes_the_redo_and_binlog_filesystem_last(
+        cli: QuiesceCli, reachable_dir: Path, loop_disk_factory: Any,
+        mysql_server_factory: Any) -> None:
+    """MariaDB at the light level (no commit block) with its redo log and binlog on one disk,
+    its data on another mounted earlier: the redo/binlog filesystem is the commit path, frozen
+    last and thawed first. (At the full level the commit block stops commits for the whole
+    freeze, and no commit path is named.)"""
+    data, log = (loop_disk_factory("ext4", 256, name, workdir=reachable_dir,
+                                   image_dir=reachable_dir) for name in ("data", "log"))
+    for disk in (data, log):
+        disk.mount_point.chmod(0o755)
+    (reachable_dir / "run").mkdir(mode=0o755)
+    redo = log.mount_point / "redo"
+    server = mysql_server_factory(
+        layout=ServerLayout(data_dir=data.mount_point / "mysql", log_dir=redo,
+                            run_dir=reachable_dir / "run"),
+        settings={"log-bin": str(redo / "mysql-bin")})
+    setup_schema(server)
+    server.execute("DROP TABLE app.myi")
+    configure(cli, server, level="auto")
+    code, status = quiesce_run(cli, server, [str(log.mount_point), str(data.mount_point)],
+                               probe=False)
+    assert code == 0, json.dumps(status, indent=1)
+    assert status["consistency"] == "application", status["errors"]
+    assert status["hold"]["frozen_last"] == [str(log.mount_point)], status["hold"]
+    assert status["freeze"]["mounts"] == [str(data.mount_point), str(log.mount_point)]
+    record = json.loads(wait_for(
+        lambda: next(iter((cli.state / "runs").glob("*.json")), None), 30, "the run record"
+    ).read_text())
+    assert record["consistent"] is True
+    assert record["instances"][0]["metadata"]["level"]["chosen"] == "light", record
+    assert unlocked(server, myisam=False)
