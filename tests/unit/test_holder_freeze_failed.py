@@ -31,3 +31,22 @@ def test_a_full_level_hold_does_not_depend_on_the_freeze() -> None:
     result = outcome("full", "full")
     holder._freeze_failed(result)
     assert result["consistent"] is True
+
+
+def test_a_failed_freeze_reported_after_the_release_revises_the_outcome() -> None:
+    """'quiesce run' released before its thaw, then found its watchdog had thawed first: the
+    holder's already released outcome is revised for a hold that counted on the freeze."""
+    holder = Holder("/nonexistent.toml", "/nonexistent-rundir", None)
+    holder.final = outcome("light")
+    answer = dict(holder.final, collected_from="holder")
+    holder._note_freeze({"frozen_together": False}, answer)
+    assert holder.final["consistent"] is False and answer["consistent"] is False
+    assert answer["message"] == holder.final["message"]
+
+
+def test_a_freeze_that_held_changes_nothing() -> None:
+    holder = Holder("/nonexistent.toml", "/nonexistent-rundir", None)
+    holder.final = outcome("light")
+    for fields in ({"frozen_together": True}, {}):
+        holder._note_freeze(fields, dict(holder.final))
+        assert holder.final["consistent"] is True

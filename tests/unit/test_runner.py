@@ -358,7 +358,8 @@ class _OrderedSession:
 
 
 def _cycle_with(monkeypatch: pytest.MonkeyPatch, connection: _FakeConnection | None,
-                allowed: bool, events: list[str]) -> Runner:
+                allowed: bool, events: list[str], *, fired: bool = False,
+                released_after: list[dict[str, object]] | None = None) -> Runner:
     """One sync/freeze/snapshot/thaw bracket of a runner whose pre-script was 'quiesce pre'
     (its hold already complete), with the freeze, the snapshot and the holder stood in for."""
     from quiesce.callers import runner as runner_module
@@ -367,7 +368,7 @@ def _cycle_with(monkeypatch: pytest.MonkeyPatch, connection: _FakeConnection | N
     runner = _runner()
     runner._block_connection = connection
     runner._release_before_thaw_allowed = allowed
-    released_after: list[dict[str, object]] = []
+    released_after = [] if released_after is None else released_after
 
     def at_thaw(rundir: str | None, run_id: str, *, frozen_together: bool = True
                 ) -> dict[str, object]:
@@ -381,7 +382,14 @@ def _cycle_with(monkeypatch: pytest.MonkeyPatch, connection: _FakeConnection | N
 
     monkeypatch.setattr(runner_module, "release_at_thaw", at_thaw)
     monkeypatch.setattr(runner, "_hold_before_freeze", lambda *a: None)
-    monkeypatch.setattr(runner, "_freeze_session", lambda *a, **k: _OrderedSession(events))
+    session = _OrderedSession(events)
+
+    def thaw() -> None:
+        events.append("thaw")
+        session.watchdog_fired = fired  # as FreezeSession learns it: at the thaw
+
+    session.thaw = thaw  # type: ignore[method-assign]
+    monkeypatch.setattr(runner, "_freeze_session", lambda *a, **k: session)
     prepared = SimpleNamespace(
         config=SimpleNamespace(fs_freeze=True, continue_on_failure=False),
         mounts=["/mnt/data"], provider=SimpleNamespace(take=take),
@@ -533,3 +541,17 @@ def test_an_order_that_cannot_be_worked_out_is_kept_and_said(
     runner._commit_paths_last(["/srv/wal/pg_wal"])
     assert session.reordered == [] and "frozen_last" not in runner.hold_info
     assert logged == ["freeze: kept the freeze order (/srv/wal is not a mount point)"]
+
+
+def test_a_watchdog_that_thawed_first_is_reported_after_an_early_release(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Released before the thaw as if the freeze held; the thaw then learns the watchdog had
+    thawed first: the holder is told, so a hold that counted on the freeze is revised."""
+    events: list[str] = []
+    told: list[dict[str, object]] = []
+    runner = _cycle_with(monkeypatch, _OrderedConnection(events), True, events, fired=True,
+                         released_after=told)
+    assert events == ["freeze", "snapshot", "send release", "thaw", "receive",
+                      "release after the thaw"]
+    assert told == [{"frozen_together": False}]
+    assert runner.status.consistency == "crash"

@@ -665,6 +665,11 @@ class Runner:
 
         if released_early:
             self.early_release = self._collect_early_release(at_thaw)
+            if session is not None and session.watchdog_fired:
+                # Released as if the freeze held, and the watchdog had thawed first: the
+                # holder revises its record (a hold that counted on the freeze is not
+                # consistent; none should have been released early, but a plugin may not say).
+                at_thaw()
         elif pre_ok:
             self.early_release = at_thaw()
 

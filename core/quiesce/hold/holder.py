@@ -646,11 +646,10 @@ class Holder:
             keep = request.fields.get("keep") is True
             if self.state == HoldState.HOLDING:
                 answer = self._release(self._releaser(request.fields, keep))
-                if request.fields.get("frozen_together") is False:
-                    self._freeze_failed(answer)
             else:
                 answer = dict(self.final or {})
                 answer["collected_from"] = "holder"
+            self._note_freeze(request.fields, answer)
             failed = request.fields.get("caller_failed")
             if isinstance(failed, str) and failed.strip() and self.final is not None:
                 # The snapshot agent says its snapshot failed (VMware's freezeFail): whatever
@@ -805,6 +804,19 @@ class Holder:
         self.final["released_by"] = by
         self.log(f"released by {by}: {self.final['message']}")
         return self.final
+
+    def _note_freeze(self, fields: dict[str, Any], answer: dict[str, Any]) -> None:
+        """The runner says its freeze did not hold (``frozen_together`` false): the outcome
+        is revised (:meth:`_freeze_failed`), also when the hold was already released: a
+        runner that released before its thaw learns only at the thaw that its watchdog had
+        thawed first."""
+        if fields.get("frozen_together") is not False or self.final is None:
+            return
+        self._freeze_failed(self.final)
+        if answer is not self.final:
+            for key in ("consistent", "message", "instances"):
+                if key in self.final:
+                    answer[key] = self.final[key]
 
     def _freeze_failed(self, outcome: dict[str, Any]) -> None:
         """The caller says its freeze did not hold: an instance held at a lighter level (no
