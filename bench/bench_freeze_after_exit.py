@@ -13,14 +13,15 @@ FIFREEZE to last FITHAW, with the snapshot copy inside) and the writer's longest
 Variants (paired: run i does each once, in an order rotated by i):
 - ``quiet``: nothing before the freeze (the floor of bench_stall.py without the sync);
 - ``after-exit``: spawn and reap a Python interpreter, then freeze at once;
-- ``after-exit-settled``: the same, then wait quiesce run's FREEZE_SETTLE_SECONDS;
+- ``after-exit-50ms`` / ``-100ms`` / ``-200ms``: the same, then a wait (quiesce run's
+  FREEZE_SETTLE_SECONDS is 100 ms);
 - ``after-close``: close a socketpair, then freeze at once;
 - ``after-thread``: start and join a thread, then freeze at once.
 
 ``--set block`` (MariaDB) asks instead what a commit block costs by itself, with no quiesce
 process involved: the bench's own session takes the locks quiesce run takes, around the same
-freeze (``quiet`` is the floor; every other variant holds ``BACKUP STAGE BLOCK_DDL`` from 50 ms
-before the sync, as ``pre`` does, and ends the stage right after the thaw):
+freeze (``quiet`` is the floor; every other variant holds ``BACKUP STAGE BLOCK_DDL`` from
+FREEZE_SETTLE_SECONDS before the sync, as ``pre`` does, and ends the stage right after the thaw):
 - ``block-ddl``: nothing more (the light level);
 - ``block-commit``: ``BACKUP STAGE BLOCK_COMMIT`` right before the first FIFREEZE (what
   quiesce run's ``block`` does, without the request to the holder and the verification);
@@ -113,16 +114,18 @@ def _nothing() -> None:
 
 def variants() -> dict[str, tuple[Step, Step, Step]]:
     """name -> (before the sync, between the sync and the first FIFREEZE, after the thaw)."""
-    from quiesce.callers.runner import FREEZE_SETTLE_SECONDS
-
-    def exit_settled() -> None:
-        _exit()
-        time.sleep(FREEZE_SETTLE_SECONDS)
+    def exit_settled(seconds: float) -> Step:
+        def run() -> None:
+            _exit()
+            time.sleep(seconds)
+        return run
 
     return {
         "quiet": (_nothing, _nothing, _nothing),
         "after-exit": (_exit, _nothing, _nothing),
-        "after-exit-settled": (exit_settled, _nothing, _nothing),
+        "after-exit-50ms": (exit_settled(0.05), _nothing, _nothing),
+        "after-exit-100ms": (exit_settled(0.1), _nothing, _nothing),
+        "after-exit-200ms": (exit_settled(0.2), _nothing, _nothing),
         "after-close": (_close, _nothing, _nothing),
         "after-thread": (_thread, _nothing, _nothing),
     }

@@ -62,9 +62,10 @@ EARLY_RELEASE_TIMEOUT = 30.0
 SNAPSHOT_MARGIN = 1.0
 #: When the pre-script's hold stops no writes yet, the freeze starts this long after the
 #: pre-script exited: a FIFREEZE issued right after a process exit waits for the RCU grace
-#: periods its teardown queued (measured: +15-25 ms of freeze window on two ext4 disks, gone
-#: after ~50 ms; docs/performance.md). Nothing blocks the application meanwhile.
-FREEZE_SETTLE_SECONDS = 0.05
+#: periods its teardown queued (measured on two ext4 disks: +19 ms of freeze window at once,
+#: +7 ms after 50 ms, nothing after 100 ms; docs/performance.md). Nothing blocks the
+#: application meanwhile (a deferred MariaDB blocks only DDL; backup mode blocks nothing).
+FREEZE_SETTLE_SECONDS = 0.1
 #: How long sending 'release' between the snapshot and the thaw may take (a few bytes into an
 #: idle Unix socket: never more than an instant unless something is badly wrong).
 RELEASE_SEND_TIMEOUT = 0.5
