@@ -74,7 +74,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "core"), str(ROOT / "plugins")]
@@ -112,8 +112,24 @@ def _nothing() -> None:
     pass
 
 
-def variants() -> dict[str, tuple[Step, Step, Step]]:
-    """name -> (before the sync, between the sync and the first FIFREEZE, after the thaw)."""
+Freezer = Callable[[list[Any], dict[str, list[float]]],
+                  contextlib.AbstractContextManager[None]]
+
+
+class Variant(NamedTuple):
+    """What one variant does around the freeze (the bench's own unless ``freezer``)."""
+
+    before: Step = _nothing  # before the sync
+    at_freeze: Step = _nothing  # between the sync and the first FIFREEZE
+    after: Step = _nothing  # after the thaw
+    freezer: Freezer | None = None  # freezes the disks instead of bench_stall.frozen
+
+
+QUIET = Variant()
+
+
+def variants(setup: Any) -> dict[str, Variant]:
+    """Kernel work right before the freeze."""
     def exit_settled(seconds: float) -> Step:
         def run() -> None:
             _exit()
@@ -121,21 +137,21 @@ def variants() -> dict[str, tuple[Step, Step, Step]]:
         return run
 
     return {
-        "quiet": (_nothing, _nothing, _nothing),
-        "after-exit": (_exit, _nothing, _nothing),
-        "after-exit-50ms": (exit_settled(0.05), _nothing, _nothing),
-        "after-exit-100ms": (exit_settled(0.1), _nothing, _nothing),
-        "after-exit-200ms": (exit_settled(0.2), _nothing, _nothing),
-        "after-close": (_close, _nothing, _nothing),
-        "after-thread": (_thread, _nothing, _nothing),
+        "quiet": QUIET,
+        "after-exit": Variant(_exit),
+        "after-exit-50ms": Variant(exit_settled(0.05)),
+        "after-exit-100ms": Variant(exit_settled(0.1)),
+        "after-exit-200ms": Variant(exit_settled(0.2)),
+        "after-close": Variant(_close),
+        "after-thread": Variant(_thread),
     }
 
 
-def block_variants(server: Any) -> dict[str, tuple[Step, Step, Step]]:
+def block_variants(setup: Any) -> dict[str, Variant]:
     """The commit block of MariaDB's full level, taken by the bench's own session."""
     from quiesce.callers.runner import FREEZE_SETTLE_SECONDS
 
-    session = server.connect()
+    session = setup.server.connect()
     session.autocommit(True)
     done = threading.Event()
 
@@ -167,16 +183,16 @@ def block_variants(server: Any) -> dict[str, tuple[Step, Step, Step]]:
         done.set()
 
     return {
-        "quiet": (_nothing, _nothing, _nothing),
-        "block-ddl": (ddl_block, _nothing, end),
-        "block-commit": (ddl_block, sql("BACKUP STAGE BLOCK_COMMIT"), end),
-        "block-commit-thread": (ddl_block, commit_in_a_thread, end),
+        "quiet": QUIET,
+        "block-ddl": Variant(ddl_block, after=end),
+        "block-commit": Variant(ddl_block, sql("BACKUP STAGE BLOCK_COMMIT"), end),
+        "block-commit-thread": Variant(ddl_block, commit_in_a_thread, end),
     }
 
 
-def backup_variants(server: Any) -> dict[str, tuple[Step, Step, Step]]:
+def backup_variants(setup: Any) -> dict[str, Variant]:
     """PostgreSQL's full level (backup mode, its checkpoint), taken by the bench's session."""
-    session = server.connect(autocommit=True)
+    session = setup.server.connect(autocommit=True)
 
     def sql(statement: str, pause: float = 0.0) -> Step:
         def run() -> None:
@@ -192,19 +208,14 @@ def backup_variants(server: Any) -> dict[str, tuple[Step, Step, Step]]:
         stop()
 
     return {
-        "quiet": (_nothing, _nothing, _nothing),
-        "checkpoint": (sql("CHECKPOINT", LEAD_BEFORE_SYNC), _nothing, _nothing),
-        "backup-mode": (start, _nothing, stop),
-        "backup-mode-stop-later": (start, _nothing, stop_later),
+        "quiet": QUIET,
+        "checkpoint": Variant(sql("CHECKPOINT", LEAD_BEFORE_SYNC)),
+        "backup-mode": Variant(start, after=stop),
+        "backup-mode-stop-later": Variant(start, after=stop_later),
     }
 
 
-Freezer = Callable[[list[Any], dict[str, list[float]]],
-                  contextlib.AbstractContextManager[None]]
-
-
-def session_variants(setup: Any) -> tuple[dict[str, tuple[Step, Step, Step]],
-                                          dict[str, Freezer]]:
+def session_variants(setup: Any) -> dict[str, Variant]:
     """quiesce's FreezeSession (and its watchdog), and idle processes, around the freeze."""
     from quiesce.freezing.freeze import FreezeSession
     from quiesce.freezing.mounts import discover_mounts
@@ -243,18 +254,22 @@ def session_variants(setup: Any) -> tuple[dict[str, tuple[Step, Step, Step]],
             proc.kill()
             proc.wait()
 
-    return ({"quiet": (_nothing, _nothing, _nothing),
-             "freeze-session": (prepare_session, _nothing, _nothing),
-             "idle-processes": (start_idle(python, 0.3), _nothing, stop_idle),
-             "idle-processes-2s": (start_idle(python, 2.0), _nothing, stop_idle),
-             "idle-sleep-binaries": (start_idle(["sleep", "60"], 0.3), _nothing, stop_idle)},
-            {"freeze-session": session_frozen})
+    return {"quiet": QUIET,
+            "freeze-session": Variant(prepare_session, freezer=session_frozen),
+            "idle-processes": Variant(start_idle(python, 0.3), after=stop_idle),
+            "idle-processes-2s": Variant(start_idle(python, 2.0), after=stop_idle),
+            "idle-sleep-binaries": Variant(start_idle(["sleep", "60"], 0.3), after=stop_idle)}
 
 
-def one_cycle(setup: Any, name: str, steps: tuple[Step, Step, Step], run: int, *,
-              sync: bool = False, freezer: Freezer | None = None) -> dict[str, Any]:
+SETS: dict[str, Callable[[Any], dict[str, Variant]]] = {
+    "exit": variants, "block": block_variants, "backup": backup_variants,
+    "session": session_variants}
+
+
+def one_cycle(setup: Any, name: str, variant: Variant, run: int, *,
+              sync: bool = False) -> dict[str, Any]:
     assert setup.writer is not None
-    before, at_freeze, after = steps
+    before, at_freeze, after, freezer = variant
     cycle = stall.Cycle(setup.engine, name, run)
     time.sleep(stall.SETTLE_S)
     cycle.t0_mono, cycle.t0_wall = time.monotonic(), time.time()
@@ -316,21 +331,14 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.add("tearing down the XFS store", store.teardown)
         setup = stall.prepare_engine(args.engine, store, base, private, levels=[],
                                      cleanup=cleanup)
-        freezers: dict[str, Freezer] = {}
-        if args.set == "session":
-            plan, freezers = session_variants(setup)
-        else:
-            plan = {"exit": variants, "block": block_variants,
-                    "backup": backup_variants}[args.set](*([] if args.set == "exit"
-                                                            else [setup.server]))
+        plan = SETS[args.set](setup)
         names = list(plan)
         sync = args.set != "exit"
         one_cycle(setup, "quiet", plan["quiet"], -1, sync=sync)  # warm-up, not counted
         for run in range(args.runs):
             shift = run % len(names)
             for name in names[shift:] + names[:shift]:
-                rows.append(one_cycle(setup, name, plan[name], run, sync=sync,
-                                      freezer=freezers.get(name)))
+                rows.append(one_cycle(setup, name, plan[name], run, sync=sync))
         assert setup.writer is not None
         setup.writer.close()
     finally:

@@ -411,6 +411,15 @@ def durability_problem(variables: Mapping[str, str]) -> str | None:
     return None
 
 
+def _setting_path(datadir: str, value: str | None) -> str | None:
+    """A path setting as the server reads it: relative ones are under the data directory;
+    None when unset or empty."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    return os.path.normpath(text if os.path.isabs(text) else os.path.join(datadir, text))
+
+
 def commit_dirs(variables: Mapping[str, str]) -> list[str]:
     """The directories every commit writes and flushes: the InnoDB redo log's, and the binary
     log's when it is on. Relative settings are under the data directory; an unset redo
@@ -418,15 +427,11 @@ def commit_dirs(variables: Mapping[str, str]) -> list[str]:
     datadir = str(variables.get("datadir") or "").strip()
     if not datadir:
         return []
-
-    def resolve(value: str | None) -> str:
-        text = str(value or "").strip()
-        return os.path.normpath(text if os.path.isabs(text) else os.path.join(datadir, text))
-
-    paths = [resolve(variables.get("innodb_log_group_home_dir"))]
-    basename = str(variables.get("log_bin_basename") or "").strip()
-    if _on(variables.get("log_bin")) and basename:
-        paths.append(os.path.dirname(resolve(basename)))
+    paths = [_setting_path(datadir, variables.get("innodb_log_group_home_dir"))
+             or os.path.normpath(datadir)]
+    binlog = _setting_path(datadir, variables.get("log_bin_basename"))
+    if _on(variables.get("log_bin")) and binlog:
+        paths.append(os.path.dirname(binlog))
     return list(dict.fromkeys(paths))
 
 
@@ -441,10 +446,7 @@ def recovery_paths(variables: Mapping[str, str],
         return []
 
     def resolve(value: str | None) -> str | None:
-        text = str(value or "").strip()
-        if not text:
-            return None
-        return os.path.normpath(text if os.path.isabs(text) else os.path.join(datadir, text))
+        return _setting_path(datadir, value)
 
     out: list[tuple[str, str]] = [("data directory", os.path.normpath(datadir))]
     for key, what in (("innodb_data_home_dir", "InnoDB system tablespace directory"),

@@ -130,8 +130,14 @@ class PostgresQuiescer(Quiescer):
     @property
     def commit_paths(self) -> tuple[str, ...]:
         """pg_wal: every commit writes and flushes its WAL there, and nothing else."""
+        wal = self._pg_wal()
+        return (wal,) if wal else ()
+
+    def _pg_wal(self) -> str | None:
+        """data_directory/pg_wal (a symlink where WAL lives elsewhere), None when the role
+        may not read data_directory."""
         data_dir = self.info.get("data_directory")
-        return (os.path.join(str(data_dir), "pg_wal"),) if data_dir else ()
+        return os.path.join(str(data_dir), "pg_wal") if data_dir else None
 
     # ----------------------------------------------------------------- helpers
     def _where(self) -> str:
@@ -384,7 +390,7 @@ class PostgresQuiescer(Quiescer):
         level.check_caller_freezes(freeze)
         if data_dir:
             paths = [("data directory", str(data_dir)),
-                     ("pg_wal", os.path.join(str(data_dir), "pg_wal"))]
+                     ("pg_wal", str(self._pg_wal()))]
             paths += [(f"tablespace {name}", str(location)) for name, location in tablespaces]
             coverage = freeze_set.all_frozen_together(freeze, paths)
             self._coverage = coverage.to_dict()

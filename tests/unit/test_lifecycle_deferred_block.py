@@ -5,8 +5,10 @@ in ``quiesce`` as always. Pure logic, with in-test Quiescers that record what th
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
+from helpers import wait_for
 from quiesce.deadline import Deadline
 from quiesce.engine import InstanceSettings, Quiescer
 from quiesce.errors import EngineError
@@ -166,8 +168,6 @@ def test_a_block_that_returns_after_the_core_gave_up_is_undone(monkeypatch) -> N
 
     class Slow(Splittable):
         def block(self, deadline: Deadline) -> None:
-            import time
-
             time.sleep(0.5)  # ignores its deadline
             super().block(deadline)
             returned.set()
@@ -178,12 +178,8 @@ def test_a_block_that_returns_after_the_core_gave_up_is_undone(monkeypatch) -> N
     failed = hold.block_all(0.1)
     assert [r.name for r in failed] == ["slow"] and "did not return" in (failed[0].error or "")
     assert returned.wait(5)
-    import time
-
-    give_up = time.monotonic() + 5
-    while "abort" not in q.calls and time.monotonic() < give_up:
-        time.sleep(0.01)
-    assert "abort" in q.calls, "a block taken after the core gave up was left held"
+    wait_for(lambda: "abort" in q.calls, 5, "the late block undone (a block taken after the "
+                                            "core gave up was left held)")
     hold.release_all()
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from helpers import wait_for
 from quiesce.hold import requests
 from quiesce.hold.requests import Inbox, Request
 
@@ -43,13 +44,9 @@ class _Reader:
         self.client.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
 
     def next_request(self, timeout: float = 5) -> Request:
-        give_up = time.monotonic() + timeout
-        while time.monotonic() < give_up:
-            got = self.inbox.wait(0.05)
-            if got:
-                assert len(got) == 1, got
-                return got[0]
-        raise AssertionError("no request was queued")
+        got: list[Request] = wait_for(lambda: self.inbox.wait(0.05), timeout, "a request")
+        assert len(got) == 1, got
+        return got[0]
 
     def answer_line(self) -> dict[str, object]:
         self.client.settimeout(5)
@@ -122,6 +119,7 @@ def test_the_reader_gives_up_after_its_limit(monkeypatch: pytest.MonkeyPatch,
 
 def test_two_requests_in_one_write_are_both_read(reader: _Reader) -> None:
     reader.client.sendall(b'{"op": "block", "linger": true}\n'
+                          b'\n'  # a blank line between two requests is skipped
                           b'{"op": "status", "linger": true}\n'
                           b'{"op": "release", "linger": true, "keep": true}\n')
     got: list[Request] = []

@@ -650,8 +650,8 @@ class Runner:
         released_early = False
         try:
             released_early = pre_ok and frozen_ok and self._release_before_thaw()
-        except Exception:  # nothing may keep the thaw below from running
-            released_early = False
+        except Exception:  # noqa: S110 - nothing may keep the thaw below from running
+            pass
         finally:
             if session is not None:
                 thaw_rec.start, t2 = time.time(), time.monotonic()
@@ -666,10 +666,12 @@ class Runner:
 
         if released_early:
             self.early_release = self._collect_early_release(at_thaw)
-            if session is not None and session.watchdog_fired:
+            stands = self.early_release is not None and self.early_release.get("before_thaw")
+            if stands and session is not None and session.watchdog_fired:
                 # Released as if the freeze held, and the watchdog had thawed first: the
                 # holder revises its record (a hold that counted on the freeze is not
                 # consistent; none should have been released early, but a plugin may not say).
+                # (A release asked again after the thaw already said so.)
                 at_thaw()
         elif pre_ok:
             self.early_release = at_thaw()
@@ -689,10 +691,7 @@ class Runner:
             connection.send("release", timeout=RELEASE_SEND_TIMEOUT, run_id=self.run_id,
                             keep=True, frozen_together=True, before_thaw=True)
         except QuiesceError:
-            # Never used again; closed after the thaw (_cycle), as a close here would
-            # lengthen nothing but is work in the window all the same.
-            self._release_before_thaw_allowed = False
-            return False
+            return False  # the connection is closed after the thaw (_cycle), not in the window
         return True
 
     def _collect_early_release(self, at_thaw: Callable[[], dict[str, Any] | None]
@@ -816,10 +815,12 @@ class Runner:
         from quiesce.freezing.mounts import device_of, discover_mounts
 
         ours = {m.device for m in session.mounts}
+        if len(ours) < 2:
+            return
         try:
             found = (device_of(p) for p in paths if isinstance(p, str) and os.path.isabs(p))
             late = {d for d in found if d is not None and d in ours}
-            if not late or len(ours) < 2:
+            if not late:
                 return
             session.reorder(discover_mounts([m.mount_point for m in session.mounts], late=late))
         except (FreezeError, OSError, ValueError) as exc:

@@ -419,9 +419,8 @@ class FreezeSession:
         watchdog keeps its own descriptors; it thaws whatever is frozen, in any order."""
         if self._state not in ("new", "prepared"):
             raise FreezeError(f"cannot reorder a freeze session that is {self._state}")
-        by_device = {m.device: i for i, m in enumerate(self.mounts)}
-        if sorted(by_device) != sorted(m.device for m in mounts) or len(mounts) != len(
-                self.mounts):
+        by_device = {m.device: i for i, m in enumerate(self.mounts)}  # each device once
+        if sorted(by_device) != sorted(m.device for m in mounts):
             raise FreezeError("a new freeze order must list the same filesystems, each once")
         positions = [by_device[m.device] for m in mounts]
         if self._fds:

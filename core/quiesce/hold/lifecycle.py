@@ -382,24 +382,20 @@ class Hold:
     def commit_paths(self) -> list[str]:
         """The held instances' commit paths (Quiescer.commit_paths), each once."""
         paths: list[str] = []
-        for slot in self.slots:
-            if slot.result.status != HELD:
-                continue
+        for quiescer in self.held():
             try:
-                found = [str(p) for p in slot.quiescer.commit_paths]
+                found = [str(p) for p in quiescer.commit_paths]
             except Exception as exc:  # a preference only: none is as safe as any
-                self.log(f"{slot.result.plugin}/{slot.result.name}: commit_paths raised "
+                self.log(f"{quiescer.engine}/{quiescer.name}: commit_paths raised "
                          f"{describe(exc)}; no freeze order preference for it")
                 continue
             paths += [p for p in found if p not in paths]
         return paths
 
     def _any_held(self, attribute: str) -> bool:
-        for slot in self.slots:
-            if slot.result.status != HELD:
-                continue
+        for quiescer in self.held():
             try:
-                if getattr(slot.quiescer, attribute):
+                if getattr(quiescer, attribute):
                     return True
             except Exception:
                 return True  # cannot tell: assume it does (the safe answer for both)

@@ -19,7 +19,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,39 +63,31 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int]:
     return pid, uid
 
 
-def read_line(conn: socket.socket, limit: float) -> bytes:
-    """One request line, read within ``limit`` seconds in all; b"" when none came in time."""
-    give_up = time.monotonic() + limit
-    data = b""
-    while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
-        left = give_up - time.monotonic()
-        if left <= 0:
-            return b""
-        conn.settimeout(left)
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
+class LineReader:
+    """Request lines from one connection, buffered: one read may bring more than one line (a
+    lingering connection may carry several requests, protocol.LingeringRequest)."""
 
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.buffer = b""
 
-def _lines(conn: socket.socket, pending: bytes, give_up: float) -> Iterator[bytes]:
-    """The non-empty lines ``conn`` sends (after ``pending``, already read), until it closes,
-    a line grows past MAX_REQUEST, or the monotonic clock passes ``give_up``."""
-    buffer = pending
-    while True:
-        while b"\n" not in buffer:
+    def line(self, give_up: float) -> bytes | None:
+        """The next line without its newline, read by the monotonic time ``give_up``. What the
+        peer sent before closing counts as a last line, and so does a line that grew past
+        MAX_REQUEST (it fails to parse); None when nothing came in time or nothing is left."""
+        while b"\n" not in self.buffer and len(self.buffer) < MAX_REQUEST:
             left = give_up - time.monotonic()
-            if left <= 0 or len(buffer) > MAX_REQUEST:
-                return
-            conn.settimeout(left)
-            chunk = conn.recv(4096)
+            if left <= 0:
+                return None
+            self.conn.settimeout(left)
+            chunk = self.conn.recv(4096)
             if not chunk:
-                return
-            buffer += chunk
-        line, _, buffer = buffer.partition(b"\n")
-        if line.strip():
-            yield line
+                break
+            self.buffer += chunk
+        if not self.buffer:
+            return None
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
 
 
 class Inbox:
@@ -148,7 +140,8 @@ class Inbox:
             _pid, uid = peer_credentials(conn)
             # Read the line even from a peer about to be refused: closing a socket with unread
             # data resets it, and the peer would see ECONNRESET instead of the refusal.
-            data = read_line(conn, READ_LIMIT)
+            reader = LineReader(conn)
+            data = reader.line(time.monotonic() + READ_LIMIT)
             if not self.allowed(uid):
                 self.log(f"refused a request from uid {uid}")
                 Request(conn, "").answer({"ok": False, "error": "permission denied"})
@@ -158,8 +151,7 @@ class Inbox:
                 self.log(f"a client sent no complete request within {READ_LIMIT:g} s")
                 conn.close()
                 return
-            first, _, rest = data.partition(b"\n")
-            message = json.loads(first)
+            message = json.loads(data)
         except (OSError, ValueError) as exc:
             self.log(f"bad request: {exc}")
             with contextlib.suppress(OSError):
@@ -167,7 +159,7 @@ class Inbox:
             return
         request = self._queue(conn, message)
         if request.linger:
-            self._read_more(conn, rest)
+            self._read_more(reader)
 
     def _queue(self, conn: socket.socket, message: Any) -> Request:
         if not isinstance(message, dict):
@@ -179,22 +171,24 @@ class Inbox:
             os.write(self._wake_w, b"!")
         return request
 
-    def _read_more(self, conn: socket.socket, pending: bytes = b"") -> None:
+    def _read_more(self, reader: LineReader) -> None:
         """A lingering connection: its client closes it when done, and may send further
         requests on it meanwhile ('quiesce run' sends 'release' on the connection of its
         'block'). Each is queued like a first one; the connection is closed once the client
         closed its end, after a malformed line, or after LINGER_LIMIT seconds."""
         give_up = time.monotonic() + LINGER_LIMIT
         with contextlib.suppress(OSError):
-            for line in _lines(conn, pending, give_up):
+            while (line := reader.line(give_up)) is not None:
+                if not line.strip():
+                    continue
                 try:
                     message = json.loads(line)
                 except ValueError as exc:
                     self.log(f"bad request on a lingering connection: {exc}")
                     break
-                self._queue(conn, message)
+                self._queue(reader.conn, message)
         with contextlib.suppress(OSError):
-            conn.close()
+            reader.conn.close()
 
     def close(self) -> None:
         while True:
